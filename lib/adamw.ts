@@ -1,0 +1,110 @@
+/**
+ * AdamW with PyTorch's semantics (torch.optim.AdamW, section 5.2): decoupled weight decay on every parameter,
+ * betas (0.9, 0.999), eps 1e-8, bias correction. Per parameter and step t:
+ *   p ← p·(1 − lr·wd);  m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²
+ *   p ← p − (lr / (1−β1ᵗ)) · m / (√v / √(1−β2ᵗ) + eps)
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import { hostView } from "./backend.ts";
+import type { NamedParam } from "./params.ts";
+
+/** Hyper-parameters of {@link AdamW}; defaults are PyTorch's except the book's lr and weight decay. */
+export interface AdamWOptions {
+  lr: number;
+  weightDecay: number;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+}
+
+export class AdamW {
+  /** Steps taken (PyTorch's `state["step"]`). */
+  step = 0;
+  lr: number;
+  readonly weightDecay: number;
+  readonly beta1: number;
+  readonly beta2: number;
+  readonly eps: number;
+  /** First and second moments, keyed like the model's parameters. */
+  readonly m = new Map<string, tf.Variable>();
+  readonly v = new Map<string, tf.Variable>();
+
+  constructor(readonly params: Map<string, tf.Variable>, o: AdamWOptions) {
+    this.lr = o.lr;
+    this.weightDecay = o.weightDecay;
+    this.beta1 = o.beta1 ?? 0.9;
+    this.beta2 = o.beta2 ?? 0.999;
+    this.eps = o.eps ?? 1e-8;
+    for (const [name, p] of params) {
+      this.m.set(name, tf.variable(tf.zeros(p.shape), false));
+      this.v.set(name, tf.variable(tf.zeros(p.shape), false));
+    }
+  }
+
+  /** Applies one update from `grads` (keyed by parameter name) and disposes nothing of the caller's. */
+  applyGradients(grads: Map<string, tf.Tensor>): void {
+    this.step += 1;
+    const { lr, weightDecay: wd, beta1: b1, beta2: b2, eps } = this;
+    const bc1 = 1 - b1 ** this.step;
+    const bc2Sqrt = Math.sqrt(1 - b2 ** this.step);
+    const stepSize = lr / bc1;
+    const decay = 1 - lr * wd;
+    for (const [name, p] of this.params) {
+      const g = grads.get(name);
+      if (!g) continue;
+      const m = this.m.get(name)!, v = this.v.get(name)!;
+      const P = hostView(p), G = hostView(g), M = hostView(m), V = hostView(v);
+      if (P && G && M && V) {
+        // One pass over host memory; float32 storage like PyTorch, arithmetic in double.
+        for (let i = 0; i < P.length; i++) {
+          const gi = G[i];
+          const mi = b1 * M[i] + (1 - b1) * gi;
+          const vi = b2 * V[i] + (1 - b2) * gi * gi;
+          M[i] = mi;
+          V[i] = vi;
+          P[i] = P[i] * decay - stepSize * mi / (Math.sqrt(vi) / bc2Sqrt + eps);
+        }
+      } else {
+        tf.tidy(() => {
+          const mNew = tf.add(tf.mul(m, b1), tf.mul(g, 1 - b1));
+          const vNew = tf.add(tf.mul(v, b2), tf.mul(tf.square(g), 1 - b2));
+          const denom = tf.add(tf.div(tf.sqrt(vNew), bc2Sqrt), eps);
+          m.assign(mNew);
+          v.assign(vNew);
+          p.assign(tf.sub(tf.mul(p, decay), tf.mul(tf.div(mNew, denom), stepSize)));
+        });
+      }
+    }
+  }
+
+  /** Moments as host tensors named `m.<param>` / `v.<param>`, for checkpoints. */
+  async stateTensors(): Promise<NamedParam[]> {
+    const out: NamedParam[] = [];
+    for (const [prefix, map] of [["m", this.m], ["v", this.v]] as const) {
+      for (const [name, t] of map) {
+        out.push({
+          name: `${prefix}.${name}`,
+          shape: t.shape.slice(),
+          data: (await t.data()) as Float32Array,
+        });
+      }
+    }
+    return out;
+  }
+
+  /** Restores moments saved by {@link stateTensors}; `step` is restored by the caller. */
+  loadStateTensors(tensors: Map<string, { shape: number[]; data: Float32Array }>): void {
+    for (const [prefix, map] of [["m", this.m], ["v", this.v]] as const) {
+      for (const [name, t] of map) {
+        const saved = tensors.get(`${prefix}.${name}`);
+        if (!saved) throw new Error(`optimizer state ${prefix}.${name} missing`);
+        t.assign(tf.tensor(saved.data, saved.shape, "float32"));
+      }
+    }
+  }
+
+  /** Frees the moment tensors. */
+  dispose(): void {
+    for (const t of [...this.m.values(), ...this.v.values()]) t.dispose();
+  }
+}

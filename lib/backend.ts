@@ -1,0 +1,110 @@
+/**
+ * The one place that names TF.js backends. `initBackend` turns the config's `backend` into a ready TF.js backend
+ * and says which one and why; model and training code then use plain `tf.*` calls.
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import "@tensorflow/tfjs";
+import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
+import type { BackendName, ModelConfig } from "./config.ts";
+import { UserError } from "./errors.ts";
+
+tf.env().set("IS_NODE", false); // silences tfjs's "install tfjs-node" banner: we pick backends ourselves
+tf.env().set("WASM_HAS_MULTITHREAD_SUPPORT", false); // Deno lacks the worker setup tfjs-wasm threads need
+
+/** The backend a run uses and the reason it was chosen. */
+export interface BackendChoice {
+  name: string;
+  reason: string;
+}
+
+/** The wasm backend's heap cannot grow past 4 GiB (wasm32). */
+const WASM_HEAP_BYTES = 4 * 1024 ** 3;
+
+/**
+ * Rough peak memory of training: parameters, gradients and AdamW's two moments (4 × params × 4 bytes) plus the
+ * activations autodiff keeps (≈ 40 floats per token per layer per emb unit, attention maps, and the logits a few
+ * times over).
+ */
+export function estimateTrainingBytes(cfg: ModelConfig, batchSize: number, params: number): number {
+  const T = cfg.context_length, N = batchSize * T;
+  const perLayer = N * cfg.emb_dim * 40 + batchSize * cfg.n_heads * T * T * 4;
+  const activations = cfg.n_layers * perLayer + N * cfg.vocab_size * 4;
+  return 16 * params + 4 * activations;
+}
+
+async function tryWasm(): Promise<string | null> {
+  try {
+    const entry = import.meta.resolve("@tensorflow/tfjs-backend-wasm");
+    const dir = new URL(".", entry).pathname;
+    setWasmPaths(dir.endsWith("/") ? dir : dir + "/");
+    return (await tf.setBackend("wasm")) ? null : "tf.setBackend('wasm') returned false";
+  } catch (err) {
+    return String(err instanceof Error ? err.message : err).split("\n")[0];
+  }
+}
+
+/**
+ * Activates the requested backend. `auto` prefers the fastest CPU backend on which the model fits.
+ * Unknown or unavailable explicit choices are a UserError (exit 2).
+ */
+export async function initBackend(
+  requested: BackendName,
+  memory?: { cfg: ModelConfig; batchSize: number; params: number },
+): Promise<BackendChoice> {
+  const need = memory ? estimateTrainingBytes(memory.cfg, memory.batchSize, memory.params) : 0;
+  const gib = (b: number) => (b / 1024 ** 3).toFixed(1);
+  switch (requested) {
+    case "cpu":
+      await tf.setBackend("cpu");
+      return { name: "cpu", reason: "requested" };
+    case "wasm": {
+      const err = await tryWasm();
+      if (err) throw new UserError(`backend wasm: not available: ${err}`);
+      if (need > WASM_HEAP_BYTES) {
+        console.warn(
+          `warning: training needs about ${gib(need)} GiB; the wasm heap is capped at 4 GiB`,
+        );
+      }
+      return { name: "wasm", reason: "requested" };
+    }
+    case "webgpu":
+    case "tensorflow":
+      throw new UserError(
+        `backend ${requested}: not available yet in this version; use cpu, wasm or auto`,
+      );
+    case "auto": {
+      if (need <= WASM_HEAP_BYTES * 0.85) {
+        const err = await tryWasm();
+        if (!err) {
+          return {
+            name: "wasm",
+            reason: `auto: fastest CPU backend available; training needs ~${
+              gib(need)
+            } GiB of its 4 GiB heap`,
+          };
+        }
+        await tf.setBackend("cpu");
+        return { name: "cpu", reason: `auto: wasm failed to load (${err})` };
+      }
+      await tf.setBackend("cpu");
+      return {
+        name: "cpu",
+        reason: `auto: training needs ~${gib(need)} GiB, more than the wasm backend's 4 GiB heap`,
+      };
+    }
+  }
+}
+
+/**
+ * A writable view of a float32 tensor's storage on CPU-side backends (cpu, blas: the JS array; wasm: the heap),
+ * or null on backends whose memory lives elsewhere (webgpu). Lets the optimizer update parameters in place in one
+ * pass instead of through a dozen temporary tensors of the parameter's size.
+ */
+export function hostView(t: tf.Tensor): Float32Array | null {
+  if (t.dtype !== "float32") return null;
+  // deno-lint-ignore no-explicit-any
+  const backend = tf.backend() as any;
+  if (typeof backend.typedArrayFromHeap === "function") return backend.typedArrayFromHeap(t);
+  const values = backend.data?.get?.(t.dataId)?.values;
+  return values instanceof Float32Array ? values : null;
+}

@@ -1,0 +1,133 @@
+/**
+ * The building blocks of the book's GPT (chapters 3–4) as TF.js functions: layer norm, tanh-GELU, an embedding
+ * lookup whose gradient works on every backend, cross-entropy over the vocabulary, and seeded dropout.
+ * Nothing here names a backend: where a backend lacks a kernel, the op asks TF.js whether the kernel exists.
+ */
+import * as tf from "@tensorflow/tfjs-core";
+
+/** LayerNorm of section 4.2: biased variance over the last axis, eps 1e-5, learned scale and shift. */
+export function layerNorm(x: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor, eps = 1e-5): tf.Tensor {
+  return tf.tidy(() => {
+    const { mean, variance } = tf.moments(x, -1, true);
+    const norm = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps)));
+    return tf.add(tf.mul(norm, scale), shift);
+  });
+}
+
+const GELU_C = Math.sqrt(2 / Math.PI);
+
+/** GPT-2's tanh approximation of GELU (section 4.3). */
+export function gelu(x: tf.Tensor): tf.Tensor {
+  return tf.tidy(() => {
+    const inner = tf.mul(tf.add(x, tf.mul(tf.pow(x, 3), 0.044715)), GELU_C);
+    return tf.mul(tf.mul(x, 0.5), tf.add(tf.tanh(inner), 1));
+  });
+}
+
+/**
+ * Embedding lookup: rows of `weight` (V, C) at `ids` (N) → (N, C). The gradient scatter-adds the N rows of dy on
+ * the host: tfjs-wasm has no UnsortedSegmentSum kernel (tfjs #8082), and tfjs-cpu's runs one masked sum per
+ * vocabulary entry (50,257 of them), minutes per step.
+ */
+export function embedding(weight: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
+  const op = tf.customGrad((w: tf.Tensor, save: tf.GradSaveFunc) => {
+    save([ids]);
+    return {
+      value: tf.gather(w, ids),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [V, C] = weight.shape;
+        const g = new Float32Array(V * C);
+        const dyv = dy.dataSync() as Float32Array;
+        const idv = saved[0].dataSync();
+        for (let n = 0; n < idv.length; n++) {
+          const row = idv[n] * C;
+          for (let c = 0; c < C; c++) g[row + c] += dyv[n * C + c];
+        }
+        return tf.tensor2d(g, [V, C]);
+      },
+    };
+  });
+  return op(weight) as tf.Tensor2D;
+}
+
+/**
+ * Mean cross-entropy of logits (N, V) against integer targets (N), PyTorch's `cross_entropy` (section 5.1).
+ * One fused op so that the backward pass is softmax − one-hot without materialising log-probabilities twice.
+ */
+export function crossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Scalar {
+  const [N, V] = logits.shape;
+  const op = tf.customGrad((z: tf.Tensor, save: tf.GradSaveFunc) => {
+    const logp = tf.logSoftmax(z); // (N, V)
+    const onehot = tf.cast(tf.oneHot(targets, V), "float32"); // (N, V); wasm's float oneHot is wrong
+    const loss = tf.neg(tf.div(tf.sum(tf.mul(logp, onehot)), N));
+    save([logp, onehot]);
+    return {
+      value: loss,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [lp, oh] = saved;
+        return tf.mul(tf.sub(tf.exp(lp), oh), tf.div(dy, N));
+      },
+    };
+  });
+  return op(logits) as tf.Scalar;
+}
+
+/**
+ * Seeded dropout masks (xoshiro128**): the same seed gives the same masks, and the state is four integers that a
+ * checkpoint stores, so a resumed run continues the exact stream.
+ */
+export class DropoutRng {
+  private s: Uint32Array;
+
+  constructor(seed: number | number[]) {
+    this.s = new Uint32Array(4);
+    if (Array.isArray(seed)) this.s.set(seed);
+    else {
+      let x = (seed >>> 0) ^ 0x5deece66;
+      for (let i = 0; i < 4; i++) {
+        x = (x + 0x9e3779b9) >>> 0;
+        let z = x;
+        z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
+        z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
+        this.s[i] = (z ^ (z >>> 16)) >>> 0;
+      }
+    }
+  }
+
+  /** The generator's state, for checkpoints. */
+  get state(): number[] {
+    return Array.from(this.s);
+  }
+
+  /** Fills a keep-mask scaled by 1/(1-p): each element is 0 with probability p. */
+  mask(n: number, p: number): Float32Array {
+    const out = new Float32Array(n);
+    const s = this.s;
+    const threshold = Math.floor(p * 4294967296);
+    const keep = 1 / (1 - p);
+    let s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
+    for (let i = 0; i < n; i++) {
+      const r = Math.imul(rotl(Math.imul(s1, 5), 7), 9) >>> 0;
+      const t = s1 << 9;
+      s2 ^= s0;
+      s3 ^= s1;
+      s1 ^= s2;
+      s0 ^= s3;
+      s2 ^= t;
+      s3 = rotl(s3, 11);
+      out[i] = r >= threshold ? keep : 0;
+    }
+    s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
+    return out;
+  }
+}
+
+function rotl(x: number, k: number): number {
+  return (x << k) | (x >>> (32 - k));
+}
+
+/** Inverted dropout with a mask from `rng`; identity when `rng` is null or p is 0 (eval mode). */
+export function dropout(x: tf.Tensor, p: number, rng: DropoutRng | null): tf.Tensor {
+  if (!rng || p === 0) return x;
+  return tf.tidy(() => tf.mul(x, tf.tensor(rng.mask(x.size, p), x.shape, "float32")));
+}
