@@ -55,14 +55,16 @@ export class AdamW {
       const m = this.m.get(name)!, v = this.v.get(name)!;
       const P = hostView(p), G = hostView(g), M = hostView(m), V = hostView(v);
       if (P && G && M && V) {
-        // One pass over host memory; float32 storage like PyTorch, arithmetic in double.
+        // One pass over host memory; float32 storage like PyTorch, arithmetic in double. √(1−β2ᵗ) is folded into
+        // the constants: m / (√v/c + eps) = c·m / (√v + c·eps).
+        const s = stepSize * bc2Sqrt, e = eps * bc2Sqrt, c1 = 1 - b1, c2 = 1 - b2;
         for (let i = 0; i < P.length; i++) {
           const gi = G[i];
-          const mi = b1 * M[i] + (1 - b1) * gi;
-          const vi = b2 * V[i] + (1 - b2) * gi * gi;
+          const mi = b1 * M[i] + c1 * gi;
+          const vi = b2 * V[i] + c2 * gi * gi;
           M[i] = mi;
           V[i] = vi;
-          P[i] = P[i] * decay - stepSize * mi / (Math.sqrt(vi) / bc2Sqrt + eps);
+          P[i] = P[i] * decay - s * mi / (Math.sqrt(vi) + e);
         }
       } else {
         tf.tidy(() => {

@@ -5,11 +5,14 @@
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
+import { BLAS_BACKEND, registerBlasBackend } from "./backends/blas.ts";
+import { registerFusedCpuKernels } from "./backends/fused_cpu.ts";
 import type { BackendName, ModelConfig } from "./config.ts";
 import { UserError } from "./errors.ts";
 
 tf.env().set("IS_NODE", false); // silences tfjs's "install tfjs-node" banner: we pick backends ourselves
 tf.env().set("WASM_HAS_MULTITHREAD_SUPPORT", false); // Deno lacks the worker setup tfjs-wasm threads need
+registerFusedCpuKernels("cpu"); // one-pass JS kernels instead of tfjs-cpu's composed ones (same math)
 
 /** The backend a run uses and the reason it was chosen. */
 export interface BackendChoice {
@@ -54,6 +57,12 @@ export async function initBackend(
   const need = memory ? estimateTrainingBytes(memory.cfg, memory.batchSize, memory.params) : 0;
   const gib = (b: number) => (b / 1024 ** 3).toFixed(1);
   switch (requested) {
+    case "blas": {
+      const res = registerBlasBackend();
+      if (!res.ok) throw new UserError(`backend blas: not available: ${res.reason}`);
+      await tf.setBackend(BLAS_BACKEND);
+      return { name: "blas", reason: `requested; ${res.reason}` };
+    }
     case "cpu":
       await tf.setBackend("cpu");
       return { name: "cpu", reason: "requested" };
@@ -73,23 +82,32 @@ export async function initBackend(
         `backend ${requested}: not available yet in this version; use cpu, wasm or auto`,
       );
     case "auto": {
+      const blas = registerBlasBackend();
+      if (blas.ok && await tf.setBackend(BLAS_BACKEND)) {
+        return { name: "blas", reason: `auto: fastest CPU path (${blas.reason})` };
+      }
       if (need <= WASM_HEAP_BYTES * 0.85) {
         const err = await tryWasm();
         if (!err) {
           return {
             name: "wasm",
-            reason: `auto: fastest CPU backend available; training needs ~${
+            reason: `auto: no BLAS (${blas.reason}); wasm fits: training needs ~${
               gib(need)
             } GiB of its 4 GiB heap`,
           };
         }
         await tf.setBackend("cpu");
-        return { name: "cpu", reason: `auto: wasm failed to load (${err})` };
+        return {
+          name: "cpu",
+          reason: `auto: no BLAS (${blas.reason}); wasm failed to load (${err})`,
+        };
       }
       await tf.setBackend("cpu");
       return {
         name: "cpu",
-        reason: `auto: training needs ~${gib(need)} GiB, more than the wasm backend's 4 GiB heap`,
+        reason: `auto: no BLAS (${blas.reason}); training needs ~${
+          gib(need)
+        } GiB, more than wasm's 4 GiB heap`,
       };
     }
   }

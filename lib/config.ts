@@ -1,3 +1,6 @@
+import { parse as parseYaml, YAMLParseError } from "yaml";
+import { UserError } from "./errors.ts";
+
 /**
  * The experiment config: one typed record, every default in {@link DEFAULTS}, loaded from YAML and validated.
  * Keys use the book's snake_case names (GPT_CONFIG_124M) so a YAML file reads like the book's dictionaries.
@@ -43,7 +46,7 @@ export interface SamplingConfig {
 }
 
 /** Backend names a user may ask for. */
-export const BACKENDS = ["auto", "cpu", "wasm", "webgpu", "tensorflow"] as const;
+export const BACKENDS = ["auto", "blas", "cpu", "wasm", "webgpu", "tensorflow"] as const;
 export type BackendName = typeof BACKENDS[number];
 
 /** A whole experiment. */
@@ -88,3 +91,256 @@ export const DEFAULTS: Config = {
   sampling: { temperature: 1.4, top_k: 25, max_new_tokens: 25, eos_id: null },
   backend: "auto",
 };
+
+// ---------------------------------------------------------------------------------------------------------------
+// Loading and validation
+
+type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
+type Check = (v: Json) => string | null; // null: fine; else the cause
+
+const isInt = (v: Json) => typeof v === "number" && Number.isInteger(v);
+const positiveInt: Check = (v) =>
+  isInt(v) && (v as number) > 0 ? null : `${fmt(v)} is not a positive integer`;
+const nonNegInt: Check = (v) =>
+  isInt(v) && (v as number) >= 0 ? null : `${fmt(v)} is not an integer >= 0`;
+const num = (lo: number, hi: number, open: [boolean, boolean]): Check => (v) => {
+  if (typeof v !== "number" || !Number.isFinite(v)) return `${fmt(v)} is not a number`;
+  const okLo = open[0] ? v > lo : v >= lo, okHi = open[1] ? v < hi : v <= hi;
+  if (okLo && okHi) return null;
+  return `${v} is outside ${open[0] ? "(" : "["}${lo}, ${hi === Infinity ? "∞" : hi}${
+    open[1] ? ")" : "]"
+  }`;
+};
+const bool: Check = (v) => typeof v === "boolean" ? null : `${fmt(v)} is not true or false`;
+const str: Check = (v) =>
+  typeof v === "string" && v.length > 0 ? null : `${fmt(v)} is not a non-empty string`;
+const nullable = (c: Check): Check => (v) => v === null ? null : c(v);
+const oneOf = (xs: readonly string[]): Check => (v) =>
+  typeof v === "string" && xs.includes(v) ? null : `${fmt(v)} is not one of ${xs.join(", ")}`;
+
+function fmt(v: Json): string {
+  return typeof v === "string" ? JSON.stringify(v) : JSON.stringify(v) ?? String(v);
+}
+
+/** The check of every key; the schema mirrors {@link DEFAULTS}. */
+const SCHEMA: Record<string, Check | Record<string, Check>> = {
+  name: (v) =>
+    typeof v === "string" && /^[A-Za-z0-9._-]*$/.test(v)
+      ? null
+      : `${fmt(v)} is not a run name (letters, digits, . _ -)`,
+  model: {
+    vocab_size: positiveInt,
+    context_length: positiveInt,
+    emb_dim: positiveInt,
+    n_heads: positiveInt,
+    n_layers: positiveInt,
+    drop_rate: num(0, 1, [false, true]),
+    qkv_bias: bool,
+  },
+  data: {
+    path: str,
+    url: nullable(str),
+    train_ratio: num(0, 1, [true, true]),
+    batch_size: positiveInt,
+    stride: nullable(positiveInt),
+  },
+  training: {
+    epochs: positiveInt,
+    lr: num(0, Infinity, [true, false]),
+    weight_decay: num(0, Infinity, [false, false]),
+    eval_freq: positiveInt,
+    eval_iter: positiveInt,
+    seed: nonNegInt,
+    start_context: str,
+  },
+  sampling: {
+    temperature: num(0, Infinity, [false, false]),
+    top_k: nullable(positiveInt),
+    max_new_tokens: nonNegInt,
+    eos_id: nullable(nonNegInt),
+  },
+  backend: oneOf(BACKENDS),
+};
+
+/** Levenshtein distance, for "did you mean" suggestions. */
+function distance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) d[0][j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      d[i][j] = Math.min(
+        d[i - 1][j] + 1,
+        d[i][j - 1] + 1,
+        d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1),
+      );
+    }
+  }
+  return d[a.length][b.length];
+}
+
+/** Every dotted key the config accepts. */
+export function configKeys(): string[] {
+  return Object.entries(SCHEMA).flatMap(([k, v]) =>
+    typeof v === "function" ? [k] : Object.keys(v).map((s) => `${k}.${s}`)
+  );
+}
+
+function unknownKey(where: string, key: string): UserError {
+  const best =
+    configKeys().map((k) => [k, distance(k, key)] as const).sort((a, b) => a[1] - b[1])[0];
+  const hint = best && best[1] <= Math.max(2, Math.floor(key.length / 3))
+    ? `; did you mean ${best[0]}?`
+    : "";
+  return new UserError(`${where}: ${key}: unknown key${hint}`);
+}
+
+function isMap(v: unknown): v is Record<string, Json> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** Merges a parsed YAML document onto the defaults, rejecting unknown keys. */
+function merge(where: string, doc: Record<string, Json>): Record<string, Json> {
+  const out = structuredClone(DEFAULTS) as unknown as Record<string, Json>;
+  for (const [k, v] of Object.entries(doc)) {
+    const schema = SCHEMA[k];
+    if (!schema) throw unknownKey(where, k);
+    if (typeof schema === "function") {
+      out[k] = v;
+      continue;
+    }
+    if (v === null) continue; // an empty section keeps its defaults
+    if (!isMap(v)) throw new UserError(`${where}: ${k}: expected a mapping of keys, got ${fmt(v)}`);
+    const section = out[k] as Record<string, Json>;
+    for (const [sk, sv] of Object.entries(v)) {
+      if (!(sk in schema)) throw unknownKey(where, `${k}.${sk}`);
+      section[sk] = sv;
+    }
+  }
+  return out;
+}
+
+/** Applies `section.key=value` overrides (values parsed as YAML scalars). */
+function applyOverrides(cfg: Record<string, Json>, overrides: string[]): void {
+  for (const o of overrides) {
+    const eq = o.indexOf("=");
+    if (eq <= 0) throw new UserError(`--set ${o}: expected key=value, e.g. --set training.lr=1e-3`);
+    const key = o.slice(0, eq).trim();
+    const raw = o.slice(eq + 1);
+    let value: Json;
+    try {
+      value = parseYaml(raw) ?? null;
+    } catch {
+      value = raw;
+    }
+    if (raw.trim() === "") value = "";
+    const parts = key.split(".");
+    const schema = SCHEMA[parts[0]];
+    if (
+      !schema ||
+      (typeof schema === "function"
+        ? parts.length !== 1
+        : parts.length !== 2 || !(parts[1] in schema))
+    ) {
+      throw unknownKey(`--set ${o}`, key);
+    }
+    if (parts.length === 1) cfg[key] = value;
+    else (cfg[parts[0]] as Record<string, Json>)[parts[1]] = value;
+  }
+}
+
+/** Type and range checks of every key, then the checks across keys. */
+function validate(where: string, cfg: Record<string, Json>): Config {
+  for (const [k, schema] of Object.entries(SCHEMA)) {
+    if (typeof schema === "function") {
+      const why = schema(cfg[k]);
+      if (why) throw new UserError(`${where}: ${k}: ${why}`);
+      continue;
+    }
+    const section = cfg[k] as Record<string, Json>;
+    for (const [sk, check] of Object.entries(schema)) {
+      const why = check(section[sk]);
+      if (why) throw new UserError(`${where}: ${k}.${sk}: ${why}`);
+    }
+  }
+  const c = cfg as unknown as Config;
+  if (c.model.emb_dim % c.model.n_heads !== 0) {
+    throw new UserError(
+      `${where}: model.n_heads: ${c.model.n_heads} does not divide emb_dim ${c.model.emb_dim}`,
+    );
+  }
+  if (c.sampling.top_k !== null && c.sampling.top_k > c.model.vocab_size) {
+    throw new UserError(
+      `${where}: sampling.top_k: ${c.sampling.top_k} exceeds vocab_size ${c.model.vocab_size}`,
+    );
+  }
+  return c;
+}
+
+/**
+ * Reads an experiment YAML, merges it onto {@link DEFAULTS}, applies `--set` overrides and validates. Every problem
+ * is a UserError of one line naming the file (or override), the dotted key and the cause.
+ */
+export async function loadExperiment(path: string, overrides: string[] = []): Promise<Config> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) throw new UserError(`${path}: file not found`);
+    if (err instanceof Deno.errors.IsADirectory) {
+      throw new UserError(`${path}: is a directory, not a YAML file`);
+    }
+    throw new UserError(`${path}: cannot read (${err instanceof Error ? err.message : err})`);
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text);
+  } catch (err) {
+    if (err instanceof YAMLParseError) {
+      const pos = err.linePos?.[0];
+      const at = pos ? `line ${pos.line}, column ${pos.col}: ` : "";
+      throw new UserError(
+        `${path}: malformed YAML: ${at}${err.message.split("\n")[0].replace(/ at line.*$/, "")}`,
+      );
+    }
+    throw new UserError(
+      `${path}: malformed YAML: ${err instanceof Error ? err.message.split("\n")[0] : err}`,
+    );
+  }
+  if (doc === null || doc === undefined) doc = {};
+  if (!isMap(doc)) {
+    throw new UserError(`${path}: expected a mapping of config sections at the top level`);
+  }
+  const merged = merge(path, doc);
+  if (!merged.name) merged.name = path.split("/").pop()!.replace(/\.ya?ml$/i, "");
+  applyOverrides(merged, overrides);
+  return validate(path, merged);
+}
+
+function canonical(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonical).join(",")}]`;
+  if (isMap(v)) {
+    return `{${
+      Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${canonical(v[k])}`).join(",")
+    }}`;
+  }
+  return JSON.stringify(v);
+}
+
+/**
+ * A short stable hash of what defines a run's results: the model, data and training sections (not sampling,
+ * backend or name). A checkpoint records it so that resuming under another config is refused.
+ */
+export function configHash(cfg: Config): string {
+  return fnv1a(canonical({ model: cfg.model, data: cfg.data, training: cfg.training }));
+}
+
+function fnv1a(s: string): string {
+  // two 32-bit FNV-1a passes with different offsets → 16 hex digits, synchronous (crypto.subtle is async)
+  let h1 = 0x811c9dc5, h2 = 0x01000193 ^ 0x5bd1e995;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    h1 = Math.imul(h1 ^ c, 0x01000193) >>> 0;
+    h2 = Math.imul(h2 ^ c, 0x01000193 + 2) >>> 0;
+  }
+  return h1.toString(16).padStart(8, "0") + h2.toString(16).padStart(8, "0");
+}

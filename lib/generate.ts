@@ -4,6 +4,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import type { GPTModel } from "./model.ts";
+import type { TorchGenerator } from "./rng.ts";
 import { textToTokenIds, tokenIdsToText } from "./tokenizer.ts";
 
 /** Logits of the last position for a context cropped to the model's context length: ids → (V). */
@@ -34,4 +35,65 @@ export function generateTextSimple(model: GPTModel, ids: number[], maxNewTokens:
 export function generateSample(model: GPTModel, startContext: string, maxNewTokens = 50): string {
   const ids = generateTextSimple(model, textToTokenIds(startContext), maxNewTokens);
   return tokenIdsToText(ids).replaceAll("\n", " ");
+}
+
+/** Options of the book's {@link generate} (section 5.3.3). */
+export interface GenerateOptions {
+  maxNewTokens: number;
+  temperature?: number; // 0: greedy (argmax)
+  topK?: number | null; // keep the k largest logits, −∞ for the rest
+  eosId?: number | null; // stop before appending this token
+  rng?: TorchGenerator; // draws for multinomial sampling (PyTorch's stream for a seed)
+  onToken?: (id: number) => void; // called for every new token (streaming)
+}
+
+/**
+ * Applies the book's top-k mask and temperature to logits, in float32 as PyTorch does: logits below the k-th
+ * largest become −∞, then logits / temperature, then softmax. Returns probabilities (V).
+ */
+export function samplingProbs(
+  logits: Float32Array,
+  topK: number | null,
+  temperature: number,
+): Float32Array {
+  const z = new Float32Array(logits);
+  if (topK !== null && topK < z.length) {
+    const kth = Float32Array.from(z).sort().reverse()[topK - 1];
+    for (let i = 0; i < z.length; i++) if (z[i] < kth) z[i] = -Infinity;
+  }
+  let max = -Infinity;
+  for (let i = 0; i < z.length; i++) {
+    z[i] = Math.fround(z[i] / temperature);
+    if (z[i] > max) max = z[i];
+  }
+  let sum = 0;
+  for (let i = 0; i < z.length; i++) sum += z[i] = Math.fround(Math.exp(z[i] - max));
+  const s = Math.fround(sum);
+  for (let i = 0; i < z.length; i++) z[i] = Math.fround(z[i] / s);
+  return z;
+}
+
+/**
+ * The book's generate: crop the context to context_length, top-k mask, temperature > 0 samples from
+ * softmax(logits / T) with `torch.multinomial`'s draws, temperature 0 takes the argmax; stops at `eosId`.
+ * Returns the prompt followed by the new tokens.
+ */
+export function generate(model: GPTModel, ids: number[], o: GenerateOptions): number[] {
+  const out = ids.slice();
+  const temperature = o.temperature ?? 0;
+  for (let i = 0; i < o.maxNewTokens; i++) {
+    let logits = lastLogits(model, out);
+    let next: number;
+    if (temperature > 0) {
+      if (!o.rng) throw new Error("generate: temperature > 0 needs a random generator");
+      next = o.rng.multinomial(samplingProbs(logits, o.topK ?? null, temperature))[0];
+    } else {
+      if (o.topK != null) logits = samplingProbs(logits, o.topK, 1); // argmax is unchanged by the mask
+      next = argmax(logits);
+    }
+    if (o.eosId != null && next === o.eosId) break;
+    out.push(next);
+    o.onToken?.(next);
+  }
+  return out;
 }

@@ -7,6 +7,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { ModelConfig } from "./config.ts";
 import type { NamedParam } from "./params.ts";
+import { fusedCausalSoftmax } from "./backends/fused_cpu.ts";
 import { crossEntropy, dropout, DropoutRng, embedding, gelu, layerNorm } from "./ops.ts";
 
 /** Options of a forward pass: dropout is on only when a generator is given (the book's `model.train()`). */
@@ -51,6 +52,14 @@ export class GPTModel {
     return names;
   }
 
+  /** Parameter count of the book's model for `cfg` without building it (162,419,712 for GPT-124M at context 256;
+   * the book's 163,009,536 is at context 1024). */
+  static countParams(cfg: ModelConfig, tieHead = false): number {
+    const { vocab_size: V, context_length: T, emb_dim: C, n_layers: L } = cfg;
+    const block = 3 * C * C + (cfg.qkv_bias ? 3 * C : 0) + C * C + C + 8 * C * C + 5 * C + 4 * C;
+    return V * C + T * C + L * block + 2 * C + (tieHead ? 0 : V * C);
+  }
+
   /** Whether the output head shares the token embedding (GPT-2 checkpoints) or has its own weight (the book). */
   get tiedHead(): boolean {
     return !this.params.has("out_head.weight");
@@ -72,8 +81,8 @@ export class GPTModel {
   /** x (N, in) @ W[out, in]ᵀ + b → (N, out). */
   private linear(x: tf.Tensor2D, name: string, bias = true): tf.Tensor2D {
     // matMul + add rather than tf.fused.matMul: tfjs-wasm 4.22 gets a fused bias with transposeB wrong.
-    const y = tf.matMul(x, this.p(`${name}.weight`), false, true);
-    return bias ? tf.add(y, this.p(`${name}.bias`)) : y;
+    const y = tf.matMul(x, this.p(`${name}.weight`), false, true) as tf.Tensor2D;
+    return bias ? tf.add(y, this.p(`${name}.bias`)) as tf.Tensor2D : y;
   }
 
   /** (T, T) additive mask: 0 on and below the diagonal, −∞ above (the book's `masked_fill_` with −inf). */
@@ -103,8 +112,9 @@ export class GPTModel {
     const q = heads(this.linear(x, `${pre}.W_query`, qkv_bias));
     const k = heads(this.linear(x, `${pre}.W_key`, qkv_bias));
     const v = heads(this.linear(x, `${pre}.W_value`, qkv_bias));
-    const scores = tf.add(tf.matMul(q, k, false, true), this.causalMask(T)); // (B, H, T, T)
-    let weights = tf.softmax(tf.div(scores, Math.sqrt(D)));
+    const scores = tf.matMul(q, k, false, true); // (B, H, T, T)
+    let weights = fusedCausalSoftmax(scores, 1 / Math.sqrt(D)) ??
+      tf.softmax(tf.div(tf.add(scores, this.causalMask(T)), Math.sqrt(D)));
     weights = dropout(weights, this.cfg.drop_rate, rng);
     const ctx = tf.transpose(tf.matMul(weights, v), [0, 2, 1, 3]); // (B, T, H, D)
     return this.linear(tf.reshape(ctx, [B * T, C]), `${pre}.out_proj`); // (B·T, C)

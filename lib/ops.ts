@@ -4,9 +4,12 @@
  * Nothing here names a backend: where a backend lacks a kernel, the op asks TF.js whether the kernel exists.
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { fusedCrossEntropy, fusedGelu, fusedLayerNorm } from "./backends/fused_cpu.ts";
 
 /** LayerNorm of section 4.2: biased variance over the last axis, eps 1e-5, learned scale and shift. */
 export function layerNorm(x: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor, eps = 1e-5): tf.Tensor {
+  const fused = fusedLayerNorm(x, scale, shift, eps); // one-pass kernel where the backend has it
+  if (fused) return fused;
   return tf.tidy(() => {
     const { mean, variance } = tf.moments(x, -1, true);
     const norm = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, eps)));
@@ -14,10 +17,23 @@ export function layerNorm(x: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor, eps 
   });
 }
 
+/** A one-input op with a hand-written gradient (typed wrapper around tf.customGrad). */
+function customOp(
+  f: (x: tf.Tensor, save: tf.GradSaveFunc) => {
+    value: tf.Tensor;
+    gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => tf.Tensor;
+  },
+): (x: tf.Tensor) => tf.Tensor {
+  // deno-lint-ignore no-explicit-any
+  return tf.customGrad(f as any) as (x: tf.Tensor) => tf.Tensor;
+}
+
 const GELU_C = Math.sqrt(2 / Math.PI);
 
 /** GPT-2's tanh approximation of GELU (section 4.3). */
 export function gelu(x: tf.Tensor): tf.Tensor {
+  const fused = fusedGelu(x);
+  if (fused) return fused;
   return tf.tidy(() => {
     const inner = tf.mul(tf.add(x, tf.mul(tf.pow(x, 3), 0.044715)), GELU_C);
     return tf.mul(tf.mul(x, 0.5), tf.add(tf.tanh(inner), 1));
@@ -30,11 +46,11 @@ export function gelu(x: tf.Tensor): tf.Tensor {
  * vocabulary entry (50,257 of them), minutes per step.
  */
 export function embedding(weight: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
-  const op = tf.customGrad((w: tf.Tensor, save: tf.GradSaveFunc) => {
+  const op = customOp((w, save) => {
     save([ids]);
     return {
       value: tf.gather(w, ids),
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      gradFunc: (dy, saved) => {
         const [V, C] = weight.shape;
         const g = new Float32Array(V * C);
         const dyv = dy.dataSync() as Float32Array;
@@ -55,15 +71,17 @@ export function embedding(weight: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
  * One fused op so that the backward pass is softmax − one-hot without materialising log-probabilities twice.
  */
 export function crossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Scalar {
+  const fused = fusedCrossEntropy(logits, targets);
+  if (fused) return fused;
   const [N, V] = logits.shape;
-  const op = tf.customGrad((z: tf.Tensor, save: tf.GradSaveFunc) => {
+  const op = customOp((z, save) => {
     const logp = tf.logSoftmax(z); // (N, V)
     const onehot = tf.cast(tf.oneHot(targets, V), "float32"); // (N, V); wasm's float oneHot is wrong
     const loss = tf.neg(tf.div(tf.sum(tf.mul(logp, onehot)), N));
     save([logp, onehot]);
     return {
       value: loss,
-      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+      gradFunc: (dy, saved) => {
         const [lp, oh] = saved;
         return tf.mul(tf.sub(tf.exp(lp), oh), tf.div(dy, N));
       },

@@ -21,9 +21,20 @@ export class Progress {
   constructor(readonly totalSteps: number, readonly everyS = 30) {}
 
   /** Shows the state after `step` of `totalSteps`; `etaS` is the estimated time left. */
-  update(fields: { epoch: number; epochs: number; step: number; loss: number; tokensPerS: number; etaS: number }) {
+  update(
+    fields: {
+      epoch: number;
+      epochs: number;
+      step: number;
+      loss: number;
+      tokensPerS: number;
+      etaS: number;
+    },
+  ) {
     const line = `ep ${fields.epoch}/${fields.epochs} step ${fields.step}/${this.totalSteps} ` +
-      `loss ${fields.loss.toFixed(3)} | ${fields.tokensPerS.toFixed(0)} tok/s | ETA ${formatDuration(fields.etaS)}`;
+      `loss ${fields.loss.toFixed(3)} | ${fields.tokensPerS.toFixed(0)} tok/s | ETA ${
+        formatDuration(fields.etaS)
+      }`;
     const now = performance.now();
     if (this.tty) {
       Deno.stderr.writeSync(new TextEncoder().encode(`\r\x1b[2K${line}`));

@@ -88,7 +88,8 @@ export function evaluateModel(
 
 /**
  * The book's train_model_simple, resumable: continues from `state` (mutated in place) to `numEpochs`.
- * Evaluates after steps 1, 1 + evalFreq, … (the book's `global_step % eval_freq == 0` with global_step from 0).
+ * Evaluates after every `evalFreq`-th step (steps 5, 10, … with the book's eval_freq 5, as the chapter's notebook
+ * prints them).
  * Returns true when all epochs finished, false when `shouldStop` ended it early.
  */
 export async function trainModelSimple(
@@ -108,7 +109,7 @@ export async function trainModelSimple(
       state.step += 1;
       state.tokensSeen += batch.batchSize * batch.maxLength;
       hooks.onStep?.(state, loss);
-      if ((state.step - 1) % o.evalFreq === 0) {
+      if (state.step % o.evalFreq === 0) {
         const { trainLoss, valLoss } = evaluateModel(model, trainLoader, valLoader, o.evalIter);
         hooks.onEval?.(state, trainLoss, valLoss);
       }

@@ -7,7 +7,13 @@ import { ensureVerdict } from "./_helpers.ts";
 const text = await Deno.readTextFile(await ensureVerdict());
 
 Deno.test("The Verdict gives the book's figures: 20479 chars, 5145 tokens, 9 train and 1 val batch", () => {
-  const d = createLoaders(text, { trainRatio: 0.9, batchSize: 2, contextLength: 256, stride: 256, seed: 123 });
+  const d = createLoaders(text, {
+    trainRatio: 0.9,
+    batchSize: 2,
+    contextLength: 256,
+    stride: 256,
+    seed: 123,
+  });
   assertEquals(d.chars, 20479);
   assertEquals(d.tokens, 5145);
   assertEquals(d.trainLoader.length, 9);
@@ -21,7 +27,13 @@ Deno.test("The Verdict gives the book's figures: 20479 chars, 5145 tokens, 9 tra
 
 Deno.test("windows: targets are inputs shifted by one; stride sets the start of each window", () => {
   const ids = Int32Array.from({ length: 20 }, (_, i) => 100 + i);
-  const loader = createDataloaderV1(ids, { batchSize: 1, maxLength: 4, stride: 3, shuffle: false, dropLast: false });
+  const loader = createDataloaderV1(ids, {
+    batchSize: 1,
+    maxLength: 4,
+    stride: 3,
+    shuffle: false,
+    dropLast: false,
+  });
   const batches = [...loader.batches(0)];
   assertEquals(batches.length, 6); // starts 0, 3, 6, 9, 12, 15 (range(0, 20 - 4, 3))
   assertEquals(Array.from(batches[1].inputs), [103, 104, 105, 106]);
@@ -49,12 +61,24 @@ Deno.test("train shuffle is seeded per epoch; val keeps order and its last short
 Deno.test("too few tokens for one window is the book's 'Not enough tokens' error, naming the key", () => {
   let err: unknown;
   try {
-    createLoaders(text.slice(0, 2000), { trainRatio: 0.9, batchSize: 2, contextLength: 256, stride: 256, seed: 1, source: "x.txt" });
+    createLoaders(text.slice(0, 2000), {
+      trainRatio: 0.9,
+      batchSize: 2,
+      contextLength: 256,
+      stride: 256,
+      seed: 1,
+      source: "x.txt",
+    });
   } catch (e) {
     err = e;
   }
   assertEquals(err instanceof UserError, true);
-  assertEquals((err as Error).message.startsWith("x.txt: data.train_ratio: not enough tokens for the val loader"), true);
+  assertEquals(
+    (err as Error).message.startsWith(
+      "x.txt: data.train_ratio: not enough tokens for the val loader",
+    ),
+    true,
+  );
 });
 
 Deno.test("tokenizer: GPT-2 ids of the book's examples, <|endoftext|> allowed", () => {

@@ -1,0 +1,433 @@
+/**
+ * The `blas` TF.js backend: the pure-JS cpu backend with its matrix products handed to OpenBLAS's `cblas_sgemm`
+ * through Deno FFI. Every other kernel is the cpu backend's own, so tensors, memory and gradients behave exactly
+ * as on `cpu`; only `BatchMatMul` and `_FusedMatMul` (the forward products and every product of their gradients)
+ * run at BLAS speed. Operands are the backend's Float32Arrays, passed to C without a copy. The single-pass JS
+ * kernels of `fused_cpu.ts` replace the cpu backend's slow element-wise ones and add fused GELU, LayerNorm,
+ * causal softmax and cross-entropy; large outputs come from a pool of recycled arrays (see {@link BlasBackend}).
+ *
+ * @example
+ * ```ts
+ * const r = registerBlasBackend();
+ * if (r.ok) await tf.setBackend(BLAS_BACKEND);
+ * else console.warn(`blas backend unavailable: ${r.reason}`);
+ * ```
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import "@tensorflow/tfjs";
+import { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
+import { registerFusedCpuKernels } from "./fused_cpu.ts";
+
+tf.env().set("IS_NODE", false); // silences tfjs's "install tfjs-node" banner
+
+/** The backend name `registerBlasBackend` registers. */
+export const BLAS_BACKEND = "blas";
+
+const I = "i32", F = "f32", P = "buffer";
+const SYMBOLS = {
+  // order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc
+  cblas_sgemm: { parameters: [I, I, I, I, I, I, F, P, I, P, I, F, P, I], result: "void" },
+} as const;
+
+const THREAD_SYMBOLS = {
+  openblas_set_num_threads: { parameters: ["i32"], result: "void" },
+  openblas_get_num_threads: { parameters: [], result: "i32" },
+} as const;
+
+/** The loaded BLAS: `cblas_sgemm`, plus OpenBLAS's thread control where the library has it. */
+export interface BlasLib {
+  sgemm: Deno.DynamicLibrary<typeof SYMBOLS>["symbols"]["cblas_sgemm"];
+  /** Sets OpenBLAS's thread count; undefined for other BLAS libraries. */
+  setNumThreads?: (n: number) => void;
+  /** OpenBLAS's current thread count; undefined for other BLAS libraries. */
+  getNumThreads?: () => number;
+}
+
+/** Result of {@link loadBlas}: the library and the path it came from, or a one-line reason. */
+export type LoadBlasResult =
+  | { ok: true; lib: BlasLib; name: string }
+  | { ok: false; reason: string };
+
+const CANDIDATES = Deno.build.os === "darwin"
+  ? ["/System/Library/Frameworks/Accelerate.framework/Accelerate"]
+  : ["libopenblas.so.0", "libopenblas.so", "/usr/lib/x86_64-linux-gnu/libopenblas.so.0"];
+
+const ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112;
+
+let loaded: LoadBlasResult | null = null;
+
+function firstLine(err: unknown): string {
+  return String(err instanceof Error ? err.message : err).split("\n")[0];
+}
+
+/**
+ * Opens a CBLAS library (OpenBLAS on Linux, Accelerate on macOS) once per process. Never throws: when no
+ * candidate loads, or `--allow-ffi` is missing, the result carries a one-line reason.
+ */
+export function loadBlas(): LoadBlasResult {
+  if (loaded) return loaded;
+  const errors: string[] = [];
+  for (const path of CANDIDATES) {
+    let dl: Deno.DynamicLibrary<typeof SYMBOLS>;
+    try {
+      dl = Deno.dlopen(path, SYMBOLS);
+    } catch (err) {
+      errors.push(`${path}: ${firstLine(err)}`);
+      if (err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied) {
+        break;
+      }
+      continue;
+    }
+    const lib: BlasLib = { sgemm: dl.symbols.cblas_sgemm };
+    try {
+      const threads = Deno.dlopen(path, THREAD_SYMBOLS).symbols;
+      lib.setNumThreads = (n) => threads.openblas_set_num_threads(n);
+      lib.getNumThreads = () => threads.openblas_get_num_threads();
+    } catch {
+      // Accelerate and reference CBLAS have no OpenBLAS thread control.
+    }
+    return (loaded = { ok: true, lib, name: path });
+  }
+  return (loaded = { ok: false, reason: `no CBLAS library loaded (${errors.join("; ")})` });
+}
+
+type Info = tf.TensorInfo;
+type Backend = MathBackendCPU;
+
+/** Arrays shorter than this are left to the allocator: the pool is for activations, where page faults cost. */
+const POOL_MIN_LENGTH = 1 << 14;
+
+/**
+ * The cpu backend plus a pool of the float32 arrays its fast kernels allocate. A fresh 100 MB Float32Array costs
+ * ~40 ms of page faults on first touch (measured, ~0.9 s per GPT-124M step); a training step allocates the same
+ * shapes every step, so arrays freed by `disposeData` are handed out again. An array is recycled only while the
+ * backend is sure nothing else holds it: never for arrays it did not allocate, nor once read out through
+ * `readSync`/`read` (`dataSync()` returns the storage itself), nor when a view of it became another tensor
+ * (`slice`). Pooled arrays are not zeroed: kernels that take one must write every element.
+ */
+export class BlasBackend extends MathBackendCPU {
+  /** Bytes the pool may hold; beyond that the oldest pooled arrays are dropped to the garbage collector. */
+  poolLimitBytes: number;
+  private pool = new Map<number, Float32Array[]>();
+  private pooledBytes = 0;
+  /** "fresh": handed out, not yet a tensor; "live": the storage of exactly one tensor; "escaped": never reuse. */
+  private owned = new WeakMap<ArrayBufferLike, "fresh" | "live" | "escaped">();
+
+  constructor(poolLimitBytes = 1 << 30) {
+    super();
+    this.poolLimitBytes = poolLimitBytes;
+  }
+
+  /** A Float32Array of length `n` with arbitrary contents, from the pool when one of that length is free. */
+  allocF32(n: number): Float32Array {
+    if (n < POOL_MIN_LENGTH) return new Float32Array(n);
+    const list = this.pool.get(n);
+    const a = list?.pop() ?? new Float32Array(n);
+    if (list) {
+      this.pooledBytes -= a.byteLength;
+      if (list.length === 0) this.pool.delete(n);
+    }
+    this.owned.set(a.buffer, "fresh");
+    return a;
+  }
+
+  /** Pooled arrays and bytes, for benchmarks. */
+  poolStats(): { arrays: number; bytes: number } {
+    let arrays = 0;
+    for (const l of this.pool.values()) arrays += l.length;
+    return { arrays, bytes: this.pooledBytes };
+  }
+
+  /** Drops every pooled array. */
+  releasePool(): void {
+    this.pool.clear();
+    this.pooledBytes = 0;
+  }
+
+  override write(
+    values: tf.backend_util.BackendValues,
+    shape: number[],
+    dtype: tf.DataType,
+  ): tf.DataId {
+    const buf = (values as Float32Array).buffer;
+    const state = buf ? this.owned.get(buf) : undefined;
+    if (state !== undefined) {
+      const whole = values instanceof Float32Array && values.byteOffset === 0 &&
+        values.byteLength === buf.byteLength;
+      this.owned.set(buf, state === "fresh" && whole ? "live" : "escaped");
+    }
+    return super.write(values, shape, dtype);
+  }
+
+  override readSync(dataId: tf.DataId): tf.backend_util.BackendValues {
+    const values = super.readSync(dataId);
+    const buf = (values as Float32Array).buffer;
+    if (buf && this.owned.has(buf)) this.owned.set(buf, "escaped");
+    return values;
+  }
+
+  override disposeData(dataId: tf.DataId, force = false): boolean {
+    const values = this.data.has(dataId) ? this.data.get(dataId).values : undefined;
+    const deleted = super.disposeData(dataId, force);
+    if (deleted && values instanceof Float32Array && this.owned.get(values.buffer) === "live") {
+      this.owned.delete(values.buffer);
+      this.recycle(values);
+    }
+    return deleted;
+  }
+
+  private recycle(a: Float32Array): void {
+    if (a.byteLength > this.poolLimitBytes) return;
+    while (this.pooledBytes + a.byteLength > this.poolLimitBytes) {
+      const [n, list] = this.pool.entries().next().value!; // oldest length first
+      this.pooledBytes -= list.pop()!.byteLength;
+      if (list.length === 0) this.pool.delete(n);
+    }
+    const list = this.pool.get(a.length);
+    if (list) list.push(a);
+    else this.pool.set(a.length, [a]);
+    this.pooledBytes += a.byteLength;
+  }
+}
+
+/** A Float32Array for a kernel's output: pooled on a {@link BlasBackend}, fresh (zeroed) elsewhere. */
+function allocF32(backend: MathBackendCPU, n: number): Float32Array {
+  return backend instanceof BlasBackend ? backend.allocF32(n) : new Float32Array(n);
+}
+
+function f32(backend: Backend, t: Info): Float32Array {
+  const v = backend.data.get(t.dataId).values;
+  return v instanceof Float32Array ? v : Float32Array.from(v as ArrayLike<number>);
+}
+
+/** Strides of a shape in elements, the last axis contiguous. */
+function stridesOf(shape: number[]): number[] {
+  const s = new Array<number>(shape.length);
+  for (let i = shape.length - 1, acc = 1; i >= 0; acc *= shape[i], i--) s[i] = acc;
+  return s;
+}
+
+/**
+ * C (batch…, M, N) = op(A) · op(B) for float32 operands of any rank ≥ 2, with NumPy broadcasting of the batch
+ * dims (the cpu backend wraps indices modulo the batch size instead, which agrees whenever one side's batch is
+ * 1 or both are equal). When `c` is given it holds `beta`·C's initial value (a broadcast bias) on entry.
+ */
+function gemm(
+  blas: BlasLib,
+  backend: Backend,
+  a: Info,
+  b: Info,
+  transA: boolean,
+  transB: boolean,
+  c?: Float32Array,
+): { shape: number[]; values: Float32Array } {
+  const ra = a.shape.length, rb = b.shape.length;
+  const M = transA ? a.shape[ra - 1] : a.shape[ra - 2];
+  const K = transA ? a.shape[ra - 2] : a.shape[ra - 1];
+  const kB = transB ? b.shape[rb - 1] : b.shape[rb - 2];
+  const N = transB ? b.shape[rb - 2] : b.shape[rb - 1];
+  if (K !== kB) {
+    throw new Error(
+      `matMul: inner shapes ${K} and ${kB} of [${a.shape}] and [${b.shape}] ` +
+        `(transposeA=${transA}, transposeB=${transB}) must match`,
+    );
+  }
+  const outerA = a.shape.slice(0, -2), outerB = b.shape.slice(0, -2);
+  const outer = tf.backend_util.assertAndGetBroadcastShape(outerA, outerB);
+  const batch = tf.util.sizeFromShape(outer);
+  const batchA = tf.util.sizeFromShape(outerA), batchB = tf.util.sizeFromShape(outerB);
+  const shape = [...outer, M, N];
+  const beta = c ? 1 : 0;
+  c ??= allocF32(backend, batch * M * N); // sgemm with beta = 0 overwrites every element
+  const A = f32(backend, a), B = f32(backend, b);
+  const lda = transA ? M : K, ldb = transB ? K : N;
+  const tA = transA ? TRANS : NO_TRANS, tB = transB ? TRANS : NO_TRANS;
+  if (batch === 0 || M === 0 || N === 0) return { shape, values: c };
+
+  if (batchB === 1 && !transA) {
+    // Stacked rows of A against one B: a single (batch·M, K) × (K, N) product.
+    blas.sgemm(ROW_MAJOR, tA, tB, batch * M, N, K, 1, A, lda, B, ldb, beta, c, N);
+    return { shape, values: c };
+  }
+  // Per-batch products; each output batch index maps to its (broadcast) A and B batch indices.
+  const sa = stridesOf(outerA), sb = stridesOf(outerB), so = stridesOf(outer);
+  const offA = outer.length - outerA.length, offB = outer.length - outerB.length;
+  const sizeA = M * K, sizeB = K * N, sizeC = M * N;
+  for (let i = 0; i < batch; i++) {
+    let ia = 0, ib = 0;
+    if (batchA > 1 || batchB > 1) {
+      for (let d = 0, rest = i; d < outer.length; d++) {
+        const idx = Math.floor(rest / so[d]);
+        rest -= idx * so[d];
+        if (d >= offA && outerA[d - offA] !== 1) ia += idx * sa[d - offA];
+        if (d >= offB && outerB[d - offB] !== 1) ib += idx * sb[d - offB];
+      }
+    }
+    blas.sgemm(
+      ROW_MAJOR,
+      tA,
+      tB,
+      M,
+      N,
+      K,
+      1,
+      A.subarray(ia * sizeA, (ia + 1) * sizeA),
+      lda,
+      B.subarray(ib * sizeB, (ib + 1) * sizeB),
+      ldb,
+      beta,
+      c.subarray(i * sizeC, (i + 1) * sizeC),
+      N,
+    );
+  }
+  return { shape, values: c };
+}
+
+/** `bias` broadcast to `shape` when it varies along the last axis only (or is a scalar); null otherwise. */
+function fillBias(backend: Backend, bias: Info, shape: number[]): Float32Array | null {
+  const N = shape[shape.length - 1];
+  const leadingOnes = bias.shape.slice(0, -1).every((d) => d === 1);
+  const n = tf.util.sizeFromShape(bias.shape);
+  if (
+    bias.shape.length === 0 || !leadingOnes || bias.shape.length > shape.length ||
+    (n !== N && n !== 1)
+  ) {
+    return null;
+  }
+  const bv = f32(backend, bias);
+  const out = allocF32(backend, tf.util.sizeFromShape(shape));
+  if (n === N) { for (let o = 0; o < out.length; o += N) out.set(bv, o); }
+  else out.fill(bv[0]);
+  return out;
+}
+
+type KernelFn = (
+  args: { inputs: tf.NamedTensorInfoMap; backend: Backend; attrs?: tf.NamedAttrMap },
+) => Info;
+
+function cpuKernel(name: string): KernelFn {
+  const k = tf.getKernel(name, "cpu");
+  if (!k) throw new Error(`blas backend: the cpu backend has no ${name} kernel`);
+  return k.kernelFunc as unknown as KernelFn;
+}
+
+/** Applies a fused activation with the cpu backend's kernels (the rare non-linear case). */
+function activate(
+  backend: Backend,
+  x: Info,
+  activation: string,
+  prelu: Info | undefined,
+  alpha: number,
+): Info {
+  const run = (name: string, inputs: tf.NamedTensorInfoMap, attrs?: tf.NamedAttrMap) =>
+    cpuKernel(name)({ inputs, backend, attrs });
+  switch (activation) {
+    case "linear":
+      return x;
+    case "relu":
+      return run("Relu", { x });
+    case "relu6":
+      return run("Relu6", { x });
+    case "elu":
+      return run("Elu", { x });
+    case "sigmoid":
+      return run("Sigmoid", { x });
+    case "leakyrelu":
+      return run("LeakyRelu", { x }, { alpha });
+    case "prelu":
+      if (!prelu) throw new Error("fused matMul: prelu needs preluActivationWeights");
+      return run("Prelu", { x, alpha: prelu });
+    default:
+      throw new Error(`fused matMul: unknown activation ${activation}`);
+  }
+}
+
+function batchMatMulKernel(blas: BlasLib): KernelFn {
+  const fallback = cpuKernel("BatchMatMul");
+  return ({ inputs, backend, attrs }) => {
+    const { a, b } = inputs as { a: Info; b: Info };
+    if (a.dtype !== "float32" || b.dtype !== "float32") return fallback({ inputs, backend, attrs });
+    const { transposeA, transposeB } = attrs as unknown as tf.BatchMatMulAttrs;
+    const { shape, values } = gemm(blas, backend, a, b, transposeA, transposeB);
+    return backend.makeTensorInfo(shape, "float32", values);
+  };
+}
+
+function fusedMatMulKernel(blas: BlasLib): KernelFn {
+  const fallback = cpuKernel("_FusedMatMul");
+  const add = cpuKernel("Add");
+  return ({ inputs, backend, attrs }) => {
+    const { a, b, bias, preluActivationWeights } = inputs as {
+      a: Info;
+      b: Info;
+      bias?: Info;
+      preluActivationWeights?: Info;
+    };
+    if (a.dtype !== "float32" || b.dtype !== "float32") return fallback({ inputs, backend, attrs });
+    const { transposeA, transposeB, activation, leakyreluAlpha } =
+      attrs as unknown as tf._FusedMatMulAttrs;
+    // The output shape first, so that a last-axis bias can seed C and ride on sgemm's beta = 1.
+    const ra = a.shape.length, rb = b.shape.length;
+    const M = transposeA ? a.shape[ra - 1] : a.shape[ra - 2];
+    const N = transposeB ? b.shape[rb - 2] : b.shape[rb - 1];
+    const outer = tf.backend_util.assertAndGetBroadcastShape(
+      a.shape.slice(0, -2),
+      b.shape.slice(0, -2),
+    );
+    const seeded = bias ? fillBias(backend, bias, [...outer, M, N]) : null;
+    const { shape, values } = gemm(
+      blas,
+      backend,
+      a,
+      b,
+      transposeA,
+      transposeB,
+      seeded ?? undefined,
+    );
+    let out = backend.makeTensorInfo(shape, "float32", values);
+    if (bias && !seeded) {
+      const sum = add({ inputs: { a: out, b: bias }, backend });
+      backend.disposeIntermediateTensorInfo(out);
+      out = sum;
+    }
+    if (activation && activation !== "linear") {
+      const act = activate(backend, out, activation, preluActivationWeights, leakyreluAlpha ?? 0.2);
+      backend.disposeIntermediateTensorInfo(out);
+      out = act;
+    }
+    return out;
+  };
+}
+
+/** The kernels `blas` replaces; all others are the cpu backend's. */
+const REPLACED = ["BatchMatMul", "_FusedMatMul"];
+
+/**
+ * Registers the `blas` backend (idempotent): a fresh cpu backend whose matrix products call `cblas_sgemm`.
+ * Activate it with `await tf.setBackend("blas")`. Returns `ok: false` with a one-line reason when no BLAS loads.
+ * `priority` is TF.js's backend priority (cpu has 1); the default 0 leaves the choice to the caller.
+ */
+export function registerBlasBackend(priority = 0): { ok: boolean; reason: string } {
+  const res = loadBlas();
+  if (!res.ok) return { ok: false, reason: res.reason };
+  if (tf.findBackendFactory(BLAS_BACKEND)) {
+    return { ok: true, reason: `already registered (${res.name})` };
+  }
+  tf.registerBackend(BLAS_BACKEND, () => new BlasBackend(), priority);
+  for (const k of tf.getKernelsForBackend("cpu")) {
+    if (!REPLACED.includes(k.kernelName)) tf.registerKernel({ ...k, backendName: BLAS_BACKEND });
+  }
+  const kernels: Record<string, KernelFn> = {
+    BatchMatMul: batchMatMulKernel(res.lib),
+    _FusedMatMul: fusedMatMulKernel(res.lib),
+  };
+  for (const [kernelName, fn] of Object.entries(kernels)) {
+    tf.registerKernel({
+      kernelName,
+      backendName: BLAS_BACKEND,
+      kernelFunc: fn as unknown as tf.KernelFunc,
+    });
+  }
+  registerFusedCpuKernels(BLAS_BACKEND);
+  return { ok: true, reason: `cblas_sgemm from ${res.name}` };
+}

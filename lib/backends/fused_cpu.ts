@@ -1,0 +1,707 @@
+/**
+ * Faster JS kernels for TF.js backends built on the cpu backend's storage (`blas`; also usable on `cpu`).
+ *
+ * Two kinds:
+ * - Drop-ins for cpu kernels that are slow on a GPT step's shapes: broadcasting Add/Sub/Multiply/RealDiv (the cpu
+ *   backend computes an index per element through arrays, ~200 ns each), Exp/Tanh/Square/Pow, Transpose, Sum/Max
+ *   over leading or trailing axes, Softmax, UnsortedSegmentSum (one masked pass per segment on cpu: 50,257 for
+ *   GPT-2's vocabulary).
+ *   Same inputs, attributes and results as the cpu kernel of the same name; other dtypes or layouts fall back to it.
+ * - Fused kernels under new names (`GeluTanh`, `LayerNorm`, `CausalSoftmax`, `SoftmaxCrossEntropy` and their
+ *   gradients), reached through {@link fusedGelu}, {@link fusedLayerNorm}, {@link fusedCausalSoftmax} and
+ *   {@link fusedCrossEntropy}: each returns null when the active backend lacks the kernel, so model code can fall
+ *   back to composed ops.
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import type { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
+
+type Info = tf.TensorInfo;
+type KernelArgs = {
+  inputs: tf.NamedTensorInfoMap;
+  backend: MathBackendCPU;
+  attrs?: tf.NamedAttrMap;
+};
+type KernelFn = (args: KernelArgs) => Info | Info[];
+
+function vals(backend: MathBackendCPU, t: Info): tf.TypedArray {
+  return backend.data.get(t.dataId).values as tf.TypedArray;
+}
+
+function f32(backend: MathBackendCPU, t: Info): Float32Array {
+  return vals(backend, t) as Float32Array;
+}
+
+/**
+ * A Float32Array for a kernel's output: from the backend's pool where it has one (`BlasBackend.allocF32`; its
+ * contents are arbitrary, so every kernel here writes every element), else a fresh one.
+ */
+function alloc(backend: MathBackendCPU, n: number): Float32Array {
+  const pooled = (backend as unknown as { allocF32?: (n: number) => Float32Array }).allocF32;
+  return pooled ? pooled.call(backend, n) : new Float32Array(n);
+}
+
+function cpuKernel(name: string): KernelFn {
+  const k = tf.getKernel(name, "cpu");
+  if (!k) throw new Error(`fused_cpu: the cpu backend has no ${name} kernel`);
+  return k.kernelFunc as unknown as KernelFn;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// exp in float32 precision, ~4× faster than Math.exp in V8: e^x = 2^(k/256) · e^r with k = round(x·256/ln 2),
+// |r| ≤ ln2/512, e^r by a cubic (relative error < 1e-12), 2^(k/256) from two tables. Branch-free (selects only):
+// early returns of other values stop V8 from inlining it into the kernels' loops.
+
+const LOG2E_256 = 256 / Math.LN2, LN2_256 = Math.LN2 / 256;
+const ROUND = 6755399441055744; // 1.5·2^52: adding and subtracting it rounds a double to an integer
+const EXP_FRAC = new Float64Array(256).map((_, j) => 2 ** (j / 256));
+const EXP_INT = new Float64Array(320).map((_, i) => 2 ** (i - 160));
+
+/**
+ * e^x with float32 accuracy: relative error below 1e-12 on [−103, 88.7]; inputs are clamped to [−104, 89], so
+ * −Infinity gives ~7e-46 (0 in float32) and +Infinity ~4.5e38 (Infinity in float32); NaN stays NaN.
+ */
+export function fastExp(x: number): number {
+  const c = x < -104 ? -104 : x > 89 ? 89 : x;
+  const k = (c * LOG2E_256 + ROUND) - ROUND;
+  const r = c - k * LN2_256;
+  const ki = k | 0;
+  return (1 + r + r * r * (0.5 + r * 0.16666666666666666)) * EXP_FRAC[ki & 255] *
+    EXP_INT[(ki >> 8) + 160];
+}
+
+/**
+ * tanh as (e − 1) / (e + 1), e = e^{2x}, with {@link fastExp}'s exp written out (V8 inlines one level, not two);
+ * x − x³/3 near 0, where e − 1 cancels. Relative error below 1e-10.
+ */
+function fastTanh(x: number): number {
+  const c = x < -20 ? -40 : x > 20 ? 40 : 2 * x;
+  const k = (c * LOG2E_256 + ROUND) - ROUND;
+  const r = c - k * LN2_256;
+  const ki = k | 0;
+  const e = (1 + r + r * r * (0.5 + r * 0.16666666666666666)) * EXP_FRAC[ki & 255] *
+    EXP_INT[(ki >> 8) + 160];
+  const t = (e - 1) / (e + 1);
+  return x * x < 1e-8 ? x - x * x * x / 3 : t;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Broadcasting binary ops. Dims are merged where both operands broadcast the same way, leaving a few dims with
+// strides 0 (broadcast) or the operand's own; the innermost runs a tight loop per op.
+
+type Inner = (
+  out: Float32Array,
+  o: number,
+  a: Float32Array,
+  ia: number,
+  sa: number,
+  b: Float32Array,
+  ib: number,
+  sb: number,
+  n: number,
+) => void;
+
+// One literal per op, with a contiguous and a scalar-operand fast path: a shared loop calling the op through a
+// closure is what makes the cpu backend's version slow (V8 stops inlining a call site that sees several callees).
+const INNER: Record<string, Inner> = {
+  Add: (out, o, a, ia, sa, b, ib, sb, n) => {
+    if (sa === 1 && sb === 1) { for (let k = 0; k < n; k++) out[o + k] = a[ia + k] + b[ib + k]; }
+    else if (sb === 0) {
+      const y = b[ib];
+      for (let k = 0; k < n; k++) out[o + k] = a[ia + k * sa] + y;
+    } else for (let k = 0; k < n; k++) out[o + k] = a[ia + k * sa] + b[ib + k * sb];
+  },
+  Sub: (out, o, a, ia, sa, b, ib, sb, n) => {
+    if (sa === 1 && sb === 1) { for (let k = 0; k < n; k++) out[o + k] = a[ia + k] - b[ib + k]; }
+    else if (sb === 0) {
+      const y = b[ib];
+      for (let k = 0; k < n; k++) out[o + k] = a[ia + k * sa] - y;
+    } else for (let k = 0; k < n; k++) out[o + k] = a[ia + k * sa] - b[ib + k * sb];
+  },
+  Multiply: (out, o, a, ia, sa, b, ib, sb, n) => {
+    if (sa === 1 && sb === 1) { for (let k = 0; k < n; k++) out[o + k] = a[ia + k] * b[ib + k]; }
+    else if (sb === 0) {
+      const y = b[ib];
+      for (let k = 0; k < n; k++) out[o + k] = a[ia + k * sa] * y;
+    } else for (let k = 0; k < n; k++) out[o + k] = a[ia + k * sa] * b[ib + k * sb];
+  },
+  RealDiv: (out, o, a, ia, sa, b, ib, sb, n) => {
+    if (sa === 1 && sb === 1) { for (let k = 0; k < n; k++) out[o + k] = a[ia + k] / b[ib + k]; }
+    else if (sb === 0) {
+      const y = b[ib];
+      for (let k = 0; k < n; k++) out[o + k] = a[ia + k * sa] / y;
+    } else for (let k = 0; k < n; k++) out[o + k] = a[ia + k * sa] / b[ib + k * sb];
+  },
+};
+
+interface Dim {
+  n: number;
+  sa: number;
+  sb: number;
+}
+
+/** Merged loop dims of a broadcast of shapes a and b to `out` (outermost first, size-1 dims dropped). */
+function broadcastDims(aShape: number[], bShape: number[], out: number[]): Dim[] {
+  const r = out.length;
+  const pa = [...new Array(r - aShape.length).fill(1), ...aShape];
+  const pb = [...new Array(r - bShape.length).fill(1), ...bShape];
+  const dims: Dim[] = [];
+  let strideA = 1, strideB = 1;
+  for (let d = r - 1; d >= 0; d--) {
+    const n = out[d];
+    if (n === 1) continue;
+    const ua = pa[d] === n, ub = pb[d] === n;
+    const last = dims[0];
+    if (last && (last.sa !== 0) === ua && (last.sb !== 0) === ub) {
+      last.n *= n; // same pattern as the dim inside it: one longer run
+    } else {
+      dims.unshift({ n, sa: ua ? strideA : 0, sb: ub ? strideB : 0 });
+    }
+    if (ua) strideA *= n;
+    if (ub) strideB *= n;
+  }
+  return dims;
+}
+
+function binary(name: string): KernelFn {
+  const fallback = cpuKernel(name);
+  const inner = INNER[name];
+  return (args) => {
+    const { a, b } = args.inputs as { a: Info; b: Info };
+    if (a.dtype !== "float32" || b.dtype !== "float32") return fallback(args);
+    const { backend } = args;
+    const shape = tf.backend_util.assertAndGetBroadcastShape(a.shape, b.shape);
+    const out = alloc(backend, tf.util.sizeFromShape(shape));
+    const av = f32(backend, a), bv = f32(backend, b);
+    const dims = broadcastDims(a.shape, b.shape, shape);
+    if (dims.length === 0) {
+      if (out.length > 0) inner(out, 0, av, 0, 0, bv, 0, 0, 1);
+    } else if (dims.length === 1) {
+      inner(out, 0, av, 0, dims[0].sa, bv, 0, dims[0].sb, dims[0].n);
+    } else {
+      const last = dims[dims.length - 1], outer = dims.slice(0, -1);
+      const idx = new Array<number>(outer.length).fill(0);
+      let ia = 0, ib = 0;
+      for (let o = 0; o < out.length; o += last.n) {
+        inner(out, o, av, ia, last.sa, bv, ib, last.sb, last.n);
+        for (let d = outer.length - 1; d >= 0; d--) { // odometer over the outer dims
+          const dim = outer[d];
+          ia += dim.sa, ib += dim.sb;
+          if (++idx[d] < dim.n) break;
+          ia -= dim.sa * dim.n, ib -= dim.sb * dim.n, idx[d] = 0;
+        }
+      }
+    }
+    return backend.makeTensorInfo(shape, "float32", out);
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Element-wise unary ops, each with its own loop (the cpu backend calls one shared loop through a closure).
+
+const UNARY: Record<string, (x: Float32Array, out: Float32Array) => void> = {
+  Exp: (x, out) => {
+    for (let i = 0; i < x.length; i++) out[i] = fastExp(x[i]);
+  },
+  Tanh: (x, out) => {
+    for (let i = 0; i < x.length; i++) out[i] = fastTanh(x[i]);
+  },
+  Square: (x, out) => {
+    for (let i = 0; i < x.length; i++) out[i] = x[i] * x[i];
+  },
+};
+
+function unary(name: string): KernelFn {
+  const fallback = cpuKernel(name);
+  const loop = UNARY[name];
+  return (args) => {
+    const { x } = args.inputs as { x: Info };
+    if (x.dtype !== "float32") return fallback(args);
+    const xv = f32(args.backend, x), out = alloc(args.backend, xv.length);
+    loop(xv, out);
+    return args.backend.makeTensorInfo(x.shape, "float32", out);
+  };
+}
+
+/** Pow with a scalar integer exponent 1–4 as products (GELU's x³); every other case takes the cpu kernel. */
+function pow(): KernelFn {
+  const fallback = cpuKernel("Pow");
+  return (args) => {
+    const { a, b } = args.inputs as { a: Info; b: Info };
+    if (a.dtype !== "float32" || b.dtype !== "float32" || tf.util.sizeFromShape(b.shape) !== 1) {
+      return fallback(args);
+    }
+    const e = f32(args.backend, b)[0];
+    if (!(e === 1 || e === 2 || e === 3 || e === 4)) return fallback(args);
+    const shape = tf.backend_util.assertAndGetBroadcastShape(a.shape, b.shape);
+    const x = f32(args.backend, a), out = alloc(args.backend, x.length);
+    if (e === 1) out.set(x);
+    else if (e === 2) { for (let i = 0; i < x.length; i++) out[i] = x[i] * x[i]; }
+    else if (e === 3) { for (let i = 0; i < x.length; i++) out[i] = x[i] * x[i] * x[i]; }
+    else for (let i = 0; i < x.length; i++) out[i] = x[i] * x[i] * (x[i] * x[i]);
+    return args.backend.makeTensorInfo(shape, "float32", out);
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Transpose: output order with merged runs; the innermost run copies with the input stride of that dim.
+
+function transpose(): KernelFn {
+  const fallback = cpuKernel("Transpose");
+  return (args) => {
+    const { x } = args.inputs as { x: Info };
+    if (x.dtype !== "float32") return fallback(args);
+    const { backend } = args;
+    const perm = (args.attrs as unknown as tf.TransposeAttrs).perm;
+    const inStrides = new Array<number>(x.shape.length);
+    for (let d = x.shape.length - 1, s = 1; d >= 0; s *= x.shape[d], d--) inStrides[d] = s;
+    const shape = perm.map((p) => x.shape[p]);
+    const dims: { n: number; s: number }[] = [];
+    for (let d = 0; d < perm.length; d++) {
+      const n = shape[d], s = inStrides[perm[d]];
+      if (n === 1) continue;
+      const prev = dims[dims.length - 1];
+      if (prev && prev.s === s * n) prev.n *= n, prev.s = s; // contiguous in the input too: merge
+      else dims.push({ n, s });
+    }
+    const xv = f32(backend, x);
+    const out = alloc(backend, xv.length);
+    if (dims.length <= 1) out.set(xv);
+    else {
+      const last = dims[dims.length - 1], outer = dims.slice(0, -1);
+      const idx = new Array<number>(outer.length).fill(0);
+      const n = last.n, s = last.s;
+      let i = 0;
+      for (let o = 0; o < out.length; o += n) {
+        if (s === 1) out.set(xv.subarray(i, i + n), o);
+        else for (let k = 0; k < n; k++) out[o + k] = xv[i + k * s];
+        for (let d = outer.length - 1; d >= 0; d--) {
+          const dim = outer[d];
+          i += dim.s;
+          if (++idx[d] < dim.n) break;
+          i -= dim.s * dim.n, idx[d] = 0;
+        }
+      }
+    }
+    return backend.makeTensorInfo(shape, "float32", out);
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Reductions over trailing axes (per row) or leading axes (per column), in double like the cpu backend.
+
+/** Splits x's shape into [outer, reduced, inner] when `axes` are contiguous; null otherwise. */
+function reduceSplit(shape: number[], axis: number | number[]): [number, number, number] | null {
+  const axes = tf.util.parseAxisParam(axis, shape).sort((p, q) => p - q);
+  if (axes.length === 0) return null;
+  for (let i = 1; i < axes.length; i++) if (axes[i] !== axes[i - 1] + 1) return null;
+  const lo = axes[0], hi = axes[axes.length - 1] + 1;
+  const size = (s: number[]) => s.reduce((p, q) => p * q, 1);
+  return [size(shape.slice(0, lo)), size(shape.slice(lo, hi)), size(shape.slice(hi))];
+}
+
+function reduction(name: "Sum" | "Max"): KernelFn {
+  const fallback = cpuKernel(name);
+  const isMax = name === "Max";
+  return (args) => {
+    const { x } = args.inputs as { x: Info };
+    const attrs = args.attrs as unknown as {
+      axis?: number | number[];
+      reductionIndices?: number | number[];
+    };
+    const axis = (isMax ? attrs.reductionIndices : attrs.axis) ?? x.shape.map((_, i) => i); // null: all axes
+    const keepDims = (args.attrs as { keepDims?: boolean }).keepDims ?? false;
+    const split = x.dtype === "float32" ? reduceSplit(x.shape, axis) : null;
+    if (!split || (split[0] > 1 && split[2] > 1) || split[1] === 0) return fallback(args);
+    const [outer, red, inner] = split;
+    const { backend } = args;
+    const xv = f32(backend, x);
+    const axes = tf.util.parseAxisParam(axis, x.shape);
+    const shape = keepDims
+      ? x.shape.map((d, i) => (axes.includes(i) ? 1 : d))
+      : x.shape.filter((_, i) => !axes.includes(i));
+    let out: Float32Array;
+    if (inner === 1) { // reduce each row of `red` contiguous values
+      out = new Float32Array(outer);
+      for (let r = 0; r < outer; r++) {
+        const o = r * red;
+        let acc = isMax ? xv[o] : 0;
+        if (isMax) {
+          for (let k = 1; k < red; k++) {
+            acc = xv[o + k] > acc || xv[o + k] !== xv[o + k] ? xv[o + k] : acc;
+          }
+        } else for (let k = 0; k < red; k++) acc += xv[o + k];
+        out[r] = acc;
+      }
+    } else { // outer === 1: reduce `red` rows of `inner` values into one row
+      const acc = new Float64Array(inner);
+      if (isMax) acc.set(xv.subarray(0, inner));
+      for (let r = isMax ? 1 : 0; r < red; r++) {
+        const o = r * inner;
+        if (isMax) {
+          for (let k = 0; k < inner; k++) {
+            if (xv[o + k] > acc[k] || xv[o + k] !== xv[o + k]) acc[k] = xv[o + k];
+          }
+        } else for (let k = 0; k < inner; k++) acc[k] += xv[o + k];
+      }
+      out = Float32Array.from(acc);
+    }
+    return backend.makeTensorInfo(shape, "float32", out);
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Softmax over the last axis: max, exp and sum in one pass per row, then a scale.
+
+function softmaxRows(z: Float32Array, rows: number, n: number, out: Float32Array): void {
+  for (let r = 0; r < rows; r++) {
+    const o = r * n;
+    let max = -Infinity;
+    for (let k = 0; k < n; k++) if (z[o + k] > max) max = z[o + k];
+    let sum = 0;
+    for (let k = 0; k < n; k++) {
+      const e = fastExp(z[o + k] - max);
+      out[o + k] = e;
+      sum += e;
+    }
+    const inv = 1 / sum;
+    for (let k = 0; k < n; k++) out[o + k] *= inv;
+  }
+}
+
+function softmax(): KernelFn {
+  const fallback = cpuKernel("Softmax");
+  return (args) => {
+    const { logits } = args.inputs as { logits: Info };
+    const dim = (args.attrs as unknown as tf.SoftmaxAttrs).dim;
+    const r = logits.shape.length;
+    if (logits.dtype !== "float32" || (dim !== -1 && dim !== r - 1)) return fallback(args);
+    const n = logits.shape[r - 1], z = f32(args.backend, logits);
+    const out = alloc(args.backend, z.length);
+    if (n > 0) softmaxRows(z, z.length / n, n, out);
+    return args.backend.makeTensorInfo(logits.shape, "float32", out);
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+/** UnsortedSegmentSum (the gradient of `gather`): adds each row of `x` into its segment in one pass. */
+function unsortedSegmentSum({ inputs, backend, attrs }: KernelArgs): Info {
+  const { x, segmentIds } = inputs as { x: Info; segmentIds: Info };
+  const numSegments = (attrs as unknown as tf.UnsortedSegmentSumAttrs).numSegments;
+  const rows = tf.util.sizeFromShape(segmentIds.shape);
+  const inner = rows === 0 ? 0 : tf.util.sizeFromShape(x.shape) / rows;
+  const outShape = [numSegments, ...x.shape.slice(segmentIds.shape.length)];
+  const xv = vals(backend, x), ids = vals(backend, segmentIds);
+  const out = x.dtype === "int32"
+    ? new Int32Array(numSegments * inner)
+    : alloc(backend, numSegments * inner).fill(0);
+  for (let r = 0; r < rows; r++) {
+    const s = ids[r];
+    if (s < 0 || s >= numSegments) continue; // TF drops out-of-range ids
+    const o = s * inner, i = r * inner;
+    for (let k = 0; k < inner; k++) out[o + k] += xv[i + k];
+  }
+  return backend.makeTensorInfo(outShape, x.dtype, out);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Fused kernels under new names.
+
+const GELU_C = Math.sqrt(2 / Math.PI), GELU_A = 0.044715;
+
+/** GeluTanh: y = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))); also returns t = tanh(…) for the gradient. */
+function geluTanh({ inputs, backend }: KernelArgs): Info[] {
+  const { x } = inputs as { x: Info };
+  const xv = f32(backend, x);
+  const y = alloc(backend, xv.length), t = alloc(backend, xv.length);
+  for (let i = 0; i < xv.length; i++) {
+    const v = xv[i];
+    const th = fastTanh(GELU_C * (v + GELU_A * v * v * v));
+    t[i] = th;
+    y[i] = 0.5 * v * (1 + th);
+  }
+  return [
+    backend.makeTensorInfo(x.shape, "float32", y),
+    backend.makeTensorInfo(x.shape, "float32", t),
+  ];
+}
+
+/** GeluTanhGrad: dx = dy·(0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)). */
+function geluTanhGrad({ inputs, backend }: KernelArgs): Info {
+  const { dy, x, t } = inputs as { dy: Info; x: Info; t: Info };
+  const g = f32(backend, dy), xv = f32(backend, x), tv = f32(backend, t);
+  const dx = alloc(backend, xv.length);
+  for (let i = 0; i < xv.length; i++) {
+    const v = xv[i], th = tv[i];
+    dx[i] = g[i] * (0.5 * (1 + th) + 0.5 * v * (1 - th * th) * GELU_C * (1 + 3 * GELU_A * v * v));
+  }
+  return backend.makeTensorInfo(x.shape, "float32", dx);
+}
+
+/** LayerNorm over the last axis (biased variance): returns [y, mean, rstd], the last two per row. */
+function layerNormKernel({ inputs, backend, attrs }: KernelArgs): Info[] {
+  const { x, scale, shift } = inputs as { x: Info; scale: Info; shift: Info };
+  const eps = (attrs as { eps: number }).eps;
+  const C = x.shape[x.shape.length - 1], rows = tf.util.sizeFromShape(x.shape) / C;
+  const xv = f32(backend, x), g = f32(backend, scale), b = f32(backend, shift);
+  const y = alloc(backend, xv.length),
+    mean = new Float32Array(rows),
+    rstd = new Float32Array(rows);
+  for (let r = 0; r < rows; r++) {
+    const o = r * C;
+    let s = 0;
+    for (let k = 0; k < C; k++) s += xv[o + k];
+    const m = s / C;
+    let v = 0;
+    for (let k = 0; k < C; k++) v += (xv[o + k] - m) * (xv[o + k] - m);
+    const rs = 1 / Math.sqrt(v / C + eps);
+    for (let k = 0; k < C; k++) y[o + k] = (xv[o + k] - m) * rs * g[k] + b[k];
+    mean[r] = m, rstd[r] = rs;
+  }
+  const rowShape = x.shape.slice(0, -1);
+  return [
+    backend.makeTensorInfo(x.shape, "float32", y),
+    backend.makeTensorInfo(rowShape, "float32", mean),
+    backend.makeTensorInfo(rowShape, "float32", rstd),
+  ];
+}
+
+/** LayerNormGrad: [dx, dscale, dshift] from dy, x, scale and the forward's per-row mean and rstd. */
+function layerNormGrad({ inputs, backend }: KernelArgs): Info[] {
+  const { dy, x, scale, mean, rstd } = inputs as {
+    dy: Info;
+    x: Info;
+    scale: Info;
+    mean: Info;
+    rstd: Info;
+  };
+  const C = x.shape[x.shape.length - 1], rows = tf.util.sizeFromShape(x.shape) / C;
+  const g = f32(backend, dy), xv = f32(backend, x), w = f32(backend, scale);
+  const mv = f32(backend, mean), rv = f32(backend, rstd);
+  const dx = alloc(backend, xv.length), dw = new Float64Array(C), db = new Float64Array(C);
+  for (let r = 0; r < rows; r++) {
+    const o = r * C, m = mv[r], rs = rv[r];
+    let sumG = 0, sumGX = 0; // Σ dŷ and Σ dŷ·x̂ over the row, dŷ = dy·scale
+    for (let k = 0; k < C; k++) {
+      const xh = (xv[o + k] - m) * rs, gk = g[o + k];
+      const dxh = gk * w[k];
+      sumG += dxh, sumGX += dxh * xh;
+      dw[k] += gk * xh, db[k] += gk;
+    }
+    const mG = sumG / C, mGX = sumGX / C;
+    for (let k = 0; k < C; k++) {
+      const xh = (xv[o + k] - m) * rs;
+      dx[o + k] = rs * (g[o + k] * w[k] - mG - xh * mGX);
+    }
+  }
+  return [
+    backend.makeTensorInfo(x.shape, "float32", dx),
+    backend.makeTensorInfo(scale.shape, "float32", Float32Array.from(dw)),
+    backend.makeTensorInfo(scale.shape, "float32", Float32Array.from(db)),
+  ];
+}
+
+/** SoftmaxCrossEntropy: mean −log softmax(z)[target] over rows; returns [loss (scalar), probabilities (N, V)]. */
+function softmaxCrossEntropy({ inputs, backend }: KernelArgs): Info[] {
+  const { logits, targets } = inputs as { logits: Info; targets: Info };
+  const [N, V] = logits.shape;
+  const z = f32(backend, logits), tv = vals(backend, targets);
+  const p = alloc(backend, z.length);
+  let loss = 0;
+  for (let r = 0; r < N; r++) {
+    const o = r * V;
+    let max = -Infinity;
+    for (let k = 0; k < V; k++) if (z[o + k] > max) max = z[o + k];
+    let sum = 0;
+    for (let k = 0; k < V; k++) {
+      const e = fastExp(z[o + k] - max);
+      p[o + k] = e;
+      sum += e;
+    }
+    const inv = 1 / sum;
+    for (let k = 0; k < V; k++) p[o + k] *= inv;
+    loss += Math.log(sum) + max - z[o + tv[r]];
+  }
+  return [
+    backend.makeTensorInfo([], "float32", new Float32Array([loss / N])),
+    backend.makeTensorInfo(logits.shape, "float32", p),
+  ];
+}
+
+/** SoftmaxCrossEntropyGrad: dlogits = (p − onehot(target)) · dy / N. */
+function softmaxCrossEntropyGrad({ inputs, backend }: KernelArgs): Info {
+  const { dy, probs, targets } = inputs as { dy: Info; probs: Info; targets: Info };
+  const [N, V] = probs.shape;
+  const s = f32(backend, dy)[0] / N, p = f32(backend, probs), tv = vals(backend, targets);
+  const d = alloc(backend, p.length);
+  for (let i = 0; i < p.length; i++) d[i] = p[i] * s;
+  for (let r = 0; r < N; r++) d[r * V + tv[r]] -= s;
+  return backend.makeTensorInfo(probs.shape, "float32", d);
+}
+
+/**
+ * CausalSoftmax: softmax over the last axis of `x`·scale for (…, T, T) attention scores, where row i (the query at
+ * position i) sees keys 0…i only — the book's `masked_fill(-inf)` + scale + softmax in one pass.
+ */
+function causalSoftmax({ inputs, backend, attrs }: KernelArgs): Info {
+  const { x } = inputs as { x: Info };
+  const scale = (attrs as { scale: number }).scale;
+  const T = x.shape[x.shape.length - 1], rows = tf.util.sizeFromShape(x.shape) / T;
+  const xv = f32(backend, x), out = alloc(backend, xv.length);
+  for (let r = 0; r < rows; r++) {
+    const o = r * T, n = (r % T) + 1; // keys visible to this query
+    let max = -Infinity;
+    for (let k = 0; k < n; k++) if (xv[o + k] > max) max = xv[o + k];
+    let sum = 0;
+    for (let k = 0; k < n; k++) {
+      const e = fastExp((xv[o + k] - max) * scale);
+      out[o + k] = e;
+      sum += e;
+    }
+    const inv = 1 / sum;
+    for (let k = 0; k < n; k++) out[o + k] *= inv;
+    out.fill(0, o + n, o + T);
+  }
+  return backend.makeTensorInfo(x.shape, "float32", out);
+}
+
+/** CausalSoftmaxGrad: dx = scale · y ⊙ (dy − Σ_k dy·y) per row (zero where masked, since y is). */
+function causalSoftmaxGrad({ inputs, backend, attrs }: KernelArgs): Info {
+  const { dy, y } = inputs as { dy: Info; y: Info };
+  const scale = (attrs as { scale: number }).scale;
+  const T = y.shape[y.shape.length - 1], rows = tf.util.sizeFromShape(y.shape) / T;
+  const g = f32(backend, dy), yv = f32(backend, y), dx = alloc(backend, yv.length);
+  for (let r = 0; r < rows; r++) {
+    const o = r * T, n = (r % T) + 1;
+    let dot = 0;
+    for (let k = 0; k < n; k++) dot += g[o + k] * yv[o + k];
+    for (let k = 0; k < n; k++) dx[o + k] = scale * yv[o + k] * (g[o + k] - dot);
+    dx.fill(0, o + n, o + T);
+  }
+  return backend.makeTensorInfo(y.shape, "float32", dx);
+}
+
+/** Kernels this module provides, by kernel name (drop-ins first, then the fused ones). */
+export function fusedCpuKernels(): Record<string, KernelFn> {
+  return {
+    Add: binary("Add"),
+    Sub: binary("Sub"),
+    Multiply: binary("Multiply"),
+    RealDiv: binary("RealDiv"),
+    Exp: unary("Exp"),
+    Tanh: unary("Tanh"),
+    Square: unary("Square"),
+    Pow: pow(),
+    Transpose: transpose(),
+    Sum: reduction("Sum"),
+    Max: reduction("Max"),
+    Softmax: softmax(),
+    UnsortedSegmentSum: unsortedSegmentSum,
+    GeluTanh: geluTanh,
+    GeluTanhGrad: geluTanhGrad,
+    CausalSoftmax: causalSoftmax,
+    CausalSoftmaxGrad: causalSoftmaxGrad,
+    LayerNorm: layerNormKernel,
+    LayerNormGrad: layerNormGrad,
+    SoftmaxCrossEntropy: softmaxCrossEntropy,
+    SoftmaxCrossEntropyGrad: softmaxCrossEntropyGrad,
+  };
+}
+
+/**
+ * Registers {@link fusedCpuKernels} for `backendName` (a backend built on MathBackendCPU, e.g. `blas` or `cpu`),
+ * replacing its kernels of those names.
+ */
+export function registerFusedCpuKernels(backendName: string): void {
+  for (const [kernelName, fn] of Object.entries(fusedCpuKernels())) {
+    if (tf.getKernel(kernelName, backendName)) tf.unregisterKernel(kernelName, backendName);
+    tf.registerKernel({ kernelName, backendName, kernelFunc: fn as unknown as tf.KernelFunc });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Ops on the fused kernels; null when the active backend does not have them.
+
+function has(kernel: string): boolean {
+  return tf.getKernel(kernel, tf.getBackend()) !== undefined;
+}
+
+function run(kernel: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap = {}): tf.Tensor[] {
+  return tf.engine().runKernel(kernel, inputs, attrs) as unknown as tf.Tensor[];
+}
+
+/** GPT-2's tanh-GELU as one kernel forward and one backward, or null where the backend lacks them. */
+export function fusedGelu(x: tf.Tensor): tf.Tensor | null {
+  if (!has("GeluTanh")) return null;
+  const op = tf.customGrad((xx: tf.Tensor | tf.GradSaveFunc, save: tf.Tensor | tf.GradSaveFunc) => {
+    const [y, t] = run("GeluTanh", { x: xx as tf.Tensor });
+    (save as tf.GradSaveFunc)([xx as tf.Tensor, t]);
+    return {
+      value: y,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        run("GeluTanhGrad", { dy, x: saved[0], t: saved[1] }) as unknown as tf.Tensor,
+    };
+  });
+  return op(x);
+}
+
+/**
+ * Causal attention weights: softmax(scores · scale) with keys after each query masked out, for scores
+ * (…, T, T) — replaces `softmax((scores + mask) / √d)`; null where the backend lacks the kernels.
+ */
+export function fusedCausalSoftmax(scores: tf.Tensor, scale: number): tf.Tensor | null {
+  if (!has("CausalSoftmax")) return null;
+  const op = tf.customGrad((x: tf.Tensor | tf.GradSaveFunc, save: tf.Tensor | tf.GradSaveFunc) => {
+    const y = run("CausalSoftmax", { x: x as tf.Tensor }, { scale }) as unknown as tf.Tensor;
+    (save as tf.GradSaveFunc)([y]);
+    return {
+      value: y,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        run("CausalSoftmaxGrad", { dy, y: saved[0] }, { scale }) as unknown as tf.Tensor,
+    };
+  });
+  return op(scores);
+}
+
+/**
+ * LayerNorm over the last axis (biased variance, eps inside the square root) as one kernel forward and one
+ * backward, or null where the backend lacks them. `scale` and `shift` have the last axis's length.
+ */
+export function fusedLayerNorm(
+  x: tf.Tensor,
+  scale: tf.Tensor,
+  shift: tf.Tensor,
+  eps = 1e-5,
+): tf.Tensor | null {
+  if (!has("LayerNorm")) return null;
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const [xx, w, b] = args as tf.Tensor[];
+    const save = args[3] as tf.GradSaveFunc;
+    const [y, mean, rstd] = run("LayerNorm", { x: xx, scale: w, shift: b }, { eps });
+    save([xx, w, mean, rstd]);
+    return {
+      value: y,
+      gradFunc: (dy: tf.Tensor, s: tf.Tensor[]) =>
+        run("LayerNormGrad", { dy, x: s[0], scale: s[1], mean: s[2], rstd: s[3] }),
+    };
+  });
+  return op(x, scale, shift);
+}
+
+/**
+ * Mean cross-entropy of logits (N, V) against int32 targets (N) — PyTorch's `cross_entropy` — as one kernel
+ * forward (which keeps the softmax) and one backward; null where the backend lacks them.
+ */
+export function fusedCrossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Scalar | null {
+  if (!has("SoftmaxCrossEntropy")) return null;
+  const op = tf.customGrad((z: tf.Tensor | tf.GradSaveFunc, save: tf.Tensor | tf.GradSaveFunc) => {
+    const [loss, probs] = run("SoftmaxCrossEntropy", { logits: z as tf.Tensor, targets });
+    (save as tf.GradSaveFunc)([probs]);
+    return {
+      value: loss,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        run("SoftmaxCrossEntropyGrad", { dy, probs: saved[0], targets }) as unknown as tf.Tensor,
+    };
+  });
+  return op(logits) as tf.Scalar;
+}

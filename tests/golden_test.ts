@@ -1,0 +1,76 @@
+/**
+ * The golden test: the shared tiny GPT-2 (Hugging Face layout) loaded into the book's model reproduces PyTorch's
+ * logits, loss, greedy continuation and the loss after one AdamW step, on every CPU-side backend available.
+ */
+import { ok } from "node:assert/strict";
+import { deepStrictEqual as assertEquals } from "node:assert/strict";
+import * as tf from "@tensorflow/tfjs-core";
+import { AdamW } from "../lib/adamw.ts";
+import { initBackend } from "../lib/backend.ts";
+import type { BackendName, ModelConfig } from "../lib/config.ts";
+import { generateTextSimple } from "../lib/generate.ts";
+import { loadHFGPT2 } from "../lib/gpt2.ts";
+import { GPTModel } from "../lib/model.ts";
+import { trainStep } from "../lib/train.ts";
+import { loadBlas } from "../lib/backends/blas.ts";
+
+const FIXTURES = new URL("../../shared/fixtures/", import.meta.url);
+const fx = JSON.parse(await Deno.readTextFile(new URL("gpt2-tiny.json", FIXTURES)));
+const weights = new URL("gpt2-tiny.safetensors", FIXTURES).pathname;
+const cfg: ModelConfig = fx.config;
+const shape: [number, number] = [2, 32];
+
+function close(actual: number, expected: number, tol: number, what: string) {
+  ok(Math.abs(actual - expected) <= tol, `${what}: ${actual} vs ${expected} (tolerance ${tol})`);
+}
+
+const backends: BackendName[] = ["cpu", "wasm"];
+if (loadBlas().ok) backends.unshift("blas" as BackendName);
+
+for (const backend of backends) {
+  Deno.test(`golden gpt2-tiny on ${backend}: logits, loss, greedy continuation`, async () => {
+    await initBackend(backend);
+    const model = new GPTModel(cfg, await loadHFGPT2(weights, cfg, { tieHead: "omit" }));
+    ok(model.tiedHead);
+    const x = tf.tensor2d(fx.input_ids, shape, "int32"),
+      y = tf.tensor2d(fx.target_ids, shape, "int32");
+    const logits = model.forward(x);
+    const v = logits.dataSync();
+    fx.logits_first_row_first10.forEach((e: number, i: number) =>
+      close(v[i], e, 1e-4, `logits[0,0,${i}]`)
+    );
+    let sumAbs = 0;
+    for (let i = 0; i < v.length; i++) sumAbs += Math.abs(v[i]);
+    close(sumAbs / fx.logits_sum_abs, 1, 1e-5, "sum |logits| (relative)");
+    const lastRow = Array.from(v.subarray((2 * 32 - 1) * cfg.vocab_size));
+    assertEquals(lastRow.indexOf(Math.max(...lastRow)), fx.logits_last_row_argmax);
+    close(model.loss(x, y).dataSync()[0], fx.loss, 1e-4, "loss");
+    assertEquals(generateTextSimple(model, fx.greedy_prompt_ids, 10), fx.greedy_ids);
+    tf.dispose([x, y, logits]);
+    model.dispose();
+  });
+
+  Deno.test(`golden gpt2-tiny on ${backend}: loss after one AdamW step (untied head, dropout 0)`, async () => {
+    await initBackend(backend);
+    const model = new GPTModel(cfg, await loadHFGPT2(weights, cfg, { tieHead: "copy" }));
+    ok(!model.tiedHead);
+    const optimizer = new AdamW(model.params, { lr: 4e-4, weightDecay: 0.1 });
+    const batch = {
+      inputs: Int32Array.from(fx.input_ids.flat()),
+      targets: Int32Array.from(fx.target_ids.flat()),
+      batchSize: 2,
+      maxLength: 32,
+    };
+    const before = trainStep(model, optimizer, batch, null);
+    close(before, fx.loss, 1e-4, "loss before the step");
+    const after = tf.tidy(() =>
+      model.loss(
+        tf.tensor2d(batch.inputs, shape, "int32"),
+        tf.tensor2d(batch.targets, shape, "int32"),
+      ).dataSync()[0]
+    );
+    close(after, fx.loss_after_one_adamw_step_untied, 1e-4, "loss after one AdamW step");
+    optimizer.dispose();
+    model.dispose();
+  });
+}
