@@ -6,13 +6,11 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
 import { BLAS_BACKEND, registerBlasBackend } from "./backends/blas.ts";
-import { registerFusedCpuKernels } from "./backends/fused_cpu.ts";
 import type { BackendName, ModelConfig } from "./config.ts";
 import { UserError } from "./errors.ts";
 
 tf.env().set("IS_NODE", false); // silences tfjs's "install tfjs-node" banner: we pick backends ourselves
 tf.env().set("WASM_HAS_MULTITHREAD_SUPPORT", false); // Deno lacks the worker setup tfjs-wasm threads need
-registerFusedCpuKernels("cpu"); // one-pass JS kernels instead of tfjs-cpu's composed ones (same math)
 
 /** The backend a run uses and the reason it was chosen. */
 export interface BackendChoice {
