@@ -10,11 +10,14 @@ import { textToTokenIds, tokenIdsToText } from "./tokenizer.ts";
 /** Logits of the last position for a context cropped to the model's context length: ids → (V). */
 export function lastLogits(model: GPTModel, ids: readonly number[]): Float32Array {
   const ctx = ids.slice(-model.cfg.context_length);
-  return tf.tidy(() => {
+  const logits = tf.tidy(() => {
     const h = model.hidden(tf.tensor2d(ctx as number[], [1, ctx.length], "int32"));
     const last = tf.slice(h, [ctx.length - 1, 0], [1, model.cfg.emb_dim]);
     return model.head(last as tf.Tensor2D);
-  }).dataSync() as Float32Array;
+  });
+  const values = logits.dataSync().slice() as Float32Array; // a copy: CPU backends hand out their storage
+  logits.dispose();
+  return values;
 }
 
 /** Index of the largest value (first on ties, like torch.argmax). */
@@ -74,6 +77,23 @@ export function samplingProbs(
 }
 
 /**
+ * The book's choice of the next token: temperature > 0 samples from softmax(top-k-masked logits / T) with
+ * `torch.multinomial`'s draws; temperature 0 takes the argmax (top-k does not change it).
+ */
+export function pickNext(
+  logits: Float32Array,
+  temperature: number,
+  topK: number | null,
+  rng: TorchGenerator | undefined,
+): number {
+  if (temperature > 0) {
+    if (!rng) throw new Error("generate: temperature > 0 needs a random generator");
+    return rng.multinomial(samplingProbs(logits, topK, temperature))[0];
+  }
+  return argmax(logits);
+}
+
+/**
  * The book's generate: crop the context to context_length, top-k mask, temperature > 0 samples from
  * softmax(logits / T) with `torch.multinomial`'s draws, temperature 0 takes the argmax; stops at `eosId`.
  * Returns the prompt followed by the new tokens.
@@ -82,15 +102,7 @@ export function generate(model: GPTModel, ids: number[], o: GenerateOptions): nu
   const out = ids.slice();
   const temperature = o.temperature ?? 0;
   for (let i = 0; i < o.maxNewTokens; i++) {
-    let logits = lastLogits(model, out);
-    let next: number;
-    if (temperature > 0) {
-      if (!o.rng) throw new Error("generate: temperature > 0 needs a random generator");
-      next = o.rng.multinomial(samplingProbs(logits, o.topK ?? null, temperature))[0];
-    } else {
-      if (o.topK != null) logits = samplingProbs(logits, o.topK, 1); // argmax is unchanged by the mask
-      next = argmax(logits);
-    }
+    const next = pickNext(lastLogits(model, out), temperature, o.topK ?? null, o.rng);
     if (o.eosId != null && next === o.eosId) break;
     out.push(next);
     o.onToken?.(next);
