@@ -1,22 +1,28 @@
 /**
  * `deno task train <experiment.yaml> [--resume | --fresh] [--set key=value …]`: the book's chapter-5 pretraining run.
+ * A YAML with a `sweep:` section runs every point of its grid (or prints one command per point).
  * Exit codes: 0 finished, 2 bad input, 130 interrupted (checkpoint written).
  */
 import { parseArgs } from "node:util";
+import { compareRuns, formatTable } from "../lib/compare.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { runTraining } from "../lib/run.ts";
+import { pointAction, pointCommand, readSweep } from "../lib/sweep.ts";
 
 const USAGE = `usage: deno task train <experiment.yaml> [options]
 
 Trains the experiment's model and writes checkpoints/<name>/{log.jsonl,checkpoint.safetensors}.
 
 options:
-  --set key=value   override any config key, e.g. --set training.lr=1e-3 (repeatable)
-  --backend name    auto | cpu | wasm | webgpu | tensorflow (same as --set backend=name)
-  --resume          continue from the run's last checkpoint
-  --fresh           start over; an earlier run of the same name is moved aside, not deleted
-  -h, --help        show this help`;
+  --set key=value    override any config key, e.g. --set training.lr=1e-3 (repeatable)
+  --backend name     auto | blas | cpu | wasm | webgpu | tensorflow (same as --set backend=name)
+  --resume           continue from the run's last checkpoint
+  --fresh            start over; an earlier run of the same name is moved aside, not deleted
+  --auto-resume      skip the run if it finished, resume it if it has a checkpoint, else start it
+  --print-commands   for a sweep file: print one self-contained command per point instead of running
+  --no-sweep         ignore the file's sweep: section (run the single config)
+  -h, --help         show this help`;
 
 await runTask(async () => {
   let parsed;
@@ -29,6 +35,9 @@ await runTask(async () => {
         backend: { type: "string" },
         resume: { type: "boolean", default: false },
         fresh: { type: "boolean", default: false },
+        "auto-resume": { type: "boolean", default: false },
+        "print-commands": { type: "boolean", default: false },
+        "no-sweep": { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
       },
     });
@@ -42,12 +51,49 @@ await runTask(async () => {
       `train: expected one experiment file, got ${positionals.length} (see --help)`,
     );
   }
-  if (values.resume && values.fresh) {
-    throw new UserError("train: --resume and --fresh exclude each other");
+  const modes = [values.resume, values.fresh, values["auto-resume"]].filter(Boolean).length;
+  if (modes > 1) {
+    throw new UserError("train: --resume, --fresh and --auto-resume exclude each other");
   }
+  const path = positionals[0];
   const overrides = [...(values.set ?? [])];
   if (values.backend) overrides.push(`backend=${values.backend}`);
-  const cfg = await loadExperiment(positionals[0], overrides);
-  const result = await runTraining(cfg, { resume: values.resume, fresh: values.fresh });
-  if (result.status === "interrupted") Deno.exit(130);
+
+  const points = values["no-sweep"] ? null : await readSweep(path);
+  if (!points) {
+    if (values["print-commands"]) {
+      throw new UserError(`${path}: --print-commands needs a sweep: section`);
+    }
+    const cfg = await loadExperiment(path, overrides);
+    const action = values["auto-resume"] ? pointAction(`checkpoints/${cfg.name}`) : null;
+    if (action === "skip") return console.log(`${cfg.name}: already finished; nothing to do`);
+    const result = await runTraining(cfg, {
+      resume: values.resume || action === "resume",
+      fresh: values.fresh || action === "start",
+    });
+    if (result.status === "interrupted") Deno.exit(130);
+    return;
+  }
+
+  if (values["print-commands"]) {
+    for (const p of points) console.log(pointCommand(path, p, overrides));
+    return;
+  }
+  // Validate every point before running any, so a typo fails at once rather than after hours.
+  const configs = await Promise.all(
+    points.map((p) => loadExperiment(path, [...overrides, ...p.overrides])),
+  );
+  for (const [i, cfg] of configs.entries()) {
+    const action = pointAction(`checkpoints/${cfg.name}`);
+    console.log(`\n== sweep point ${i + 1}/${configs.length}: ${cfg.name} (${action})`);
+    if (action === "skip") continue;
+    const result = await runTraining(cfg, {
+      resume: action === "resume",
+      fresh: action === "start",
+    });
+    if (result.status === "interrupted") Deno.exit(130);
+  }
+  const { rows, warnings } = compareRuns(configs.map((c) => `checkpoints/${c.name}/log.jsonl`));
+  for (const w of warnings) console.error(`warning: ${w}`);
+  console.log("\n" + formatTable(rows));
 });
