@@ -125,9 +125,9 @@ function fmt(v: Json): string {
 /** The check of every key; the schema mirrors {@link DEFAULTS}. */
 const SCHEMA: Record<string, Check | Record<string, Check>> = {
   name: (v) =>
-    typeof v === "string" && /^[A-Za-z0-9._-]*$/.test(v)
+    typeof v === "string" && /^[A-Za-z0-9._=,-]*$/.test(v) && !v.startsWith(".")
       ? null
-      : `${fmt(v)} is not a run name (letters, digits, . _ -)`,
+      : `${fmt(v)} is not a run name (letters, digits, . _ - = , and not starting with .)`,
   model: {
     vocab_size: positiveInt,
     context_length: positiveInt,
