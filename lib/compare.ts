@@ -2,28 +2,51 @@
  * Comparing runs through their JSONL logs: which config keys differ, how far each run got, its final and best
  * losses, speed and status; a table for the terminal, JSON for scripts, and one SVG with every run's curves.
  */
+import { loadExperiment } from "./config.ts";
 import { UserError } from "./errors.ts";
 import { lineChartSVG, PALETTE, type Series } from "./plot.ts";
-import { readRunLog, type RunLogData, type RunStatus } from "./runlog.ts";
+import { formatDuration } from "./progress.ts";
+import { type LogLine, readRunLog, type RunLogData, type RunStatus } from "./runlog.ts";
+import { readSweep } from "./sweep.ts";
 
-/** One run's figures (also the `--json` schema: an array of these). */
+/**
+ * One run's figures. `deno task compare --json` prints an array of these, sorted like the table:
+ *
+ * | field | type | meaning |
+ * |---|---|---|
+ * | name | string | run name from the log's header (else its directory) |
+ * | path | string | the log file |
+ * | differs | {[dotted key]: value} | the config keys whose values differ between the compared runs → this run's value (null: absent) |
+ * | backend | string \| null | the backend that ran it (last header) |
+ * | resumes | number | how many times the run was resumed |
+ * | steps | number | optimizer steps done |
+ * | tokens_seen | number | training tokens consumed |
+ * | final_train_loss, final_val_loss | number \| null | at the last evaluation |
+ * | best_train_loss, best_val_loss | number \| null | lowest over the evaluations |
+ * | val_perplexity | number \| null | exp(final_val_loss) |
+ * | tokens_per_s | number \| null | training throughput over all of the run's segments |
+ * | wall_s | number \| null | seconds of training, summed over the run's segments |
+ * | status | "finished" \| "interrupted" \| "crashed" \| "running" | see {@link RunStatus} |
+ */
 export interface RunRow {
-  name: string; // run name from the header (else the directory)
-  path: string; // the log file
-  differs: Record<string, unknown>; // config keys that differ between the compared runs → this run's value
+  name: string;
+  path: string;
+  differs: Record<string, unknown>;
+  backend: string | null;
+  resumes: number;
   steps: number;
   tokens_seen: number;
   final_train_loss: number | null;
   final_val_loss: number | null;
   best_train_loss: number | null;
   best_val_loss: number | null;
-  val_perplexity: number | null; // exp(final_val_loss)
+  val_perplexity: number | null;
   tokens_per_s: number | null;
   wall_s: number | null;
   status: RunStatus;
 }
 
-/** Columns a table can be sorted by. */
+/** Columns a table can be sorted by (besides the differing config keys). */
 export const SORT_KEYS = [
   "name",
   "steps",
@@ -38,6 +61,9 @@ export const SORT_KEYS = [
   "status",
 ] as const;
 
+/** Columns where more is better: sorted high to low, so that the best run always comes first. */
+const HIGHER_FIRST = new Set<string>(["steps", "tokens_seen", "tokens_per_s"]);
+
 function flatten(
   obj: unknown,
   prefix = "",
@@ -49,11 +75,23 @@ function flatten(
   return out;
 }
 
-/** Dotted config keys whose values are not the same in every config (the run name excluded). */
+/**
+ * The dotted config keys whose values are not the same in every config, in the order they first appear (the run
+ * name excluded: it always differs).
+ *
+ * @example
+ * diffConfigs([{ training: { lr: 1e-3, seed: 1 } }, { training: { lr: 4e-4, seed: 1 } }]); // ["training.lr"]
+ */
 export function diffConfigs(configs: unknown[]): string[] {
   const flat = configs.map((c) => flatten(c));
   const keys = [...new Set(flat.flatMap((f) => Object.keys(f)))].filter((k) => k !== "name");
-  return keys.filter((k) => new Set(flat.map((f) => JSON.stringify(f[k]))).size > 1).sort();
+  return keys.filter((k) => new Set(flat.map((f) => JSON.stringify(f[k] ?? null))).size > 1);
+}
+
+/** The config a run last ran with (its last header's), or null when the log has no header. */
+export function runConfig(log: RunLogData): Record<string, unknown> | null {
+  const cfg = log.headers.at(-1)?.config;
+  return cfg && typeof cfg === "object" ? cfg as Record<string, unknown> : null;
 }
 
 function num(v: unknown): number | null {
@@ -65,101 +103,184 @@ function minOf(xs: (number | null)[]): number | null {
   return ok.length ? Math.min(...ok) : null;
 }
 
-/** A run's figures from its log; `diffKeys` picks the config keys shown. */
+/** The last value of `key` (a finite number) among the lines. */
+function lastNum(lines: LogLine[], ...keys: string[]): number | null {
+  for (let i = lines.length - 1; i >= 0; i--) {
+    for (const k of keys) {
+      const v = num(lines[i][k]);
+      if (v !== null) return v;
+    }
+  }
+  return null;
+}
+
+/**
+ * Wall time and throughput over a run's segments (each header starts one, with its own clock): seconds summed,
+ * tokens/s weighted by each segment's time.
+ */
+function timing(lines: LogLine[]): { wall: number | null; rate: number | null } {
+  let wall = 0, rated = 0, tokens = 0, seen = false;
+  let segWall = 0, segRate: [number, number] | null = null; // (tokens/s, at elapsed_s)
+  const close = () => {
+    wall += segWall;
+    if (segRate) tokens += segRate[0] * segRate[1], rated += segRate[1];
+    segWall = 0, segRate = null;
+  };
+  for (const l of lines) {
+    if (l.type === "header") close();
+    const e = num(l.elapsed_s), r = num(l.tokens_per_s);
+    if (e === null) continue;
+    seen = true;
+    segWall = Math.max(segWall, e);
+    if (r !== null) segRate = [r, e];
+  }
+  close();
+  return { wall: seen ? wall : null, rate: rated > 0 ? tokens / rated : null };
+}
+
+/** A run's figures from its log; `diffKeys` picks the config keys shown in `differs`. */
 export function summarizeRun(log: RunLogData, diffKeys: string[] = []): RunRow {
-  const cfg = flatten(log.header?.config ?? {});
+  const cfg = flatten(runConfig(log) ?? {});
   const last = log.evals.at(-1);
   const finalVal = num(last?.val_loss);
-  const stepsOf = (l: Record<string, unknown> | undefined) => num(l?.step) ?? 0;
-  const lastLine = log.lines.at(-1);
+  const { wall, rate } = timing(log.lines);
+  const header = log.headers.at(-1);
   return {
-    name: String(log.header?.run ?? log.path.split("/").at(-2) ?? log.path),
+    name: typeof header?.run === "string" ? header.run : log.path.split("/").at(-2) ?? log.path,
     path: log.path,
-    differs: Object.fromEntries(diffKeys.map((k) => [k, cfg[k]])),
-    steps: Math.max(stepsOf(log.summary ?? undefined), stepsOf(last), stepsOf(lastLine)),
-    tokens_seen: num(log.summary?.tokens_seen) ?? num(last?.tokens_seen) ?? 0,
+    differs: Object.fromEntries(diffKeys.map((k) => [k, cfg[k] ?? null])),
+    backend: typeof header?.backend === "string" ? header.backend : null,
+    resumes: Math.max(0, log.headers.length - 1),
+    steps: lastNum(log.lines, "steps", "step") ?? 0,
+    tokens_seen: lastNum(log.lines, "tokens_seen") ?? 0,
     final_train_loss: num(last?.train_loss),
     final_val_loss: finalVal,
     best_train_loss: minOf(log.evals.map((e) => num(e.train_loss))),
     best_val_loss: minOf(log.evals.map((e) => num(e.val_loss))),
     val_perplexity: finalVal === null ? null : Math.exp(finalVal),
-    tokens_per_s: num(log.summary?.tokens_per_s) ?? num(last?.tokens_per_s),
-    wall_s: num(log.summary?.elapsed_s) ?? num(last?.elapsed_s),
+    tokens_per_s: rate,
+    wall_s: wall,
     status: log.status,
   };
 }
 
-/** Sorts rows by a column: numbers ascending with missing values last, text alphabetically. */
-export function sortRows(rows: RunRow[], key: typeof SORT_KEYS[number]): RunRow[] {
+/** Whether `key` names a column of these rows: one of {@link SORT_KEYS} or a differing config key. */
+export function isSortKey(rows: RunRow[], key: string): boolean {
+  return (SORT_KEYS as readonly string[]).includes(key) || rows.some((r) => key in r.differs);
+}
+
+/**
+ * Sorts rows by a column, best first: losses, perplexity and wall time low to high; steps, tokens and tokens/s
+ * high to low; text and config values ascending. Missing values go last.
+ */
+export function sortRows(rows: RunRow[], key: string): RunRow[] {
+  const value = (r: RunRow): unknown =>
+    key in r.differs ? r.differs[key] : (r as unknown as Record<string, unknown>)[key];
+  const sign = HIGHER_FIRST.has(key) ? -1 : 1;
   return [...rows].sort((a, b) => {
-    const x = a[key], y = b[key];
-    if (typeof x === "number" || typeof y === "number") {
-      return (typeof x === "number" ? x : Infinity) - (typeof y === "number" ? y : Infinity);
-    }
+    const x = value(a), y = value(b);
+    const xm = x === null || x === undefined, ym = y === null || y === undefined;
+    if (xm || ym) return Number(xm) - Number(ym);
+    if (typeof x === "number" && typeof y === "number") return sign * (x - y);
     return String(x).localeCompare(String(y));
   });
 }
 
-function cell(v: unknown, digits = 3): string {
+/** A figure with fixed decimals (`-` when missing), so that a column's points line up. */
+function cell(v: number | null, digits: number): string {
+  return v === null ? "-" : v.toFixed(digits);
+}
+
+/** A config value as written in a YAML file: 0.0004, not 0.000400. */
+function configCell(v: unknown): string {
   if (v === null || v === undefined) return "-";
-  if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toFixed(digits);
   return typeof v === "string" ? v : JSON.stringify(v);
 }
 
-/** A plain-text table, one row per run. */
+/**
+ * A plain-text table, one row per run, in the rows' order: the run, the differing config keys, the backend when
+ * the runs' backends differ, then steps, tokens, final/best losses, val perplexity, tokens/s, wall time, status.
+ */
 export function formatTable(rows: RunRow[]): string {
-  const diffKeys = rows.length ? Object.keys(rows[0].differs) : [];
-  const head = [
-    "run",
-    ...diffKeys,
-    "steps",
-    "tokens",
-    "train",
-    "val",
-    "best val",
-    "val ppl",
-    "tok/s",
-    "wall s",
-    "status",
+  const diffKeys = [...new Set(rows.flatMap((r) => Object.keys(r.differs)))];
+  const showBackend = new Set(rows.map((r) => r.backend)).size > 1;
+  const cols: [string, (r: RunRow) => string][] = [
+    ["run", (r) => r.name],
+    ...diffKeys.map((k) =>
+      [k, (r: RunRow) => configCell(r.differs[k])] as [string, (r: RunRow) => string]
+    ),
+    ...(showBackend
+      ? [["backend", (r: RunRow) => r.backend ?? "-"] as [string, (r: RunRow) => string]]
+      : []),
+    ["steps", (r) => cell(r.steps, 0)],
+    ["tokens", (r) => cell(r.tokens_seen, 0)],
+    ["train", (r) => cell(r.final_train_loss, 3)],
+    ["val", (r) => cell(r.final_val_loss, 3)],
+    ["best train", (r) => cell(r.best_train_loss, 3)],
+    ["best val", (r) => cell(r.best_val_loss, 3)],
+    ["val ppl", (r) => cell(r.val_perplexity, 1)],
+    ["tok/s", (r) => cell(r.tokens_per_s, 1)],
+    ["wall", (r) => r.wall_s === null ? "-" : formatDuration(r.wall_s)],
+    ["status", (r) => r.status + (r.resumes ? ` (${r.resumes}× resumed)` : "")],
   ];
-  const body = rows.map((r) => [
-    r.name,
-    ...diffKeys.map((k) => cell(r.differs[k], 6)),
-    cell(r.steps),
-    cell(r.tokens_seen),
-    cell(r.final_train_loss),
-    cell(r.final_val_loss),
-    cell(r.best_val_loss),
-    cell(r.val_perplexity, 1),
-    cell(r.tokens_per_s, 1),
-    cell(r.wall_s, 0),
-    r.status,
-  ]);
+  const body = rows.map((r) => cols.map(([, f]) => f(r)));
+  const head = cols.map(([h]) => h);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
-  const line = (cols: string[]) =>
-    cols.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  ");
+  const leftAligned = new Set([0, cols.length - 1]); // run and status read as text
+  const line = (cells: string[]) =>
+    cells.map((c, i) => leftAligned.has(i) ? c.padEnd(widths[i]) : c.padStart(widths[i]))
+      .join("  ").trimEnd();
   return [line(head), line(widths.map((w) => "-".repeat(w))), ...body.map(line)].join("\n");
 }
 
-/** Every run's train (solid) and val (dashed) loss against tokens seen, one colour per run. */
+/**
+ * Epoch ticks for a chart's top axis, when every run that logged epoch ends agrees on the tokens seen at each
+ * (runs of one sweep usually do); null otherwise.
+ */
+function epochTicks(logs: RunLogData[]): [number, string][] | null {
+  const at = new Map<number, number>(); // epoch → tokens seen at its end
+  for (const log of logs) {
+    for (const l of log.lines) {
+      const e = num(l.epoch), t = num(l.tokens_seen);
+      if (l.type !== "epoch" || e === null || t === null) continue;
+      if (at.has(e) && at.get(e) !== t) return null;
+      at.set(e, t);
+    }
+  }
+  if (!at.size) return null;
+  return [[0, "0"], ...[...at].map(([e, t]) => [t, String(e)] as [number, string])];
+}
+
+/**
+ * One chart of every run's train (solid) and val (dashed) loss against tokens seen, one colour per run, epochs on
+ * top when the runs agree on them.
+ */
 export function compareSVG(logs: RunLogData[], rows: RunRow[]): string {
   const series: Series[] = [];
   logs.forEach((log, i) => {
     const color = PALETTE[i % PALETTE.length];
     const pts = (k: string) =>
-      log.evals.map((e) => [Number(e.tokens_seen), Number(e[k])] as [number, number]);
-    series.push({ label: `${rows[i].name} train`, points: pts("train_loss"), color });
-    series.push({ label: `${rows[i].name} val`, points: pts("val_loss"), color, dash: true });
+      log.evals.map((e) => [num(e.tokens_seen) ?? NaN, num(e[k]) ?? NaN] as [number, number]);
+    const group = rows[i].name;
+    series.push({ label: "train", group, points: pts("train_loss"), color });
+    series.push({ label: "val", group, points: pts("val_loss"), color, dash: true });
   });
+  const ticks = epochTicks(logs);
   return lineChartSVG({
-    title: "Training and validation loss",
+    title: rows.length === 1
+      ? `${rows[0].name}: training and validation loss`
+      : "Training and validation loss",
     xLabel: "Tokens seen",
     yLabel: "Loss",
     series,
     width: 900,
-    height: Math.max(440, 60 + series.length * 18),
+    height: 480,
+    secondaryX: ticks ? { label: "Epochs", ticks } : undefined,
   });
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Finding the logs
 
 function globToRegExp(glob: string): RegExp {
   const esc = glob.replace(/[.+^${}()|[\]\\]/g, "\\$&").replaceAll("*", ".*").replaceAll("?", ".");
@@ -174,49 +295,105 @@ function isFile(p: string): boolean {
   }
 }
 
-/**
- * Resolves command-line arguments to log files: a `.jsonl` path, a run directory, an experiment name
- * (checkpoints/<name>/), an experiment YAML path (its name), or a glob (`*`, `?`) in the last path component.
- */
-export function resolveRunLogs(args: string[], checkpointsDir = "checkpoints"): string[] {
-  const out: string[] = [];
-  for (const arg of args) {
-    const slash = arg.lastIndexOf("/");
-    const last = arg.slice(slash + 1);
-    if (/[*?]/.test(last)) {
-      const dir = slash >= 0 ? arg.slice(0, slash) || "/" : checkpointsDir;
-      const re = globToRegExp(last);
-      let found = 0;
-      try {
-        for (const e of [...Deno.readDirSync(dir)].sort((a, b) => a.name.localeCompare(b.name))) {
-          if (!re.test(e.name)) continue;
-          const p = e.isDirectory ? `${dir}/${e.name}/log.jsonl` : `${dir}/${e.name}`;
-          if (isFile(p) && (e.isDirectory || p.endsWith(".jsonl"))) out.push(p), found++;
-        }
-      } catch { /* reported below */ }
-      if (!found) throw new UserError(`compare: ${arg}: matches no run logs`);
-      continue;
-    }
-    const candidates = arg.endsWith(".jsonl")
-      ? [arg]
-      : /\.ya?ml$/i.test(arg)
-      ? [`${checkpointsDir}/${last.replace(/\.ya?ml$/i, "")}/log.jsonl`]
-      : [`${arg}/log.jsonl`, `${checkpointsDir}/${arg}/log.jsonl`];
-    const hit = candidates.find(isFile);
-    if (!hit) {
-      throw new UserError(`compare: ${arg}: no run log (looked for ${candidates.join(", ")})`);
-    }
-    out.push(hit);
+/** Run names under `dir` (directories holding a log.jsonl), sorted. */
+function runsIn(dir: string): string[] {
+  try {
+    return [...Deno.readDirSync(dir)]
+      .filter((e) => e.isDirectory && isFile(`${dir}/${e.name}/log.jsonl`))
+      .map((e) => e.name).sort();
+  } catch {
+    return [];
   }
-  return [...new Set(out)];
 }
 
-/** Reads and summarises runs; warnings collect the skipped-line notes of every log. */
+function globLogs(arg: string, checkpointsDir: string): string[] {
+  const slash = arg.lastIndexOf("/");
+  const dir = slash >= 0 ? arg.slice(0, slash) || "/" : checkpointsDir;
+  if (/[*?]/.test(dir)) {
+    throw new UserError(`compare: ${arg}: only the last path component may hold * or ?`);
+  }
+  const pattern = arg.slice(slash + 1), re = globToRegExp(pattern);
+  let entries: Deno.DirEntry[] = [];
+  try {
+    entries = [...Deno.readDirSync(dir)].sort((a, b) => a.name.localeCompare(b.name));
+  } catch { /* no such directory: matches nothing */ }
+  const out: string[] = [];
+  for (const e of entries) {
+    if (!re.test(e.name) || (e.name.startsWith(".") && !pattern.startsWith("."))) continue;
+    if (e.isDirectory && isFile(`${dir}/${e.name}/log.jsonl`)) {
+      out.push(`${dir}/${e.name}/log.jsonl`);
+    } else if (!e.isDirectory && e.name.endsWith(".jsonl")) out.push(`${dir}/${e.name}`);
+  }
+  if (!out.length) throw new UserError(`compare: ${arg}: matches no run logs in ${dir}/`);
+  return out;
+}
+
+/** An experiment YAML's run logs: its sweep's points that have one, else the run it names. */
+async function yamlLogs(
+  arg: string,
+  checkpointsDir: string,
+  warnings: string[],
+): Promise<string[]> {
+  const points = await readSweep(arg);
+  const names = points ? points.map((p) => p.name) : [(await loadExperiment(arg)).name];
+  const found = names.filter((n) => isFile(`${checkpointsDir}/${n}/log.jsonl`));
+  const missing = names.length - found.length;
+  if (!found.length) {
+    throw new UserError(
+      `compare: ${arg}: no run log yet (looked for ${checkpointsDir}/${names[0]}/log.jsonl${
+        names.length > 1 ? ` and ${names.length - 1} more` : ""
+      })`,
+    );
+  }
+  if (missing) warnings.push(`${arg}: ${missing} of ${names.length} sweep points have no log yet`);
+  return found.map((n) => `${checkpointsDir}/${n}/log.jsonl`);
+}
+
+/**
+ * Resolves command-line arguments to log files. An argument is a `.jsonl` path, a run directory, a run name
+ * (`checkpoints/<name>/`), an experiment YAML (its run, or every point of its sweep that has a log), or a glob
+ * with `*` and `?` in its last component (`verdict-lr-sweep.*` looks under checkpoints/). Unknown runs throw a
+ * UserError; `warnings` notes sweep points without logs.
+ */
+export async function resolveRunLogs(
+  args: string[],
+  checkpointsDir = "checkpoints",
+): Promise<{ paths: string[]; warnings: string[] }> {
+  const paths: string[] = [], warnings: string[] = [];
+  for (const arg of args) {
+    if (/[*?]/.test(arg)) paths.push(...globLogs(arg, checkpointsDir));
+    else if (/\.ya?ml$/i.test(arg)) paths.push(...await yamlLogs(arg, checkpointsDir, warnings));
+    else {
+      const candidates = arg.endsWith(".jsonl")
+        ? [arg]
+        : [`${arg.replace(/\/+$/, "")}/log.jsonl`, `${checkpointsDir}/${arg}/log.jsonl`];
+      const hit = candidates.find(isFile);
+      if (!hit) {
+        const known = runsIn(checkpointsDir);
+        const hint = known.length
+          ? `; ${checkpointsDir}/ holds ${known.slice(0, 8).join(", ")}${
+            known.length > 8 ? ", …" : ""
+          }`
+          : "";
+        throw new UserError(
+          `compare: ${arg}: no run log (looked for ${candidates.join(", ")})${hint}`,
+        );
+      }
+      paths.push(hit);
+    }
+  }
+  return { paths: [...new Set(paths)], warnings };
+}
+
+/**
+ * Reads and summarises runs: the config keys are diffed over the runs whose log has a header. `warnings` collects
+ * each log's note on skipped lines.
+ */
 export function compareRuns(
   paths: string[],
 ): { logs: RunLogData[]; rows: RunRow[]; warnings: string[] } {
   const logs = paths.map((p) => readRunLog(p));
-  const keys = diffConfigs(logs.map((l) => l.header?.config ?? {}));
+  const keys = diffConfigs(logs.map(runConfig).filter((c) => c !== null));
   return {
     logs,
     rows: logs.map((l) => summarizeRun(l, keys)),

@@ -1,12 +1,15 @@
 /**
- * `deno task compare <experiment names | run dirs | log paths | globs> [--sort key] [--json] [--out file.svg]`:
- * one row per run with the config keys that differ, losses, speed and status; optionally one SVG of all curves.
+ * `deno task compare <runs…> [--sort key] [--json] [--out file.svg]`: one row per run with the config keys that
+ * differ, losses, speed and status; optionally one SVG of every run's loss curves.
+ *
+ * Exit codes: 0 done; 2 bad arguments or an unknown run (one line on stderr).
  */
 import { parseArgs } from "node:util";
 import {
   compareRuns,
   compareSVG,
   formatTable,
+  isSortKey,
   resolveRunLogs,
   SORT_KEYS,
   sortRows,
@@ -15,13 +18,14 @@ import { runTask, UserError } from "../lib/errors.ts";
 
 const USAGE = `usage: deno task compare <run> [<run> …] [options]
 
-A run is an experiment name (checkpoints/<name>/), an experiment YAML, a run directory, a log.jsonl path, or a
-glob such as 'verdict-lr-sweep.*' (quote it).
+A run is a run name (checkpoints/<name>/), a run directory, a log.jsonl path, an experiment YAML (its run, or
+every point of its sweep), or a glob such as 'verdict-lr-sweep.*' (quoted; * and ? in the last component).
 
 options:
-  --sort key    ${SORT_KEYS.join(" | ")} (default best_val_loss)
-  --json        print the rows as one JSON array
-  --out file    write all runs' train (solid) and val (dashed) loss curves to an SVG file
+  --sort key    a column, best first: ${SORT_KEYS.join(", ")},
+                or a differing config key such as training.lr (default best_val_loss)
+  --json        print the rows as one JSON array (schema: RunRow in lib/compare.ts)
+  --out file    write every run's train (solid) and val (dashed) loss against tokens seen to an SVG file
   -h, --help    show this help`;
 
 await runTask(async () => {
@@ -43,21 +47,30 @@ await runTask(async () => {
   const { values, positionals } = parsed;
   if (values.help) return console.log(USAGE);
   if (positionals.length === 0) throw new UserError("compare: name at least one run (see --help)");
-  const sortKey = values.sort as typeof SORT_KEYS[number];
-  if (!SORT_KEYS.includes(sortKey)) {
+
+  const resolved = await resolveRunLogs(positionals);
+  const { logs, rows, warnings } = compareRuns(resolved.paths);
+  for (const w of [...resolved.warnings, ...warnings]) console.error(`warning: ${w}`);
+  if (!isSortKey(rows, values.sort)) {
     throw new UserError(
-      `compare: --sort ${values.sort}: unknown column; use one of ${SORT_KEYS.join(", ")}`,
+      `compare: --sort ${values.sort}: not a column; use one of ${SORT_KEYS.join(", ")}` +
+        " or a config key that differs between the runs",
     );
   }
-  const { logs, rows, warnings } = compareRuns(resolveRunLogs(positionals));
-  for (const w of warnings) console.error(`warning: ${w}`);
-  const sorted = sortRows(rows, sortKey);
-  if (values.json) console.log(JSON.stringify(sorted));
-  else console.log(formatTable(sorted));
+  const sorted = sortRows(rows, values.sort);
+  console.log(values.json ? JSON.stringify(sorted, null, 2) : formatTable(sorted));
+
   if (values.out) {
-    const tmp = `${values.out}.tmp-${Deno.pid}`;
-    await Deno.writeTextFile(tmp, compareSVG(logs, rows));
-    await Deno.rename(tmp, values.out);
+    const tmp = `${values.out}.tmp-${Deno.pid}`; // a reader never sees half a file
+    try {
+      await Deno.writeTextFile(tmp, compareSVG(logs, rows));
+      await Deno.rename(tmp, values.out);
+    } catch (err) {
+      await Deno.remove(tmp).catch(() => {});
+      throw new UserError(
+        `compare: --out ${values.out}: cannot write (${err instanceof Error ? err.message : err})`,
+      );
+    }
     if (!values.json) console.log(`wrote ${values.out}`);
   }
 });
