@@ -1,0 +1,81 @@
+/**
+ * A whole run through lib/run.ts on a tiny model: the JSONL log, falling loss, the checkpoint, and a resumed run
+ * that reproduces the uninterrupted one exactly.
+ */
+import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
+import { loadCheckpoint } from "../lib/checkpoint.ts";
+import { loadExperiment } from "../lib/config.ts";
+import { runTraining } from "../lib/run.ts";
+import { readRunLog } from "../lib/runlog.ts";
+import { ensureVerdict } from "./_helpers.ts";
+
+const TINY = [
+  "model.context_length=32",
+  "model.emb_dim=32",
+  "model.n_heads=2",
+  "model.n_layers=1",
+  "data.batch_size=16",
+  "training.epochs=3",
+  "training.lr=0.004",
+  "training.eval_freq=3",
+  "training.eval_iter=2",
+];
+
+async function tinyConfig(name: string) {
+  await ensureVerdict();
+  return await loadExperiment("experiments/verdict-small.yaml", [...TINY, `name=${name}`]);
+}
+
+const quiet = { print: () => {}, progress: false };
+
+Deno.test("a run writes header, evals with falling train loss, samples, summary and a loadable checkpoint", async () => {
+  const dir = await Deno.makeTempDir();
+  const cfg = await tinyConfig("tiny");
+  const result = await runTraining(cfg, { ...quiet, checkpointsDir: dir });
+  assertEquals(result.status, "finished");
+  const log = readRunLog(`${dir}/tiny/log.jsonl`);
+  assertEquals(log.warnings, []);
+  assertEquals(log.header?.run, "tiny");
+  assertEquals(log.samples.length, 3);
+  assertEquals(log.status, "finished");
+  const losses = log.evals.map((e) => e.train_loss as number);
+  ok(losses.length >= 4, `${losses.length} evals`);
+  ok(losses.at(-1)! < losses[0] - 1, `train loss ${losses[0]} -> ${losses.at(-1)}`);
+  const ckpt = await loadCheckpoint(`${dir}/tiny/checkpoint.safetensors`, cfg);
+  assertEquals(ckpt.meta.state.epoch, 3);
+  assertEquals(ckpt.meta.state.step, result.state.step);
+});
+
+Deno.test("stop mid-run + --resume gives the same log losses as one uninterrupted run (bit-exact)", async () => {
+  const dir = await Deno.makeTempDir();
+  const straight = await runTraining(await tinyConfig("a"), { ...quiet, checkpointsDir: dir });
+  const cfg = await tinyConfig("b");
+  const stopped = await runTraining(cfg, { ...quiet, checkpointsDir: dir, stopAfterSteps: 7 });
+  assertEquals(stopped.status, "interrupted");
+  const resumed = await runTraining(cfg, { ...quiet, checkpointsDir: dir, resume: true });
+  assertEquals(resumed.status, "finished");
+  const evals = (run: string) =>
+    readRunLog(`${dir}/${run}/log.jsonl`).evals.map((e) => [e.step, e.train_loss, e.val_loss]);
+  assertEquals(evals("b"), evals("a"));
+  assertEquals(resumed.state, straight.state);
+});
+
+Deno.test("a second run of the same name is refused without --resume or --fresh; --fresh keeps the old run", async () => {
+  const dir = await Deno.makeTempDir();
+  const cfg = await loadExperiment("experiments/verdict-small.yaml", [
+    ...TINY,
+    "training.epochs=1",
+    "name=c",
+  ]);
+  await runTraining(cfg, { ...quiet, checkpointsDir: dir });
+  const before = await Deno.readFile(`${dir}/c/log.jsonl`);
+  await runTraining(cfg, { ...quiet, checkpointsDir: dir }).then(
+    () => ok(false, "expected a refusal"),
+    (e) => ok(String(e.message).includes("holds an earlier run"), e.message),
+  );
+  assertEquals(await Deno.readFile(`${dir}/c/log.jsonl`), before);
+  await runTraining(cfg, { ...quiet, checkpointsDir: dir, fresh: true });
+  const kept = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.startsWith("c."));
+  assertEquals(kept.length, 1);
+  assertEquals(await Deno.readFile(`${dir}/${kept[0]}/log.jsonl`), before);
+});
