@@ -1,0 +1,189 @@
+/**
+ * Evaluating a checkpoint (section 5.1) and writing its report: train and val loss over the loaders, perplexity,
+ * the run's curves from its JSONL log (the book's figure 5.12 as SVG) and samples with the experiment's decoding
+ * settings, as checkpoints/<name>/report.md + report.json + loss.svg.
+ */
+import type { Config } from "./config.ts";
+import type { VerdictData } from "./data.ts";
+import { generateCached } from "./kvcache.ts";
+import { calcLossLoader, perplexity } from "./loss.ts";
+import type { GPTModel } from "./model.ts";
+import { lineChartSVG } from "./plot.ts";
+import { TorchGenerator } from "./rng.ts";
+import { readRunLog, type RunLogData } from "./runlog.ts";
+import { textToTokenIds, tokenIdsToText } from "./tokenizer.ts";
+
+/** The figures `deno task eval --json` prints. */
+export interface EvalFigures {
+  train_loss: number;
+  val_loss: number;
+  train_perplexity: number;
+  val_perplexity: number;
+  batches: { train: number; val: number };
+  tokens: { train: number; val: number };
+  source: string;
+}
+
+/** Mean loss over `numBatches` batches of each loader (all when omitted), and their perplexities. */
+export function evaluateLoaders(
+  model: GPTModel,
+  data: VerdictData,
+  source: string,
+  numBatches?: number,
+): EvalFigures {
+  const nTrain = Math.min(numBatches ?? data.trainLoader.length, data.trainLoader.length);
+  const nVal = Math.min(numBatches ?? data.valLoader.length, data.valLoader.length);
+  const trainLoss = calcLossLoader(model, data.trainLoader, nTrain);
+  const valLoss = calcLossLoader(model, data.valLoader, nVal);
+  const tokensOf = (loader: typeof data.trainLoader, n: number) => {
+    let t = 0;
+    for (const b of loader.ordered(n)) t += b.inputs.length;
+    return t;
+  };
+  return {
+    train_loss: trainLoss,
+    val_loss: valLoss,
+    train_perplexity: perplexity(trainLoss),
+    val_perplexity: perplexity(valLoss),
+    batches: { train: nTrain, val: nVal },
+    tokens: { train: tokensOf(data.trainLoader, nTrain), val: tokensOf(data.valLoader, nVal) },
+    source,
+  };
+}
+
+/** `count` samples of the experiment's start context with its sampling settings, seeded like the book. */
+export function sampleTexts(model: GPTModel, cfg: Config, count = 3): string[] {
+  const rng = new TorchGenerator(cfg.training.seed);
+  const prompt = textToTokenIds(cfg.training.start_context);
+  return Array.from({ length: count }, () =>
+    tokenIdsToText(generateCached(model, prompt, {
+      maxNewTokens: cfg.sampling.max_new_tokens,
+      temperature: cfg.sampling.temperature,
+      topK: cfg.sampling.top_k,
+      eosId: cfg.sampling.eos_id,
+      rng,
+    })));
+}
+
+/** The book's figure 5.12: train and val loss against tokens seen, epochs on the top axis. */
+export function lossCurveSVG(log: RunLogData, name: string): string | null {
+  if (log.evals.length === 0) return null;
+  const pts = (k: string) =>
+    log.evals.map((e) => [Number(e.tokens_seen), Number(e[k])] as [number, number]);
+  const perEpoch = new Map<number, number>(); // epoch → tokens seen at its last eval
+  for (const e of log.evals) perEpoch.set(Number(e.epoch), Number(e.tokens_seen));
+  const epochs = [...perEpoch.keys()].sort((a, b) => a - b);
+  const tokensPerEpoch = Math.max(...log.evals.map((e) => Number(e.tokens_seen))) /
+    Math.max(1, epochs.at(-1)!);
+  const ticks: [number, string][] = [];
+  for (let k = 0; k <= epochs.at(-1)!; k++) ticks.push([k * tokensPerEpoch, String(k)]);
+  return lineChartSVG({
+    title: `${name}: training and validation loss`,
+    xLabel: "Tokens seen",
+    yLabel: "Loss",
+    series: [
+      { label: "Training loss", points: pts("train_loss") },
+      { label: "Validation loss", points: pts("val_loss"), dash: true },
+    ],
+    secondaryX: { label: "Epochs", ticks },
+  });
+}
+
+async function writeAtomic(path: string, text: string): Promise<void> {
+  const tmp = `${path}.tmp-${Deno.pid}`;
+  await Deno.writeTextFile(tmp, text);
+  await Deno.rename(tmp, path);
+}
+
+const f3 = (x: unknown) => typeof x === "number" && Number.isFinite(x) ? x.toFixed(3) : "–";
+
+/**
+ * Writes report.md, report.json and loss.svg into `runDir`. Reads the run's log as it is (a run still in progress
+ * or a truncated last line is fine); without a log the report says there is no curve.
+ */
+export async function writeReport(
+  runDir: string,
+  cfg: Config,
+  params: number,
+  figures: EvalFigures,
+  samples: string[],
+): Promise<{ md: string; json: string; svg: string | null; warnings: string[] }> {
+  await Deno.mkdir(runDir, { recursive: true });
+  let log: RunLogData | null = null;
+  try {
+    log = readRunLog(`${runDir}/log.jsonl`);
+  } catch { /* no log: evaluated without training (e.g. --init) */ }
+  const evals = log?.evals ?? [];
+  const best = (k: string) => evals.length ? Math.min(...evals.map((e) => Number(e[k]))) : null;
+  const svg = log ? lossCurveSVG(log, cfg.name) : null;
+  const svgPath = svg ? `${runDir}/loss.svg` : null;
+  if (svg && svgPath) await writeAtomic(svgPath, svg);
+  const json = {
+    experiment: cfg.name,
+    status: log?.status ?? "no run log",
+    params,
+    config: cfg,
+    eval: figures,
+    log: log
+      ? {
+        steps: Number(evals.at(-1)?.step ?? 0),
+        tokens_seen: Number(evals.at(-1)?.tokens_seen ?? 0),
+        final_train_loss: evals.at(-1)?.train_loss ?? null,
+        final_val_loss: evals.at(-1)?.val_loss ?? null,
+        best_train_loss: best("train_loss"),
+        best_val_loss: best("val_loss"),
+      }
+      : null,
+    samples,
+    written_at: new Date().toISOString(),
+  };
+  const m = cfg.model;
+  const md = [
+    `# ${cfg.name}`,
+    "",
+    `Model: ${m.n_layers} layers × ${m.n_heads} heads, emb ${m.emb_dim}, context ${m.context_length}, ` +
+    `vocab ${m.vocab_size}, dropout ${m.drop_rate}, qkv bias ${m.qkv_bias}; ${
+      params.toLocaleString("en-US")
+    } ` +
+    `parameters. Data: ${cfg.data.path}, train ratio ${cfg.data.train_ratio}, batch ${cfg.data.batch_size}. ` +
+    `Training: ${cfg.training.epochs} epochs, lr ${cfg.training.lr}, weight decay ${cfg.training.weight_decay}, ` +
+    `seed ${cfg.training.seed}.`,
+    "",
+    `Weights: ${figures.source}. Run status: ${json.status}.`,
+    "",
+    "| | train | val |",
+    "| --- | --- | --- |",
+    `| loss (this evaluation) | ${f3(figures.train_loss)} | ${f3(figures.val_loss)} |`,
+    `| perplexity | ${figures.train_perplexity.toFixed(1)} | ${
+      figures.val_perplexity.toFixed(1)
+    } |`,
+    `| batches (tokens) | ${figures.batches.train} (${figures.tokens.train}) | ${figures.batches.val} ` +
+    `(${figures.tokens.val}) |`,
+    ...(json.log
+      ? [
+        `| final loss in the log (step ${json.log.steps}) | ${f3(json.log.final_train_loss)} | ` +
+        `${f3(json.log.final_val_loss)} |`,
+        `| best loss in the log | ${f3(json.log.best_train_loss)} | ${
+          f3(json.log.best_val_loss)
+        } |`,
+      ]
+      : []),
+    "",
+    svg
+      ? "![Training and validation loss](loss.svg)"
+      : "No loss curve: this experiment has no run log yet.",
+    "",
+    `## Samples (temperature ${cfg.sampling.temperature}, top-k ${cfg.sampling.top_k ?? "none"}, ` +
+    `${cfg.sampling.max_new_tokens} new tokens, seed ${cfg.training.seed})`,
+    "",
+    ...samples.map((s) => `> ${s.replaceAll("\n", " ")}\n`),
+  ].join("\n");
+  await writeAtomic(`${runDir}/report.json`, JSON.stringify(json, null, 2) + "\n");
+  await writeAtomic(`${runDir}/report.md`, md);
+  return {
+    md: `${runDir}/report.md`,
+    json: `${runDir}/report.json`,
+    svg: svgPath,
+    warnings: log?.warnings ?? [],
+  };
+}

@@ -1,0 +1,100 @@
+/**
+ * `deno task eval <experiment.yaml> [--num-batches n] [--json] [--init] [--checkpoint path] [--no-report]`:
+ * train/val loss and perplexity of the experiment's checkpoint (or, with --init, of the seeded untrained model),
+ * and checkpoints/<name>/report.md + report.json + loss.svg.
+ */
+import { parseArgs } from "node:util";
+import { initBackend } from "../lib/backend.ts";
+import { loadExperiment } from "../lib/config.ts";
+import { runTask, UserError } from "../lib/errors.ts";
+import { loadModel } from "../lib/load.ts";
+import { evaluateLoaders, sampleTexts, writeReport } from "../lib/report.ts";
+import { prepareData } from "../lib/run.ts";
+
+const USAGE = `usage: deno task eval <experiment.yaml> [options]
+
+Evaluates the experiment's latest checkpoint on its train and val loaders and writes checkpoints/<name>/report.md.
+
+options:
+  --num-batches n    evaluate the first n batches of each loader (default: all)
+  --json             print the figures as one JSON line
+  --init             evaluate the seeded untrained model (training.seed) instead of a checkpoint
+  --checkpoint path  evaluate this checkpoint file
+  --no-report        do not write report.md / report.json / loss.svg
+  --set key=value    override a config key (repeatable); --backend name as --set backend=name
+  -h, --help         show this help`;
+
+await runTask(async () => {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: Deno.args,
+      allowPositionals: true,
+      options: {
+        "num-batches": { type: "string" },
+        json: { type: "boolean", default: false },
+        init: { type: "boolean", default: false },
+        checkpoint: { type: "string" },
+        "no-report": { type: "boolean", default: false },
+        set: { type: "string", multiple: true, default: [] },
+        backend: { type: "string" },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    });
+  } catch (err) {
+    throw new UserError(`eval: ${(err as Error).message.split("\n")[0]} (see --help)`);
+  }
+  const { values, positionals } = parsed;
+  if (values.help) return console.log(USAGE);
+  if (positionals.length !== 1) {
+    throw new UserError(`eval: expected one experiment file (see --help)`);
+  }
+  let numBatches: number | undefined;
+  if (values["num-batches"] !== undefined) {
+    numBatches = Number(values["num-batches"]);
+    if (!Number.isInteger(numBatches) || numBatches < 1) {
+      throw new UserError(
+        `eval: --num-batches ${values["num-batches"]}: expected a positive integer`,
+      );
+    }
+  }
+  if (values.init && values.checkpoint) {
+    throw new UserError("eval: --init and --checkpoint exclude each other");
+  }
+  const overrides = [...(values.set ?? [])];
+  if (values.backend) overrides.push(`backend=${values.backend}`);
+  const cfg = await loadExperiment(positionals[0], overrides);
+  const data = await prepareData(cfg);
+  const backend = await initBackend(cfg.backend);
+  const { model, source } = await loadModel(cfg, {
+    init: values.init,
+    checkpoint: values.checkpoint,
+  });
+  const figures = evaluateLoaders(model, data, source, numBatches);
+  if (values.json) console.log(JSON.stringify(figures));
+  else {
+    console.log(`${cfg.name}: ${source} on ${backend.name}`);
+    console.log(
+      `Training loss: ${figures.train_loss.toFixed(5)} (perplexity ${
+        figures.train_perplexity.toFixed(1)
+      })`,
+    );
+    console.log(
+      `Validation loss: ${figures.val_loss.toFixed(5)} (perplexity ${
+        figures.val_perplexity.toFixed(1)
+      })`,
+    );
+  }
+  if (!values["no-report"]) {
+    const written = await writeReport(
+      `checkpoints/${cfg.name}`,
+      cfg,
+      model.numParams(),
+      figures,
+      sampleTexts(model, cfg),
+    );
+    for (const w of written.warnings) console.error(`warning: ${w}`);
+    if (!values.json) console.log(`wrote ${written.md}`);
+  }
+  model.dispose();
+});
