@@ -35,6 +35,13 @@ export interface TrainingConfig {
   eval_iter: number; // batches per evaluation, train and val
   seed: number;
   start_context: string; // greedy sample after each epoch
+  // Appendix D (all off by default, which is the book's chapter-5 loop):
+  warmup: number; // warmup steps; a value below 1 is a fraction of all steps (0.2 in the book)
+  initial_lr: number | null; // lr of the first warmup step (null: lr)
+  lr_schedule: "constant" | "cosine"; // after warmup: keep lr, or cosine-decay it to min_lr
+  min_lr: number; // floor of the cosine decay
+  max_grad_norm: number | null; // clip gradients by global norm after warmup (null: no clipping)
+  grad_accum_steps: number; // micro-batches per optimizer step (nanoGPT's gradient accumulation)
 }
 
 /** Decoding settings (section 5.3) used by `sample` and reports. */
@@ -87,6 +94,12 @@ export const DEFAULTS: Config = {
     eval_iter: 5,
     seed: 123,
     start_context: "Every effort moves you",
+    warmup: 0,
+    initial_lr: null,
+    lr_schedule: "constant",
+    min_lr: 0,
+    max_grad_norm: null,
+    grad_accum_steps: 1,
   },
   sampling: { temperature: 1.4, top_k: 25, max_new_tokens: 25, eos_id: null },
   backend: "auto",
@@ -152,6 +165,12 @@ const SCHEMA: Record<string, Check | Record<string, Check>> = {
     eval_iter: positiveInt,
     seed: nonNegInt,
     start_context: str,
+    warmup: num(0, Infinity, [false, false]),
+    initial_lr: nullable(num(0, Infinity, [true, false])),
+    lr_schedule: oneOf(["constant", "cosine"]),
+    min_lr: num(0, Infinity, [false, false]),
+    max_grad_norm: nullable(num(0, Infinity, [true, false])),
+    grad_accum_steps: positiveInt,
   },
   sampling: {
     temperature: num(0, Infinity, [false, false]),

@@ -16,6 +16,7 @@ import { DropoutRng } from "./ops.ts";
 import { formatDuration, Progress } from "./progress.ts";
 import { TorchGenerator } from "./rng.ts";
 import { RunLog } from "./runlog.ts";
+import type { LrSchedule } from "./schedule.ts";
 import {
   initialTrainState,
   NonFiniteLossError,
@@ -125,6 +126,23 @@ export async function prepareData(cfg: Config): Promise<VerdictData> {
   });
 }
 
+/** Appendix D's schedule for the config (null: constant lr, the chapter-5 loop). */
+export function lrSchedule(cfg: Config, totalSteps: number): LrSchedule | null {
+  const t = cfg.training;
+  if (t.warmup === 0 && t.lr_schedule === "constant") return null;
+  const warmupSteps = t.warmup < 1
+    ? Math.floor(t.warmup * totalSteps)
+    : Math.min(t.warmup, totalSteps);
+  return {
+    peakLr: t.lr,
+    initialLr: t.initial_lr ?? t.lr,
+    minLr: t.min_lr,
+    warmupSteps,
+    totalSteps,
+    cosine: t.lr_schedule === "cosine",
+  };
+}
+
 /** Runs (or resumes) an experiment's training to the end or until stopped. */
 export async function runTraining(cfg: Config, opts: RunOptions = {}): Promise<RunResult> {
   const print = opts.print ?? ((s: string) => console.log(s));
@@ -231,7 +249,16 @@ export async function runTraining(cfg: Config, opts: RunOptions = {}): Promise<R
   const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
   for (const s of signals) Deno.addSignalListener(s, onSignal);
 
-  const totalSteps = cfg.training.epochs * data.trainLoader.length;
+  const stepsPerEpoch = Math.floor(data.trainLoader.length / cfg.training.grad_accum_steps);
+  if (stepsPerEpoch === 0) {
+    throw new UserError(
+      `${cfg.name}: training.grad_accum_steps: ${cfg.training.grad_accum_steps} exceeds the ` +
+        `${data.trainLoader.length} train batches of an epoch`,
+    );
+  }
+  const totalSteps = cfg.training.epochs * stepsPerEpoch;
+  const schedule = lrSchedule(cfg, totalSteps);
+  let lastGradNorm: number | null = null;
   const progress = new Progress(totalSteps);
   const startStep = state.step, t0 = performance.now();
   let lastTrain = NaN, lastVal = NaN, bestVal = Infinity;
@@ -247,10 +274,14 @@ export async function runTraining(cfg: Config, opts: RunOptions = {}): Promise<R
       evalIter: cfg.training.eval_iter,
       startContext: cfg.training.start_context,
       dropout,
+      schedule,
+      maxGradNorm: cfg.training.max_grad_norm,
+      gradAccumSteps: cfg.training.grad_accum_steps,
     }, {
       shouldStop: () =>
         stopRequested || (opts.stopAfterSteps !== undefined && state.step >= opts.stopAfterSteps),
-      onStep: (s, loss) => {
+      onStep: (s, loss, gradNorm) => {
+        lastGradNorm = gradNorm;
         if (opts.progress === false) return;
         const rate = (s.step - startStep) / elapsed();
         progress.update({
@@ -277,6 +308,7 @@ export async function runTraining(cfg: Config, opts: RunOptions = {}): Promise<R
           train_loss: trainLoss,
           val_loss: valLoss,
           lr: optimizer.lr,
+          grad_norm: lastGradNorm,
           elapsed_s: elapsed(),
           tokens_per_s: tokensPerS(s),
         });

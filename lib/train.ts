@@ -11,6 +11,7 @@ import { generateSample } from "./generate.ts";
 import { calcLossBatch, calcLossLoader } from "./loss.ts";
 import type { GPTModel } from "./model.ts";
 import type { DropoutRng } from "./ops.ts";
+import { clipByGlobalNorm, learningRate, type LrSchedule } from "./schedule.ts";
 
 /** Where a run stands; everything a checkpoint needs besides tensors and RNG state. */
 export interface TrainState {
@@ -27,7 +28,7 @@ export function initialTrainState(): TrainState {
 
 /** What the loop reports; the train task turns these into log lines, progress and checkpoints. */
 export interface TrainHooks {
-  onStep?(s: TrainState, loss: number): void;
+  onStep?(s: TrainState, loss: number, gradNorm: number | null): void;
   onEval?(s: TrainState, trainLoss: number, valLoss: number): void;
   /** After each epoch; `s.epoch` then counts the epochs completed. */
   onEpochEnd?(s: TrainState, sample: string): Promise<void> | void;
@@ -42,35 +43,83 @@ export interface TrainOptions {
   evalIter: number;
   startContext: string;
   dropout: DropoutRng | null;
+  /** Appendix D: lr per step (null: the optimizer's constant lr). */
+  schedule?: LrSchedule | null;
+  /** Appendix D: clip gradients to this global norm once warmup is over (null: never). */
+  maxGradNorm?: number | null;
+  /** Micro-batches per optimizer step (default 1). */
+  gradAccumSteps?: number;
+}
+
+/** What one optimizer step did. */
+export interface StepResult {
+  loss: number; // mean loss of its micro-batches, before the update
+  gradNorm: number | null; // global gradient norm before clipping (computed only when clipping)
 }
 
 /** Thrown when the loss stops being a finite number. */
 export class NonFiniteLossError extends Error {}
 
-/** One optimizer step on a batch; returns the batch loss before the update. */
+/**
+ * Gradients of the mean loss over `batches` (one or more micro-batches, each weighted 1/k as one batch k times
+ * larger would weigh it), keyed by parameter name, and that mean loss.
+ */
+export function accumulateGradients(
+  model: GPTModel,
+  batches: Batch[],
+  dropout: DropoutRng | null,
+): { loss: number; grads: Map<string, tf.Tensor> } {
+  const names = new Map<string, string>();
+  for (const [name, v] of model.params) names.set(v.name, name);
+  const k = batches.length;
+  const acc = new Map<string, tf.Tensor>();
+  let loss = 0;
+  for (const batch of batches) {
+    const { value, grads } = tf.variableGrads(
+      () => tf.tidy(() => tf.div(calcLossBatch(model, batch, { dropout }), k)),
+      [...model.params.values()],
+    );
+    loss += value.dataSync()[0];
+    value.dispose();
+    for (const [varName, g] of Object.entries(grads)) {
+      const name = names.get(varName)!;
+      const prev = acc.get(name);
+      if (prev) {
+        acc.set(name, tf.add(prev, g));
+        tf.dispose([prev, g]);
+      } else acc.set(name, g);
+    }
+  }
+  return { loss, grads: acc };
+}
+
+/**
+ * One optimizer step on one batch or k micro-batches: gradients, optional clipping by global norm, AdamW update.
+ * Returns the loss before the update (and the gradient norm when clipping).
+ */
 export function trainStep(
   model: GPTModel,
   optimizer: AdamW,
-  batch: Batch,
+  batches: Batch | Batch[],
   dropout: DropoutRng | null,
-): number {
-  const names = new Map<string, string>();
-  for (const [name, v] of model.params) names.set(v.name, name);
-  const { value, grads } = tf.variableGrads(
-    () => calcLossBatch(model, batch, { dropout }),
-    [...model.params.values()],
+  maxGradNorm: number | null = null,
+): StepResult {
+  const { loss, grads } = accumulateGradients(
+    model,
+    Array.isArray(batches) ? batches : [batches],
+    dropout,
   );
-  const loss = value.dataSync()[0];
-  value.dispose();
   if (!Number.isFinite(loss)) {
-    tf.dispose(Object.values(grads));
+    tf.dispose([...grads.values()]);
     throw new NonFiniteLossError(`loss became ${loss} at step ${optimizer.step + 1}`);
   }
-  const byName = new Map<string, tf.Tensor>();
-  for (const [varName, g] of Object.entries(grads)) byName.set(names.get(varName)!, g);
-  optimizer.applyGradients(byName);
-  tf.dispose(Object.values(grads));
-  return loss;
+  let final = grads, gradNorm: number | null = null;
+  if (maxGradNorm !== null) {
+    ({ grads: final, norm: gradNorm } = clipByGlobalNorm(grads, maxGradNorm));
+  }
+  optimizer.applyGradients(final);
+  tf.dispose([...final.values()]);
+  return { loss, gradNorm };
 }
 
 /** The book's evaluate_model: mean train and val loss over `evalIter` batches each, without dropout. */
@@ -101,14 +150,24 @@ export async function trainModelSimple(
   o: TrainOptions,
   hooks: TrainHooks = {},
 ): Promise<boolean> {
+  const k = o.gradAccumSteps ?? 1;
   while (state.epoch < o.numEpochs) {
+    let group: Batch[] = [];
     for (const batch of trainLoader.batches(state.epoch, state.batch)) {
+      group.push(batch);
+      if (group.length < k) continue; // a last incomplete group of micro-batches is dropped, like drop_last
       if (hooks.shouldStop?.()) return false;
-      const loss = trainStep(model, optimizer, batch, o.dropout);
-      state.batch += 1;
+      if (o.schedule) optimizer.lr = learningRate(state.step, o.schedule);
+      // Appendix D clips once warmup is over (step >= warmup_steps, rasbt/LLMs-from-scratch #682).
+      const clip = o.maxGradNorm != null && state.step >= (o.schedule?.warmupSteps ?? 0)
+        ? o.maxGradNorm
+        : null;
+      const { loss, gradNorm } = trainStep(model, optimizer, group, o.dropout, clip);
+      state.batch += group.length;
       state.step += 1;
-      state.tokensSeen += batch.batchSize * batch.maxLength;
-      hooks.onStep?.(state, loss);
+      state.tokensSeen += group.reduce((n, b) => n + b.batchSize * b.maxLength, 0);
+      group = [];
+      hooks.onStep?.(state, loss, gradNorm);
       if (state.step % o.evalFreq === 0) {
         const { trainLoss, valLoss } = evaluateModel(model, trainLoader, valLoader, o.evalIter);
         hooks.onEval?.(state, trainLoss, valLoss);

@@ -61,7 +61,7 @@ for (const backend of backends) {
       batchSize: 2,
       maxLength: 32,
     };
-    const before = trainStep(model, optimizer, batch, null);
+    const before = trainStep(model, optimizer, batch, null).loss;
     close(before, fx.loss, 1e-4, "loss before the step");
     const after = tf.tidy(() =>
       model.loss(

@@ -42,3 +42,38 @@ Deno.test("clipping by global norm: the norm after is at most max_norm; small gr
   ok(res.grads === small);
   close(res.norm, 0.5, 1e-7);
 });
+
+Deno.test("gradient accumulation of k micro-batches equals one batch k times larger", async () => {
+  const { GPTModel } = await import("../lib/model.ts");
+  const { initGPTParams } = await import("../lib/init.ts");
+  const { TorchGenerator } = await import("../lib/rng.ts");
+  const { accumulateGradients } = await import("../lib/train.ts");
+  await initBackend("cpu");
+  const cfg = {
+    vocab_size: 300,
+    context_length: 8,
+    emb_dim: 16,
+    n_heads: 2,
+    n_layers: 1,
+    drop_rate: 0,
+    qkv_bias: true,
+  };
+  const model = new GPTModel(cfg, initGPTParams(cfg, new TorchGenerator(1)));
+  const rng = new TorchGenerator(2);
+  const ids = (n: number) => Int32Array.from(rng.rand(n), (u) => Math.floor(u * 300));
+  const big = { inputs: ids(32), targets: ids(32), batchSize: 4, maxLength: 8 };
+  const half = (k: number) => ({
+    inputs: big.inputs.slice(k * 16, k * 16 + 16),
+    targets: big.targets.slice(k * 16, k * 16 + 16),
+    batchSize: 2,
+    maxLength: 8,
+  });
+  const one = accumulateGradients(model, [big], null);
+  const two = accumulateGradients(model, [half(0), half(1)], null);
+  close(two.loss, one.loss, 1e-5);
+  for (const [name, g] of one.grads) {
+    const a = g.dataSync(), b = two.grads.get(name)!.dataSync();
+    for (let i = 0; i < a.length; i++) close(b[i], a[i], 1e-5 + 1e-4 * Math.abs(a[i]));
+  }
+  model.dispose();
+});
