@@ -23,7 +23,8 @@ export interface DataConfig {
   url: string | null; // downloaded to `path` when the file is missing
   train_ratio: number; // character split: first floor(ratio * chars) characters train
   batch_size: number;
-  stride: number | null; // null: stride = context_length (no overlap)
+  stride: number | null; // null: stride = the window length (no overlap)
+  max_length: number | null; // tokens per window; null: model.context_length
 }
 
 /** The training loop of section 5.2. */
@@ -52,6 +53,12 @@ export interface SamplingConfig {
   eos_id: number | null;
 }
 
+/** Where the initial weights come from (section 5.5). */
+export interface InitConfig {
+  from: "random" | "gpt2"; // random: PyTorch's init for training.seed; gpt2: OpenAI's weights
+  weights: string | null; // Hugging Face GPT-2 model.safetensors (F32/F16/BF16) when from is gpt2
+}
+
 /** Backend names a user may ask for. */
 export const BACKENDS = ["auto", "blas", "cpu", "wasm", "webgpu", "tensorflow"] as const;
 export type BackendName = typeof BACKENDS[number];
@@ -64,6 +71,7 @@ export interface Config {
   training: TrainingConfig;
   sampling: SamplingConfig;
   backend: BackendName;
+  init: InitConfig;
 }
 
 /** Every default in one place: the book's chapter-5 run (GPT_CONFIG_124M with context 256). */
@@ -85,6 +93,7 @@ export const DEFAULTS: Config = {
     train_ratio: 0.9,
     batch_size: 2,
     stride: null,
+    max_length: null,
   },
   training: {
     epochs: 10,
@@ -103,6 +112,7 @@ export const DEFAULTS: Config = {
   },
   sampling: { temperature: 1.4, top_k: 25, max_new_tokens: 25, eos_id: null },
   backend: "auto",
+  init: { from: "random", weights: null },
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -156,6 +166,7 @@ const SCHEMA: Record<string, Check | Record<string, Check>> = {
     train_ratio: num(0, 1, [true, true]),
     batch_size: positiveInt,
     stride: nullable(positiveInt),
+    max_length: nullable(positiveInt),
   },
   training: {
     epochs: positiveInt,
@@ -179,6 +190,7 @@ const SCHEMA: Record<string, Check | Record<string, Check>> = {
     eos_id: nullable(nonNegInt),
   },
   backend: oneOf(BACKENDS),
+  init: { from: oneOf(["random", "gpt2"]), weights: nullable(str) },
 };
 
 /** Levenshtein distance, for "did you mean" suggestions. */
@@ -288,6 +300,14 @@ function validate(where: string, cfg: Record<string, Json>): Config {
       `${where}: model.n_heads: ${c.model.n_heads} does not divide emb_dim ${c.model.emb_dim}`,
     );
   }
+  if (c.data.max_length !== null && c.data.max_length > c.model.context_length) {
+    throw new UserError(
+      `${where}: data.max_length: ${c.data.max_length} exceeds model.context_length ${c.model.context_length}`,
+    );
+  }
+  if (c.init.from === "gpt2" && !c.init.weights) {
+    throw new UserError(`${where}: init.weights: init.from is gpt2 but no weights file is given`);
+  }
   if (c.sampling.top_k !== null && c.sampling.top_k > c.model.vocab_size) {
     throw new UserError(
       `${where}: sampling.top_k: ${c.sampling.top_k} exceeds vocab_size ${c.model.vocab_size}`,
@@ -351,7 +371,9 @@ function canonical(v: unknown): string {
  * backend or name). A checkpoint records it so that resuming under another config is refused.
  */
 export function configHash(cfg: Config): string {
-  return fnv1a(canonical({ model: cfg.model, data: cfg.data, training: cfg.training }));
+  return fnv1a(
+    canonical({ model: cfg.model, data: cfg.data, training: cfg.training, init: cfg.init }),
+  );
 }
 
 function fnv1a(s: string): string {

@@ -6,7 +6,9 @@ import { checkpointPath, loadCheckpoint } from "./checkpoint.ts";
 import type { Config } from "./config.ts";
 import { UserError } from "./errors.ts";
 import { initGPTParams } from "./init.ts";
+import { loadHFGPT2 } from "./gpt2.ts";
 import { GPTModel } from "./model.ts";
+import type { NamedParam } from "./params.ts";
 import { TorchGenerator } from "./rng.ts";
 
 /** Where the weights come from. */
@@ -23,23 +25,50 @@ export interface LoadedModel {
   step: number | null; // optimizer steps of the checkpoint
 }
 
-/** Loads the experiment's model (the backend must be initialised first). */
-export async function loadModel(cfg: Config, src: ModelSource = {}): Promise<LoadedModel> {
-  if (src.init) {
+/**
+ * The experiment's initial parameters: PyTorch's seeded init (`init.from: random`) or OpenAI's GPT-2 weights from
+ * a Hugging Face `model.safetensors` (`init.from: gpt2`; the head is tied to the token embedding).
+ */
+export async function initialParams(
+  cfg: Config,
+): Promise<{ params: NamedParam[]; source: string }> {
+  if (cfg.init.from === "random") {
     const params = initGPTParams(cfg.model, new TorchGenerator(cfg.training.seed));
-    return {
-      model: new GPTModel(cfg.model, params),
-      source: `untrained, seed ${cfg.training.seed}`,
-      step: null,
-    };
+    return { params, source: `untrained, seed ${cfg.training.seed}` };
   }
-  const path = src.checkpoint ??
-    checkpointPath(`${src.checkpointsDir ?? "checkpoints"}/${cfg.name}`);
+  const path = cfg.init.weights!;
   try {
     await Deno.stat(path);
   } catch {
     throw new UserError(
-      `${path}: no checkpoint yet; train first (deno task train <experiment>) or pass --init for the untrained model`,
+      `${path}: init.weights: GPT-2 weights not found; download model.safetensors of the matching GPT-2 size ` +
+        `from the Hugging Face hub (openai-community/gpt2, gpt2-medium, gpt2-large, gpt2-xl) and put it there`,
+    );
+  }
+  return {
+    params: await loadHFGPT2(path, cfg.model, { tieHead: "omit" }),
+    source: `GPT-2 weights ${path}`,
+  };
+}
+
+/** Loads the experiment's model (the backend must be initialised first). */
+export async function loadModel(cfg: Config, src: ModelSource = {}): Promise<LoadedModel> {
+  const path = src.checkpoint ??
+    checkpointPath(`${src.checkpointsDir ?? "checkpoints"}/${cfg.name}`);
+  let hasCheckpoint = true;
+  try {
+    await Deno.stat(path);
+  } catch {
+    hasCheckpoint = false;
+  }
+  // --init, or pretrained weights and nothing trained yet: the initial model.
+  if (src.init || (!hasCheckpoint && !src.checkpoint && cfg.init.from === "gpt2")) {
+    const { params, source } = await initialParams(cfg);
+    return { model: new GPTModel(cfg.model, params), source, step: null };
+  }
+  if (!hasCheckpoint) {
+    throw new UserError(
+      `${path}: no checkpoint yet; train first (deno task train <experiment>) or pass --init for the initial model`,
     );
   }
   const ckpt = await loadCheckpoint(path);

@@ -10,11 +10,10 @@ import { type Checkpoint, checkpointPath, loadCheckpoint, saveCheckpoint } from 
 import { type Config, configHash } from "./config.ts";
 import { createLoaders, type VerdictData } from "./data.ts";
 import { UserError } from "./errors.ts";
-import { initGPTParams } from "./init.ts";
+import { initialParams } from "./load.ts";
 import { GPTModel } from "./model.ts";
 import { DropoutRng } from "./ops.ts";
 import { formatDuration, Progress } from "./progress.ts";
-import { TorchGenerator } from "./rng.ts";
 import { RunLog } from "./runlog.ts";
 import type { LrSchedule } from "./schedule.ts";
 import {
@@ -119,8 +118,8 @@ export async function prepareData(cfg: Config): Promise<VerdictData> {
   return createLoaders(text, {
     trainRatio: cfg.data.train_ratio,
     batchSize: cfg.data.batch_size,
-    contextLength: cfg.model.context_length,
-    stride: cfg.data.stride ?? cfg.model.context_length,
+    contextLength: cfg.data.max_length ?? cfg.model.context_length,
+    stride: cfg.data.stride ?? cfg.data.max_length ?? cfg.model.context_length,
     seed: cfg.training.seed,
     source: cfg.data.path,
   });
@@ -168,7 +167,7 @@ export async function runTraining(cfg: Config, opts: RunOptions = {}): Promise<R
   print(
     `data: ${cfg.data.path}: ${data.chars} characters, ${data.tokens} tokens; ` +
       `train ${data.trainLoader.length} batches, val ${data.valLoader.length} batches ` +
-      `of ${cfg.data.batch_size}×${cfg.model.context_length}`,
+      `of ${cfg.data.batch_size}×${cfg.data.max_length ?? cfg.model.context_length}`,
   );
 
   const nParams = GPTModel.countParams(cfg.model);
@@ -185,10 +184,9 @@ export async function runTraining(cfg: Config, opts: RunOptions = {}): Promise<R
     ckpt = await loadCheckpoint(ckptPath, cfg);
     model = new GPTModel(cfg.model, ckpt.params);
   } else {
-    model = new GPTModel(
-      cfg.model,
-      initGPTParams(cfg.model, new TorchGenerator(cfg.training.seed)),
-    );
+    const init = await initialParams(cfg);
+    model = new GPTModel(cfg.model, init.params);
+    print(`init: ${init.source}`);
   }
   print(`model: ${model.numParams().toLocaleString("en-US")} parameters`);
   const optimizer = new AdamW(model.params, {
@@ -263,8 +261,8 @@ export async function runTraining(cfg: Config, opts: RunOptions = {}): Promise<R
   const startStep = state.step, t0 = performance.now();
   let lastTrain = NaN, lastVal = NaN, bestVal = Infinity;
   const elapsed = () => (performance.now() - t0) / 1000;
-  const tokensPerS = (s: TrainState) =>
-    (s.step - startStep) * cfg.data.batch_size * cfg.model.context_length / elapsed();
+  const startTokens = state.tokensSeen;
+  const tokensPerS = (s: TrainState) => (s.tokensSeen - startTokens) / elapsed();
 
   let finished = false;
   try {

@@ -69,3 +69,29 @@ Deno.test("sample/eval without a checkpoint: one error line, exit 2", () => {
   const bad = cli("sample", "experiments/verdict-small.yaml", "--top-k", "x");
   assertEquals(bad.code, 2);
 });
+
+Deno.test("an experiment initialised from GPT-2 weights evaluates without a checkpoint (the fixture's full-loader losses)", async () => {
+  await ensureVerdict();
+  const fixtures = new URL("../../shared/fixtures/", import.meta.url);
+  const fx = JSON.parse(await Deno.readTextFile(new URL("gpt2-tiny.json", fixtures)));
+  const dir = await Deno.makeTempDir();
+  const yaml = `${dir}/tiny-gpt2.yaml`;
+  const m = fx.config;
+  await Deno.writeTextFile(
+    yaml,
+    `init: {from: gpt2, weights: ${new URL("gpt2-tiny.safetensors", fixtures).pathname}}\n` +
+      `model: {vocab_size: ${m.vocab_size}, context_length: ${m.context_length}, emb_dim: ${m.emb_dim}, ` +
+      `n_heads: ${m.n_heads}, n_layers: ${m.n_layers}, drop_rate: 0, qkv_bias: true}\n` +
+      `data: {batch_size: 2}\n`,
+  );
+  const cfg = await loadExperiment(yaml);
+  await initBackend(cfg.backend);
+  const { model, source } = await loadModel(cfg, { checkpointsDir: dir });
+  ok(source.startsWith("GPT-2 weights"), source);
+  ok(model.tiedHead);
+  const fig = evaluateLoaders(model, await prepareData(cfg), source);
+  assertEquals(fig.batches, { train: 72, val: 8 });
+  ok(Math.abs(fig.train_loss - 10.910931) < 1e-4, String(fig.train_loss));
+  ok(Math.abs(fig.val_loss - 10.843242) < 1e-4, String(fig.val_loss));
+  model.dispose();
+});
