@@ -4,7 +4,6 @@
  *
  * Exit codes: 0 done; 2 bad arguments or an unknown run (one line on stderr).
  */
-import { parseArgs } from "node:util";
 import {
   compareRuns,
   compareSVG,
@@ -14,6 +13,7 @@ import {
   SORT_KEYS,
   sortRows,
 } from "../lib/compare.ts";
+import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 
 const USAGE = `usage: deno task compare <run> [<run> …] [options]
@@ -29,23 +29,13 @@ options:
   -h, --help    show this help`;
 
 await runTask(async () => {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: Deno.args,
-      allowPositionals: true,
-      options: {
-        sort: { type: "string", default: "best_val_loss" },
-        json: { type: "boolean", default: false },
-        out: { type: "string" },
-        help: { type: "boolean", short: "h", default: false },
-      },
-    });
-  } catch (err) {
-    throw new UserError(`compare: ${(err as Error).message.split("\n")[0]} (see --help)`);
-  }
+  const parsed = parseTaskArgs("compare", USAGE, {
+    sort: { type: "string", default: "best_val_loss" },
+    json: { type: "boolean", default: false },
+    out: { type: "string" },
+  });
+  if (!parsed) return;
   const { values, positionals } = parsed;
-  if (values.help) return console.log(USAGE);
   if (positionals.length === 0) throw new UserError("compare: name at least one run (see --help)");
 
   const resolved = await resolveRunLogs(positionals);

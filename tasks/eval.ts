@@ -3,9 +3,9 @@
  * train/val loss and perplexity of the experiment's checkpoint (or, with --init, of the seeded untrained model),
  * and checkpoints/<name>/report.md + report.json + loss.svg.
  */
-import { parseArgs } from "node:util";
 import { initBackend } from "../lib/backend.ts";
 import { loadExperiment } from "../lib/config.ts";
+import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { loadModel } from "../lib/load.ts";
 import { evaluateLoaders, sampleTexts, writeReport } from "../lib/report.ts";
@@ -25,27 +25,17 @@ options:
   -h, --help         show this help`;
 
 await runTask(async () => {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: Deno.args,
-      allowPositionals: true,
-      options: {
-        "num-batches": { type: "string" },
-        json: { type: "boolean", default: false },
-        init: { type: "boolean", default: false },
-        checkpoint: { type: "string" },
-        "no-report": { type: "boolean", default: false },
-        set: { type: "string", multiple: true, default: [] },
-        backend: { type: "string" },
-        help: { type: "boolean", short: "h", default: false },
-      },
-    });
-  } catch (err) {
-    throw new UserError(`eval: ${(err as Error).message.split("\n")[0]} (see --help)`);
-  }
+  const parsed = parseTaskArgs("eval", USAGE, {
+    "num-batches": { type: "string" },
+    json: { type: "boolean", default: false },
+    init: { type: "boolean", default: false },
+    checkpoint: { type: "string" },
+    "no-report": { type: "boolean", default: false },
+    set: { type: "string", multiple: true, default: [] },
+    backend: { type: "string" },
+  });
+  if (!parsed) return;
   const { values, positionals } = parsed;
-  if (values.help) return console.log(USAGE);
   if (positionals.length !== 1) {
     throw new UserError(`eval: expected one experiment file (see --help)`);
   }

@@ -3,9 +3,9 @@
  * --num-samples … --eos-id … --init --checkpoint path]`: continuations from the experiment's checkpoint with the
  * book's `generate` (section 5.3), streamed token by token. Same seed, same text.
  */
-import { parseArgs } from "node:util";
 import { initBackend } from "../lib/backend.ts";
 import { loadExperiment } from "../lib/config.ts";
+import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { generateCached } from "../lib/kvcache.ts";
 import { loadModel } from "../lib/load.ts";
@@ -40,31 +40,21 @@ function int(flag: string, v: string | undefined, min: number): number | undefin
 }
 
 await runTask(async () => {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: Deno.args,
-      allowPositionals: true,
-      options: {
-        prompt: { type: "string" },
-        temperature: { type: "string" },
-        "top-k": { type: "string" },
-        "max-new-tokens": { type: "string" },
-        "eos-id": { type: "string" },
-        seed: { type: "string" },
-        "num-samples": { type: "string", default: "1" },
-        init: { type: "boolean", default: false },
-        checkpoint: { type: "string" },
-        set: { type: "string", multiple: true, default: [] },
-        backend: { type: "string" },
-        help: { type: "boolean", short: "h", default: false },
-      },
-    });
-  } catch (err) {
-    throw new UserError(`sample: ${(err as Error).message.split("\n")[0]} (see --help)`);
-  }
+  const parsed = parseTaskArgs("sample", USAGE, {
+    prompt: { type: "string" },
+    temperature: { type: "string" },
+    "top-k": { type: "string" },
+    "max-new-tokens": { type: "string" },
+    "eos-id": { type: "string" },
+    seed: { type: "string" },
+    "num-samples": { type: "string", default: "1" },
+    init: { type: "boolean", default: false },
+    checkpoint: { type: "string" },
+    set: { type: "string", multiple: true, default: [] },
+    backend: { type: "string" },
+  });
+  if (!parsed) return;
   const { values: v, positionals } = parsed;
-  if (v.help) return console.log(USAGE);
   if (positionals.length !== 1) {
     throw new UserError(`sample: expected one experiment file (see --help)`);
   }

@@ -3,9 +3,9 @@
  * A YAML with a `sweep:` section runs every point of its grid (or prints one command per point).
  * Exit codes: 0 finished, 2 bad input, 130 interrupted (checkpoint written).
  */
-import { parseArgs } from "node:util";
 import { compareRuns, formatTable } from "../lib/compare.ts";
 import { loadExperiment } from "../lib/config.ts";
+import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { runTraining } from "../lib/run.ts";
 import { pointAction, pointCommand, readSweep } from "../lib/sweep.ts";
@@ -25,27 +25,17 @@ options:
   -h, --help         show this help`;
 
 await runTask(async () => {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: Deno.args,
-      allowPositionals: true,
-      options: {
-        set: { type: "string", multiple: true, default: [] },
-        backend: { type: "string" },
-        resume: { type: "boolean", default: false },
-        fresh: { type: "boolean", default: false },
-        "auto-resume": { type: "boolean", default: false },
-        "print-commands": { type: "boolean", default: false },
-        "no-sweep": { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
-      },
-    });
-  } catch (err) {
-    throw new UserError(`train: ${(err as Error).message.split("\n")[0]} (see --help)`);
-  }
+  const parsed = parseTaskArgs("train", USAGE, {
+    set: { type: "string", multiple: true, default: [] },
+    backend: { type: "string" },
+    resume: { type: "boolean", default: false },
+    fresh: { type: "boolean", default: false },
+    "auto-resume": { type: "boolean", default: false },
+    "print-commands": { type: "boolean", default: false },
+    "no-sweep": { type: "boolean", default: false },
+  });
+  if (!parsed) return;
   const { values, positionals } = parsed;
-  if (values.help) return console.log(USAGE);
   if (positionals.length !== 1) {
     throw new UserError(
       `train: expected one experiment file, got ${positionals.length} (see --help)`,

@@ -333,7 +333,7 @@ Deno.test("compare: an unknown run or column is one error line and exit 2", asyn
       [[`${dir}/nope`], `error: compare: ${dir}/nope: no run log`],
       [[`${dir}/a`, "--sort", "speed"], "error: compare: --sort speed: not a column"],
       [[], "error: compare: name at least one run"],
-      [[`${dir}/a`, "--frobnicate"], "error: compare: Unknown option '--frobnicate'"],
+      [[`${dir}/a`, "--frobnicate"], "error: compare: unknown flag --frobnicate"],
     ]
   ) {
     const res = compareTask(dir, ...args);
