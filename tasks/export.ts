@@ -1,0 +1,51 @@
+/**
+ * `deno task export <experiment.yaml> [--out dir] [--checkpoint path] [--init]`: writes the experiment's latest
+ * checkpoint as a Hugging Face GPT-2 model (model.safetensors + config.json) that PyTorch/transformers can load.
+ */
+import { initBackend } from "../lib/backend.ts";
+import { parseTaskArgs } from "../lib/cli.ts";
+import { loadExperiment } from "../lib/config.ts";
+import { runTask, UserError } from "../lib/errors.ts";
+import { exportHFGPT2 } from "../lib/gpt2.ts";
+import { loadModel } from "../lib/load.ts";
+
+const USAGE = `usage: deno task export <experiment.yaml> [options]
+
+Writes <out>/model.safetensors and <out>/config.json in Hugging Face's GPT-2 layout.
+
+options:
+  --out dir          output directory (default checkpoints/<name>/hf)
+  --checkpoint path  export this checkpoint instead of the latest
+  --init             export the initial model (seeded init or the configured GPT-2 weights)
+  --set key=value    override a config key (repeatable)
+  -h, --help         show this help`;
+
+await runTask(async () => {
+  const parsed = parseTaskArgs("export", USAGE, {
+    out: { type: "string" },
+    checkpoint: { type: "string" },
+    init: { type: "boolean", default: false },
+    set: { type: "string", multiple: true, default: [] },
+  });
+  if (!parsed) return;
+  const { values, positionals } = parsed;
+  if (positionals.length !== 1) {
+    throw new UserError("export: expected one experiment file (see --help)");
+  }
+  const cfg = await loadExperiment(positionals[0], values.set);
+  await initBackend("cpu"); // weights only pass through: no compute
+  const { model, source } = await loadModel(cfg, {
+    init: values.init,
+    checkpoint: values.checkpoint,
+  });
+  const out = values.out ?? `checkpoints/${cfg.name}/hf`;
+  await Deno.mkdir(out, { recursive: true });
+  const warnings = await exportHFGPT2(
+    `${out}/model.safetensors`,
+    await model.toNamedParams(),
+    cfg.model,
+  );
+  for (const w of warnings) console.error(`warning: ${w}`);
+  console.log(`wrote ${out}/model.safetensors and ${out}/config.json from ${source}`);
+  model.dispose();
+});
