@@ -34,12 +34,13 @@ class GPT(nn.Module):
         s.final_norm=LayerNorm(c['emb_dim']); s.out_head=nn.Linear(c['emb_dim'],c['vocab_size'],bias=False)
     def forward(s,idx):
         b,t=idx.shape; x=s.drop_emb(s.tok_emb(idx)+s.pos_emb(torch.arange(t))); return s.out_head(s.final_norm(s.trf_blocks(x)))
-d=json.load(open(sys.argv[1])); cfg=d['config']; c=dict(cfg['model']); c['drop_rate']=0.0
-torch.manual_seed(cfg['training']['seed']); m=GPT(c); m.train()
-opt=torch.optim.AdamW(m.parameters(),lr=cfg['training']['lr'],weight_decay=cfg['training']['weight_decay'])
-T=c['context_length']; losses=[]
-for b in d['batches']:
+if __name__ == '__main__':
+  d=json.load(open(sys.argv[1])); cfg=d['config']; c=dict(cfg['model']); c['drop_rate']=0.0
+  torch.manual_seed(cfg['training']['seed']); m=GPT(c); m.train()
+  opt=torch.optim.AdamW(m.parameters(),lr=cfg['training']['lr'],weight_decay=cfg['training']['weight_decay'])
+  T=c['context_length']; losses=[]
+  for b in d['batches']:
     x=torch.tensor(b['inputs']).view(-1,T); y=torch.tensor(b['targets']).view(-1,T)
     opt.zero_grad(); loss=torch.nn.functional.cross_entropy(m(x).flatten(0,1),y.flatten()); loss.backward(); opt.step()
     losses.append(loss.item())
-print(json.dumps(losses))
+  print(json.dumps(losses))

@@ -1,0 +1,194 @@
+/**
+ * `deno task bench [--quick] [--no-torch] [--steps n] [--experiment path]`: speed of the chapter-5 workload, one
+ * JSON line per case: train step (batch 2 and 8), eval forward, greedy sampling of 25 tokens — median seconds,
+ * tokens/s, peak RSS of the case's own process, backend. With Python + torch installed, the same train step in
+ * PyTorch (bench/torch_step.py) at both thread settings; the faster one is PyTorch's figure and our train-step lines
+ * get `ratio_vs_pytorch` (ours tokens/s ÷ PyTorch's). Timings live here, never in tests.
+ */
+import * as tf from "@tensorflow/tfjs-core";
+import { parseArgs } from "node:util";
+import { AdamW } from "../lib/adamw.ts";
+import { initBackend } from "../lib/backend.ts";
+import { loadExperiment } from "../lib/config.ts";
+import { generateCached } from "../lib/kvcache.ts";
+import { initGPTParams } from "../lib/init.ts";
+import { GPTModel } from "../lib/model.ts";
+import { DropoutRng } from "../lib/ops.ts";
+import { TorchGenerator } from "../lib/rng.ts";
+import { textToTokenIds } from "../lib/tokenizer.ts";
+import { trainStep } from "../lib/train.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    quick: { type: "boolean", default: false },
+    "no-torch": { type: "boolean", default: false },
+    steps: { type: "string" },
+    experiment: { type: "string", default: "experiments/verdict.yaml" },
+    case: { type: "string" },
+    batch: { type: "string", default: "2" },
+  },
+});
+const steps = Number(values.steps ?? (values.quick ? 1 : 3));
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const peakRssMb = () => {
+  try {
+    const m = Deno.readTextFileSync(`/proc/${Deno.pid}/status`).match(/VmHWM:\s+(\d+) kB/);
+    return m ? Number(m[1]) / 1024 : null;
+  } catch {
+    return Deno.memoryUsage().rss / 2 ** 20; // not Linux: the current RSS, a lower bound of the peak
+  }
+};
+
+/** One case, in this process (called through a subprocess so that RSS is the case's own). */
+async function runCase(name: string, batch: number): Promise<Record<string, unknown>> {
+  const cfg = await loadExperiment(values.experiment!);
+  const backend = await initBackend(cfg.backend);
+  const model = new GPTModel(
+    cfg.model,
+    initGPTParams(cfg.model, new TorchGenerator(cfg.training.seed)),
+  );
+  const T = cfg.data.max_length ?? cfg.model.context_length;
+  const rng = new TorchGenerator(1);
+  const ids = () =>
+    Int32Array.from(rng.rand(batch * T), (u) => Math.floor(u * cfg.model.vocab_size));
+  const b = { inputs: ids(), targets: ids(), batchSize: batch, maxLength: T };
+  const times: number[] = [];
+  let tokens = batch * T;
+  if (name === "train_step") {
+    const opt = new AdamW(model.params, {
+      lr: cfg.training.lr,
+      weightDecay: cfg.training.weight_decay,
+    });
+    const drop = new DropoutRng(1);
+    for (let i = 0; i <= steps; i++) {
+      const t0 = performance.now();
+      trainStep(model, opt, b, drop);
+      if (i > 0) times.push((performance.now() - t0) / 1000);
+    }
+  } else if (name === "eval_forward") {
+    for (let i = 0; i <= steps; i++) {
+      const t0 = performance.now();
+      tf.tidy(() =>
+        model.loss(
+          tf.tensor2d(b.inputs, [batch, T], "int32"),
+          tf.tensor2d(b.targets, [batch, T], "int32"),
+        ).dataSync()
+      );
+      if (i > 0) times.push((performance.now() - t0) / 1000);
+    }
+  } else {
+    tokens = 25;
+    const prompt = textToTokenIds(cfg.training.start_context);
+    for (let i = 0; i <= steps; i++) {
+      const t0 = performance.now();
+      generateCached(model, prompt, { maxNewTokens: 25, temperature: 0 });
+      if (i > 0) times.push((performance.now() - t0) / 1000);
+    }
+  }
+  const s = median(times);
+  return {
+    case: name,
+    impl: "ours",
+    backend: backend.name,
+    batch,
+    tokens,
+    median_s: s,
+    tokens_per_s: tokens / s,
+    peak_rss_mb: peakRssMb(),
+    steps,
+  };
+}
+
+if (values.case) {
+  console.log(JSON.stringify(await runCase(values.case, Number(values.batch))));
+  Deno.exit(0);
+}
+
+async function sub(
+  cmd: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<Record<string, unknown> | null> {
+  try {
+    const out = await new Deno.Command(cmd, { args, env, stderr: "null" }).output();
+    const line = new TextDecoder().decode(out.stdout).trim().split("\n").at(-1);
+    return out.success && line ? JSON.parse(line) : null;
+  } catch {
+    return null;
+  }
+}
+
+const self = [
+  "run",
+  "--allow-read",
+  "--allow-write",
+  "--allow-env",
+  "--allow-sys",
+  "--allow-ffi",
+  "--allow-run",
+  new URL(import.meta.url).pathname,
+];
+const ours: Record<string, unknown>[] = [];
+for (
+  const [name, batch] of [["train_step", 2], ["train_step", 8], ["eval_forward", 2], [
+    "sample_25_tokens",
+    1,
+  ]] as const
+) {
+  if (values.quick && batch === 8) continue;
+  const r = await sub(Deno.execPath(), [
+    ...self,
+    "--experiment",
+    values.experiment!,
+    "--steps",
+    String(steps),
+    "--case",
+    name,
+    "--batch",
+    String(batch),
+  ]);
+  if (r) ours.push(r);
+  else console.log(JSON.stringify({ case: name, batch, error: "case failed" }));
+}
+
+const torchBest: Record<string, Record<string, unknown>> = {};
+if (!values["no-torch"]) {
+  const cfg = await loadExperiment(values.experiment!);
+  const cfgPath = await Deno.makeTempFile({ suffix: ".json" });
+  await Deno.writeTextFile(cfgPath, JSON.stringify(cfg));
+  const py = ["python3", "/usr/bin/python3"];
+  for (const batch of values.quick ? [2] : [2, 8]) {
+    for (const python of py) {
+      const script = new URL("./torch_step.py", import.meta.url).pathname;
+      const a = await sub(python, [script, cfgPath, String(batch), String(steps), "1"], {
+        OPENBLAS_NUM_THREADS: "2",
+      });
+      const b = await sub(python, [script, cfgPath, String(batch), String(steps), "2"]);
+      const best = [a, b].filter((x): x is Record<string, unknown> => x !== null)
+        .sort((x, y) => Number(y.tokens_per_s) - Number(x.tokens_per_s))[0];
+      if (best) {
+        best.setting = best.threads === 1
+          ? "set_num_threads(1), OPENBLAS_NUM_THREADS=2"
+          : "set_num_threads(2)";
+        torchBest[batch] = best;
+        break;
+      }
+    }
+  }
+}
+for (const r of ours) {
+  const t = r.case === "train_step" ? torchBest[Number(r.batch)] : undefined;
+  if (t) r.ratio_vs_pytorch = Number(r.tokens_per_s) / Number(t.tokens_per_s);
+  console.log(JSON.stringify(r));
+}
+for (const t of Object.values(torchBest)) console.log(JSON.stringify(t));
+if (!values["no-torch"] && Object.keys(torchBest).length === 0) {
+  console.log(
+    JSON.stringify({
+      case: "train_step",
+      impl: "pytorch",
+      skipped: "python3 with torch not found",
+    }),
+  );
+}
