@@ -14,6 +14,7 @@ import { initialParams } from "./load.ts";
 import { GPTModel } from "./model.ts";
 import { DropoutRng } from "./ops.ts";
 import { formatDuration, Progress } from "./progress.ts";
+import { acquireRunLock } from "./lock.ts";
 import { RunLog } from "./runlog.ts";
 import type { LrSchedule } from "./schedule.ts";
 import {
@@ -142,8 +143,28 @@ export function lrSchedule(cfg: Config, totalSteps: number): LrSchedule | null {
   };
 }
 
-/** Runs (or resumes) an experiment's training to the end or until stopped. */
+/**
+ * Runs (or resumes) an experiment's training to the end or until stopped, holding the run's lock
+ * (checkpoints/<name>.lock) so that a second process of the same run refuses to start.
+ */
 export async function runTraining(cfg: Config, opts: RunOptions = {}): Promise<RunResult> {
+  const dir = opts.checkpointsDir ?? "checkpoints";
+  await Deno.mkdir(dir, { recursive: true }).catch((err) => {
+    throw new UserError(
+      `${dir}: cannot create the checkpoints directory (${
+        err instanceof Error ? err.message : err
+      })`,
+    );
+  });
+  const release = acquireRunLock(`${dir}/${cfg.name}.lock`, cfg.name);
+  try {
+    return await trainUnlocked(cfg, opts);
+  } finally {
+    release();
+  }
+}
+
+async function trainUnlocked(cfg: Config, opts: RunOptions): Promise<RunResult> {
   const print = opts.print ?? ((s: string) => console.log(s));
   const runDir = `${opts.checkpointsDir ?? "checkpoints"}/${cfg.name}`;
   const ckptPath = checkpointPath(runDir);
