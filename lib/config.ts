@@ -130,9 +130,8 @@ const num = (lo: number, hi: number, open: [boolean, boolean]): Check => (v) => 
   if (typeof v !== "number" || !Number.isFinite(v)) return `${fmt(v)} is not a number`;
   const okLo = open[0] ? v > lo : v >= lo, okHi = open[1] ? v < hi : v <= hi;
   if (okLo && okHi) return null;
-  return `${v} is outside ${open[0] ? "(" : "["}${lo}, ${hi === Infinity ? "∞" : hi}${
-    open[1] ? ")" : "]"
-  }`;
+  const right = hi === Infinity ? "∞)" : `${hi}${open[1] ? ")" : "]"}`;
+  return `${v} is outside ${open[0] ? "(" : "["}${lo}, ${right}`;
 };
 const bool: Check = (v) => typeof v === "boolean" ? null : `${fmt(v)} is not true or false`;
 const str: Check = (v) =>
@@ -217,8 +216,8 @@ export function configKeys(): string[] {
 }
 
 function unknownKey(where: string, key: string): UserError {
-  const best =
-    configKeys().map((k) => [k, distance(k, key)] as const).sort((a, b) => a[1] - b[1])[0];
+  const candidates = [...Object.keys(SCHEMA), ...configKeys()];
+  const best = candidates.map((k) => [k, distance(k, key)] as const).sort((a, b) => a[1] - b[1])[0];
   const hint = best && best[1] <= Math.max(2, Math.floor(key.length / 3))
     ? `; did you mean ${best[0]}?`
     : "";
