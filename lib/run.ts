@@ -158,6 +158,10 @@ export async function runTraining(cfg: Config, opts: RunOptions = {}): Promise<R
   });
   const release = acquireRunLock(`${dir}/${cfg.name}.lock`, cfg.name);
   try {
+    // Temporary files of a write that a killed process never renamed: nobody else writes here while we hold the lock.
+    for (const e of await Array.fromAsync(Deno.readDir(`${dir}/${cfg.name}`)).catch(() => [])) {
+      if (e.isFile && e.name.includes(".tmp-")) await Deno.remove(`${dir}/${cfg.name}/${e.name}`);
+    }
     return await trainUnlocked(cfg, opts);
   } finally {
     release();
