@@ -92,3 +92,24 @@ Deno.test("kill -9 at 20 random moments: checkpoint and log always readable, --a
   );
   assertEquals(leftovers, []);
 });
+
+Deno.test("a non-finite loss stops the run with one error line, exit 2, and writes no checkpoint after it", async () => {
+  const dir = await project(2);
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", TRAIN, "r.yaml", "--set", "training.lr=1e30"],
+    cwd: dir,
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  const err = new TextDecoder().decode(out.stderr).trim().split("\n").filter((l) =>
+    l.startsWith("error:")
+  );
+  assertEquals(out.code, 2);
+  assertEquals(err.length, 1);
+  ok(/^error: r: loss became (NaN|Infinity|-Infinity) at step \d+; stopped/.test(err[0]), err[0]);
+  const log = readRunLog(`${dir}/checkpoints/r/log.jsonl`);
+  assertEquals(log.lines.at(-1)?.type, "error");
+  ok(
+    !(await Deno.stat(`${dir}/checkpoints/r/checkpoint.safetensors`).then(() => true, () => false)),
+  );
+});
