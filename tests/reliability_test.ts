@@ -37,7 +37,7 @@ async function checkConsistent(dir: string) {
   if (await Deno.stat(ckpt).then(() => true, () => false)) await loadCheckpoint(ckpt);
 }
 
-Deno.test("SIGINT: checkpoint, an interrupted line, exit 130; --resume continues from it and stops cleanly again", async () => {
+Deno.test("SIGINT: checkpoint, an interrupted line, exit 130; --resume continues; SIGTERM and a double Ctrl-C stop cleanly too", async () => {
   const dir = await project(40);
   const child = train(dir);
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
@@ -58,12 +58,25 @@ Deno.test("SIGINT: checkpoint, an interrupted line, exit 130; --resume continues
     stdout: "null",
     stderr: "null",
   }).spawn();
-  // Let it continue a little, then stop it again the same way: the second interruption also ends cleanly.
+  // Let it continue a little, then stop it with SIGTERM: the same clean stop.
   await new Promise((r) => setTimeout(r, 1500));
-  resumed.kill("SIGINT");
+  resumed.kill("SIGTERM");
   assertEquals((await resumed.status).code, 130);
   const after = await loadCheckpoint(`${dir}/checkpoints/r/checkpoint.safetensors`);
   ok(after.meta.state.step >= ckpt.meta.state.step);
+  // A second Ctrl-C quits at once, wherever the first left it (possibly mid-write): files stay readable.
+  const twice = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", TRAIN, "r.yaml", "--resume"],
+    cwd: dir,
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  await new Promise((r) => setTimeout(r, 1500));
+  twice.kill("SIGINT");
+  await new Promise((r) => setTimeout(r, 20));
+  twice.kill("SIGINT");
+  assertEquals((await twice.status).code, 130);
+  await checkConsistent(dir);
 });
 
 Deno.test("kill -9 at 20 random moments: checkpoint and log always readable, --auto-resume finishes", async () => {
