@@ -19,12 +19,13 @@ async function project(epochs: number): Promise<string> {
   return dir;
 }
 
-function train(dir: string, ...args: string[]) {
+/** Starts `deno task train r.yaml …` in `dir`; output is piped only when a test reads it. */
+function train(dir: string, args: string[], output: "piped" | "null" = "null") {
   return new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", TRAIN, "r.yaml", ...args],
     cwd: dir,
-    stdout: "piped",
-    stderr: "piped",
+    stdout: output,
+    stderr: output,
   }).spawn();
 }
 
@@ -39,25 +40,21 @@ async function checkConsistent(dir: string) {
 
 Deno.test("SIGINT: checkpoint, an interrupted line, exit 130; --resume continues; SIGTERM and a double Ctrl-C stop cleanly too", async () => {
   const dir = await project(40);
-  const child = train(dir);
+  const child = train(dir, [], "piped");
   const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
   let seen = "";
   while (!seen.includes("Ep 1 (Step")) seen += (await reader.read()).value ?? "";
   child.kill("SIGINT");
   reader.releaseLock();
   await child.stdout.cancel().catch(() => {});
+  await child.stderr.cancel().catch(() => {});
   const status = await child.status;
   assertEquals(status.code, 130);
   const log = readRunLog(`${dir}/checkpoints/r/log.jsonl`);
   assertEquals(log.lines.at(-1)?.type, "interrupted");
   const ckpt = await loadCheckpoint(`${dir}/checkpoints/r/checkpoint.safetensors`);
   ok(ckpt.meta.state.step > 0);
-  const resumed = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", TRAIN, "r.yaml", "--resume"],
-    cwd: dir,
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
+  const resumed = train(dir, ["--resume"]);
   // Let it continue a little, then stop it with SIGTERM: the same clean stop.
   await new Promise((r) => setTimeout(r, 1500));
   resumed.kill("SIGTERM");
@@ -65,12 +62,7 @@ Deno.test("SIGINT: checkpoint, an interrupted line, exit 130; --resume continues
   const after = await loadCheckpoint(`${dir}/checkpoints/r/checkpoint.safetensors`);
   ok(after.meta.state.step >= ckpt.meta.state.step);
   // A second Ctrl-C quits at once, wherever the first left it (possibly mid-write): files stay readable.
-  const twice = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", TRAIN, "r.yaml", "--resume"],
-    cwd: dir,
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
+  const twice = train(dir, ["--resume"]);
   await new Promise((r) => setTimeout(r, 1500));
   twice.kill("SIGINT");
   await new Promise((r) => setTimeout(r, 20));
@@ -82,14 +74,12 @@ Deno.test("SIGINT: checkpoint, an interrupted line, exit 130; --resume continues
 Deno.test("kill -9 at 20 random moments: checkpoint and log always readable, --auto-resume finishes", async () => {
   const dir = await project(3);
   for (let i = 0; i < 20; i++) {
-    const child = train(dir, "--auto-resume");
+    const child = train(dir, ["--auto-resume"]);
     await new Promise((r) => setTimeout(r, 200 + Math.random() * 2800));
     try {
       child.kill("SIGKILL");
     } catch { /* already finished */ }
     await child.status;
-    await child.stdout.cancel().catch(() => {});
-    await child.stderr.cancel().catch(() => {});
     await checkConsistent(dir);
   }
   const last = await new Deno.Command(Deno.execPath(), {
