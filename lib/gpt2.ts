@@ -1,194 +1,343 @@
 /**
- * OpenAI's GPT-2 weights in Hugging Face's layout (section 5.5) mapped onto the book's parameter names: Conv1D
- * weights are stored [in, out] and transposed to Linear's [out, in]; the fused `c_attn` splits into W_query,
- * W_key and W_value; the output head is tied to the token embedding.
+ * OpenAI's GPT-2 weights in Hugging Face's layout (section 5.5, `load_weights_into_gpt`) mapped onto the book's
+ * parameter names, and back. One table ({@link hfLayout}) says, for every Hugging Face tensor, its shape and how it
+ * becomes the book's parameters: Conv1D weights are stored [in, out] and transposed to Linear's [out, in]; the fused
+ * `c_attn` (query | key | value along its output axis) splits into W_query, W_key and W_value; the output head is
+ * tied to the token embedding.
  */
 import type { ModelConfig } from "./config.ts";
 import { UserError } from "./errors.ts";
 import type { NamedParam } from "./params.ts";
-import { readSafetensors, type SafeTensor, writeSafetensors } from "./safetensors.ts";
+import {
+  readSafetensorsHeader,
+  readSafetensorsStreaming,
+  type TensorToWrite,
+  writeSafetensors,
+} from "./safetensors.ts";
 
-/** How the tied head is represented: `omit` (the model reuses tok_emb) or `copy` (an untied out_head copy). */
+/** How the tied head is represented: `omit` (the model reuses tok_emb) or `copy` (an out_head copy of tok_emb). */
 export interface GPT2LoadOptions {
-  tieHead: "omit" | "copy";
+  tieHead?: "omit" | "copy";
 }
 
-function transpose(data: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++) {
-    for (let c = 0; c < cols; c++) out[c * rows + r] = data[r * cols + c];
+/** What a GPT-2 file says about the model (n_heads only from a `config.json` beside it). */
+export interface GPT2FileConfig {
+  vocab_size: number;
+  context_length: number;
+  emb_dim: number;
+  n_layers: number;
+  qkv_bias: boolean;
+  n_heads: number | null;
+}
+
+/** One Hugging Face tensor: its shape, and how it maps to and from the book's parameters. */
+interface Mapping {
+  shape: number[];
+  load: (x: Float32Array) => NamedParam[];
+  save: (get: (book: string) => Float32Array | null) => Float32Array;
+}
+
+const TILE = 64; // a tiled transpose is 2.5× faster than a plain one on a [1600, 6400] matrix (cache lines)
+
+/** Columns c0 … c0 + n of x [rows, cols], transposed: a new [n, rows] (all of x by default). */
+function transpose(x: Float32Array, rows: number, cols: number, c0 = 0, n = cols): Float32Array {
+  const out = new Float32Array(n * rows);
+  for (let r0 = 0; r0 < rows; r0 += TILE) {
+    const r1 = Math.min(r0 + TILE, rows);
+    for (let j0 = 0; j0 < n; j0 += TILE) {
+      for (let j = j0; j < Math.min(j0 + TILE, n); j++) {
+        const o = j * rows, i = c0 + j;
+        for (let r = r0; r < r1; r++) out[o + r] = x[r * cols + i];
+      }
+    }
   }
   return out;
 }
 
-/** Loads a Hugging Face GPT-2 `model.safetensors` (F32, F16 or BF16) as the book's named parameters. */
-export async function loadHFGPT2(
-  path: string,
-  cfg: ModelConfig,
-  opts: GPT2LoadOptions = { tieHead: "omit" },
-): Promise<NamedParam[]> {
-  const { tensors } = await readSafetensors(path);
-  const C = cfg.emb_dim;
-  const get = (name: string, shape: number[]): SafeTensor => {
-    const t = tensors.get(name) ?? tensors.get(`transformer.${name}`);
-    if (!t) {
-      throw new UserError(`${path}: tensor ${name} missing (not a GPT-2 checkpoint of this size?)`);
-    }
-    if (t.shape.join() !== shape.join()) {
-      throw new UserError(
-        `${path}: tensor ${name}: shape [${t.shape}], the config needs [${shape}]`,
-      );
-    }
-    return t;
+const QKV = ["W_query", "W_key", "W_value"] as const;
+
+/** Every tensor of a Hugging Face GPT-2 `state_dict` for `cfg`, in its order, keyed by name without `transformer.`. */
+function hfLayout(cfg: ModelConfig): Map<string, Mapping> {
+  const C = cfg.emb_dim, H = 4 * C, out = new Map<string, Mapping>();
+  const need = (get: (b: string) => Float32Array | null, book: string) => {
+    const x = get(book);
+    if (!x) throw new Error(`exportHFGPT2: parameter ${book} missing`); // checked before saving
+    return x;
   };
-  if (!cfg.qkv_bias) {
-    throw new UserError(`${path}: GPT-2 weights have qkv biases; set model.qkv_bias: true`);
-  }
-  const out: NamedParam[] = [];
-  const add = (name: string, shape: number[], data: Float32Array) =>
-    out.push({ name, shape, data });
-  const wte = get("wte.weight", [cfg.vocab_size, C]);
-  add("tok_emb.weight", wte.shape, wte.data);
-  add("pos_emb.weight", [cfg.context_length, C], get("wpe.weight", [cfg.context_length, C]).data);
+  const same = (hf: string, book: string, shape: number[]) =>
+    out.set(hf, {
+      shape,
+      load: (x) => [{ name: book, shape, data: x }],
+      save: (get) => need(get, book),
+    });
+  const conv1d = (hf: string, book: string, nIn: number, nOut: number) =>
+    // Conv1D [in, out]
+    out.set(hf, {
+      shape: [nIn, nOut],
+      load: (x) => [{ name: book, shape: [nOut, nIn], data: transpose(x, nIn, nOut) }],
+      save: (get) => transpose(need(get, book), nOut, nIn),
+    });
+  same("wte.weight", "tok_emb.weight", [cfg.vocab_size, C]);
+  same("wpe.weight", "pos_emb.weight", [cfg.context_length, C]);
   for (let i = 0; i < cfg.n_layers; i++) {
     const h = `h.${i}`, b = `trf_blocks.${i}`;
-    const qkv = get(`${h}.attn.c_attn.weight`, [C, 3 * C]).data; // [in, out]: q | k | v along out
-    const qkvBias = get(`${h}.attn.c_attn.bias`, [3 * C]).data;
-    ["W_query", "W_key", "W_value"].forEach((w, k) => {
-      const part = new Float32Array(C * C); // [out, in]
-      for (let r = 0; r < C; r++) {
-        for (let c = 0; c < C; c++) part[c * C + r] = qkv[r * 3 * C + k * C + c];
-      }
-      add(`${b}.att.${w}.weight`, [C, C], part);
-      add(`${b}.att.${w}.bias`, [C], qkvBias.slice(k * C, (k + 1) * C));
+    same(`${h}.ln_1.weight`, `${b}.norm1.scale`, [C]);
+    same(`${h}.ln_1.bias`, `${b}.norm1.shift`, [C]);
+    out.set(`${h}.attn.c_attn.weight`, {
+      shape: [C, 3 * C], // [in, q | k | v]
+      load: (x) =>
+        QKV.map((w, k) => ({
+          name: `${b}.att.${w}.weight`,
+          shape: [C, C], // (out, in)
+          data: transpose(x, C, 3 * C, k * C, C),
+        })),
+      save: (get) => {
+        const x = new Float32Array(C * 3 * C);
+        QKV.forEach((w, k) => {
+          const part = transpose(need(get, `${b}.att.${w}.weight`), C, C); // (in, out)
+          for (let r = 0; r < C; r++) x.set(part.subarray(r * C, (r + 1) * C), r * 3 * C + k * C);
+        });
+        return x;
+      },
     });
-    const linear = (src: string, dst: string, nIn: number, nOut: number) => {
-      add(
-        `${b}.${dst}.weight`,
-        [nOut, nIn],
-        transpose(get(`${h}.${src}.weight`, [nIn, nOut]).data, nIn, nOut),
-      );
-      add(`${b}.${dst}.bias`, [nOut], get(`${h}.${src}.bias`, [nOut]).data);
-    };
-    linear("attn.c_proj", "att.out_proj", C, C);
-    linear("mlp.c_fc", "ff.layers.0", C, 4 * C);
-    linear("mlp.c_proj", "ff.layers.2", 4 * C, C);
-    add(`${b}.norm1.scale`, [C], get(`${h}.ln_1.weight`, [C]).data);
-    add(`${b}.norm1.shift`, [C], get(`${h}.ln_1.bias`, [C]).data);
-    add(`${b}.norm2.scale`, [C], get(`${h}.ln_2.weight`, [C]).data);
-    add(`${b}.norm2.shift`, [C], get(`${h}.ln_2.bias`, [C]).data);
+    out.set(`${h}.attn.c_attn.bias`, {
+      shape: [3 * C],
+      load: (x) =>
+        QKV.map((w, k) => ({
+          name: `${b}.att.${w}.bias`,
+          shape: [C],
+          data: x.slice(k * C, (k + 1) * C),
+        })),
+      save: (get) => { // a model without qkv bias exports zeros: GPT-2 always has the tensor
+        const x = new Float32Array(3 * C);
+        QKV.forEach((w, k) => x.set(get(`${b}.att.${w}.bias`) ?? new Float32Array(C), k * C));
+        return x;
+      },
+    });
+    conv1d(`${h}.attn.c_proj.weight`, `${b}.att.out_proj.weight`, C, C);
+    same(`${h}.attn.c_proj.bias`, `${b}.att.out_proj.bias`, [C]);
+    same(`${h}.ln_2.weight`, `${b}.norm2.scale`, [C]);
+    same(`${h}.ln_2.bias`, `${b}.norm2.shift`, [C]);
+    conv1d(`${h}.mlp.c_fc.weight`, `${b}.ff.layers.0.weight`, C, H);
+    same(`${h}.mlp.c_fc.bias`, `${b}.ff.layers.0.bias`, [H]);
+    conv1d(`${h}.mlp.c_proj.weight`, `${b}.ff.layers.2.weight`, H, C);
+    same(`${h}.mlp.c_proj.bias`, `${b}.ff.layers.2.bias`, [C]);
   }
-  add("final_norm.scale", [C], get("ln_f.weight", [C]).data);
-  add("final_norm.shift", [C], get("ln_f.bias", [C]).data);
-  if (opts.tieHead === "copy") add("out_head.weight", wte.shape, wte.data.slice());
+  same("ln_f.weight", "final_norm.scale", [C]);
+  same("ln_f.bias", "final_norm.shift", [C]);
   return out;
 }
 
-/** Writes IEEE half-precision values (round to nearest even), for F16 weight files. */
-export function float32ToFloat16(v: Float32Array): Uint16Array {
-  const out = new Uint16Array(v.length);
-  const f = new Float32Array(1), u = new Uint32Array(f.buffer);
-  for (let i = 0; i < v.length; i++) {
-    f[0] = v[i];
-    const x = u[0], sign = (x >>> 16) & 0x8000, exp = (x >>> 23) & 0xff, man = x & 0x7fffff;
-    if (exp === 0xff) out[i] = sign | 0x7c00 | (man ? 0x200 : 0);
-    else if (exp > 142) out[i] = sign | 0x7c00; // overflow → ±inf
-    else if (exp < 103) out[i] = sign; // underflow → ±0
-    else if (exp < 113) { // subnormal half
-      const m = man | 0x800000, shift = 126 - exp;
-      let h = m >>> shift;
-      const rem = m & ((1 << shift) - 1), half = 1 << (shift - 1);
-      if (rem > half || (rem === half && (h & 1))) h++;
-      out[i] = sign | h;
-    } else {
-      let h = ((exp - 112) << 10) | (man >>> 13);
-      const rem = man & 0x1fff;
-      if (rem > 0x1000 || (rem === 0x1000 && (h & 1))) h++;
-      out[i] = sign | h;
+/** The book's parameter names and shapes in PyTorch's registration order (GPTModel's `state_dict`). */
+function bookLayout(cfg: ModelConfig, head: boolean): [string, number[]][] {
+  const C = cfg.emb_dim, H = 4 * C;
+  const out: [string, number[]][] = [
+    ["tok_emb.weight", [cfg.vocab_size, C]],
+    ["pos_emb.weight", [cfg.context_length, C]],
+  ];
+  for (let i = 0; i < cfg.n_layers; i++) {
+    const b = `trf_blocks.${i}`;
+    for (const w of QKV) {
+      out.push([`${b}.att.${w}.weight`, [C, C]]);
+      if (cfg.qkv_bias) out.push([`${b}.att.${w}.bias`, [C]]);
+    }
+    out.push([`${b}.att.out_proj.weight`, [C, C]], [`${b}.att.out_proj.bias`, [C]]);
+    out.push([`${b}.ff.layers.0.weight`, [H, C]], [`${b}.ff.layers.0.bias`, [H]]);
+    out.push([`${b}.ff.layers.2.weight`, [C, H]], [`${b}.ff.layers.2.bias`, [C]]);
+    for (const n of ["norm1", "norm2"]) {
+      out.push([`${b}.${n}.scale`, [C]], [`${b}.${n}.shift`, [C]]);
     }
   }
+  out.push(["final_norm.scale", [C]], ["final_norm.shift", [C]]);
+  if (head) out.push(["out_head.weight", [cfg.vocab_size, C]]);
   return out;
+}
+
+const plain = (name: string) => name.replace(/^transformer\./, "");
+const dirOf = (path: string) =>
+  path.includes("/") ? path.slice(0, path.lastIndexOf("/")) || "/" : ".";
+
+/**
+ * Reads the model dimensions a Hugging Face GPT-2 `model.safetensors` holds from its header (no tensor data), and
+ * n_heads from a GPT-2 `config.json` beside it when there is one for the same width.
+ */
+export async function readHFGPT2Config(path: string): Promise<GPT2FileConfig> {
+  const { tensors } = await readSafetensorsHeader(path);
+  const names = new Map([...tensors].map(([n, t]) => [plain(n), t.shape]));
+  const wte = names.get("wte.weight"), wpe = names.get("wpe.weight");
+  if (!wte || wte.length !== 2 || !wpe || wpe.length !== 2) {
+    const some = [...tensors.keys()].slice(0, 3).join(", ");
+    throw new UserError(
+      `${path}: not a GPT-2 checkpoint (no wte.weight/wpe.weight matrices; its tensors: ${
+        some || "none"
+      })`,
+    );
+  }
+  let layers = 0;
+  for (const n of names.keys()) {
+    const m = /^h\.(\d+)\./.exec(n);
+    if (m) layers = Math.max(layers, Number(m[1]) + 1);
+  }
+  let heads: number | null = null;
+  try {
+    const hf = JSON.parse(await Deno.readTextFile(`${dirOf(path)}/config.json`));
+    if (hf.n_embd === wte[1] && Number.isInteger(hf.n_head)) heads = hf.n_head;
+  } catch {
+    // no config.json beside the weights (a bare download): n_heads cannot be checked
+  }
+  return {
+    vocab_size: wte[0],
+    context_length: wpe[0],
+    emb_dim: wte[1],
+    n_layers: layers,
+    qkv_bias: names.has("h.0.attn.c_attn.bias"),
+    n_heads: heads,
+  };
+}
+
+/** Throws a UserError listing every model dimension where `cfg` and the file differ. */
+function checkConfig(path: string, cfg: ModelConfig, file: GPT2FileConfig): void {
+  const diffs: string[] = [];
+  for (const k of ["vocab_size", "context_length", "emb_dim", "n_layers", "n_heads"] as const) {
+    const want = file[k];
+    if (want !== null && cfg[k] !== want) {
+      diffs.push(`model.${k} is ${cfg[k]}, the file has ${want}`);
+    }
+  }
+  if (file.qkv_bias && !cfg.qkv_bias) diffs.push("model.qkv_bias is false, GPT-2 has qkv biases");
+  if (diffs.length > 0) {
+    throw new UserError(
+      `${path}: GPT-2 weights (vocab ${file.vocab_size}, context ${file.context_length}, emb ${file.emb_dim}, ` +
+        `${file.n_layers} layers) do not fit the config: ${diffs.join("; ")}`,
+    );
+  }
 }
 
 /**
- * Writes the book's parameters as a Hugging Face GPT-2 `model.safetensors` (Conv1D [in, out] weights, fused
- * c_attn, tied head) plus `config.json` beside it, so PyTorch/transformers can load the model. Returns warnings for
- * what GPT-2's layout cannot hold (an untied head, missing qkv biases written as zeros).
+ * Loads a Hugging Face GPT-2 `model.safetensors` (gpt2, gpt2-medium, -large, -xl; F32, F16 or BF16; names with or
+ * without `transformer.`) as the book's named parameters in the book's order. Tensors are mapped as they are read,
+ * so memory peaks near the float32 weights' size. A file whose dimensions differ from `cfg`, a tensor of the wrong
+ * shape or a missing one is a UserError naming the file, the tensor, and the expected and found shapes.
+ *
+ * @example
+ * const params = await loadHFGPT2("models/gpt2-124m/model.safetensors", { ...cfg, context_length: 1024,
+ *   qkv_bias: true }, { tieHead: "omit" });
  */
-export async function exportHFGPT2(
+export async function loadHFGPT2(
   path: string,
-  params: NamedParam[],
   cfg: ModelConfig,
-): Promise<string[]> {
-  const by = new Map(params.map((p) => [p.name, p]));
-  const get = (n: string) => {
-    const p = by.get(n);
-    if (!p) throw new UserError(`${path}: cannot export: parameter ${n} missing`);
-    return p.data;
-  };
-  const C = cfg.emb_dim, warnings: string[] = [];
-  const out: NamedParam[] = [];
-  const add = (name: string, shape: number[], data: Float32Array) =>
-    out.push({ name, shape, data });
-  add("wte.weight", [cfg.vocab_size, C], get("tok_emb.weight"));
-  add("wpe.weight", [cfg.context_length, C], get("pos_emb.weight"));
-  if (!cfg.qkv_bias) {
-    warnings.push("the model has no qkv biases; GPT-2's c_attn.bias is written as zeros");
-  }
-  for (let i = 0; i < cfg.n_layers; i++) {
-    const h = `h.${i}`, b = `trf_blocks.${i}`;
-    add(`${h}.ln_1.weight`, [C], get(`${b}.norm1.scale`));
-    add(`${h}.ln_1.bias`, [C], get(`${b}.norm1.shift`));
-    const qkv = new Float32Array(C * 3 * C), qkvBias = new Float32Array(3 * C);
-    ["W_query", "W_key", "W_value"].forEach((w, k) => {
-      const part = get(`${b}.att.${w}.weight`); // [out, in]
-      for (let r = 0; r < C; r++) {
-        for (let c = 0; c < C; c++) qkv[r * 3 * C + k * C + c] = part[c * C + r];
+  opts: GPT2LoadOptions = {},
+): Promise<NamedParam[]> {
+  checkConfig(path, cfg, await readHFGPT2Config(path));
+  const layout = hfLayout(cfg), seen = new Set<string>(), got = new Map<string, NamedParam>();
+  await readSafetensorsStreaming(
+    path,
+    (name, t) => {
+      const hf = plain(name), m = layout.get(hf)!;
+      if (t.shape.join() !== m.shape.join()) {
+        throw new UserError(
+          `${path}: tensor ${name} has shape [${t.shape.join(", ")}], the config needs [${
+            m.shape.join(", ")
+          }]`,
+        );
       }
-      if (cfg.qkv_bias) qkvBias.set(get(`${b}.att.${w}.bias`), k * C);
-    });
-    add(`${h}.attn.c_attn.weight`, [C, 3 * C], qkv);
-    add(`${h}.attn.c_attn.bias`, [3 * C], qkvBias);
-    const conv = (src: string, dst: string, nIn: number, nOut: number) => {
-      add(`${h}.${dst}.weight`, [nIn, nOut], transpose(get(`${b}.${src}.weight`), nOut, nIn));
-      add(`${h}.${dst}.bias`, [nOut], get(`${b}.${src}.bias`));
-    };
-    conv("att.out_proj", "attn.c_proj", C, C);
-    add(`${h}.ln_2.weight`, [C], get(`${b}.norm2.scale`));
-    add(`${h}.ln_2.bias`, [C], get(`${b}.norm2.shift`));
-    conv("ff.layers.0", "mlp.c_fc", C, 4 * C);
-    conv("ff.layers.2", "mlp.c_proj", 4 * C, C);
+      if (seen.has(hf)) throw new UserError(`${path}: tensor ${hf} is stored twice`);
+      seen.add(hf);
+      for (const p of m.load(t.data)) got.set(p.name, p);
+    },
+    // The causal-mask buffers (attn.bias, attn.masked_bias) and a saved lm_head (tied to wte) are not read.
+    { only: (name) => layout.has(plain(name)) },
+  );
+  const missing = [...layout.keys()].find((hf) => !seen.has(hf));
+  if (missing) {
+    throw new UserError(
+      `${path}: tensor ${missing} missing (shape [${
+        layout.get(missing)!.shape.join(", ")
+      }] expected)`,
+    );
   }
-  add("ln_f.weight", [C], get("final_norm.scale"));
-  add("ln_f.bias", [C], get("final_norm.shift"));
-  const head = by.get("out_head.weight");
-  if (head) {
-    const tok = get("tok_emb.weight");
-    if (head.data.some((v, i) => v !== tok[i])) {
-      warnings.push(
-        "the output head is untied; GPT-2 ties lm_head to wte, so the exported model uses wte as its head",
-      );
-    }
+  const params = bookLayout(cfg, false).map(([name]) => got.get(name)!);
+  if (opts.tieHead === "copy") {
+    params.push({ name: "out_head.weight", shape: params[0].shape, data: params[0].data.slice() });
   }
-  await writeSafetensors(path, out, { format: "pt" });
-  const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : ".";
-  const config = {
+  return params;
+}
+
+/** The Hugging Face `GPT2Config` (config.json) of a model, so transformers' `GPT2LMHeadModel` can load it. */
+export function hfGPT2Config(cfg: ModelConfig): Record<string, unknown> {
+  return {
     architectures: ["GPT2LMHeadModel"],
     model_type: "gpt2",
     vocab_size: cfg.vocab_size,
     n_positions: cfg.context_length,
     n_ctx: cfg.context_length,
-    n_embd: C,
+    n_embd: cfg.emb_dim,
     n_head: cfg.n_heads,
     n_layer: cfg.n_layers,
-    activation_function: "gelu_new",
+    n_inner: null, // 4 * n_embd
+    activation_function: "gelu_new", // the tanh approximation, the book's GELU
     layer_norm_epsilon: 1e-5,
     resid_pdrop: cfg.drop_rate,
     embd_pdrop: cfg.drop_rate,
     attn_pdrop: cfg.drop_rate,
-    bos_token_id: 50256,
+    initializer_range: 0.02,
+    scale_attn_weights: true,
+    tie_word_embeddings: true,
+    bos_token_id: 50256, // <|endoftext|> of the GPT-2 tokenizer
     eos_token_id: 50256,
+    torch_dtype: "float32",
   };
-  await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(config, null, 2) + "\n");
-  return warnings;
+}
+
+/**
+ * Writes the book's parameters as a Hugging Face GPT-2 `model.safetensors` (Conv1D [in, out] weights, fused
+ * c_attn, `format: pt` metadata) plus `config.json` beside it. Returns warnings for what GPT-2's layout cannot hold:
+ * missing qkv biases are written as zeros, and an untied out_head is dropped (GPT2LMHeadModel ties lm_head to wte).
+ *
+ * @example
+ * const { warnings } = await exportHFGPT2("out/model.safetensors", await model.toNamedParams(), cfg.model);
+ */
+export async function exportHFGPT2(
+  path: string,
+  params: NamedParam[],
+  cfg: ModelConfig,
+): Promise<{ warnings: string[] }> {
+  const by = new Map(params.map((p) => [p.name, p]));
+  for (const [name, shape] of bookLayout(cfg, false)) {
+    const p = by.get(name);
+    if (!p) throw new UserError(`${path}: cannot export: parameter ${name} missing`);
+    if (p.shape.join() !== shape.join() || p.data.length !== p.shape.reduce((a, b) => a * b, 1)) {
+      throw new UserError(
+        `${path}: cannot export: parameter ${name} has shape [${
+          p.shape.join(", ")
+        }], the config needs [${shape.join(", ")}]`,
+      );
+    }
+  }
+  const warnings: string[] = [];
+  if (!cfg.qkv_bias) {
+    warnings.push("the model has no qkv bias; GPT-2's attn.c_attn.bias is written as zeros");
+  }
+  const head = by.get("out_head.weight")?.data, tok = by.get("tok_emb.weight")!.data;
+  if (head && head !== tok && head.some((v, i) => v !== tok[i])) {
+    warnings.push(
+      "out_head.weight differs from tok_emb.weight, but GPT2LMHeadModel ties lm_head to wte: " +
+        "the untied head is not representable, the exported model uses tok_emb.weight as its head",
+    );
+  }
+  const get = (name: string) => by.get(name)?.data ?? null;
+  const tensors: TensorToWrite[] = [];
+  for (const [name, m] of hfLayout(cfg)) {
+    tensors.push({ name, shape: m.shape, data: () => m.save(get) }); // made when written: one copy at a time
+  }
+  await writeSafetensors(path, tensors, { format: "pt" });
+  const json = `${dirOf(path)}/config.json`, tmp = `${json}.tmp-${Deno.pid}`;
+  try {
+    await Deno.writeTextFile(tmp, JSON.stringify(hfGPT2Config(cfg), null, 2) + "\n");
+    await Deno.rename(tmp, json);
+  } catch (err) {
+    await Deno.remove(tmp).catch(() => {});
+    throw new UserError(`${json}: cannot write (${err instanceof Error ? err.message : err})`);
+  }
+  return { warnings };
 }

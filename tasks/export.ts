@@ -40,7 +40,7 @@ await runTask(async () => {
   });
   const out = values.out ?? `checkpoints/${cfg.name}/hf`;
   await Deno.mkdir(out, { recursive: true });
-  const warnings = await exportHFGPT2(
+  const { warnings } = await exportHFGPT2(
     `${out}/model.safetensors`,
     await model.toNamedParams(),
     cfg.model,
