@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { parse as parseYaml, YAMLParseError } from "yaml";
 import { UserError } from "./errors.ts";
 
@@ -140,8 +141,8 @@ const nullable = (c: Check): Check => (v) => v === null ? null : c(v);
 const oneOf = (xs: readonly string[]): Check => (v) =>
   typeof v === "string" && xs.includes(v) ? null : `${fmt(v)} is not one of ${xs.join(", ")}`;
 
-function fmt(v: Json): string {
-  return typeof v === "string" ? JSON.stringify(v) : JSON.stringify(v) ?? String(v);
+function fmt(v: Json | undefined): string {
+  return typeof v === "number" ? String(v) : JSON.stringify(v) ?? String(v); // Infinity, not null
 }
 
 /** The check of every key; the schema mirrors {@link DEFAULTS}. */
@@ -215,13 +216,23 @@ export function configKeys(): string[] {
   );
 }
 
+/**
+ * The candidate nearest to `word` by edit distance, when near enough to be a likely typo (1 edit in a word of up to
+ * 3 letters, else 2 or a third of the word); null otherwise. For "did you mean" hints.
+ */
+export function closest(word: string, candidates: readonly string[]): string | null {
+  const best =
+    candidates.map((k) => [k, distance(k, word)] as const).sort((a, b) => a[1] - b[1])[0];
+  const allowed = word.length <= 3 ? 1 : Math.max(2, Math.floor(word.length / 3));
+  return best && best[1] <= allowed ? best[0] : null;
+}
+
 function unknownKey(where: string, key: string): UserError {
-  const candidates = [...Object.keys(SCHEMA), ...configKeys()];
-  const best = candidates.map((k) => [k, distance(k, key)] as const).sort((a, b) => a[1] - b[1])[0];
-  const hint = best && best[1] <= Math.max(2, Math.floor(key.length / 3))
-    ? `; did you mean ${best[0]}?`
-    : "";
-  return new UserError(`${where}: ${key}: unknown key${hint}`);
+  // a key in the wrong section (`emb_dim` at the top, `model.lr`) is named by its last part
+  const last = key.split(".").pop()!;
+  const near = configKeys().find((k) => k !== key && k.endsWith(`.${last}`)) ??
+    closest(key, [...Object.keys(SCHEMA), ...configKeys()]);
+  return new UserError(`${where}: ${key}: unknown key${near ? `; did you mean ${near}?` : ""}`);
 }
 
 function isMap(v: unknown): v is Record<string, Json> {
@@ -233,7 +244,7 @@ function merge(where: string, doc: Record<string, Json>): Record<string, Json> {
   const out = structuredClone(DEFAULTS) as unknown as Record<string, Json>;
   for (const [k, v] of Object.entries(doc)) {
     if (k === "sweep") continue; // the grid of a sweep file: expanded by lib/sweep.ts into --set overrides
-    const schema = SCHEMA[k];
+    const schema = Object.hasOwn(SCHEMA, k) ? SCHEMA[k] : undefined;
     if (!schema) throw unknownKey(where, k);
     if (typeof schema === "function") {
       out[k] = v;
@@ -243,73 +254,99 @@ function merge(where: string, doc: Record<string, Json>): Record<string, Json> {
     if (!isMap(v)) throw new UserError(`${where}: ${k}: expected a mapping of keys, got ${fmt(v)}`);
     const section = out[k] as Record<string, Json>;
     for (const [sk, sv] of Object.entries(v)) {
-      if (!(sk in schema)) throw unknownKey(where, `${k}.${sk}`);
+      if (!Object.hasOwn(schema, sk)) throw unknownKey(where, `${k}.${sk}`);
       section[sk] = sv;
     }
   }
   return out;
 }
 
-/** Applies `section.key=value` overrides (values parsed as YAML scalars). */
-function applyOverrides(cfg: Record<string, Json>, overrides: string[]): void {
+/** The check of a dotted key (null when the config has no such key). */
+function checkOf(key: string): Check | null {
+  const [section, sub, ...rest] = key.split(".");
+  const schema = Object.hasOwn(SCHEMA, section) ? SCHEMA[section] : undefined;
+  if (!schema || rest.length > 0) return null;
+  if (typeof schema === "function") return sub === undefined ? schema : null;
+  return sub !== undefined && Object.hasOwn(schema, sub) ? schema[sub] : null;
+}
+
+/**
+ * Applies `section.key=value` overrides; values are YAML scalars (`1e-3`, `true`, `null`, text). Returns the
+ * override that set each key, so that a bad value is blamed on the override rather than the file.
+ */
+function applyOverrides(cfg: Record<string, Json>, overrides: string[]): Map<string, string> {
+  const source = new Map<string, string>();
   for (const o of overrides) {
     const eq = o.indexOf("=");
     if (eq <= 0) throw new UserError(`--set ${o}: expected key=value, e.g. --set training.lr=1e-3`);
     const key = o.slice(0, eq).trim();
     const raw = o.slice(eq + 1);
+    const check = checkOf(key);
+    const whole = Object.hasOwn(SCHEMA, key) ? SCHEMA[key] : undefined;
+    if (whole && typeof whole !== "function") {
+      const first = Object.keys(whole)[0];
+      throw new UserError(
+        `--set ${o}: ${key}: a section, not a key; set one key, e.g. ${key}.${first}=…`,
+      );
+    }
+    if (!check) throw unknownKey(`--set ${o}`, key);
     let value: Json;
     try {
-      value = parseYaml(raw) ?? null;
+      value = raw.trim() === "" ? "" : parseYaml(raw) ?? null;
     } catch {
       value = raw;
     }
-    if (raw.trim() === "") value = "";
-    const parts = key.split(".");
-    const schema = SCHEMA[parts[0]];
-    if (
-      !schema ||
-      (typeof schema === "function"
-        ? parts.length !== 1
-        : parts.length !== 2 || !(parts[1] in schema))
-    ) {
-      throw unknownKey(`--set ${o}`, key);
-    }
-    if (parts.length === 1) cfg[key] = value;
-    else (cfg[parts[0]] as Record<string, Json>)[parts[1]] = value;
+    // `--set name=2024` or `--set training.start_context=42` mean the text, not the number
+    if (check(value) && !check(raw)) value = raw;
+    const [section, sub] = key.split(".");
+    if (sub === undefined) cfg[key] = value;
+    else (cfg[section] as Record<string, Json>)[sub] = value;
+    source.set(key, `--set ${o}`);
   }
+  return source;
 }
 
-/** Type and range checks of every key, then the checks across keys. */
-function validate(where: string, cfg: Record<string, Json>): Config {
+/**
+ * Type and range checks of every key, then the checks across keys. A problem is blamed on the override that set
+ * one of its keys, else on the file.
+ */
+function validate(path: string, cfg: Record<string, Json>, source: Map<string, string>): Config {
+  const where = (...keys: string[]) =>
+    keys.map((k) => source.get(k)).findLast((s) => s !== undefined) ?? path;
+  const fail = (keys: string[], cause: string) =>
+    new UserError(`${where(...keys)}: ${keys[0]}: ${cause}`);
   for (const [k, schema] of Object.entries(SCHEMA)) {
     if (typeof schema === "function") {
       const why = schema(cfg[k]);
-      if (why) throw new UserError(`${where}: ${k}: ${why}`);
+      if (why) throw fail([k], why);
       continue;
     }
     const section = cfg[k] as Record<string, Json>;
     for (const [sk, check] of Object.entries(schema)) {
       const why = check(section[sk]);
-      if (why) throw new UserError(`${where}: ${k}.${sk}: ${why}`);
+      if (why) throw fail([`${k}.${sk}`], why);
     }
   }
   const c = cfg as unknown as Config;
   if (c.model.emb_dim % c.model.n_heads !== 0) {
-    throw new UserError(
-      `${where}: model.n_heads: ${c.model.n_heads} does not divide emb_dim ${c.model.emb_dim}`,
+    throw fail(
+      ["model.n_heads", "model.emb_dim"],
+      `${c.model.n_heads} does not divide emb_dim ${c.model.emb_dim}`,
     );
   }
   if (c.data.max_length !== null && c.data.max_length > c.model.context_length) {
-    throw new UserError(
-      `${where}: data.max_length: ${c.data.max_length} exceeds model.context_length ${c.model.context_length}`,
+    throw fail(
+      ["data.max_length", "model.context_length"],
+      `${c.data.max_length} exceeds model.context_length ${c.model.context_length}`,
     );
   }
   if (c.init.from === "gpt2" && !c.init.weights) {
-    throw new UserError(`${where}: init.weights: init.from is gpt2 but no weights file is given`);
+    throw fail(["init.weights", "init.from"], "init.from is gpt2 but no weights file is given");
   }
   if (c.sampling.top_k !== null && c.sampling.top_k > c.model.vocab_size) {
-    throw new UserError(
-      `${where}: sampling.top_k: ${c.sampling.top_k} exceeds vocab_size ${c.model.vocab_size}`,
+    throw fail(
+      ["sampling.top_k", "model.vocab_size"],
+      `${c.sampling.top_k} exceeds vocab_size ${c.model.vocab_size}`,
     );
   }
   return c;
@@ -335,11 +372,7 @@ export async function loadExperiment(path: string, overrides: string[] = []): Pr
     doc = parseYaml(text);
   } catch (err) {
     if (err instanceof YAMLParseError) {
-      const pos = err.linePos?.[0];
-      const at = pos ? `line ${pos.line}, column ${pos.col}: ` : "";
-      throw new UserError(
-        `${path}: malformed YAML: ${at}${err.message.split("\n")[0].replace(/ at line.*$/, "")}`,
-      );
+      throw new UserError(`${path}: malformed YAML: ${yamlProblem(err)}`);
     }
     throw new UserError(
       `${path}: malformed YAML: ${err instanceof Error ? err.message.split("\n")[0] : err}`,
@@ -350,9 +383,28 @@ export async function loadExperiment(path: string, overrides: string[] = []): Pr
     throw new UserError(`${path}: expected a mapping of config sections at the top level`);
   }
   const merged = merge(path, doc);
-  if (!merged.name) merged.name = path.split("/").pop()!.replace(/\.ya?ml$/i, "");
-  applyOverrides(merged, overrides);
-  return validate(path, merged);
+  const named = merged.name !== "";
+  if (!named) merged.name = path.split("/").pop()!.replace(/\.ya?ml$/i, "");
+  const source = applyOverrides(merged, overrides);
+  if (!named && !source.has("name") && SCHEMA.name instanceof Function) {
+    const why = SCHEMA.name(merged.name);
+    if (why) {
+      throw new UserError(
+        `${path}: name: ${why}; the run is named after the file, set name: to choose`,
+      );
+    }
+  }
+  return validate(path, merged, source);
+}
+
+/** One line from the YAML parser's error: position first, the parser's advice for programmers dropped. */
+function yamlProblem(err: YAMLParseError): string {
+  const pos = err.linePos?.[0];
+  const at = pos ? `line ${pos.line}, column ${pos.col}: ` : "";
+  const msg = err.code === "MULTIPLE_DOCS"
+    ? "more than one document (---); an experiment is one mapping"
+    : err.message.split("\n")[0].replace(/ at line.*$/, "");
+  return at + msg;
 }
 
 function canonical(v: unknown): string {
@@ -365,23 +417,68 @@ function canonical(v: unknown): string {
   return JSON.stringify(v);
 }
 
-/**
- * A short stable hash of what defines a run's results: the model, data and training sections (not sampling,
- * backend or name). A checkpoint records it so that resuming under another config is refused.
- */
-export function configHash(cfg: Config): string {
-  return fnv1a(
-    canonical({ model: cfg.model, data: cfg.data, training: cfg.training, init: cfg.init }),
-  );
+/** sha256 of the canonical JSON (keys sorted at every level), first 16 hex digits. */
+function shortHash(v: unknown): string {
+  return createHash("sha256").update(canonical(v)).digest("hex").slice(0, 16);
 }
 
-function fnv1a(s: string): string {
-  // two 32-bit FNV-1a passes with different offsets → 16 hex digits, synchronous (crypto.subtle is async)
-  let h1 = 0x811c9dc5, h2 = 0x01000193 ^ 0x5bd1e995;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    h1 = Math.imul(h1 ^ c, 0x01000193) >>> 0;
-    h2 = Math.imul(h2 ^ c, 0x01000193 + 2) >>> 0;
-  }
-  return h1.toString(16).padStart(8, "0") + h2.toString(16).padStart(8, "0");
+/**
+ * A short stable hash of what defines a run's results: the model, data, training and init sections (not sampling,
+ * backend or name), independent of key order. A checkpoint records it so that resuming under another config is
+ * refused. Any key added to these sections changes every hash, even at a default that keeps the old behaviour.
+ *
+ * @example
+ * configHash(await loadExperiment("experiments/verdict.yaml")); // 16 hex digits
+ */
+export function configHash(cfg: Config): string {
+  return shortHash({ model: cfg.model, data: cfg.data, training: cfg.training, init: cfg.init });
+}
+
+/** A short stable hash of the model section alone: equal hashes mean interchangeable weights. */
+export function modelHash(cfg: Config): string {
+  return shortHash(cfg.model);
+}
+
+/** Trainable parameters of the book's GPTModel for `m` (untied output head, as in section 4.6). */
+export function paramCount(m: ModelConfig): number {
+  const c = m.emb_dim;
+  const block = 3 * (c * c + (m.qkv_bias ? c : 0)) + // W_query, W_key, W_value
+    (c * c + c) + // out_proj
+    (c * 4 * c + 4 * c) + (4 * c * c + c) + // feed-forward
+    2 * 2 * c; // norm1, norm2
+  return m.vocab_size * c + m.context_length * c + m.n_layers * block + 2 * c + c * m.vocab_size;
+}
+
+/**
+ * A few lines that say what a run is about to do, for the start of its output.
+ *
+ * @example
+ * for (const line of describeConfig(cfg)) console.log(line);
+ */
+export function describeConfig(cfg: Config): string[] {
+  const { model: m, data: d, training: t } = cfg;
+  const window = d.max_length ?? m.context_length;
+  const lines = [
+    `${cfg.name}: GPT of ${(paramCount(m) / 1e6).toFixed(1)}M parameters (${m.n_layers} layers, ` +
+    `${m.n_heads} heads, emb_dim ${m.emb_dim}, context ${m.context_length}, drop_rate ${m.drop_rate}` +
+    `${m.qkv_bias ? ", qkv_bias" : ""})`,
+    `data: ${d.path}, ${+(d.train_ratio * 100).toFixed(2)}% train, batches of ${d.batch_size} × ` +
+    `${window} tokens, stride ${d.stride ?? window}`,
+    `training: ${t.epochs} epochs, AdamW lr ${t.lr} weight_decay ${t.weight_decay}, eval every ` +
+    `${t.eval_freq} steps on ${t.eval_iter} batches, seed ${t.seed}`,
+  ];
+  const extras = [
+    t.warmup > 0 &&
+    `warmup ${t.warmup < 1 ? `${+(t.warmup * 100).toFixed(2)}% of steps` : `${t.warmup} steps`}` +
+      (t.initial_lr !== null ? ` from lr ${t.initial_lr}` : ""),
+    t.lr_schedule === "cosine" && `cosine decay to ${t.min_lr}`,
+    t.max_grad_norm !== null && `clip gradient norm at ${t.max_grad_norm}`,
+    t.grad_accum_steps > 1 && `${t.grad_accum_steps} micro-batches per step`,
+  ].filter((x): x is string => typeof x === "string");
+  if (extras.length) lines.push(`schedule: ${extras.join(", ")}`);
+  const init = cfg.init.from === "gpt2"
+    ? `GPT-2 weights ${cfg.init.weights}`
+    : `random (seed ${t.seed})`;
+  lines.push(`init: ${init}; backend ${cfg.backend}; config ${configHash(cfg)}`);
+  return lines;
 }
