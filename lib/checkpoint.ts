@@ -4,7 +4,7 @@
  * file + rename), so a crash mid-write leaves the previous checkpoint intact.
  */
 import type { Config } from "./config.ts";
-import { configHash } from "./config.ts";
+import { DEFAULTS } from "./config.ts";
 import { UserError } from "./errors.ts";
 import type { NamedParam } from "./params.ts";
 import { readSafetensors, writeSafetensors } from "./safetensors.ts";
@@ -50,8 +50,47 @@ export async function saveCheckpoint(
 }
 
 /**
+ * The differences that matter for resuming between the config a checkpoint was saved with and `cfg`: one
+ * `section.key: saved → now` per differing key of the model, data, training and init sections (sampling, backend
+ * and name are free to change). Keys added to the toolkit after the checkpoint was written count at their defaults.
+ */
+export function configDifferences(saved: Config, cfg: Config): string[] {
+  const out: string[] = [];
+  for (const section of ["model", "data", "training", "init"] as const) {
+    const a = { ...DEFAULTS[section], ...saved[section] } as Record<string, unknown>;
+    const b = cfg[section] as unknown as Record<string, unknown>;
+    for (const k of new Set([...Object.keys(a), ...Object.keys(b)])) {
+      const [x, y] = [JSON.stringify(a[k]), JSON.stringify(b[k])];
+      if (x !== y) out.push(`${section}.${k}: ${x} → ${y}`);
+    }
+  }
+  return out;
+}
+
+const isCount = (v: unknown) => Number.isInteger(v) && (v as number) >= 0;
+
+/** The metadata's problem, or null when it has every field a resumed run reads. */
+function metaProblem(meta: CheckpointMeta): string | null {
+  const c = meta?.config as unknown as Record<string, unknown> | undefined;
+  if (!c || typeof c !== "object") return "no config";
+  for (const section of ["model", "data", "training"]) {
+    if (!c[section] || typeof c[section] !== "object") return `no config.${section}`;
+  }
+  const s = meta.state as unknown as Record<string, unknown> | undefined;
+  for (const k of ["epoch", "batch", "step", "tokensSeen"]) {
+    if (!s || !isCount(s[k])) return `state.${k} is not a count`;
+  }
+  if (!isCount(meta.optimizer?.step)) return "optimizer.step is not a count";
+  const rng = meta.dropoutRng;
+  if (!Array.isArray(rng) || rng.length !== 4 || !rng.every((x) => isCount(x) && x < 2 ** 32)) {
+    return "dropoutRng is not 4 unsigned 32-bit words";
+  }
+  return null;
+}
+
+/**
  * Reads a checkpoint; a foreign or damaged file is a UserError naming it. When `expect` is given, a checkpoint of
- * another model/data/training config is refused with the differing hash.
+ * another model/data/training config is refused, naming the differing keys.
  */
 export async function loadCheckpoint(path: string, expect?: Config): Promise<Checkpoint> {
   const file = await readSafetensors(path);
@@ -68,13 +107,17 @@ export async function loadCheckpoint(path: string, expect?: Config): Promise<Che
   } catch {
     throw new UserError(`${path}: checkpoint metadata is not valid JSON`);
   }
-  if (expect && meta.configHash !== configHash(expect)) {
-    throw new UserError(
-      `${path}: checkpoint is from another config (hash ${meta.configHash}, experiment has ${
-        configHash(expect)
-      }); ` +
-        `use a different name or start fresh`,
-    );
+  const problem = metaProblem(meta);
+  if (problem) throw new UserError(`${path}: damaged checkpoint: metadata ${problem}`);
+  if (expect) {
+    const diff = configDifferences(meta.config, expect);
+    if (diff.length > 0) {
+      throw new UserError(
+        `${path}: checkpoint is from another config (${diff.slice(0, 3).join(", ")}${
+          diff.length > 3 ? ", …" : ""
+        }); resume with its settings, or use another name or --fresh`,
+      );
+    }
   }
   const params: NamedParam[] = [];
   const optimizer = new Map<string, { shape: number[]; data: Float32Array }>();
@@ -83,6 +126,19 @@ export async function loadCheckpoint(path: string, expect?: Config): Promise<Che
       params.push({ name: name.slice(6), shape: t.shape, data: t.data });
     } else if (name.startsWith("optim.")) {
       optimizer.set(name.slice(6), { shape: t.shape, data: t.data });
+    }
+  }
+  if (params.length === 0) throw new UserError(`${path}: damaged checkpoint: no model tensors`);
+  for (const p of params) {
+    for (const m of ["m", "v"]) {
+      const o = optimizer.get(`${m}.${p.name}`);
+      if (!o || o.shape.join() !== p.shape.join()) {
+        throw new UserError(
+          `${path}: damaged checkpoint: optimizer state optim.${m}.${p.name} ${
+            o ? `has shape [${o.shape}], not [${p.shape}]` : "is missing"
+          }`,
+        );
+      }
     }
   }
   return { meta, params, optimizer };

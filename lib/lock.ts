@@ -1,57 +1,84 @@
 /**
- * A run lock: `checkpoints/<name>.lock` holds the pid of the process training that run, so a second process of
- * the same run refuses to start instead of interleaving writes. A lock left by a dead process is taken over.
+ * A run lock: `checkpoints/<name>.lock` holds the pid of the process training that run, and that process holds an
+ * exclusive OS lock (flock) on the file for as long as it runs, so a second process of the same run refuses to
+ * start instead of interleaving writes. The OS drops the lock when its holder dies however it dies (kill -9
+ * included), so a lock file left behind is taken over; no pid or /proc check is needed (Deno's permissions deny
+ * /proc to the tasks anyway), and pid reuse cannot fool it.
  */
 import { UserError } from "./errors.ts";
 
-function alive(pid: number): boolean {
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  if (pid === Deno.pid) return true;
-  try {
-    Deno.statSync(`/proc/${pid}`);
-    return true;
-  } catch {
-    return Deno.build.os !== "linux"; // without /proc, assume the holder may still run
-  }
-}
-
-/** Takes the lock at `path` for this process; returns its release function. */
+/**
+ * Takes the lock at `path` for this process and returns its release function; refuses with a UserError naming the
+ * lock and its holder while another process (or this one, for another call) holds it.
+ *
+ * @example
+ * const release = acquireRunLock("checkpoints/verdict.lock", "verdict");
+ * try { await train(); } finally { release(); }
+ */
 export function acquireRunLock(
   path: string,
   run: string,
   note: (s: string) => void = console.error,
 ): () => void {
-  for (let attempt = 0; attempt < 2; attempt++) {
+  for (let attempt = 0; attempt < 3; attempt++) {
+    let file: Deno.FsFile;
     try {
-      const file = Deno.openSync(path, { write: true, createNew: true });
-      file.writeSync(new TextEncoder().encode(`${Deno.pid}\n`));
-      file.close();
-      return () => {
-        try {
-          if (Number(Deno.readTextFileSync(path).trim()) === Deno.pid) Deno.removeSync(path);
-        } catch { /* already gone */ }
-      };
+      file = Deno.openSync(path, { read: true, write: true, create: true });
     } catch (err) {
-      if (!(err instanceof Deno.errors.AlreadyExists)) {
-        throw new UserError(
-          `${path}: cannot create the run lock (${err instanceof Error ? err.message : err})`,
-        );
-      }
-      let pid = NaN;
-      try {
-        pid = Number(Deno.readTextFileSync(path).trim());
-      } catch { /* removed meanwhile */ }
-      if (alive(pid)) {
-        throw new UserError(
-          `${path}: run ${run} is already being trained by process ${pid}; wait for it or use another name ` +
-            `(--set name=…)`,
-        );
-      }
-      note(`note: ${path}: taking over a stale lock of process ${Number.isNaN(pid) ? "?" : pid}`);
-      try {
-        Deno.removeSync(path);
-      } catch { /* raced with another taker: the next attempt decides */ }
+      throw new UserError(
+        `${path}: cannot create the run lock (${err instanceof Error ? err.message : err})`,
+      );
     }
+    if (!file.tryLockSync(true)) {
+      file.close();
+      let pid = "another process";
+      try {
+        const text = Deno.readTextFileSync(path).trim();
+        if (/^\d+$/.test(text)) pid = `process ${text}`;
+      } catch { /* removed meanwhile */ }
+      throw new UserError(
+        `${path}: run ${run} is already being trained by ${pid}; wait for it or use another name ` +
+          `(--set name=…)`,
+      );
+    }
+    // The holder that just released may have removed the file after we opened it: then our lock is on a
+    // deleted file, and we start over on the path's new file.
+    let same = false;
+    try {
+      same = Deno.statSync(path).ino === file.statSync().ino;
+    } catch { /* removed */ }
+    if (!same) {
+      file.close();
+      continue;
+    }
+    const old = new TextDecoder().decode(readAll(file)).trim();
+    if (old !== "") note(`note: ${path}: taking over a stale lock of process ${old}`);
+    file.truncateSync(0);
+    file.seekSync(0, Deno.SeekMode.Start);
+    file.writeSync(new TextEncoder().encode(`${Deno.pid}\n`));
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      releaseRunLock(path);
+      file.close(); // drops the OS lock
+    };
   }
-  throw new UserError(`${path}: could not take the run lock (another process took it)`);
+  throw new UserError(`${path}: could not take the run lock (another process keeps replacing it)`);
+}
+
+function readAll(file: Deno.FsFile): Uint8Array {
+  const buf = new Uint8Array(64);
+  const n = file.readSync(buf) ?? 0;
+  return buf.subarray(0, n);
+}
+
+/**
+ * Removes the lock file at `path` if it names this process (safe to call twice, or from a signal handler that
+ * exits right after; the OS lock goes with the process).
+ */
+export function releaseRunLock(path: string): void {
+  try {
+    if (Number(Deno.readTextFileSync(path).trim()) === Deno.pid) Deno.removeSync(path);
+  } catch { /* already gone */ }
 }

@@ -6,6 +6,7 @@
 import type { Config } from "./config.ts";
 import type { VerdictData } from "./data.ts";
 import { generateCached } from "./kvcache.ts";
+import { UserError } from "./errors.ts";
 import { calcLossLoader, perplexity } from "./loss.ts";
 import type { GPTModel } from "./model.ts";
 import { lineChartSVG } from "./plot.ts";
@@ -65,18 +66,27 @@ export function sampleTexts(model: GPTModel, cfg: Config, count = 3): string[] {
     })));
 }
 
-/** The book's figure 5.12: train and val loss against tokens seen, epochs on the top axis. */
+/**
+ * Where epochs end on the tokens-seen axis, from the log's `epoch` lines (every epoch sees the same tokens): ticks
+ * 0, 1, 2, … up to the last eval; only 0 while the first epoch is still running.
+ */
+export function epochTicks(log: RunLogData): [number, string][] {
+  const maxTokens = Math.max(...log.evals.map((e) => Number(e.tokens_seen)));
+  const end = log.lines.find((l) => l.type === "epoch" && Number(l.epoch) > 0);
+  const perEpoch = end ? Number(end.tokens_seen) / Number(end.epoch) : NaN;
+  if (!(perEpoch > 0)) return [[0, "0"]];
+  const ticks: [number, string][] = [];
+  for (let k = 0; k * perEpoch <= maxTokens * (1 + 1e-9); k++) {
+    ticks.push([k * perEpoch, String(k)]);
+  }
+  return ticks;
+}
+
+/** The book's figure 5.12: train and val loss against tokens seen, epochs on the top axis; null with no evals. */
 export function lossCurveSVG(log: RunLogData, name: string): string | null {
   if (log.evals.length === 0) return null;
   const pts = (k: string) =>
     log.evals.map((e) => [Number(e.tokens_seen), Number(e[k])] as [number, number]);
-  const perEpoch = new Map<number, number>(); // epoch → tokens seen at its last eval
-  for (const e of log.evals) perEpoch.set(Number(e.epoch), Number(e.tokens_seen));
-  const epochs = [...perEpoch.keys()].sort((a, b) => a - b);
-  const tokensPerEpoch = Math.max(...log.evals.map((e) => Number(e.tokens_seen))) /
-    Math.max(1, epochs.at(-1)!);
-  const ticks: [number, string][] = [];
-  for (let k = 0; k <= epochs.at(-1)!; k++) ticks.push([k * tokensPerEpoch, String(k)]);
   return lineChartSVG({
     title: `${name}: training and validation loss`,
     xLabel: "Tokens seen",
@@ -85,7 +95,7 @@ export function lossCurveSVG(log: RunLogData, name: string): string | null {
       { label: "Training loss", points: pts("train_loss") },
       { label: "Validation loss", points: pts("val_loss"), dash: true },
     ],
-    secondaryX: { label: "Epochs", ticks },
+    secondaryX: { label: "Epochs", ticks: epochTicks(log) },
   });
 }
 
@@ -93,6 +103,13 @@ async function writeAtomic(path: string, text: string): Promise<void> {
   const tmp = `${path}.tmp-${Deno.pid}`;
   await Deno.writeTextFile(tmp, text);
   await Deno.rename(tmp, path);
+}
+
+/** A sample as a fenced text block: tokens like `<|endoftext|>`, `*` or `|` stay literal in Markdown. */
+function fenced(text: string): string {
+  const longest = Math.max(2, ...(text.match(/`+/g) ?? []).map((r) => r.length));
+  const fence = "`".repeat(longest + 1);
+  return `${fence}text\n${text}\n${fence}\n`;
 }
 
 const f3 = (x: unknown) => typeof x === "number" && Number.isFinite(x) ? x.toFixed(3) : "–";
@@ -108,16 +125,32 @@ export async function writeReport(
   figures: EvalFigures,
   samples: string[],
 ): Promise<{ md: string; json: string; svg: string | null; warnings: string[] }> {
-  await Deno.mkdir(runDir, { recursive: true });
+  try {
+    await Deno.mkdir(runDir, { recursive: true });
+  } catch (err) {
+    throw new UserError(
+      `${runDir}: cannot create the report's directory (${(err as Error).message})`,
+    );
+  }
   let log: RunLogData | null = null;
+  const warnings: string[] = [];
   try {
     log = readRunLog(`${runDir}/log.jsonl`);
-  } catch { /* no log: evaluated without training (e.g. --init) */ }
+    warnings.push(...log.warnings);
+  } catch (err) { // no log: evaluated without training (e.g. --init)
+    if (!(err as Error).message.endsWith("no such run log")) warnings.push((err as Error).message);
+  }
   const evals = log?.evals ?? [];
   const best = (k: string) => evals.length ? Math.min(...evals.map((e) => Number(e[k]))) : null;
   const svg = log ? lossCurveSVG(log, cfg.name) : null;
   const svgPath = svg ? `${runDir}/loss.svg` : null;
-  if (svg && svgPath) await writeAtomic(svgPath, svg);
+  if (svg && svgPath) {
+    try {
+      await writeAtomic(svgPath, svg);
+    } catch (err) {
+      throw new UserError(`${svgPath}: cannot write the loss curve (${(err as Error).message})`);
+    }
+  }
   const json = {
     experiment: cfg.name,
     status: log?.status ?? "no run log",
@@ -171,19 +204,25 @@ export async function writeReport(
     "",
     svg
       ? "![Training and validation loss](loss.svg)"
-      : "No loss curve: this experiment has no run log yet.",
+      : `No loss curve: ${
+        log ? "the run log has no evaluations yet" : "this experiment has no run log"
+      }.`,
     "",
     `## Samples (temperature ${cfg.sampling.temperature}, top-k ${cfg.sampling.top_k ?? "none"}, ` +
     `${cfg.sampling.max_new_tokens} new tokens, seed ${cfg.training.seed})`,
     "",
-    ...samples.map((s) => `> ${s.replaceAll("\n", " ")}\n`),
+    ...samples.map(fenced),
   ].join("\n");
-  await writeAtomic(`${runDir}/report.json`, JSON.stringify(json, null, 2) + "\n");
-  await writeAtomic(`${runDir}/report.md`, md);
+  try {
+    await writeAtomic(`${runDir}/report.json`, JSON.stringify(json, null, 2) + "\n");
+    await writeAtomic(`${runDir}/report.md`, md);
+  } catch (err) {
+    throw new UserError(`${runDir}: cannot write the report (${(err as Error).message})`);
+  }
   return {
     md: `${runDir}/report.md`,
     json: `${runDir}/report.json`,
     svg: svgPath,
-    warnings: log?.warnings ?? [],
+    warnings,
   };
 }

@@ -6,7 +6,13 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { AdamW } from "./adamw.ts";
 import { type BackendChoice, initBackend } from "./backend.ts";
-import { type Checkpoint, checkpointPath, loadCheckpoint, saveCheckpoint } from "./checkpoint.ts";
+import {
+  type Checkpoint,
+  checkpointPath,
+  configDifferences,
+  loadCheckpoint,
+  saveCheckpoint,
+} from "./checkpoint.ts";
 import { type Config, configHash } from "./config.ts";
 import { createLoaders, type VerdictData } from "./data.ts";
 import { UserError } from "./errors.ts";
@@ -16,7 +22,7 @@ import { DropoutRng } from "./ops.ts";
 import { formatDuration, Progress } from "./progress.ts";
 import { acquireRunLock } from "./lock.ts";
 import { RunLog } from "./runlog.ts";
-import type { LrSchedule } from "./schedule.ts";
+import { learningRate, type LrSchedule } from "./schedule.ts";
 import {
   initialTrainState,
   NonFiniteLossError,
@@ -144,8 +150,125 @@ export function lrSchedule(cfg: Config, totalSteps: number): LrSchedule | null {
 }
 
 /**
+ * Ctrl-C and SIGTERM are watched from a worker thread: a training step keeps the main thread busy for seconds
+ * (minutes on large models) and the loop awaits only between epochs, so a listener on the main thread would run
+ * far too late. The first signal raises a flag that the loop reads between steps; a second one removes the run
+ * lock and re-raises the signal with its default action, which ends the process at once (exit status 130 for
+ * SIGINT, 143 for SIGTERM) wherever it was, even mid-write: checkpoints are renamed into place, so the previous
+ * one stays whole, and the next start removes the temporary file.
+ */
+const SIGNAL_WORKER = `
+const signals = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+let flag, lock;
+const handlers = signals.map((sig) => [sig, () => {
+  if (Atomics.exchange(flag, 0, 1) === 0) {
+    console.error("\\nstopping after this step (Ctrl-C again to quit at once)…");
+    return;
+  }
+  try {
+    if (Number(Deno.readTextFileSync(lock).trim()) === Deno.pid) Deno.removeSync(lock);
+  } catch { /* gone, or not ours */ }
+  for (const [s, f] of handlers) Deno.removeSignalListener(s, f);
+  try { Deno.kill(Deno.pid, sig); } catch { Deno.kill(Deno.pid, "SIGKILL"); }
+}]);
+self.onmessage = (e) => {
+  flag = new Int32Array(e.data.flag);
+  lock = e.data.lock;
+  for (const [s, f] of handlers) Deno.addSignalListener(s, f);
+  self.postMessage("ready");
+};
+`;
+
+/** A stop request (Ctrl-C, SIGTERM), readable between steps while the main thread computes. */
+interface StopSignal {
+  requested(): boolean;
+  close(): void;
+}
+
+async function watchSignals(lockPath: string): Promise<StopSignal> {
+  const flag = new Int32Array(new SharedArrayBuffer(4));
+  const url = URL.createObjectURL(new Blob([SIGNAL_WORKER], { type: "text/javascript" }));
+  const worker = new Worker(url, { type: "module" });
+  try {
+    await new Promise((resolve, reject) => {
+      worker.onmessage = resolve;
+      worker.onerror = (e) => {
+        e.preventDefault();
+        reject(new Error(`signal watcher: ${e.message}`));
+      };
+      worker.postMessage({ flag: flag.buffer, lock: lockPath });
+    });
+  } catch (err) {
+    worker.terminate();
+    throw err;
+  } finally {
+    URL.revokeObjectURL(url);
+  }
+  return { requested: () => Atomics.load(flag, 0) !== 0, close: () => worker.terminate() };
+}
+
+/** The step of the first completed step whose lr differs between two schedules (null: none of the first `steps`). */
+function scheduleChange(
+  a: LrSchedule | null,
+  b: LrSchedule | null,
+  lr: number,
+  steps: number,
+): number | null {
+  for (let s = 0; s < steps; s++) {
+    if ((a ? learningRate(s, a) : lr) !== (b ? learningRate(s, b) : lr)) return s + 1;
+  }
+  return null;
+}
+
+/**
+ * Refuses a checkpoint of another config. `training.epochs` alone may differ (extending or shortening a run is a
+ * legitimate resume) as long as the learning rates of the steps already done stay what they were: a cosine decay
+ * or a warmup given as a fraction depends on the total number of steps, so there it is refused too.
+ */
+function checkResumable(
+  path: string,
+  saved: Config,
+  cfg: Config,
+  stepsPerEpoch: number,
+  done: number,
+) {
+  const diff = configDifferences(saved, cfg).filter((d) => !d.startsWith("training.epochs:"));
+  if (diff.length > 0) {
+    throw new UserError(
+      `${path}: checkpoint is from another config (${diff.slice(0, 3).join(", ")}${
+        diff.length > 3 ? ", …" : ""
+      }); resume with its settings, or use another name or --fresh`,
+    );
+  }
+  const before = saved.training.epochs, now = cfg.training.epochs;
+  if (before === now) return;
+  const changed = scheduleChange(
+    lrSchedule(saved, before * stepsPerEpoch),
+    lrSchedule(cfg, now * stepsPerEpoch),
+    cfg.training.lr,
+    done,
+  );
+  if (changed !== null) {
+    throw new UserError(
+      `${path}: training.epochs: ${before} → ${now} changes the learning rate of step ${changed}, which is ` +
+        `already done (the schedule depends on the total number of steps); resume with epochs ${before}, ` +
+        `or start a new run (--fresh or --set name=…)`,
+    );
+  }
+}
+
+/** Whether every value of `params` is finite. */
+function allFinite(params: { data: Float32Array }[]): boolean {
+  for (const p of params) {
+    for (let i = 0; i < p.data.length; i++) if (!Number.isFinite(p.data[i])) return false;
+  }
+  return true;
+}
+
+/**
  * Runs (or resumes) an experiment's training to the end or until stopped, holding the run's lock
- * (checkpoints/<name>.lock) so that a second process of the same run refuses to start.
+ * (`<checkpointsDir>/<name>.lock`) so that a second process of the same run refuses to start. Every check that can
+ * fail on bad input (data, backend, checkpoint, config) runs before anything on disk is touched.
  */
 export async function runTraining(cfg: Config, opts: RunOptions = {}): Promise<RunResult> {
   const dir = opts.checkpointsDir ?? "checkpoints";
@@ -156,19 +279,20 @@ export async function runTraining(cfg: Config, opts: RunOptions = {}): Promise<R
       })`,
     );
   });
-  const release = acquireRunLock(`${dir}/${cfg.name}.lock`, cfg.name);
+  const lockPath = `${dir}/${cfg.name}.lock`;
+  const release = acquireRunLock(lockPath, cfg.name);
   try {
     // Temporary files of a write that a killed process never renamed: nobody else writes here while we hold the lock.
     for (const e of await Array.fromAsync(Deno.readDir(`${dir}/${cfg.name}`)).catch(() => [])) {
       if (e.isFile && e.name.includes(".tmp-")) await Deno.remove(`${dir}/${cfg.name}/${e.name}`);
     }
-    return await trainUnlocked(cfg, opts);
+    return await trainUnlocked(cfg, opts, lockPath);
   } finally {
     release();
   }
 }
 
-async function trainUnlocked(cfg: Config, opts: RunOptions): Promise<RunResult> {
+async function trainUnlocked(cfg: Config, opts: RunOptions, lockPath: string): Promise<RunResult> {
   const print = opts.print ?? ((s: string) => console.log(s));
   const runDir = `${opts.checkpointsDir ?? "checkpoints"}/${cfg.name}`;
   const ckptPath = checkpointPath(runDir);
@@ -176,19 +300,27 @@ async function trainUnlocked(cfg: Config, opts: RunOptions): Promise<RunResult> 
   if (opts.resume && !hasCheckpoint) {
     throw new UserError(`${ckptPath}: no checkpoint to resume from`);
   }
-  if (!opts.resume && await exists(runDir)) {
-    if (!opts.fresh) {
-      throw new UserError(
-        `${runDir}: holds an earlier run; pass --resume to continue it, or --fresh to start over ` +
-          `(the earlier run is kept under a new name)`,
-      );
-    }
-    const aside = `${runDir}.${new Date().toISOString().replace(/[:.]/g, "-")}`;
-    await Deno.rename(runDir, aside);
-    print(`moved the earlier run to ${aside}`);
+  const earlier = !opts.resume && await exists(runDir);
+  if (earlier && !opts.fresh) {
+    throw new UserError(
+      `${runDir}: holds an earlier run; pass --resume to continue it, or --fresh to start over ` +
+        `(the earlier run is kept under a new name)`,
+    );
   }
 
   const data = await prepareData(cfg);
+  const stepsPerEpoch = Math.floor(data.trainLoader.length / cfg.training.grad_accum_steps);
+  if (stepsPerEpoch === 0) {
+    throw new UserError(
+      `${cfg.name}: training.grad_accum_steps: ${cfg.training.grad_accum_steps} exceeds the ` +
+        `${data.trainLoader.length} train batches of an epoch`,
+    );
+  }
+  let ckpt: Checkpoint | null = null;
+  if (opts.resume) {
+    ckpt = await loadCheckpoint(ckptPath);
+    checkResumable(ckptPath, ckpt.meta.config, cfg, stepsPerEpoch, ckpt.meta.state.step);
+  }
   print(
     `data: ${cfg.data.path}: ${data.chars} characters, ${data.tokens} tokens; ` +
       `train ${data.trainLoader.length} batches, val ${data.valLoader.length} batches ` +
@@ -203,32 +335,72 @@ async function trainUnlocked(cfg: Config, opts: RunOptions): Promise<RunResult> 
   });
   print(`backend: ${backend.name} (${backend.reason})`);
 
-  let ckpt: Checkpoint | null = null;
   let model: GPTModel;
-  if (opts.resume) {
-    ckpt = await loadCheckpoint(ckptPath, cfg);
-    model = new GPTModel(cfg.model, ckpt.params);
+  const optimizerOptions = { lr: cfg.training.lr, weightDecay: cfg.training.weight_decay };
+  let optimizer: AdamW;
+  if (ckpt) {
+    try {
+      model = new GPTModel(cfg.model, ckpt.params);
+    } catch (err) {
+      throw new UserError(`${ckptPath}: damaged checkpoint: ${(err as Error).message}`);
+    }
+    optimizer = new AdamW(model.params, optimizerOptions);
+    try {
+      optimizer.loadStateTensors(ckpt.optimizer);
+    } catch (err) {
+      optimizer.dispose();
+      model.dispose();
+      throw new UserError(`${ckptPath}: damaged checkpoint: ${(err as Error).message}`);
+    }
+    optimizer.step = ckpt.meta.optimizer.step;
   } else {
     const init = await initialParams(cfg);
     model = new GPTModel(cfg.model, init.params);
+    optimizer = new AdamW(model.params, optimizerOptions);
     print(`init: ${init.source}`);
   }
   print(`model: ${model.numParams().toLocaleString("en-US")} parameters`);
-  const optimizer = new AdamW(model.params, {
-    lr: cfg.training.lr,
-    weightDecay: cfg.training.weight_decay,
-  });
   const state = ckpt ? { ...ckpt.meta.state } : initialTrainState();
   const dropout = new DropoutRng(ckpt ? ckpt.meta.dropoutRng : cfg.training.seed);
-  if (ckpt) {
-    optimizer.loadStateTensors(ckpt.optimizer);
-    optimizer.step = ckpt.meta.optimizer.step;
+  let savedStep = ckpt ? state.step : null;
+  ckpt = null; // let the host copies go
+  const elapsedSince = (t: number) => (performance.now() - t) / 1000;
+  const result = (status: RunResult["status"], t0: number, train = NaN, val = NaN) => {
+    const r: RunResult = {
+      status,
+      runDir,
+      backend,
+      params: model.numParams(),
+      state: { ...state },
+      trainLoss: train,
+      valLoss: val,
+      elapsedS: elapsedSince(t0),
+    };
+    optimizer.dispose();
+    model.dispose();
+    return r;
+  };
+  if (opts.resume && state.epoch >= cfg.training.epochs) {
+    print(
+      `${cfg.name}: already trained for ${state.epoch} epochs (training.epochs is ` +
+        `${cfg.training.epochs}); nothing to do. Resume with --set training.epochs=… to train longer`,
+    );
+    return result("finished", performance.now());
+  }
+  if (opts.resume) {
     print(`resumed from ${ckptPath} at epoch ${state.epoch + 1}, step ${state.step}`);
-    ckpt = null; // let the host copies go
   }
 
+  // Everything is checked: from here on the run writes.
+  if (earlier) {
+    const aside = `${runDir}.${new Date().toISOString().replace(/[:.]/g, "-")}`;
+    await Deno.rename(runDir, aside);
+    print(`moved the earlier run to ${aside}`);
+  }
   await Deno.mkdir(runDir, { recursive: true });
-  const log = RunLog.open(`${runDir}/log.jsonl`);
+  const logPath = `${runDir}/log.jsonl`;
+  await endLastLine(logPath);
+  const log = RunLog.open(logPath);
   log.write({
     type: "header",
     experiment: cfg.name,
@@ -246,49 +418,46 @@ async function trainUnlocked(cfg: Config, opts: RunOptions): Promise<RunResult> 
   });
 
   const save = async () => {
-    await saveCheckpoint(
-      ckptPath,
-      {
-        config: cfg,
-        configHash: configHash(cfg),
-        state: { ...state },
-        optimizer: { step: optimizer.step, lr: optimizer.lr },
-        dropoutRng: dropout.state,
-        savedAt: new Date().toISOString(),
-      },
-      await model.toNamedParams(),
-      await optimizer.stateTensors(),
-    );
+    const params = await model.toNamedParams();
+    // An update can overflow without the loss showing it yet: never replace a good checkpoint with a broken one.
+    if (!allFinite(params)) {
+      throw new NonFiniteLossError(`parameters became non-finite at step ${state.step}`);
+    }
+    try {
+      await saveCheckpoint(
+        ckptPath,
+        {
+          config: cfg,
+          configHash: configHash(cfg),
+          state: { ...state },
+          optimizer: { step: optimizer.step, lr: optimizer.lr },
+          dropoutRng: dropout.state,
+          savedAt: new Date().toISOString(),
+        },
+        params,
+        await optimizer.stateTensors(),
+      );
+    } catch (err) {
+      if (err instanceof UserError) throw err;
+      throw new UserError(
+        `${ckptPath}: cannot write the checkpoint (${(err as Error).message}); ` +
+          `the previous one is unchanged`,
+      );
+    }
+    savedStep = state.step;
   };
 
-  // Ctrl-C / SIGTERM: finish the current step, checkpoint, log, exit 130. A second signal exits at once.
-  let stopRequested = false;
-  const onSignal = () => {
-    if (stopRequested) Deno.exit(130);
-    stopRequested = true;
-    progress.clear();
-    console.error("\nstopping after this step (Ctrl-C again to quit at once)…");
-  };
-  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
-  for (const s of signals) Deno.addSignalListener(s, onSignal);
-
-  const stepsPerEpoch = Math.floor(data.trainLoader.length / cfg.training.grad_accum_steps);
-  if (stepsPerEpoch === 0) {
-    throw new UserError(
-      `${cfg.name}: training.grad_accum_steps: ${cfg.training.grad_accum_steps} exceeds the ` +
-        `${data.trainLoader.length} train batches of an epoch`,
-    );
-  }
   const totalSteps = cfg.training.epochs * stepsPerEpoch;
   const schedule = lrSchedule(cfg, totalSteps);
   let lastGradNorm: number | null = null;
   const progress = new Progress(totalSteps);
   const startStep = state.step, t0 = performance.now();
   let lastTrain = NaN, lastVal = NaN, bestVal = Infinity;
-  const elapsed = () => (performance.now() - t0) / 1000;
+  const elapsed = () => elapsedSince(t0);
   const startTokens = state.tokensSeen;
   const tokensPerS = (s: TrainState) => (s.tokensSeen - startTokens) / elapsed();
 
+  const stop = await watchSignals(lockPath);
   let finished = false;
   try {
     finished = await trainModelSimple(model, data.trainLoader, data.valLoader, optimizer, state, {
@@ -302,7 +471,8 @@ async function trainUnlocked(cfg: Config, opts: RunOptions): Promise<RunResult> 
       gradAccumSteps: cfg.training.grad_accum_steps,
     }, {
       shouldStop: () =>
-        stopRequested || (opts.stopAfterSteps !== undefined && state.step >= opts.stopAfterSteps),
+        stop.requested() ||
+        (opts.stopAfterSteps !== undefined && state.step >= opts.stopAfterSteps),
       onStep: (s, loss, gradNorm) => {
         lastGradNorm = gradNorm;
         if (opts.progress === false) return;
@@ -317,6 +487,11 @@ async function trainUnlocked(cfg: Config, opts: RunOptions): Promise<RunResult> 
         });
       },
       onEval: (s, trainLoss, valLoss) => {
+        for (const [what, v] of [["train", trainLoss], ["val", valLoss]] as const) {
+          if (!Number.isFinite(v)) {
+            throw new NonFiniteLossError(`${what} loss became ${v} at step ${s.step} (evaluation)`);
+          }
+        }
         lastTrain = trainLoss, lastVal = valLoss, bestVal = Math.min(bestVal, valLoss);
         progress.clear();
         print(
@@ -350,32 +525,37 @@ async function trainUnlocked(cfg: Config, opts: RunOptions): Promise<RunResult> 
         });
       },
     });
+    progress.clear();
+    if (!finished) await save();
   } catch (err) {
     progress.clear();
+    const reason = err instanceof Error ? err.message : String(err);
+    log.write({ type: "error", step: state.step, reason });
+    log.close();
+    optimizer.dispose();
+    model.dispose();
     if (err instanceof NonFiniteLossError) {
-      log.write({ type: "error", step: state.step, reason: err.message });
-      log.close();
       throw new UserError(
-        `${cfg.name}: ${err.message}; stopped, the last good checkpoint is ${ckptPath}`,
+        `${cfg.name}: ${reason}; stopped, ` + (savedStep === null
+          ? "no checkpoint was written"
+          : `the last good checkpoint (step ${savedStep}) is kept in ${ckptPath}`) +
+          ` (a smaller training.lr, or training.max_grad_norm, may help)`,
       );
     }
-    log.write({ type: "error", step: state.step, reason: String(err) });
-    log.close();
     throw err;
   } finally {
-    for (const s of signals) Deno.removeSignalListener(s, onSignal);
+    stop.close();
   }
 
-  progress.clear();
   if (!finished) {
-    await save();
-    log.write({
-      type: "interrupted",
-      step: state.step,
-      reason: stopRequested ? "signal" : "step limit",
-    });
+    const reason = stop.requested() ? "signal" : "step limit";
+    log.write({ type: "interrupted", step: state.step, reason });
+    print(
+      `interrupted at step ${state.step} (${reason}); checkpoint written to ${ckptPath}; ` +
+        `continue with --resume`,
+    );
   } else {
-    const summary = {
+    log.write({
       type: "summary",
       status: "finished",
       steps: state.step,
@@ -385,8 +565,7 @@ async function trainUnlocked(cfg: Config, opts: RunOptions): Promise<RunResult> 
       best_val_loss: bestVal,
       elapsed_s: elapsed(),
       tokens_per_s: tokensPerS(state),
-    };
-    log.write(summary);
+    });
     print(
       `Training completed in ${formatDuration(elapsed())} (${
         tokensPerS(state).toFixed(1)
@@ -394,17 +573,28 @@ async function trainUnlocked(cfg: Config, opts: RunOptions): Promise<RunResult> 
     );
   }
   log.close();
-  const result: RunResult = {
-    status: finished ? "finished" : "interrupted",
-    runDir,
-    backend,
-    params: model.numParams(),
-    state: { ...state },
-    trainLoss: lastTrain,
-    valLoss: lastVal,
-    elapsedS: elapsed(),
-  };
-  optimizer.dispose();
-  model.dispose();
-  return result;
+  return result(finished ? "finished" : "interrupted", t0, lastTrain, lastVal);
+}
+
+/** Ends a log whose last line a killed process cut short, so the next line starts on a line of its own. */
+async function endLastLine(path: string): Promise<void> {
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(path, { read: true, write: true });
+  } catch {
+    return; // no log yet
+  }
+  try {
+    const size = (await file.stat()).size;
+    if (size === 0) return;
+    const last = new Uint8Array(1);
+    await file.seek(size - 1, Deno.SeekMode.Start);
+    await file.read(last);
+    if (last[0] !== 0x0a) {
+      await file.seek(0, Deno.SeekMode.End);
+      await file.write(new Uint8Array([0x0a]));
+    }
+  } finally {
+    file.close();
+  }
 }

@@ -54,12 +54,12 @@ await runTask(async () => {
   const overrides = [...(values.set ?? [])];
   if (values.backend) overrides.push(`backend=${values.backend}`);
   const cfg = await loadExperiment(positionals[0], overrides);
-  const data = await prepareData(cfg);
   const backend = await initBackend(cfg.backend);
   const { model, source } = await loadModel(cfg, {
     init: values.init,
     checkpoint: values.checkpoint,
   });
+  const data = await prepareData(cfg);
   const figures = evaluateLoaders(model, data, source, numBatches);
   if (values.json) console.log(JSON.stringify(figures));
   else {

@@ -1,21 +1,46 @@
-/** Evaluation and reports (section 5.1) on a short real run, and the sample/eval CLI error lines. */
-import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
+/** Evaluation and reports (section 5.1) on a short real run, and the sample/eval command lines. */
+import { deepStrictEqual as assertEquals, ok, rejects } from "node:assert/strict";
 import { initBackend } from "../lib/backend.ts";
 import { loadExperiment } from "../lib/config.ts";
+import { UserError } from "../lib/errors.ts";
+import { generate } from "../lib/generate.ts";
+import { initGPTParams } from "../lib/init.ts";
 import { loadModel } from "../lib/load.ts";
 import { perplexity } from "../lib/loss.ts";
-import { evaluateLoaders, sampleTexts, writeReport } from "../lib/report.ts";
+import { GPTModel } from "../lib/model.ts";
+import { epochTicks, evaluateLoaders, sampleTexts, writeReport } from "../lib/report.ts";
+import { TorchGenerator } from "../lib/rng.ts";
 import { prepareData, runTraining } from "../lib/run.ts";
+import { readRunLog } from "../lib/runlog.ts";
+import { textToTokenIds, tokenIdsToText } from "../lib/tokenizer.ts";
 import { ensureVerdict } from "./_helpers.ts";
 
+const ROOT = new URL("../", import.meta.url).pathname;
 const TINY = ["model.context_length=32", "model.emb_dim=32", "model.n_heads=2", "model.n_layers=1"];
+const TINY_YAML = "model: {context_length: 32, emb_dim: 32, n_heads: 2, n_layers: 1}\n" +
+  "sampling: {max_new_tokens: 6}\nbackend: cpu\n";
+
+/** Checks that `xml` is well-formed enough: every tag closed in order, attributes quoted, no bare `&` or `<`. */
+function assertWellFormed(xml: string): void {
+  const stack: string[] = [];
+  const text = xml.replace(/<\?xml[^>]*\?>/, "");
+  for (const m of text.matchAll(/<(\/?)([A-Za-z][\w:-]*)((?:\s+[\w:-]+="[^"<]*")*)\s*(\/?)>/g)) {
+    if (m[1]) assertEquals(stack.pop(), m[2], `</${m[2]}> closes another element`);
+    else if (!m[4]) stack.push(m[2]);
+  }
+  assertEquals(stack, [], "unclosed elements");
+  const stripped = text.replace(/<\/?[A-Za-z][\w:-]*(?:\s+[\w:-]+="[^"<]*")*\s*\/?>/g, "");
+  ok(!/[<>]/.test(stripped), "a stray < or > outside tags");
+  ok(!/&(?!(?:amp|lt|gt|quot|apos|#\d+);)/.test(stripped), "a bare &");
+  ok(text.trimStart().startsWith("<svg") && text.trimEnd().endsWith("</svg>"));
+}
 
 Deno.test("perplexity is exp(loss)", () => {
   assertEquals(perplexity(0), 1);
   ok(Math.abs(perplexity(Math.log(50257)) - 50257) < 1e-6);
 });
 
-Deno.test("eval of a trained run: losses over the whole loaders and a report with both curves", async () => {
+Deno.test("eval of a trained run: whole-loader losses, a report with both curves, a truncated log, another config", async () => {
   await ensureVerdict();
   const dir = await Deno.makeTempDir();
   const cfg = await loadExperiment("experiments/verdict-small.yaml", [
@@ -29,69 +54,148 @@ Deno.test("eval of a trained run: losses over the whole loaders and a report wit
   await initBackend(cfg.backend);
   const data = await prepareData(cfg);
   const { model, source } = await loadModel(cfg, { checkpointsDir: dir });
+  ok(source.includes("(step "), source);
   const fig = evaluateLoaders(model, data, source);
   assertEquals(fig.batches, { train: data.trainLoader.length, val: data.valLoader.length });
-  ok(fig.train_loss < 10.5 && Math.abs(fig.val_perplexity - Math.exp(fig.val_loss)) < 1e-9);
-  const out = await writeReport(
-    `${dir}/ev`,
-    cfg,
-    model.numParams(),
-    fig,
-    sampleTexts(model, cfg, 2),
-  );
+  ok(fig.train_loss < 10.5, String(fig.train_loss)); // trained below ln(50257) = 10.8
+  ok(Math.abs(fig.val_perplexity - Math.exp(fig.val_loss)) < 1e-9);
+  const two = evaluateLoaders(model, data, source, 2);
+  assertEquals(two.batches, { train: 2, val: Math.min(2, data.valLoader.length) });
+  assertEquals(two.tokens.train, 2 * 16 * 32);
+
+  const samples = sampleTexts(model, cfg, 2);
+  assertEquals(sampleTexts(model, cfg, 2), samples); // seeded: same texts again
+  ok(samples.every((s) => s.startsWith(cfg.training.start_context)));
+  const out = await writeReport(`${dir}/ev`, cfg, model.numParams(), fig, samples);
+  assertEquals(out.warnings, []);
   const svg = await Deno.readTextFile(out.svg!);
-  assertEquals((svg.match(/<path /g) ?? []).length, 2);
-  ok(svg.includes("Validation loss") && svg.includes("Epochs"));
+  assertWellFormed(svg);
+  assertEquals((svg.match(/<path /g) ?? []).length, 2); // train and val
+  ok(svg.includes("Training loss") && svg.includes("Validation loss") && svg.includes("Epochs"));
+  const log = readRunLog(`${dir}/ev/log.jsonl`);
+  const perEpoch = data.trainLoader.length * 16 * 32;
+  assertEquals(epochTicks(log), [[0, "0"], [perEpoch, "1"], [2 * perEpoch, "2"]]);
   const md = await Deno.readTextFile(out.md);
   ok(md.includes("![Training and validation loss](loss.svg)") && md.includes("## Samples"));
+  ok(md.includes(model.numParams().toLocaleString("en-US")) && md.includes("best loss in the log"));
   const json = JSON.parse(await Deno.readTextFile(out.json));
   assertEquals(json.status, "finished");
-  assertEquals(json.samples.length, 2);
+  assertEquals(json.samples, samples);
+  assertEquals(json.eval, fig);
+  assertEquals(json.log.best_val_loss, Math.min(...log.evals.map((e) => Number(e.val_loss))));
+
+  // A run being written (a truncated last line): the report reads what is there, with one warning.
+  await Deno.writeTextFile(`${dir}/ev/log.jsonl`, '{"type":"eval","epoch":3,"st', { append: true });
+  const again = await writeReport(`${dir}/ev`, cfg, model.numParams(), fig, samples);
+  assertEquals(again.warnings.length, 1);
+  assertEquals(JSON.parse(await Deno.readTextFile(again.json)).log, json.log);
   model.dispose();
+
+  const other = await loadExperiment("experiments/verdict-small.yaml", [
+    ...TINY,
+    "model.emb_dim=64",
+    "name=ev",
+  ]);
+  await rejects(
+    loadModel(other, { checkpointsDir: dir }),
+    (e: Error) => e instanceof UserError && /another model config \(model\.emb_dim/.test(e.message),
+  );
 });
 
-function cli(task: string, ...args: string[]) {
-  const out = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `tasks/${task}.ts`, ...args],
+/** Runs a task the way `deno task` does (its permission flags), from `cwd`. */
+async function task(name: string, cwd: string, ...args: string[]) {
+  const flags = JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`)).tasks[name]
+    .split(/\s+/).filter((a: string) => a.startsWith("--allow"));
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", ...flags, "--config", `${ROOT}deno.json`, `${ROOT}tasks/${name}.ts`, ...args],
+    cwd,
     stdout: "piped",
     stderr: "piped",
-  }).outputSync();
-  return { code: out.code, err: new TextDecoder().decode(out.stderr).trim().split("\n") };
+  }).output();
+  const dec = new TextDecoder();
+  const stderr = dec.decode(out.stderr).trim();
+  return { code: out.code, stdout: dec.decode(out.stdout), err: stderr ? stderr.split("\n") : [] };
 }
 
-Deno.test("sample/eval without a checkpoint: one error line, exit 2", () => {
-  for (const task of ["sample", "eval"]) {
-    const r = cli(task, "experiments/verdict-small.yaml", "--set", "name=no-such-run-xyz");
-    assertEquals(r.code, 2, r.err.join("\n"));
-    assertEquals(r.err.length, 1, r.err.join("\n"));
-    ok(r.err[0].includes("no checkpoint yet") && r.err[0].includes("--init"), r.err[0]);
-  }
-  const bad = cli("sample", "experiments/verdict-small.yaml", "--top-k", "x");
-  assertEquals(bad.code, 2);
-});
-
-Deno.test("an experiment initialised from GPT-2 weights evaluates without a checkpoint (the fixture's full-loader losses)", async () => {
-  await ensureVerdict();
-  const fixtures = new URL("../../shared/fixtures/", import.meta.url);
-  const fx = JSON.parse(await Deno.readTextFile(new URL("gpt2-tiny.json", fixtures)));
+Deno.test("deno task sample/eval: no checkpoint is one line; --init evaluates, streams, crops, seeds", async () => {
   const dir = await Deno.makeTempDir();
-  const yaml = `${dir}/tiny-gpt2.yaml`;
-  const m = fx.config;
-  await Deno.writeTextFile(
-    yaml,
-    `init: {from: gpt2, weights: ${new URL("gpt2-tiny.safetensors", fixtures).pathname}}\n` +
-      `model: {vocab_size: ${m.vocab_size}, context_length: ${m.context_length}, emb_dim: ${m.emb_dim}, ` +
-      `n_heads: ${m.n_heads}, n_layers: ${m.n_layers}, drop_rate: 0, qkv_bias: true}\n` +
-      `data: {batch_size: 2}\n`,
+  await Deno.mkdir(`${dir}/data`);
+  await Deno.copyFile(await ensureVerdict(), `${dir}/data/the-verdict.txt`);
+  await Deno.writeTextFile(`${dir}/x.yaml`, TINY_YAML);
+
+  for (const name of ["sample", "eval"]) {
+    const r = await task(name, dir, "x.yaml");
+    assertEquals(r.code, 2, r.err.join("\n"));
+    assertEquals(r.err, [
+      "error: checkpoints/x/checkpoint.safetensors: no checkpoint yet; train first " +
+      "(deno task train <experiment>) or pass --init for the initial model",
+    ]);
+  }
+  const bad = await task("sample", dir, "x.yaml", "--top-k", "x");
+  assertEquals([bad.code, bad.err.length], [2, 1], bad.err.join("\n"));
+  ok(bad.err[0].startsWith("error: sample: --top-k x"), bad.err[0]);
+  await rejects(Deno.stat(`${dir}/checkpoints`)); // nothing written
+
+  // eval --init --json: one JSON line; the report says there is no curve.
+  const ev = await task("eval", dir, "x.yaml", "--init", "--json", "--num-batches", "1");
+  assertEquals(ev.code, 0, ev.err.join("\n"));
+  const lines = ev.stdout.trim().split("\n");
+  assertEquals(lines.length, 1);
+  const fig = JSON.parse(lines[0]);
+  assertEquals(Object.keys(fig), [
+    "train_loss",
+    "val_loss",
+    "train_perplexity",
+    "val_perplexity",
+    "batches",
+    "tokens",
+    "source",
+  ]);
+  const perBatch = 2 * 32; // the default batch_size × the YAML's context_length
+  assertEquals([fig.batches, fig.tokens], [{ train: 1, val: 1 }, {
+    train: perBatch,
+    val: perBatch,
+  }]);
+  ok(Math.abs(fig.train_loss - Math.log(50257)) < 0.5, String(fig.train_loss)); // untrained ≈ ln V
+  ok(Math.abs(fig.train_perplexity - Math.exp(fig.train_loss)) < 1e-6 * fig.train_perplexity);
+  assertEquals(fig.source, "untrained, seed 123");
+  const md = await Deno.readTextFile(`${dir}/checkpoints/x/report.md`);
+  ok(md.includes("No loss curve: this experiment has no run log."), md);
+
+  // sample --init: the streamed text is the decoded output of the book's generate for that seed.
+  const cfg = await loadExperiment(`${dir}/x.yaml`);
+  await initBackend("cpu");
+  const model = new GPTModel(cfg.model, initGPTParams(cfg.model, new TorchGenerator(123)));
+  const prompt = textToTokenIds("Every effort moves you");
+  const o = { maxNewTokens: 6, temperature: 1.4, topK: 25 };
+  const rng = new TorchGenerator(7);
+  const want = [0, 1].map((i) =>
+    `--- sample ${i + 1}\n${tokenIdsToText(generate(model, prompt, { ...o, rng }))}\n`
+  ).join("");
+  const s7 = await task("sample", dir, "x.yaml", "--init", "--seed", "7", "--num-samples", "2");
+  assertEquals(s7.code, 0, s7.err.join("\n"));
+  assertEquals(s7.stdout, want);
+  const s8 = await task("sample", dir, "x.yaml", "--init", "--seed", "8", "--num-samples", "2");
+  ok(s8.stdout !== s7.stdout);
+
+  // A prompt longer than the context is cropped to its last context_length tokens, with a note.
+  const long = "I had always thought Jack Gisburn rather a cheap genius. ".repeat(5);
+  const ids = textToTokenIds(long).slice(-32);
+  const greedy = tokenIdsToText(generate(model, ids, { maxNewTokens: 4, temperature: 0 }));
+  const cr = await task(
+    "sample",
+    dir,
+    "x.yaml",
+    "--init",
+    "--prompt",
+    long,
+    "--temperature",
+    "0",
+    "--max-new-tokens",
+    "4",
   );
-  const cfg = await loadExperiment(yaml);
-  await initBackend(cfg.backend);
-  const { model, source } = await loadModel(cfg, { checkpointsDir: dir });
-  ok(source.startsWith("GPT-2 weights"), source);
-  ok(model.tiedHead);
-  const fig = evaluateLoaders(model, await prepareData(cfg), source);
-  assertEquals(fig.batches, { train: 72, val: 8 });
-  ok(Math.abs(fig.train_loss - 10.910931) < 1e-4, String(fig.train_loss));
-  ok(Math.abs(fig.val_loss - 10.843242) < 1e-4, String(fig.val_loss));
+  assertEquals(cr.code, 0, cr.err.join("\n"));
+  ok(cr.err.some((l) => l.includes("keeping its last 32")), cr.err.join("\n"));
+  assertEquals(cr.stdout, greedy + "\n");
   model.dispose();
 });
