@@ -6,6 +6,8 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { hostView } from "./backend.ts";
+import { sharedHostView } from "./backends/blas.ts";
+import { parallelFor, sharedF32 } from "./backends/parallel.ts";
 import type { NamedParam } from "./params.ts";
 
 /** Hyper-parameters of {@link AdamW}; defaults are PyTorch's except the book's lr and weight decay. */
@@ -17,6 +19,20 @@ export interface AdamWOptions {
   eps?: number;
 }
 
+/** A zero variable; on CPU-side backends its storage is shared memory (see parallel.ts). */
+function zeros(shape: number[]): tf.Variable {
+  const t = tf.tensor(sharedF32(shape.reduce((a, b) => a * b, 1)), shape, "float32");
+  const v = tf.variable(t, false);
+  t.dispose();
+  return v;
+}
+
+/** A writable host view of a parameter or moment, in shared memory where the backend allows it. */
+function view(t: tf.Tensor): Float32Array | null {
+  return sharedHostView(t) ?? hostView(t);
+}
+
+/** PyTorch's AdamW (see the module comment); moments live beside the parameters on the active backend. */
 export class AdamW {
   /** Steps taken (PyTorch's `state["step"]`). */
   step = 0;
@@ -36,8 +52,8 @@ export class AdamW {
     this.beta2 = o.beta2 ?? 0.999;
     this.eps = o.eps ?? 1e-8;
     for (const [name, p] of params) {
-      this.m.set(name, tf.variable(tf.zeros(p.shape), false));
-      this.v.set(name, tf.variable(tf.zeros(p.shape), false));
+      this.m.set(name, zeros(p.shape));
+      this.v.set(name, zeros(p.shape));
     }
   }
 
@@ -53,19 +69,12 @@ export class AdamW {
       const g = grads.get(name);
       if (!g) continue;
       const m = this.m.get(name)!, v = this.v.get(name)!;
-      const P = hostView(p), G = hostView(g), M = hostView(m), V = hostView(v);
+      const P = view(p), G = hostView(g), M = view(m), V = view(v);
       if (P && G && M && V) {
-        // One pass over host memory; float32 storage like PyTorch, arithmetic in double. √(1−β2ᵗ) is folded into
-        // the constants: m / (√v/c + eps) = c·m / (√v + c·eps).
-        const s = stepSize * bc2Sqrt, e = eps * bc2Sqrt, c1 = 1 - b1, c2 = 1 - b2;
-        for (let i = 0; i < P.length; i++) {
-          const gi = G[i];
-          const mi = b1 * M[i] + c1 * gi;
-          const vi = b2 * V[i] + c2 * gi * gi;
-          M[i] = mi;
-          V[i] = vi;
-          P[i] = P[i] * decay - s * mi / (Math.sqrt(vi) + e);
-        }
+        // One pass over host memory, split across threads where the arrays are shared; float32 storage like
+        // PyTorch, arithmetic in double. √(1−β2ᵗ) is folded into the constants: m / (√v/c + eps) = c·m / (√v + c·eps).
+        const s = stepSize * bc2Sqrt, e = eps * bc2Sqrt;
+        parallelFor("adamw", [P, G, M, V], [b1, 1 - b1, b2, 1 - b2, decay, s, e], P.length, 4);
       } else {
         tf.tidy(() => {
           const mNew = tf.add(tf.mul(m, b1), tf.mul(g, 1 - b1));

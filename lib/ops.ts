@@ -4,7 +4,12 @@
  * Nothing here names a backend: where a backend lacks a kernel, the op asks TF.js whether the kernel exists.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { fusedCrossEntropy, fusedGelu, fusedLayerNorm } from "./backends/fused_cpu.ts";
+import {
+  fusedCrossEntropy,
+  fusedEmbedding,
+  fusedGelu,
+  fusedLayerNorm,
+} from "./backends/fused_cpu.ts";
 
 /** LayerNorm of section 4.2: biased variance over the last axis, eps 1e-5, learned scale and shift. */
 export function layerNorm(x: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor, eps = 1e-5): tf.Tensor {
@@ -46,6 +51,8 @@ export function gelu(x: tf.Tensor): tf.Tensor {
  * vocabulary entry (50,257 of them), minutes per step.
  */
 export function embedding(weight: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
+  const fused = fusedEmbedding(weight, ids); // a pooled, multi-threaded scatter-add where the backend has it
+  if (fused) return fused;
   const op = customOp((w, save) => {
     save([ids]);
     return {

@@ -17,6 +17,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
 import { registerFusedCpuKernels } from "./fused_cpu.ts";
+import { isShared, sharedF32 } from "./parallel.ts";
 
 tf.env().set("IS_NODE", false); // silences tfjs's "install tfjs-node" banner
 
@@ -120,9 +121,9 @@ export class BlasBackend extends MathBackendCPU {
 
   /** A Float32Array of length `n` with arbitrary contents, from the pool when one of that length is free. */
   allocF32(n: number): Float32Array {
-    if (n < POOL_MIN_LENGTH) return new Float32Array(n);
+    if (n < POOL_MIN_LENGTH) return sharedF32(n);
     const list = this.pool.get(n);
-    const a = list?.pop() ?? new Float32Array(n);
+    const a = list?.pop() ?? sharedF32(n);
     if (list) {
       this.pooledBytes -= a.byteLength;
       if (list.length === 0) this.pool.delete(n);
@@ -188,6 +189,24 @@ export class BlasBackend extends MathBackendCPU {
     else this.pool.set(a.length, [a]);
     this.pooledBytes += a.byteLength;
   }
+}
+
+/**
+ * The storage of float32 tensor `t` as a Float32Array in shared memory, so that helper Workers can update it in
+ * place (see parallel.ts): on a {@link BlasBackend} the storage moves there once (one copy; the tensor keeps its
+ * values), elsewhere (other backends, other dtypes) null.
+ */
+export function sharedHostView(t: tf.Tensor): Float32Array | null {
+  const backend = tf.backend();
+  if (!(backend instanceof BlasBackend) || t.dtype !== "float32" || t.isDisposed) return null;
+  const entry = backend.data.get(t.dataId);
+  const v = entry?.values;
+  if (!(v instanceof Float32Array)) return null;
+  if (isShared(v)) return v;
+  const copy = sharedF32(v.length);
+  copy.set(v);
+  entry.values = copy;
+  return copy;
 }
 
 /** A Float32Array for a kernel's output: pooled on a {@link BlasBackend}, fresh (zeroed) elsewhere. */

@@ -14,6 +14,9 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import type { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
+import { fastExp, fastTanh, KERNELS, OP, parallelFor, shared, sharedF32 } from "./parallel.ts";
+
+export { fastExp };
 
 type Info = tf.TensorInfo;
 type KernelArgs = {
@@ -44,44 +47,6 @@ function cpuKernel(name: string): KernelFn {
   const k = tf.getKernel(name, "cpu");
   if (!k) throw new Error(`fused_cpu: the cpu backend has no ${name} kernel`);
   return k.kernelFunc as unknown as KernelFn;
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// exp in float32 precision, ~4× faster than Math.exp in V8: e^x = 2^(k/256) · e^r with k = round(x·256/ln 2),
-// |r| ≤ ln2/512, e^r by a cubic (relative error < 1e-12), 2^(k/256) from two tables. Branch-free (selects only):
-// early returns of other values stop V8 from inlining it into the kernels' loops.
-
-const LOG2E_256 = 256 / Math.LN2, LN2_256 = Math.LN2 / 256;
-const ROUND = 6755399441055744; // 1.5·2^52: adding and subtracting it rounds a double to an integer
-const EXP_FRAC = new Float64Array(256).map((_, j) => 2 ** (j / 256));
-const EXP_INT = new Float64Array(320).map((_, i) => 2 ** (i - 160));
-
-/**
- * e^x with float32 accuracy: relative error below 1e-12 on [−103, 88.7]; inputs are clamped to [−104, 89], so
- * −Infinity gives ~7e-46 (0 in float32) and +Infinity ~4.5e38 (Infinity in float32); NaN stays NaN.
- */
-export function fastExp(x: number): number {
-  const c = x < -104 ? -104 : x > 89 ? 89 : x;
-  const k = (c * LOG2E_256 + ROUND) - ROUND;
-  const r = c - k * LN2_256;
-  const ki = k | 0;
-  return (1 + r + r * r * (0.5 + r * 0.16666666666666666)) * EXP_FRAC[ki & 255] *
-    EXP_INT[(ki >> 8) + 160];
-}
-
-/**
- * tanh as (e − 1) / (e + 1), e = e^{2x}, with {@link fastExp}'s exp written out (V8 inlines one level, not two);
- * x − x³/3 near 0, where e − 1 cancels. Relative error below 1e-10.
- */
-function fastTanh(x: number): number {
-  const c = x < -20 ? -40 : x > 20 ? 40 : 2 * x;
-  const k = (c * LOG2E_256 + ROUND) - ROUND;
-  const r = c - k * LN2_256;
-  const ki = k | 0;
-  const e = (1 + r + r * r * (0.5 + r * 0.16666666666666666)) * EXP_FRAC[ki & 255] *
-    EXP_INT[(ki >> 8) + 160];
-  const t = (e - 1) / (e + 1);
-  return x * x < 1e-8 ? x - x * x * x / 3 : t;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -173,7 +138,13 @@ function binary(name: string): KernelFn {
     const out = alloc(backend, tf.util.sizeFromShape(shape));
     const av = f32(backend, a), bv = f32(backend, b);
     const dims = broadcastDims(a.shape, b.shape, shape);
-    if (dims.length === 0) {
+    const op = OP[name as keyof typeof OP];
+    const [d0, d1] = dims;
+    if (dims.length === 1 && d0.sa === 1 && d0.sb === 1) { // same shapes: split across threads
+      parallelFor("binary", [av, bv, out], [op], out.length);
+    } else if (dims.length === 2 && d0.sa === d1.n && d0.sb === 0 && d1.sa === 1 && d1.sb === 1) {
+      parallelFor("binaryRows", [av, bv, out], [op, d1.n], d0.n, d1.n); // a row vector (bias) on every row
+    } else if (dims.length === 0) {
       if (out.length > 0) inner(out, 0, av, 0, 0, bv, 0, 0, 1);
     } else if (dims.length === 1) {
       inner(out, 0, av, 0, dims[0].sa, bv, 0, dims[0].sb, dims[0].n);
@@ -391,35 +362,40 @@ function unsortedSegmentSum({ inputs, backend, attrs }: KernelArgs): Info {
   const rows = tf.util.sizeFromShape(segmentIds.shape);
   const inner = rows === 0 ? 0 : tf.util.sizeFromShape(x.shape) / rows;
   const outShape = [numSegments, ...x.shape.slice(segmentIds.shape.length)];
-  const xv = vals(backend, x), ids = vals(backend, segmentIds);
-  const out = x.dtype === "int32"
-    ? new Int32Array(numSegments * inner)
-    : alloc(backend, numSegments * inner).fill(0);
-  for (let r = 0; r < rows; r++) {
-    const s = ids[r];
-    if (s < 0 || s >= numSegments) continue; // TF drops out-of-range ids
-    const o = s * inner, i = r * inner;
-    for (let k = 0; k < inner; k++) out[o + k] += xv[i + k];
+  const xv = vals(backend, x), ids = vals(backend, segmentIds) as Int32Array;
+  if (x.dtype === "int32") {
+    const out = new Int32Array(numSegments * inner);
+    KERNELS.segmentSumColumns(
+      [xv as Int32Array, ids, out],
+      [inner, rows, numSegments],
+      0,
+      inner,
+      0,
+    );
+    return backend.makeTensorInfo(outShape, x.dtype, out);
   }
+  const out = alloc(backend, numSegments * inner);
+  parallelFor("fill", [out], [0], out.length);
+  // Split by columns: every thread adds all rows into its own columns, so no two write the same element.
+  parallelFor(
+    "segmentSumColumns",
+    [xv as Float32Array, shared(ids), out],
+    [inner, rows, numSegments],
+    inner,
+    rows,
+  );
   return backend.makeTensorInfo(outShape, x.dtype, out);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Fused kernels under new names.
 
-const GELU_C = Math.sqrt(2 / Math.PI), GELU_A = 0.044715;
-
 /** GeluTanh: y = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))); also returns t = tanh(…) for the gradient. */
 function geluTanh({ inputs, backend }: KernelArgs): Info[] {
   const { x } = inputs as { x: Info };
   const xv = f32(backend, x);
   const y = alloc(backend, xv.length), t = alloc(backend, xv.length);
-  for (let i = 0; i < xv.length; i++) {
-    const v = xv[i];
-    const th = fastTanh(GELU_C * (v + GELU_A * v * v * v));
-    t[i] = th;
-    y[i] = 0.5 * v * (1 + th);
-  }
+  parallelFor("geluTanh", [xv, y, t], [], xv.length, 4);
   return [
     backend.makeTensorInfo(x.shape, "float32", y),
     backend.makeTensorInfo(x.shape, "float32", t),
@@ -431,10 +407,7 @@ function geluTanhGrad({ inputs, backend }: KernelArgs): Info {
   const { dy, x, t } = inputs as { dy: Info; x: Info; t: Info };
   const g = f32(backend, dy), xv = f32(backend, x), tv = f32(backend, t);
   const dx = alloc(backend, xv.length);
-  for (let i = 0; i < xv.length; i++) {
-    const v = xv[i], th = tv[i];
-    dx[i] = g[i] * (0.5 * (1 + th) + 0.5 * v * (1 - th * th) * GELU_C * (1 + 3 * GELU_A * v * v));
-  }
+  parallelFor("geluTanhGrad", [g, xv, tv, dx], [], xv.length, 2);
   return backend.makeTensorInfo(x.shape, "float32", dx);
 }
 
@@ -443,21 +416,9 @@ function layerNormKernel({ inputs, backend, attrs }: KernelArgs): Info[] {
   const { x, scale, shift } = inputs as { x: Info; scale: Info; shift: Info };
   const eps = (attrs as { eps: number }).eps;
   const C = x.shape[x.shape.length - 1], rows = tf.util.sizeFromShape(x.shape) / C;
-  const xv = f32(backend, x), g = f32(backend, scale), b = f32(backend, shift);
-  const y = alloc(backend, xv.length),
-    mean = new Float32Array(rows),
-    rstd = new Float32Array(rows);
-  for (let r = 0; r < rows; r++) {
-    const o = r * C;
-    let s = 0;
-    for (let k = 0; k < C; k++) s += xv[o + k];
-    const m = s / C;
-    let v = 0;
-    for (let k = 0; k < C; k++) v += (xv[o + k] - m) * (xv[o + k] - m);
-    const rs = 1 / Math.sqrt(v / C + eps);
-    for (let k = 0; k < C; k++) y[o + k] = (xv[o + k] - m) * rs * g[k] + b[k];
-    mean[r] = m, rstd[r] = rs;
-  }
+  const xv = f32(backend, x), g = shared(f32(backend, scale)), b = shared(f32(backend, shift));
+  const y = alloc(backend, xv.length), mean = sharedF32(rows), rstd = sharedF32(rows);
+  parallelFor("layerNorm", [xv, g, b, y, mean, rstd], [C, eps], rows, 3 * C);
   const rowShape = x.shape.slice(0, -1);
   return [
     backend.makeTensorInfo(x.shape, "float32", y),
@@ -476,28 +437,15 @@ function layerNormGrad({ inputs, backend }: KernelArgs): Info[] {
     rstd: Info;
   };
   const C = x.shape[x.shape.length - 1], rows = tf.util.sizeFromShape(x.shape) / C;
-  const g = f32(backend, dy), xv = f32(backend, x), w = f32(backend, scale);
-  const mv = f32(backend, mean), rv = f32(backend, rstd);
-  const dx = alloc(backend, xv.length), dw = new Float64Array(C), db = new Float64Array(C);
-  for (let r = 0; r < rows; r++) {
-    const o = r * C, m = mv[r], rs = rv[r];
-    let sumG = 0, sumGX = 0; // Σ dŷ and Σ dŷ·x̂ over the row, dŷ = dy·scale
-    for (let k = 0; k < C; k++) {
-      const xh = (xv[o + k] - m) * rs, gk = g[o + k];
-      const dxh = gk * w[k];
-      sumG += dxh, sumGX += dxh * xh;
-      dw[k] += gk * xh, db[k] += gk;
-    }
-    const mG = sumG / C, mGX = sumGX / C;
-    for (let k = 0; k < C; k++) {
-      const xh = (xv[o + k] - m) * rs;
-      dx[o + k] = rs * (g[o + k] * w[k] - mG - xh * mGX);
-    }
-  }
+  const g = f32(backend, dy), xv = f32(backend, x), w = shared(f32(backend, scale));
+  const mv = shared(f32(backend, mean)), rv = shared(f32(backend, rstd));
+  const dx = alloc(backend, xv.length), dw = sharedF32(C), db = sharedF32(C);
+  parallelFor("layerNormGradX", [g, xv, w, mv, rv, dx], [C], rows, 2 * C);
+  parallelFor("layerNormGradW", [g, xv, mv, rv, dw, db], [C, rows], C, rows);
   return [
     backend.makeTensorInfo(x.shape, "float32", dx),
-    backend.makeTensorInfo(scale.shape, "float32", Float32Array.from(dw)),
-    backend.makeTensorInfo(scale.shape, "float32", Float32Array.from(db)),
+    backend.makeTensorInfo(scale.shape, "float32", dw),
+    backend.makeTensorInfo(scale.shape, "float32", db),
   ];
 }
 
@@ -505,23 +453,11 @@ function layerNormGrad({ inputs, backend }: KernelArgs): Info[] {
 function softmaxCrossEntropy({ inputs, backend }: KernelArgs): Info[] {
   const { logits, targets } = inputs as { logits: Info; targets: Info };
   const [N, V] = logits.shape;
-  const z = f32(backend, logits), tv = vals(backend, targets);
-  const p = alloc(backend, z.length);
+  const z = f32(backend, logits), tv = shared(vals(backend, targets) as Int32Array);
+  const p = alloc(backend, z.length), rowLoss = shared(new Float64Array(N));
+  parallelFor("softmaxCrossEntropy", [z, tv, p, rowLoss], [V], N, 3 * V);
   let loss = 0;
-  for (let r = 0; r < N; r++) {
-    const o = r * V;
-    let max = -Infinity;
-    for (let k = 0; k < V; k++) if (z[o + k] > max) max = z[o + k];
-    let sum = 0;
-    for (let k = 0; k < V; k++) {
-      const e = fastExp(z[o + k] - max);
-      p[o + k] = e;
-      sum += e;
-    }
-    const inv = 1 / sum;
-    for (let k = 0; k < V; k++) p[o + k] *= inv;
-    loss += Math.log(sum) + max - z[o + tv[r]];
-  }
+  for (let r = 0; r < N; r++) loss += rowLoss[r];
   return [
     backend.makeTensorInfo([], "float32", new Float32Array([loss / N])),
     backend.makeTensorInfo(logits.shape, "float32", p),
@@ -532,10 +468,10 @@ function softmaxCrossEntropy({ inputs, backend }: KernelArgs): Info[] {
 function softmaxCrossEntropyGrad({ inputs, backend }: KernelArgs): Info {
   const { dy, probs, targets } = inputs as { dy: Info; probs: Info; targets: Info };
   const [N, V] = probs.shape;
-  const s = f32(backend, dy)[0] / N, p = f32(backend, probs), tv = vals(backend, targets);
+  const s = f32(backend, dy)[0] / N, p = f32(backend, probs);
+  const tv = shared(vals(backend, targets) as Int32Array);
   const d = alloc(backend, p.length);
-  for (let i = 0; i < p.length; i++) d[i] = p[i] * s;
-  for (let r = 0; r < N; r++) d[r * V + tv[r]] -= s;
+  parallelFor("softmaxCrossEntropyGrad", [p, tv, d], [V, s], N, V);
   return backend.makeTensorInfo(probs.shape, "float32", d);
 }
 
@@ -548,20 +484,7 @@ function causalSoftmax({ inputs, backend, attrs }: KernelArgs): Info {
   const scale = (attrs as { scale: number }).scale;
   const T = x.shape[x.shape.length - 1], rows = tf.util.sizeFromShape(x.shape) / T;
   const xv = f32(backend, x), out = alloc(backend, xv.length);
-  for (let r = 0; r < rows; r++) {
-    const o = r * T, n = (r % T) + 1; // keys visible to this query
-    let max = -Infinity;
-    for (let k = 0; k < n; k++) if (xv[o + k] > max) max = xv[o + k];
-    let sum = 0;
-    for (let k = 0; k < n; k++) {
-      const e = fastExp((xv[o + k] - max) * scale);
-      out[o + k] = e;
-      sum += e;
-    }
-    const inv = 1 / sum;
-    for (let k = 0; k < n; k++) out[o + k] *= inv;
-    out.fill(0, o + n, o + T);
-  }
+  parallelFor("causalSoftmax", [xv, out], [T, scale], rows, 2 * T);
   return backend.makeTensorInfo(x.shape, "float32", out);
 }
 
@@ -571,13 +494,7 @@ function causalSoftmaxGrad({ inputs, backend, attrs }: KernelArgs): Info {
   const scale = (attrs as { scale: number }).scale;
   const T = y.shape[y.shape.length - 1], rows = tf.util.sizeFromShape(y.shape) / T;
   const g = f32(backend, dy), yv = f32(backend, y), dx = alloc(backend, yv.length);
-  for (let r = 0; r < rows; r++) {
-    const o = r * T, n = (r % T) + 1;
-    let dot = 0;
-    for (let k = 0; k < n; k++) dot += g[o + k] * yv[o + k];
-    for (let k = 0; k < n; k++) dx[o + k] = scale * yv[o + k] * (g[o + k] - dot);
-    dx.fill(0, o + n, o + T);
-  }
+  parallelFor("causalSoftmaxGrad", [g, yv, dx], [T, scale], rows, T);
   return backend.makeTensorInfo(y.shape, "float32", dx);
 }
 
@@ -597,6 +514,12 @@ export function fusedCpuKernels(): Record<string, KernelFn> {
     Max: reduction("Max"),
     Softmax: softmax(),
     UnsortedSegmentSum: unsortedSegmentSum,
+    EmbeddingGrad: ({ inputs, backend, attrs }) =>
+      unsortedSegmentSum({
+        inputs: { x: inputs.dy, segmentIds: inputs.ids },
+        backend,
+        attrs: { numSegments: (attrs as { numSegments: number }).numSegments },
+      }),
     GeluTanh: geluTanh,
     GeluTanhGrad: geluTanhGrad,
     CausalSoftmax: causalSoftmax,
@@ -628,6 +551,25 @@ function has(kernel: string): boolean {
 
 function run(kernel: string, inputs: tf.NamedTensorMap, attrs: tf.NamedAttrMap = {}): tf.Tensor[] {
   return tf.engine().runKernel(kernel, inputs, attrs) as unknown as tf.Tensor[];
+}
+
+/**
+ * Embedding lookup rows of `weight` (V, C) at int32 `ids` (N) → (N, C) whose gradient is one scatter-add into
+ * shared, pooled memory (split by columns across threads); null where the backend lacks the kernel.
+ */
+export function fusedEmbedding(weight: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D | null {
+  if (!has("EmbeddingGrad")) return null;
+  const op = tf.customGrad((w: tf.Tensor | tf.GradSaveFunc, save: tf.Tensor | tf.GradSaveFunc) => {
+    (save as tf.GradSaveFunc)([ids]);
+    return {
+      value: tf.gather(w as tf.Tensor, ids),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        run("EmbeddingGrad", { dy, ids: saved[0] }, {
+          numSegments: weight.shape[0],
+        }) as unknown as tf.Tensor,
+    };
+  });
+  return op(weight) as tf.Tensor2D;
 }
 
 /** GPT-2's tanh-GELU as one kernel forward and one backward, or null where the backend lacks them. */

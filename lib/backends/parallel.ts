@@ -1,0 +1,413 @@
+/**
+ * Element-wise and row-wise JS kernels split across the machine's cores. OpenBLAS already spreads the matrix
+ * products over every core; between products the JS kernels (GELU, LayerNorm, softmax, cross-entropy, AdamW, …)
+ * would otherwise run on one. `parallelFor` hands a range of a kernel's work to helper Workers that share the
+ * arrays' memory (SharedArrayBuffer) and runs the rest itself, then waits (Atomics) until all parts are done.
+ *
+ * The kernels are plain functions of (arrays, scalars, lo, hi) over a range of work units (elements or rows) in
+ * this module, which imports nothing, so the Workers (parallel_worker.ts) load them quickly. Arrays not backed by a
+ * SharedArrayBuffer, small amounts of work, or Workers that are not up yet: the whole range runs on the calling
+ * thread, with the same result (each unit is computed by the same code either way, so results are bit-identical).
+ * Workers start on first use and close themselves after {@link IDLE_MS} without work, so a finished program exits.
+ */
+
+/** A typed array a kernel reads or writes; shared ones can be handed to Workers without a copy. */
+export type Arr = Float32Array | Float64Array | Int32Array;
+
+/** A kernel over work units [lo, hi): `part` is the index of the range (0 = the caller's). */
+export type RangeKernel = (a: Arr[], s: number[], lo: number, hi: number, part: number) => void;
+
+// ---------------------------------------------------------------------------------------------------------------
+// exp in float32 precision, ~4× faster than Math.exp in V8: e^x = 2^(k/256) · e^r with k = round(x·256/ln 2),
+// |r| ≤ ln2/512, e^r by a cubic (relative error < 1e-12), 2^(k/256) from two tables. Branch-free (selects only):
+// early returns of other values stop V8 from inlining it into the kernels' loops.
+
+const LOG2E_256 = 256 / Math.LN2, LN2_256 = Math.LN2 / 256;
+const ROUND = 6755399441055744; // 1.5·2^52: adding and subtracting it rounds a double to an integer
+const EXP_FRAC = new Float64Array(256).map((_, j) => 2 ** (j / 256));
+const EXP_INT = new Float64Array(320).map((_, i) => 2 ** (i - 160));
+
+/**
+ * e^x with float32 accuracy: relative error below 1e-12 on [−103, 88.7]; inputs are clamped to [−104, 89], so
+ * −Infinity gives ~7e-46 (0 in float32) and +Infinity ~4.5e38 (Infinity in float32); NaN stays NaN.
+ */
+export function fastExp(x: number): number {
+  const c = x < -104 ? -104 : x > 89 ? 89 : x;
+  const k = (c * LOG2E_256 + ROUND) - ROUND;
+  const r = c - k * LN2_256;
+  const ki = k | 0;
+  return (1 + r + r * r * (0.5 + r * 0.16666666666666666)) * EXP_FRAC[ki & 255] *
+    EXP_INT[(ki >> 8) + 160];
+}
+
+/**
+ * tanh as (e − 1) / (e + 1), e = e^{2x}, with {@link fastExp}'s exp written out (V8 inlines one level, not two);
+ * x − x³/3 near 0, where e − 1 cancels. Relative error below 1e-10.
+ */
+export function fastTanh(x: number): number {
+  const c = x < -20 ? -40 : x > 20 ? 40 : 2 * x;
+  const k = (c * LOG2E_256 + ROUND) - ROUND;
+  const r = c - k * LN2_256;
+  const ki = k | 0;
+  const e = (1 + r + r * r * (0.5 + r * 0.16666666666666666)) * EXP_FRAC[ki & 255] *
+    EXP_INT[(ki >> 8) + 160];
+  const t = (e - 1) / (e + 1);
+  return x * x < 1e-8 ? x - x * x * x / 3 : t;
+}
+
+const GELU_C = Math.sqrt(2 / Math.PI), GELU_A = 0.044715;
+
+/** Binary op codes of the `binary*` kernels. */
+export const OP = { Add: 0, Sub: 1, Multiply: 2, RealDiv: 3 } as const;
+
+/** out[o…] = a[…] ∘ b[…] over n contiguous elements (one literal loop per op keeps each loop monomorphic). */
+function binaryRun(
+  op: number,
+  out: Arr,
+  o: number,
+  a: Arr,
+  ia: number,
+  b: Arr,
+  ib: number,
+  n: number,
+): void {
+  if (op === 0) { for (let k = 0; k < n; k++) out[o + k] = a[ia + k] + b[ib + k]; }
+  else if (op === 1) { for (let k = 0; k < n; k++) out[o + k] = a[ia + k] - b[ib + k]; }
+  else if (op === 2) { for (let k = 0; k < n; k++) out[o + k] = a[ia + k] * b[ib + k]; }
+  else for (let k = 0; k < n; k++) out[o + k] = a[ia + k] / b[ib + k];
+}
+
+/** The kernels Workers can run, by name. Each writes only its own units' outputs (or its own `part` slot). */
+export const KERNELS: Record<string, RangeKernel> = {
+  /** [out] = value over elements. s: [value]. */
+  fill: ([out], [value], lo, hi) => {
+    out.fill(value, lo, hi);
+  },
+
+  /** [a, b, out] same shape, elements. s: [op]. */
+  binary: ([a, b, out], [op], lo, hi) => binaryRun(op, out, lo, a, lo, b, lo, hi - lo),
+
+  /** [a (rows, n), b (n), out] — a row vector broadcast over rows (a bias), rows. s: [op, n]. */
+  binaryRows: ([a, b, out], [op, n], lo, hi) => {
+    for (let r = lo; r < hi; r++) binaryRun(op, out, r * n, a, r * n, b, 0, n);
+  },
+
+  /** [x, y, t]: y = GPT-2's tanh-GELU of x, t = the tanh (kept for the gradient), elements. */
+  geluTanh: ([x, y, t], _s, lo, hi) => {
+    for (let i = lo; i < hi; i++) {
+      const v = x[i];
+      const th = fastTanh(GELU_C * (v + GELU_A * v * v * v));
+      t[i] = th;
+      y[i] = 0.5 * v * (1 + th);
+    }
+  },
+
+  /** [dy, x, t, dx]: dx = dy·(0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)), elements. */
+  geluTanhGrad: ([g, x, tv, dx], _s, lo, hi) => {
+    for (let i = lo; i < hi; i++) {
+      const v = x[i], th = tv[i];
+      dx[i] = g[i] *
+        (0.5 * (1 + th) + 0.5 * v * (1 - th * th) * GELU_C * (1 + 3 * GELU_A * v * v));
+    }
+  },
+
+  /** [x, scale, shift, y, mean, rstd]: LayerNorm of rows of length C (biased variance), rows. s: [C, eps]. */
+  layerNorm: ([x, g, b, y, mean, rstd], [C, eps], lo, hi) => {
+    for (let r = lo; r < hi; r++) {
+      const o = r * C;
+      let s = 0;
+      for (let k = 0; k < C; k++) s += x[o + k];
+      const m = s / C;
+      let v = 0;
+      for (let k = 0; k < C; k++) v += (x[o + k] - m) * (x[o + k] - m);
+      const rs = 1 / Math.sqrt(v / C + eps);
+      for (let k = 0; k < C; k++) y[o + k] = (x[o + k] - m) * rs * g[k] + b[k];
+      mean[r] = m, rstd[r] = rs;
+    }
+  },
+
+  /** [dy, x, scale, mean, rstd, dx]: LayerNorm's input gradient, rows. s: [C]. */
+  layerNormGradX: ([g, x, w, mv, rv, dx], [C], lo, hi) => {
+    for (let r = lo; r < hi; r++) {
+      const o = r * C, m = mv[r], rs = rv[r];
+      let sumG = 0, sumGX = 0; // Σ dŷ and Σ dŷ·x̂ over the row, dŷ = dy·scale
+      for (let k = 0; k < C; k++) {
+        const dxh = g[o + k] * w[k];
+        sumG += dxh, sumGX += dxh * ((x[o + k] - m) * rs);
+      }
+      const mG = sumG / C, mGX = sumGX / C;
+      for (let k = 0; k < C; k++) {
+        dx[o + k] = rs * (g[o + k] * w[k] - mG - (x[o + k] - m) * rs * mGX);
+      }
+    }
+  },
+
+  /** [dy, x, mean, rstd, dscale, dshift]: LayerNorm's parameter gradients, summed over `rows`, columns. s: [C, rows]. */
+  layerNormGradW: ([g, x, mv, rv, dw, db], [C, rows], lo, hi) => {
+    const n = hi - lo, accW = new Float64Array(n), accB = new Float64Array(n);
+    for (let r = 0; r < rows; r++) {
+      const o = r * C, m = mv[r], rs = rv[r];
+      for (let k = 0; k < n; k++) {
+        const gk = g[o + lo + k];
+        accW[k] += gk * ((x[o + lo + k] - m) * rs), accB[k] += gk;
+      }
+    }
+    for (let k = 0; k < n; k++) dw[lo + k] = accW[k], db[lo + k] = accB[k];
+  },
+
+  /** [logits (N, V), targets, probs, rowLoss]: softmax and −log p[target] per row, rows. s: [V]. */
+  softmaxCrossEntropy: ([z, tv, p, loss], [V], lo, hi) => {
+    for (let r = lo; r < hi; r++) {
+      const o = r * V;
+      let max = -Infinity;
+      for (let k = 0; k < V; k++) if (z[o + k] > max) max = z[o + k];
+      let sum = 0;
+      for (let k = 0; k < V; k++) {
+        const e = fastExp(z[o + k] - max);
+        p[o + k] = e;
+        sum += e;
+      }
+      const inv = 1 / sum;
+      for (let k = 0; k < V; k++) p[o + k] *= inv;
+      loss[r] = Math.log(sum) + max - z[o + tv[r]];
+    }
+  },
+
+  /** [probs, targets, dlogits]: (p − onehot(target))·scale, rows. s: [V, scale]. */
+  softmaxCrossEntropyGrad: ([p, tv, d], [V, s], lo, hi) => {
+    for (let i = lo * V; i < hi * V; i++) d[i] = p[i] * s;
+    for (let r = lo; r < hi; r++) d[r * V + tv[r]] -= s;
+  },
+
+  /** [x, y]: causal softmax of x·scale over rows of (…, T, T) (row r sees keys 0…r mod T), rows. s: [T, scale]. */
+  causalSoftmax: ([x, out], [T, scale], lo, hi) => {
+    for (let r = lo; r < hi; r++) {
+      const o = r * T, n = (r % T) + 1; // keys visible to this query
+      let max = -Infinity;
+      for (let k = 0; k < n; k++) if (x[o + k] > max) max = x[o + k];
+      let sum = 0;
+      for (let k = 0; k < n; k++) {
+        const e = fastExp((x[o + k] - max) * scale);
+        out[o + k] = e;
+        sum += e;
+      }
+      const inv = 1 / sum;
+      for (let k = 0; k < n; k++) out[o + k] *= inv;
+      out.fill(0, o + n, o + T);
+    }
+  },
+
+  /** [dy, y, dx]: dx = scale · y ⊙ (dy − Σ dy·y) per row, rows. s: [T, scale]. */
+  causalSoftmaxGrad: ([g, y, dx], [T, scale], lo, hi) => {
+    for (let r = lo; r < hi; r++) {
+      const o = r * T, n = (r % T) + 1;
+      let dot = 0;
+      for (let k = 0; k < n; k++) dot += g[o + k] * y[o + k];
+      for (let k = 0; k < n; k++) dx[o + k] = scale * y[o + k] * (g[o + k] - dot);
+      dx.fill(0, o + n, o + T);
+    }
+  },
+
+  /** [x (rows, C), ids (rows), out (segments, C)]: out[ids[r]] += x[r] for columns [lo, hi). s: [C, rows, segments]. */
+  segmentSumColumns: ([x, ids, out], [C, rows, segments], lo, hi) => {
+    for (let r = 0; r < rows; r++) {
+      const s = ids[r];
+      if (s < 0 || s >= segments) continue; // TF drops out-of-range ids
+      const o = s * C, i = r * C;
+      for (let k = lo; k < hi; k++) out[o + k] += x[i + k];
+    }
+  },
+
+  /**
+   * [p, g, m, v]: one AdamW step in place, elements: m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²;
+   * p ← p·decay − s·m / (√v + e), with s = lr/(1−β1ᵗ)·√(1−β2ᵗ) and e = eps·√(1−β2ᵗ) (PyTorch's formula with
+   * √(1−β2ᵗ) folded into the constants). Float32 storage, double arithmetic. s: [β1, 1−β1, β2, 1−β2, decay, s, e].
+   */
+  adamw: ([P, G, M, V], [b1, c1, b2, c2, decay, s, e], lo, hi) => {
+    for (let i = lo; i < hi; i++) {
+      const gi = G[i];
+      const mi = b1 * M[i] + c1 * gi;
+      const vi = b2 * V[i] + c2 * gi * gi;
+      M[i] = mi;
+      V[i] = vi;
+      P[i] = P[i] * decay - s * mi / (Math.sqrt(vi) + e);
+    }
+  },
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// The dispatcher.
+
+/** A helper Worker closes itself after this long without work (so that a finished program can exit). */
+export const IDLE_MS = 1000;
+
+/** Worker states, in `state[0]`. */
+const IDLE = 1, BUSY = 2, CLOSED = 3; // 0: starting
+
+interface Helper {
+  worker: Worker;
+  /** [state, done, failed] */
+  state: Int32Array;
+}
+
+let helpers: Helper[] = [];
+let threads: number | null = null;
+/** Work (units × cost per unit) below which a call runs on the calling thread only. */
+let minWork = 1 << 16;
+let workersBroken = false;
+
+/**
+ * Off by default (1 thread): on the 2-core machines we measure on, OpenBLAS already uses both cores for the
+ * products, shared memory raised the train step's peak RSS by ~0.5 GB, and a long two-process run once lost a
+ * helper mid-step. `GPT_JS_THREADS=n` turns the split on (experimental).
+ */
+function defaultThreads(): number {
+  let n = 1;
+  try {
+    const env = Deno.env.get("GPT_JS_THREADS");
+    if (env) n = Math.max(1, Math.floor(Number(env)) || 1);
+  } catch {
+    // no --allow-env: one thread
+  }
+  return Math.min(n, 8);
+}
+
+/**
+ * Sets how many threads `parallelFor` uses (the caller counts as one; 1 = no Workers) and, optionally, the work
+ * below which it stays on the calling thread (tests lower it to exercise the split on small arrays). Returns the
+ * thread count in force. Default: 1, or `GPT_JS_THREADS` (at most 8) when set.
+ */
+export function setParallelism(n?: number, minWorkUnits?: number): number {
+  if (n !== undefined) {
+    threads = Math.max(1, Math.floor(n));
+    for (const h of helpers.slice(threads - 1)) {
+      if (Atomics.compareExchange(h.state, 0, IDLE, CLOSED) === IDLE) h.worker.terminate();
+    }
+    helpers = helpers.slice(0, threads - 1);
+  }
+  if (minWorkUnits !== undefined) minWork = minWorkUnits;
+  return threads ??= defaultThreads();
+}
+
+/** True when `a` lives in shared memory (a Worker can write it). */
+export function isShared(a: ArrayBufferView): boolean {
+  return typeof SharedArrayBuffer !== "undefined" && a.buffer instanceof SharedArrayBuffer;
+}
+
+/** A zeroed Float32Array, in shared memory when more than one thread is in use (else plain: less RSS). */
+export function sharedF32(n: number): Float32Array {
+  return (threads ?? setParallelism()) > 1
+    ? new Float32Array(new SharedArrayBuffer(n * 4))
+    : new Float32Array(n);
+}
+
+/** `a` itself when shared or single-threaded, else a shared copy (for small read-only inputs such as ids). */
+export function shared<T extends Arr>(a: T): T {
+  if (isShared(a) || (threads ?? setParallelism()) <= 1) return a;
+  const C = a.constructor as new (b: SharedArrayBuffer) => T;
+  const c = new C(new SharedArrayBuffer(a.byteLength));
+  c.set(a as never);
+  return c;
+}
+
+function startHelper(): Helper | null {
+  if (workersBroken) return null;
+  try {
+    const state = new Int32Array(new SharedArrayBuffer(12));
+    const worker = new Worker(new URL("./parallel_worker.ts", import.meta.url).href, {
+      type: "module",
+    });
+    worker.onerror = (e) => {
+      e.preventDefault(); // a Worker that cannot load (permissions): stay on one thread
+      workersBroken = true;
+      Atomics.store(state, 0, CLOSED);
+    };
+    worker.postMessage({ state });
+    return { worker, state };
+  } catch {
+    workersBroken = true;
+    return null;
+  }
+}
+
+/**
+ * Runs `KERNELS[name]` over work units [0, n): the caller takes the first share, each ready helper Worker one of
+ * the others. `cost` is the work per unit (e.g. a row's length) for the small-work cutoff. Runs everything on the
+ * calling thread when the work is small, when any array is not shared, or when no Worker is ready.
+ */
+export function parallelFor(name: string, a: Arr[], s: number[], n: number, cost = 1): void {
+  const kernel = KERNELS[name];
+  const t = threads ?? setParallelism();
+  if (t <= 1 || n < 2 || n * cost < minWork || !a.every(isShared)) return kernel(a, s, 0, n, 0);
+  // Claim the idle helpers (start missing or closed ones for next time).
+  const ready: Helper[] = [];
+  for (let i = 0; i < t - 1; i++) {
+    let h = helpers[i];
+    if (!h || Atomics.load(h.state, 0) === CLOSED) {
+      const fresh = startHelper();
+      if (!fresh) break;
+      helpers[i] = h = fresh;
+    }
+    if (Atomics.compareExchange(h.state, 0, IDLE, BUSY) === IDLE) ready.push(h);
+  }
+  if (ready.length === 0) return kernel(a, s, 0, n, 0);
+  const parts = ready.length + 1;
+  const bound = (p: number) => Math.round((n * p) / parts);
+  ready.forEach((h, i) => {
+    Atomics.store(h.state, 1, 0);
+    h.worker.postMessage({ k: name, a, s, lo: bound(i + 1), hi: bound(i + 2), part: i + 1 });
+  });
+  let error: unknown = null;
+  try {
+    kernel(a, s, 0, bound(1), 0);
+  } catch (err) {
+    error = err;
+  }
+  for (const h of ready) {
+    while (Atomics.wait(h.state, 1, 0, 60_000) === "timed-out") {
+      if (Atomics.load(h.state, 0) === CLOSED) break; // died without finishing
+    }
+    if (Atomics.load(h.state, 2) !== 0 || Atomics.load(h.state, 1) === 0) {
+      Atomics.store(h.state, 2, 0);
+      error ??= new Error(`parallelFor(${name}): a helper Worker failed`);
+    }
+  }
+  if (error) throw error;
+}
+
+/**
+ * The Worker side (parallel_worker.ts calls this): marks itself idle, runs posted ranges, signals completion and
+ * closes itself after {@link IDLE_MS} without work — unless the caller claimed it in the meantime.
+ */
+export function serveWorker(scope: {
+  onmessage: ((e: MessageEvent) => void) | null;
+  close(): void;
+}): void {
+  let state: Int32Array | null = null;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const idle = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      if (state && Atomics.compareExchange(state, 0, IDLE, CLOSED) === IDLE) scope.close();
+    }, IDLE_MS);
+  };
+  scope.onmessage = (e: MessageEvent) => {
+    const d = e.data;
+    if (d.state) {
+      state = d.state as Int32Array;
+      Atomics.store(state, 0, IDLE);
+      idle();
+      return;
+    }
+    const st = state!;
+    try {
+      KERNELS[d.k](d.a, d.s, d.lo, d.hi, d.part);
+    } catch {
+      Atomics.store(st, 2, 1);
+    }
+    Atomics.store(st, 0, IDLE);
+    Atomics.store(st, 1, 1);
+    Atomics.notify(st, 1);
+    idle();
+  };
+}
