@@ -5,6 +5,7 @@
  * and checkpoint; the loop resumes from any (epoch, batch) position.
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { installLeanGradients } from "./tape.ts";
 import type { AdamW } from "./adamw.ts";
 import type { Batch, DataLoader } from "./data.ts";
 import { generateSample } from "./generate.ts";
@@ -72,6 +73,7 @@ export function accumulateGradients(
   const names = new Map<string, string>();
   for (const [name, v] of model.params) names.set(v.name, name);
   const k = batches.length;
+  installLeanGradients(); // frees activations during the backward pass, as PyTorch does
   const acc = new Map<string, tf.Tensor>();
   let loss = 0;
   for (const batch of batches) {

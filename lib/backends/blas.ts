@@ -107,14 +107,17 @@ const POOL_MIN_LENGTH = 1 << 14;
  * (`slice`). Pooled arrays are not zeroed: kernels that take one must write every element.
  */
 export class BlasBackend extends MathBackendCPU {
-  /** Bytes the pool may hold; beyond that the oldest pooled arrays are dropped to the garbage collector. */
+  /**
+   * Bytes the pool may hold; beyond that the oldest pooled arrays are dropped to the garbage collector. 256 MiB:
+   * 1 GiB made the GPT-124M step ~3% faster for ~0.3 GB more peak RSS.
+   */
   poolLimitBytes: number;
   private pool = new Map<number, Float32Array[]>();
   private pooledBytes = 0;
   /** "fresh": handed out, not yet a tensor; "live": the storage of exactly one tensor; "escaped": never reuse. */
   private owned = new WeakMap<ArrayBufferLike, "fresh" | "live" | "escaped">();
 
-  constructor(poolLimitBytes = 1 << 30) {
+  constructor(poolLimitBytes = 256 << 20) {
     super();
     this.poolLimitBytes = poolLimitBytes;
   }
