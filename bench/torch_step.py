@@ -1,7 +1,7 @@
 """PyTorch reference of the chapter-5 training step for `deno task bench` (not a project dependency).
 Usage: python3 bench/torch_step.py <experiment config JSON> <batch> <steps> <threads>
 Prints one JSON line: median seconds per step over `steps` after one warm-up step."""
-import json, statistics, sys, time
+import json, resource, statistics, sys, time
 import torch
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from torch_parity import GPT  # the book's GPTModel in plain PyTorch
@@ -19,4 +19,5 @@ for i in range(steps + 1):
     if i > 0: times.append(time.perf_counter() - t0)
 s = statistics.median(times)
 print(json.dumps({"case": "train_step", "impl": "pytorch", "torch": torch.__version__, "threads": int(sys.argv[4]),
-                  "batch": batch, "tokens": batch * T, "median_s": s, "tokens_per_s": batch * T / s}))
+                  "batch": batch, "tokens": batch * T, "median_s": s, "tokens_per_s": batch * T / s,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
