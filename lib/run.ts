@@ -342,7 +342,7 @@ async function trainUnlocked(cfg: Config, opts: RunOptions, lockPath: string): P
     );
   }
 
-  const data = await prepareData(cfg);
+  const data = await prepareData(cfg, { progress: opts.progress, print });
   const stepsPerEpoch = Math.floor(data.trainLoader.length / cfg.training.grad_accum_steps);
   if (stepsPerEpoch === 0) {
     throw new UserError(
