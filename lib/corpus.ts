@@ -18,14 +18,16 @@ import {
   INDEX_VERSION,
   isShardDir,
   readIndex,
-  readStream,
   type ShardIndex,
   type ShardInfo,
   type SourceInfo,
   type SplitName,
+  streamTokens,
   TOKENIZER,
 } from "./shards.ts";
 import { bulkEncoder, END_OF_TEXT_ID } from "./tokenizer.ts";
+
+const EOT = new Uint16Array([END_OF_TEXT_ID]);
 
 /** Tokens per shard unless the config says otherwise: 2 MB files. */
 export const DEFAULT_SHARD_TOKENS = 1_000_000;
@@ -136,54 +138,106 @@ export function splitDocuments(
   return split;
 }
 
-/** A file for a tokenizing worker; `sha256` is the hash of the version already in the shards, if any. */
-export interface TokenizeJob {
-  path: string;
-  sha256?: string;
+/** Characters of text that a worker encodes at a time: big enough to amortize the message, small enough to share. */
+export const PIECE_CHARS = 1 << 20;
+
+/**
+ * Where a text can be cut so that encoding the two parts gives the ids of the whole: before a space or newline
+ * that follows a letter, digit or punctuation mark. GPT-2's pre-tokenizer always splits there (no pre-token ends
+ * in whitespace after such a character, and a whitespace run's split depends only on what follows it), and BPE
+ * merges never cross pre-tokens. Returns the last such index at or after `from`, or -1.
+ */
+export function safeCut(text: string, from = 0): number {
+  for (let p = text.length - 1; p > from; p--) {
+    const c = text.charCodeAt(p);
+    if ((c === 0x20 || c === 0x0a) && /[\p{L}\p{N}\p{P}]/u.test(text[p - 1])) return p;
+  }
+  return -1;
 }
 
-/** A worker's answer: the file's size and hash, and its ids (absent when unchanged or skipped). */
-export interface TokenizeResult {
-  path: string;
+/** What the first pass learns of a source file: size, hash, and why it is left out (if it is). */
+interface FileCheck {
   bytes: number;
   sha256: string;
-  ids?: Uint16Array; // the document's ids then <|endoftext|>
-  skip?: string; // why the file is left out (empty, binary, not UTF-8)
+  skip?: string;
 }
 
-/** Reads, checks, hashes and tokenizes one file (the body of a worker; callable directly). */
-export async function tokenizeFile(job: TokenizeJob): Promise<TokenizeResult> {
-  let bytes: Uint8Array;
+const READ_BYTES = 4 << 20;
+
+/** Reads a file in 4 MB blocks, calling `onBlock` with each (a view valid until the next call). */
+async function readBlocks(path: string, onBlock: (b: Uint8Array) => Promise<void> | void) {
+  using file = await Deno.open(path);
+  const buf = new Uint8Array(READ_BYTES);
+  for (;;) {
+    const n = await file.read(buf);
+    if (n === null) break;
+    await onBlock(buf.subarray(0, n));
+  }
+}
+
+/** First pass over a source, streamed: SHA-256, and the checks (empty, NUL bytes, UTF-8, only whitespace). */
+async function checkFile(path: string): Promise<FileCheck> {
+  const hash = createHash("sha256");
+  const decoder = new TextDecoder("utf-8", { fatal: true });
+  let bytes = 0, binary = false, utf8 = true, text = false;
   try {
-    bytes = await Deno.readFile(job.path);
+    await readBlocks(path, (b) => {
+      bytes += b.length;
+      hash.update(b);
+      if (!binary && b.includes(0)) binary = true;
+      if (utf8) {
+        try {
+          const s = decoder.decode(b, { stream: true });
+          if (!text && /\S/.test(s)) text = true;
+        } catch {
+          utf8 = false;
+        }
+      }
+    });
+    if (utf8) decoder.decode();
   } catch (err) {
-    return {
-      path: job.path,
-      bytes: 0,
-      sha256: "",
-      skip: `cannot read (${(err as Error).message})`,
-    };
+    if (err instanceof TypeError) utf8 = false;
+    else return { bytes, sha256: "", skip: `cannot read (${(err as Error).message})` };
   }
-  const sha256 = createHash("sha256").update(bytes).digest("hex");
-  const r: TokenizeResult = { path: job.path, bytes: bytes.length, sha256 };
-  if (job.sha256 === sha256) return r;
-  if (bytes.length === 0) return { ...r, skip: "empty file" };
-  if (bytes.includes(0)) return { ...r, skip: "looks binary (contains NUL bytes)" };
-  let text: string;
-  try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
-  } catch {
-    return { ...r, skip: "not valid UTF-8 text" };
-  }
-  if (text.trim() === "") return { ...r, skip: "only whitespace" };
-  const raw = (await bulkEncoder()).encode(text);
-  const ids = new Uint16Array(raw.length + 1);
-  ids.set(raw);
-  ids[raw.length] = END_OF_TEXT_ID;
-  return { ...r, ids };
+  const r = { bytes, sha256: hash.digest("hex") };
+  if (bytes === 0) return { ...r, skip: "empty file" };
+  if (binary) return { ...r, skip: "looks binary (contains NUL bytes)" };
+  if (!utf8) return { ...r, skip: "not valid UTF-8 text" };
+  if (!text) return { ...r, skip: "only whitespace" };
+  return r;
 }
 
-/** A fixed set of Workers, each running one job at a time. */
+/** Second pass: the file's text in pieces of about {@link PIECE_CHARS}, cut only where {@link safeCut} allows. */
+async function* textPieces(path: string): AsyncGenerator<{ text: string; bytes: number }> {
+  const decoder = new TextDecoder("utf-8");
+  let carry = "", carryBytes = 0;
+  using file = await Deno.open(path);
+  const buf = new Uint8Array(READ_BYTES);
+  for (;;) {
+    const n = await file.read(buf);
+    if (n === null) break;
+    carry += decoder.decode(buf.subarray(0, n), { stream: true });
+    carryBytes += n;
+    while (carry.length > PIECE_CHARS) {
+      const cut = safeCut(carry.slice(0, PIECE_CHARS * 2), PIECE_CHARS >> 1);
+      if (cut < 0) break; // no safe cut yet: keep reading
+      const text = carry.slice(0, cut);
+      const bytes = Math.round(carryBytes * cut / carry.length);
+      yield { text, bytes };
+      carry = carry.slice(cut), carryBytes -= bytes;
+    }
+  }
+  carry += decoder.decode();
+  if (carry.length > 0) yield { text: carry, bytes: carryBytes };
+}
+
+/** Encodes one piece of text to uint16 GPT-2 ids (the body of a worker; callable directly). */
+export async function encodePiece(text: string): Promise<Uint16Array> {
+  const raw = (await bulkEncoder()).encode(text);
+  return raw instanceof Uint32Array ? Uint16Array.from(raw) : Uint16Array.from(raw);
+}
+
+/** A fixed set of Workers, each encoding one piece at a time. */
 class WorkerPool {
   private idle: Worker[] = [];
   private waiting: ((w: Worker) => void)[] = [];
@@ -197,16 +251,16 @@ class WorkerPool {
     }
   }
 
-  async run(job: TokenizeJob): Promise<TokenizeResult> {
+  async run(text: string): Promise<Uint16Array> {
     const w = this.idle.pop() ?? await new Promise<Worker>((r) => this.waiting.push(r));
     try {
-      return await new Promise<TokenizeResult>((resolve, reject) => {
+      return await new Promise<Uint16Array>((resolve, reject) => {
         w.onmessage = (e) => resolve(e.data);
         w.onerror = (e) => {
           e.preventDefault();
-          reject(new Error(`tokenizing ${job.path}: ${e.message}`));
+          reject(new Error(`tokenizing worker: ${e.message}`));
         };
-        w.postMessage(job);
+        w.postMessage(text);
       });
     } finally {
       const next = this.waiting.shift();
@@ -263,8 +317,8 @@ class ShardWriter {
     this.buf = new Uint16Array(shardTokens);
   }
 
+  /** Appends ids to the stream (the caller counts documents). */
   async append(ids: Uint16Array) {
-    this.documents++;
     this.tokens += ids.length;
     let i = 0;
     while (i < ids.length) {
@@ -321,9 +375,13 @@ export async function prepareCorpus(source: string, o: PrepareOptions): Promise<
     old.shard_tokens === shardTokens && old.sources.length === files.length &&
     files.every((f, i) => oldBy.get(f)?.bytes === sizes[i])
   ) {
-    const same = files.every((f) =>
-      createHash("sha256").update(Deno.readFileSync(f)).digest("hex") === oldBy.get(f)!.sha256
-    );
+    let same = true;
+    for (const f of files) {
+      if ((await checkFile(f)).sha256 !== oldBy.get(f)!.sha256) {
+        same = false;
+        break;
+      }
+    }
     if (same) {
       return {
         index: old,
@@ -362,49 +420,79 @@ export async function prepareCorpus(source: string, o: PrepareOptions): Promise<
       Deno.stderr.writeSync(new TextEncoder().encode(`\r${line}\x1b[K${final ? "\n" : ""}`));
     } else if (final || now - t0 > 2000) console.error(line);
   };
-  const pending = new Map<number, Promise<TokenizeResult>>();
-  const lookahead = 4 * nWorkers; // bounded memory: at most this many documents' ids held at once
-  let dispatched = 0;
+  // Steps applied strictly in corpus order; their work (encoding) runs ahead on the workers, at most
+  // `lookahead` pieces (bounded memory).
+  const fifo: Promise<() => Promise<void>>[] = [];
+  const lookahead = 3 * nWorkers;
+  const applyFront = async () => await (await fifo.shift()!)();
   try {
     for (let i = 0; i < files.length; i++) {
-      while (dispatched < files.length && dispatched < i + lookahead) {
-        const f = files[dispatched];
-        pending.set(dispatched, pool.run({ path: f, sha256: oldBy.get(f)?.sha256 }));
-        dispatched++;
-      }
-      let r = await pending.get(i)!;
-      pending.delete(i);
-      let ids = r.ids;
-      const prev = oldBy.get(r.path);
-      if (!ids && !r.skip && prev && old) {
-        try {
-          ids = readStream(o.shardDir, old, prev.split, prev.offset, prev.tokens);
-          reused++;
-        } catch { // old shards damaged: tokenize again
-          r = await pool.run({ path: r.path });
-          ids = r.ids;
-        }
-      }
-      doneBytes += sizes[i];
-      if (r.skip || !ids) {
-        const line = `${r.path}: skipped: ${r.skip ?? "no tokens"}`;
+      const path = files[i];
+      const check = await checkFile(path);
+      if (check.skip) {
+        const line = `${path}: skipped: ${check.skip}`;
         skipped.push(line);
         print(`warning: ${line}`);
+        doneBytes += check.bytes;
         continue;
       }
-      if (r.ids) tokenized++, tokenizedBytes += r.bytes;
       const w = writers[splits[i]];
-      sources.push({
-        path: r.path,
-        bytes: r.bytes,
-        sha256: r.sha256,
-        split: splits[i],
-        offset: w.tokens,
-        tokens: ids.length,
-      });
-      await w.append(ids);
-      show();
+      const prev = oldBy.get(path);
+      const record = (tokens: number) =>
+        sources.push({
+          path,
+          bytes: check.bytes,
+          sha256: check.sha256,
+          split: splits[i],
+          offset: w.tokens - tokens,
+          tokens,
+        });
+      if (old && prev && prev.sha256 === check.sha256) {
+        const from = old;
+        fifo.push(Promise.resolve(async () => {
+          const before = w.tokens;
+          try {
+            for (
+              const ids of streamTokens(o.shardDir, from, prev.split, prev.offset, prev.tokens)
+            ) {
+              await w.append(ids);
+            }
+          } catch (err) {
+            throw new UserError(
+              `${o.shardDir}: the previous shards are damaged (${(err as Error).message}); ` +
+                `run prepare with --force`,
+            );
+          }
+          w.documents++;
+          record(w.tokens - before);
+          reused++;
+          doneBytes += check.bytes;
+          show();
+        }));
+      } else {
+        let before = -1;
+        for await (const piece of textPieces(path)) {
+          const encoded = pool.run(piece.text);
+          fifo.push(encoded.then((ids) => async () => {
+            if (before < 0) before = w.tokens;
+            await w.append(ids);
+            doneBytes += piece.bytes;
+            tokenizedBytes += piece.bytes;
+            show();
+          }));
+          while (fifo.length > lookahead) await applyFront();
+        }
+        fifo.push(Promise.resolve(async () => {
+          if (before < 0) before = w.tokens;
+          await w.append(EOT);
+          w.documents++;
+          record(w.tokens - before);
+          tokenized++;
+        }));
+      }
+      while (fifo.length > lookahead) await applyFront();
     }
+    while (fifo.length > 0) await applyFront();
   } finally {
     pool.close();
   }

@@ -1,12 +1,11 @@
 /// <reference lib="deno.worker" />
 /**
- * Entry of the tokenizing Workers of lib/corpus.ts: reads one source file, checks it is non-empty UTF-8 text,
- * hashes it and (unless its hash is the one the main thread already has) encodes it to GPT-2 ids followed by one
- * `<|endoftext|>`, posted back as a transferred Uint16Array.
+ * Entry of the tokenizing Workers of lib/corpus.ts: encodes each piece of text the main thread posts to GPT-2 ids,
+ * posted back as a transferred Uint16Array.
  */
-import { tokenizeFile, type TokenizeJob } from "./corpus.ts";
+import { encodePiece } from "./corpus.ts";
 
-self.onmessage = async (e: MessageEvent<TokenizeJob>) => {
-  const r = await tokenizeFile(e.data);
-  self.postMessage(r, r.ids ? [r.ids.buffer as ArrayBuffer] : []);
+self.onmessage = async (e: MessageEvent<string>) => {
+  const ids = await encodePiece(e.data);
+  self.postMessage(ids, [ids.buffer as ArrayBuffer]);
 };

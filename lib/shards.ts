@@ -144,7 +144,31 @@ export function readShard(path: string, tokens: number): Uint16Array {
   return new Uint16Array(bytes.buffer, bytes.byteOffset, tokens);
 }
 
-/** `count` tokens of a split's stream from `start`, read from the shards that hold them. */
+/** `count` tokens of a split's stream from `start`, in pieces (one per shard touched), read shard by shard. */
+export function* streamTokens(
+  dir: string,
+  index: ShardIndex,
+  split: SplitName,
+  start: number,
+  count: number,
+): Generator<Uint16Array> {
+  let base = 0, done = 0;
+  for (const s of index.splits[split].shards) {
+    const end = base + s.tokens;
+    if (end > start + done && done < count) {
+      const ids = readShard(`${dir}/${s.file}`, s.tokens);
+      const from = start + done - base;
+      const n = Math.min(s.tokens - from, count - done);
+      yield ids.subarray(from, from + n);
+      done += n;
+    }
+    base = end;
+    if (done >= count) return;
+  }
+  if (done < count) throw new UserError(`${dir}: shards hold fewer tokens than the index says`);
+}
+
+/** `count` tokens of a split's stream from `start` in one array. */
 export function readStream(
   dir: string,
   index: ShardIndex,
@@ -153,20 +177,11 @@ export function readStream(
   count: number,
 ): Uint16Array {
   const out = new Uint16Array(count);
-  let base = 0, filled = 0;
-  for (const s of index.splits[split].shards) {
-    const end = base + s.tokens;
-    if (end > start + filled && filled < count) {
-      const ids = readShard(`${dir}/${s.file}`, s.tokens);
-      const from = start + filled - base;
-      const n = Math.min(s.tokens - from, count - filled);
-      out.set(ids.subarray(from, from + n), filled);
-      filled += n;
-    }
-    base = end;
-    if (filled >= count) break;
+  let filled = 0;
+  for (const ids of streamTokens(dir, index, split, start, count)) {
+    out.set(ids, filled);
+    filled += ids.length;
   }
-  if (filled < count) throw new UserError(`${dir}: shards hold fewer tokens than the index says`);
   return out;
 }
 

@@ -7,17 +7,19 @@ import { deepStrictEqual as assertEquals, ok, rejects, throws } from "node:asser
 import { loadExperiment } from "../lib/config.ts";
 import {
   dataSourceKind,
+  encodePiece,
   globToRegExp,
   listSources,
   prepareCorpus,
+  safeCut,
   splitDocuments,
 } from "../lib/corpus.ts";
 import { UserError } from "../lib/errors.ts";
 import { prepareData, runTraining } from "../lib/run.ts";
 import { readRunLog } from "../lib/runlog.ts";
 import { createShardLoaders, readIndex, readStream, ShardLoader } from "../lib/shards.ts";
-import { tokenIdsToText } from "../lib/tokenizer.ts";
-import { buildCorpus } from "./_helpers.ts";
+import { textToTokenIds, tokenIdsToText } from "../lib/tokenizer.ts";
+import { buildCorpus, ensureVerdict, generatedText } from "./_helpers.ts";
 
 const quiet = { print: () => {}, progress: false };
 const split = { trainRatio: 0.8, batchSize: 2, contextLength: 32, stride: 32, seed: 123 };
@@ -58,6 +60,25 @@ Deno.test("shard round trip: decoding each split's shards gives its documents jo
     ok(index.splits[name].shards.slice(0, -1).every((s) => s.tokens === 700));
   }
   for (const s of index.sources) ok(/^[0-9a-f]{64}$/.test(s.sha256) && s.bytes > 0);
+});
+
+Deno.test("pieces cut at safeCut encode to the ids of the whole text (The Verdict, odd text, every 300 chars)", async () => {
+  const verdict = await Deno.readTextFile(await ensureVerdict());
+  const odd = "Il a dit: « café »,  42 fois!\n\n\t  日本語 テキスト 🙂 x<|endoftext|>y   \n  end.\n"
+    .repeat(40);
+  for (const text of [verdict, odd, generatedText(9, 3000)]) {
+    const ids: number[] = [];
+    let pos = 0, cuts = 0;
+    while (pos < text.length) {
+      const window = text.slice(pos, pos + 600);
+      const cut = window.length < 600 ? -1 : safeCut(window, 300);
+      const piece = cut < 0 ? text.slice(pos) : window.slice(0, cut);
+      ids.push(...await encodePiece(piece));
+      pos += piece.length, cuts += cut < 0 ? 0 : 1;
+    }
+    ok(cuts >= 3, `cuts ${cuts}`);
+    assertEquals(ids, textToTokenIds(text));
+  }
 });
 
 Deno.test("split by document: deterministic from the seed, recorded in the index, both splits non-empty", async () => {
