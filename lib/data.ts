@@ -124,6 +124,9 @@ export interface VerdictData {
   valLoader: BatchLoader;
   /** One line about the data for the run's output (set for corpora; the book's line otherwise). */
   summary?: string;
+  /** Where the data is read from, and a hash of what it holds (corpora), for the checkpoint's data position. */
+  source?: string;
+  fingerprint?: string;
 }
 
 /** Settings of {@link createLoaders}; a subset of the experiment config. */

@@ -354,6 +354,16 @@ async function trainUnlocked(cfg: Config, opts: RunOptions, lockPath: string): P
   if (opts.resume) {
     ckpt = await loadCheckpoint(ckptPath);
     checkResumable(ckptPath, ckpt.meta.config, cfg, stepsPerEpoch, ckpt.meta.state.step);
+    const was = ckpt.meta.data?.fingerprint ?? null, now = data.fingerprint ?? null;
+    if (was !== now) {
+      throw new UserError(
+        `${ckptPath}: the data changed since this checkpoint (${
+          ckpt.meta.data?.source ?? cfg.data.path
+        }: ` +
+          `${was ?? "none"} → ${now ?? "none"}), so its data position means other windows; ` +
+          `restore the corpus, or start a new run (--fresh or --set name=…)`,
+      );
+    }
   }
   print(
     data.summary ??
@@ -468,6 +478,13 @@ async function trainUnlocked(cfg: Config, opts: RunOptions, lockPath: string): P
           optimizer: { step: optimizer.step, lr: optimizer.lr },
           dropoutRng: dropout.state,
           savedAt: new Date().toISOString(),
+          data: {
+            source: data.source ?? cfg.data.path,
+            fingerprint: data.fingerprint ?? null,
+            epoch: state.epoch,
+            batch: state.batch,
+            batchesPerEpoch: data.trainLoader.length,
+          },
         },
         params,
         await optimizer.stateTensors(),

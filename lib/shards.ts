@@ -16,6 +16,7 @@ import {
   type SplitOptions,
   type VerdictData,
 } from "./data.ts";
+import { createHash } from "node:crypto";
 import { UserError } from "./errors.ts";
 
 /** Name of the index file inside a shard directory. */
@@ -101,6 +102,16 @@ export function readIndex(dir: string, vocabSize = GPT2_VOCAB_SIZE): ShardIndex 
     );
   }
   return index;
+}
+
+/** A short hash of what a shard directory holds: its sources (paths, hashes, split) and shard layout. */
+export function indexFingerprint(index: ShardIndex): string {
+  const what = JSON.stringify([
+    index.tokenizer,
+    index.shard_tokens,
+    index.sources.map((s) => [s.path, s.sha256, s.split]),
+  ]);
+  return createHash("sha256").update(what).digest("hex").slice(0, 16);
 }
 
 /** Checks that every shard of `split` exists with the size the index gives; returns their paths. */
@@ -329,6 +340,8 @@ export function createShardLoaders(dir: string, index: ShardIndex, o: SplitOptio
     valTokens: val.tokens,
     trainLoader,
     valLoader,
+    source: dir,
+    fingerprint: indexFingerprint(index),
     summary: `data: ${dir}: ${index.sources.length} documents, ${(bytes / 1e6).toFixed(2)} MB, ` +
       `${
         train.tokens + val.tokens

@@ -4,6 +4,7 @@
  * window, and every bad input is one UserError line.
  */
 import { deepStrictEqual as assertEquals, ok, rejects, throws } from "node:assert/strict";
+import { loadCheckpoint } from "../lib/checkpoint.ts";
 import { loadExperiment } from "../lib/config.ts";
 import {
   dataSourceKind,
@@ -164,11 +165,17 @@ Deno.test("corpus run: stop mid-epoch + --resume continues at the same window (s
   const stopped = await runTraining(cfg, { ...opts, stopAfterSteps: 4 });
   assertEquals(stopped.status, "interrupted");
   assertEquals(stopped.state.batch, 4);
+  const meta = (await loadCheckpoint(`${tmp}/ck/b/checkpoint.safetensors`)).meta;
+  assertEquals([meta.data?.epoch, meta.data?.batch, meta.data?.source], [0, 4, `${tmp}/shards`]);
+  ok(/^[0-9a-f]{16}$/.test(meta.data?.fingerprint ?? ""));
   const resumed = await runTraining(cfg, { ...opts, resume: true });
   const evals = (run: string) =>
     readRunLog(`${tmp}/ck/${run}/log.jsonl`).evals.map((e) => [e.step, e.train_loss, e.val_loss]);
   assertEquals(evals("b"), evals("a"));
   assertEquals(resumed.state, straight.state);
+  // Other data under the same position is refused.
+  await Deno.writeTextFile(`${tmp}/corpus/generated-0.txt`, "Other words entirely.\n");
+  await rejects(runTraining(cfg, { ...opts, resume: true }), userError(/the data changed since/));
 });
 
 Deno.test("data.path kinds: one file, a directory, a glob, a shard directory", async () => {
