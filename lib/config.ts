@@ -346,6 +346,13 @@ function validate(path: string, cfg: Record<string, Json>, source: Map<string, s
       `${c.data.max_length} exceeds model.context_length ${c.model.context_length}`,
     );
   }
+  if (c.data.shard_tokens <= (c.data.max_length ?? c.model.context_length)) {
+    throw fail(
+      ["data.shard_tokens", "model.context_length", "data.max_length"],
+      `${c.data.shard_tokens} tokens per shard leave no window of ` +
+        `${(c.data.max_length ?? c.model.context_length) + 1} tokens (windows never cross shards)`,
+    );
+  }
   if (c.init.from === "gpt2" && !c.init.weights) {
     throw fail(["init.weights", "init.from"], "init.from is gpt2 but no weights file is given");
   }

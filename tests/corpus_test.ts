@@ -247,6 +247,19 @@ Deno.test("bad shards: other tokenizer, other vocab size, missing or truncated s
   throws(() => createShardLoaders(dir, index, split), userError(/missing shard/));
 });
 
+Deno.test("config: data.shard_tokens is checked in one line naming the key", async () => {
+  await rejects(
+    loadExperiment("experiments/corpus-small.yaml", ["data.shard_tokens=64"]),
+    userError(
+      /^--set data\.shard_tokens=64: data\.shard_tokens: 64 tokens per shard leave no window of 65/,
+    ),
+  );
+  await rejects(
+    loadExperiment("experiments/corpus-small.yaml", ["data.shard_tokens=0"]),
+    userError(/data\.shard_tokens: 0 is not a positive integer/),
+  );
+});
+
 Deno.test("deno task prepare: bad input is one line and exit 2; a good corpus prepares", async () => {
   const tmp = await Deno.makeTempDir();
   await buildCorpus(`${tmp}/c`);
