@@ -178,6 +178,15 @@ Deno.test("corpus run: stop mid-epoch + --resume continues at the same window (s
   await rejects(runTraining(cfg, { ...opts, resume: true }), userError(/the data changed since/));
 });
 
+Deno.test("experiments/corpus-small.yaml: builds data/corpus-small, prepares it and has train and val batches", async () => {
+  await buildCorpus();
+  const cfg = await loadExperiment("experiments/corpus-small.yaml");
+  const data = await prepareData(cfg, quiet);
+  ok(data.summary?.startsWith("data: data/corpus-small.shards: 12 documents"), data.summary);
+  ok(data.trainLoader.length > 5 && data.valLoader.length > 0);
+  assertEquals(readIndex("data/corpus-small.shards").splits.train.documents, 9); // seed 123 draws 3 of 12 documents for val
+});
+
 Deno.test("data.path kinds: one file, a directory, a glob, a shard directory", async () => {
   const { tmp, dir, files } = await prepared();
   assertEquals(dataSourceKind(files[0]), "text");
