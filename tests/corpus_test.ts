@@ -269,6 +269,55 @@ Deno.test("config: data.shard_tokens is checked in one line naming the key", asy
   );
 });
 
+Deno.test("an interrupted prepare (killed mid-way) leaves no index and no shard a later run would read", async () => {
+  const tmp = await Deno.makeTempDir();
+  await Deno.mkdir(`${tmp}/c`);
+  for (let i = 0; i < 4; i++) {
+    await Deno.writeTextFile(`${tmp}/c/big-${i}.txt`, generatedText(i, 600_000));
+  }
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "tasks/prepare.ts",
+      "experiments/corpus-small.yaml",
+      "--set",
+      `data.path=${tmp}/c`,
+      "--set",
+      `data.shards=${tmp}/s`,
+      "--set",
+      "data.shard_tokens=50000",
+    ],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const t0 = Date.now();
+  while (Date.now() - t0 < 60_000) {
+    const names = await Array.fromAsync(Deno.readDir(`${tmp}/s`)).catch(() => []);
+    if (names.some((e) => e.name.endsWith(".bin"))) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  child.kill("SIGKILL");
+  await child.status;
+  throws(() => readIndex(`${tmp}/s`), userError(/no shard index; run deno task prepare first/));
+  // A later prepare finishes and removes what the killed one left.
+  const r = await prepareCorpus(`${tmp}/c`, {
+    shardDir: `${tmp}/s`,
+    seed: 1,
+    trainRatio: 0.5,
+    shardTokens: 50000,
+    ...quiet,
+  });
+  const names = [...Deno.readDirSync(`${tmp}/s`)].map((e) => e.name).sort();
+  const named = [
+    "index.json",
+    ...r.index.splits.train.shards.map((x) => x.file),
+    ...r.index.splits.val.shards.map((x) => x.file),
+  ];
+  assertEquals(names, named.sort());
+  createShardLoaders(`${tmp}/s`, r.index, split);
+});
+
 Deno.test("deno task prepare: bad input is one line and exit 2; a good corpus prepares", async () => {
   const tmp = await Deno.makeTempDir();
   await buildCorpus(`${tmp}/c`);
