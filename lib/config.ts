@@ -25,6 +25,7 @@ export interface DataConfig {
   train_ratio: number; // one file: first floor(ratio * chars) characters train; a corpus: fraction of documents
   shards: string | null; // where `deno task prepare` writes a corpus's shards (null: <corpus dir>.shards)
   shard_tokens: number; // tokens per shard file (uint16 ids: 2 bytes each)
+  shuffle_shards: number; // shards whose windows the train loader mixes at a time (memory: this many shards)
   batch_size: number;
   stride: number | null; // null: stride = the window length (no overlap)
   max_length: number | null; // tokens per window; null: model.context_length
@@ -95,7 +96,8 @@ export const DEFAULTS: Config = {
       "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/the-verdict.txt",
     train_ratio: 0.9,
     shards: null,
-    shard_tokens: 1_000_000, // 2 MB per shard: one shard is what a streaming loader holds in memory
+    shard_tokens: 1_000_000, // 2 MB per shard
+    shuffle_shards: 4, // a streaming train loader holds 4 shards (8 MB) and shuffles their windows together
     batch_size: 2,
     stride: null,
     max_length: null,
@@ -170,6 +172,7 @@ const SCHEMA: Record<string, Check | Record<string, Check>> = {
     train_ratio: num(0, 1, [true, true]),
     shards: nullable(str),
     shard_tokens: positiveInt,
+    shuffle_shards: positiveInt,
     batch_size: positiveInt,
     stride: nullable(positiveInt),
     max_length: nullable(positiveInt),

@@ -163,7 +163,12 @@ export async function prepareData(
       );
     }
   }
-  return createShardLoaders(dir, readIndex(dir, cfg.model.vocab_size), split);
+  return createShardLoaders(
+    dir,
+    readIndex(dir, cfg.model.vocab_size),
+    split,
+    cfg.data.shuffle_shards,
+  );
 }
 
 /** Appendix D's schedule for the config (null: constant lr, the chapter-5 loop). */

@@ -4,8 +4,8 @@
  * into place after every shard it names, so a reader never sees a half-written shard.
  *
  * {@link ShardLoader} streams the book's sliding windows (section 2.6) from the shards with bounded memory: one shard
- * in memory at a time; the train loader visits shards in an order shuffled per (seed, epoch) and shuffles the
- * windows within each shard. Batch `k` of an epoch is always the same windows, so a checkpoint's (epoch, batch)
+ * buffer in memory at a time; the train loader visits shards in an order shuffled per (seed, epoch) and shuffles
+ * the windows of each run of `shuffleShards` consecutive shards (the buffer) together. Batch `k` of an epoch is always the same windows, so a checkpoint's (epoch, batch)
  * is the data position and `--resume` continues at the same window.
  */
 import {
@@ -27,6 +27,9 @@ export const INDEX_VERSION = 1;
 export const TOKENIZER = "gpt2";
 /** GPT-2's vocabulary size: every id fits in a uint16. */
 export const GPT2_VOCAB_SIZE = 50257;
+
+/** Shards whose windows a shuffling loader mixes at a time (its memory: this many shards). */
+export const DEFAULT_SHUFFLE_SHARDS = 4;
 
 /** The two parts of a corpus. */
 export type SplitName = "train" | "val";
@@ -233,6 +236,7 @@ export class ShardLoader implements BatchLoader {
     readonly split: SplitName,
     readonly opts: LoaderOptions,
     readonly seed: number,
+    readonly shuffleShards = DEFAULT_SHUFFLE_SHARDS,
   ) {
     this.paths = checkShards(dir, index, split);
     this.shards = index.splits[split].shards;
@@ -263,20 +267,28 @@ export class ShardLoader implements BatchLoader {
     let skip = from * B; // windows before the first batch wanted
     let made = from;
     let inputs = new Int32Array(B * T), targets = new Int32Array(B * T), rows = 0;
-    for (const s of shardOrder) {
+    // The shuffle buffer: `shuffleShards` consecutive shards of the epoch's order, their windows mixed.
+    const k = shuffle ? this.shuffleShards : 1;
+    for (let g = 0; g * k < shardOrder.length; g++) {
       if (made >= to) return;
-      const n = this.windowsPerShard[s];
+      const group = Array.from(shardOrder.subarray(g * k, (g + 1) * k));
+      const firsts = [0]; // first window of each shard of the group, in the group's numbering
+      for (const s of group) firsts.push(firsts.at(-1)! + this.windowsPerShard[s]);
+      const n = firsts.at(-1)!;
       if (skip >= n) {
         skip -= n;
         continue;
       }
-      const ids = readShard(this.paths[s], this.shards[s].tokens);
-      const order = permutation(n, shuffle, (epochSeed * 31 + s) >>> 0);
+      const ids = group.map((s) => readShard(this.paths[s], this.shards[s].tokens));
+      const order = permutation(n, shuffle, (epochSeed * 31 + g) >>> 0);
       for (let w = skip; w < n; w++) {
-        const start = order[w] * stride;
+        const win = order[w];
+        let j = 0;
+        while (win >= firsts[j + 1]) j++;
+        const src = ids[j], start = (win - firsts[j]) * stride;
         for (let t = 0; t < T; t++) {
-          inputs[rows * T + t] = ids[start + t];
-          targets[rows * T + t] = ids[start + t + 1];
+          inputs[rows * T + t] = src[start + t];
+          targets[rows * T + t] = src[start + t + 1];
         }
         if (++rows === B) {
           yield { inputs, targets, batchSize: B, maxLength: T };
@@ -302,13 +314,25 @@ export class ShardLoader implements BatchLoader {
  * within a shard) and drops the last short batch; the val loader keeps the order and the last batch. Throws a
  * UserError when a split is too small for one window or one batch.
  */
-export function createShardLoaders(dir: string, index: ShardIndex, o: SplitOptions): VerdictData {
+export function createShardLoaders(
+  dir: string,
+  index: ShardIndex,
+  o: SplitOptions,
+  shuffleShards = DEFAULT_SHUFFLE_SHARDS,
+): VerdictData {
   const common = { batchSize: o.batchSize, maxLength: o.contextLength, stride: o.stride };
-  const trainLoader = new ShardLoader(dir, index, "train", {
-    ...common,
-    shuffle: true,
-    dropLast: true,
-  }, o.seed);
+  const trainLoader = new ShardLoader(
+    dir,
+    index,
+    "train",
+    {
+      ...common,
+      shuffle: true,
+      dropLast: true,
+    },
+    o.seed,
+    shuffleShards,
+  );
   const valLoader = new ShardLoader(dir, index, "val", {
     ...common,
     shuffle: false,

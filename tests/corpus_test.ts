@@ -137,6 +137,19 @@ Deno.test("streaming loader: batch k of an epoch is the same whether read from 0
   const firsts = new Set(all.flatMap((b) => [b.inputs[0], b.inputs[32]]));
   ok(firsts.size > 10);
   for (const b of all) assertEquals(b.inputs.subarray(1, 32), b.targets.subarray(0, 31));
+  // Every window exactly once per epoch, whatever the shuffle buffer.
+  const index = readIndex(dir);
+  const windowsOf = (shuffle: boolean, k: number) => {
+    const opts = { batchSize: 1, maxLength: 32, stride: 32, shuffle, dropLast: true };
+    const l = new ShardLoader(dir, index, "train", opts, 123, k);
+    return [...l.batches(3)].map((b) => b.inputs.join(","));
+  };
+  const plain = windowsOf(false, 1);
+  for (const k of [1, 3, 100]) {
+    const mixed = windowsOf(true, k);
+    ok(mixed.join() !== plain.join());
+    assertEquals([...mixed].sort(), [...plain].sort());
+  }
   // The val loader keeps order and its last short batch.
   const val = data.valLoader as ShardLoader;
   assertEquals([...val.ordered()].reduce((n, b) => n + b.batchSize, 0), val.windows);
