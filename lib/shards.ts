@@ -255,9 +255,37 @@ export class ShardLoader implements BatchLoader {
     yield* this.stream(epoch, from, this.length, this.opts.shuffle);
   }
 
-  /** The first `limit` batches in shard order, unshuffled (evaluation). */
+  /**
+   * `limit` batches for evaluation, unshuffled: all of them in shard order, or fewer whose windows are spread evenly
+   * over the whole split (the first batches of a corpus would be its first documents only). The same every call.
+   */
   *ordered(limit = this.length): Generator<Batch> {
-    yield* this.stream(0, 0, Math.min(limit, this.length), false);
+    const n = Math.min(limit, this.length);
+    if (n === this.length) return yield* this.stream(0, 0, n, false);
+    const { batchSize: B, maxLength: T, stride } = this.opts;
+    const want = n * B; // windows; want < this.windows since n < length
+    let next = 0, base = 0; // next pick, and the first window of the current shard in the split's numbering
+    let inputs = new Int32Array(B * T), targets = new Int32Array(B * T), rows = 0;
+    for (let s = 0; s < this.shards.length && next < want; s++) {
+      const end = base + this.windowsPerShard[s];
+      const pick = () => Math.floor((next * this.windows) / want);
+      if (pick() < end) {
+        const ids = readShard(this.paths[s], this.shards[s].tokens);
+        for (let w = pick(); w < end && next < want; w = pick()) {
+          const start = (w - base) * stride;
+          for (let t = 0; t < T; t++) {
+            inputs[rows * T + t] = ids[start + t];
+            targets[rows * T + t] = ids[start + t + 1];
+          }
+          next++;
+          if (++rows === B) {
+            yield { inputs, targets, batchSize: B, maxLength: T };
+            inputs = new Int32Array(B * T), targets = new Int32Array(B * T), rows = 0;
+          }
+        }
+      }
+      base = end;
+    }
   }
 
   private *stream(epoch: number, from: number, to: number, shuffle: boolean): Generator<Batch> {

@@ -150,6 +150,21 @@ Deno.test("streaming loader: batch k of an epoch is the same whether read from 0
     ok(mixed.join() !== plain.join());
     assertEquals([...mixed].sort(), [...plain].sort());
   }
+  // A few evaluation batches sample the whole split evenly, the same every time.
+  const few = [...train.ordered(3)];
+  assertEquals(few.length, 3);
+  assertEquals(few, [...train.ordered(3)]);
+  const plainFirst = windowsOf(false, 1);
+  const at = (b: (typeof few)[number], r: number) =>
+    b.inputs.subarray(r * 32, r * 32 + 32).join(",");
+  const picked = few.flatMap((b) => [at(b, 0), at(b, 1)]);
+  const where = picked.map((w) => plainFirst.indexOf(w));
+  assertEquals(where[0], 0);
+  ok(where.every((i, j) => j === 0 || i > where[j - 1]), `in order: ${where}`);
+  ok(
+    where.at(-1)! > plainFirst.length * 0.7,
+    `spread to the end: ${where} of ${plainFirst.length}`,
+  );
   // The val loader keeps order and its last short batch.
   const val = data.valLoader as ShardLoader;
   assertEquals([...val.ordered()].reduce((n, b) => n + b.batchSize, 0), val.windows);
