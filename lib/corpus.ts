@@ -163,6 +163,8 @@ interface FileCheck {
 }
 
 const READ_BYTES = 4 << 20;
+/** Progress in a log (stderr not a terminal): one line every 10 s, none for a prepare that takes less. */
+const PROGRESS_LOG_MS = 10_000;
 
 /** Reads a file in 4 MB blocks, calling `onBlock` with each (a view valid until the next call). */
 async function readBlocks(path: string, onBlock: (b: Uint8Array) => Promise<void> | void) {
@@ -403,7 +405,9 @@ export async function prepareCorpus(source: string, o: PrepareOptions): Promise<
     train: new ShardWriter(o.shardDir, "train", generation, shardTokens),
     val: new ShardWriter(o.shardDir, "val", generation, shardTokens),
   };
-  const nWorkers = Math.max(1, Math.min(o.workers ?? navigator.hardwareConcurrency, files.length));
+  // Pieces, not files, are the unit of work: one big file keeps every worker busy.
+  const pieces = files.reduce((n, _, i) => n + Math.ceil(sizes[i] / PIECE_CHARS), 0);
+  const nWorkers = Math.max(1, Math.min(o.workers ?? navigator.hardwareConcurrency, pieces));
   const pool = new WorkerPool(nWorkers);
   const sources: SourceInfo[] = [];
   const skipped: string[] = [];
@@ -411,14 +415,14 @@ export async function prepareCorpus(source: string, o: PrepareOptions): Promise<
   const show = (final = false) => {
     if (o.progress === false) return;
     const now = performance.now();
-    if (!final && now - lastShow < 500) return;
+    const tty = Deno.stderr.isTerminal();
+    if (!final && now - lastShow < (tty ? 500 : PROGRESS_LOG_MS)) return;
     lastShow = now;
     const s = (now - t0) / 1000, mbs = doneBytes / 1e6 / s;
     const line = `prepare: ${(doneBytes / 1e6).toFixed(1)}/${(totalBytes / 1e6).toFixed(1)} MB, ` +
       `${mbs.toFixed(1)} MB/s, ETA ${formatDuration((totalBytes - doneBytes) / 1e6 / mbs)}`;
-    if (Deno.stderr.isTerminal()) {
-      Deno.stderr.writeSync(new TextEncoder().encode(`\r${line}\x1b[K${final ? "\n" : ""}`));
-    } else if (final || now - t0 > 2000) console.error(line);
+    if (tty) Deno.stderr.writeSync(new TextEncoder().encode(`\r${line}\x1b[K${final ? "\n" : ""}`));
+    else if (final || now - t0 > PROGRESS_LOG_MS) console.error(line);
   };
   // Steps applied strictly in corpus order; their work (encoding) runs ahead on the workers, at most
   // `lookahead` pieces (bounded memory).
