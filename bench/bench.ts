@@ -3,7 +3,9 @@
  * JSON line per case: train step (batch 2 and 8), eval forward, greedy sampling of 25 tokens — median seconds,
  * tokens/s, peak RSS of the case's own process, backend. With Python + torch installed, the same train step in
  * PyTorch (bench/torch_step.py) at both thread settings; the faster one is PyTorch's figure and our train-step lines
- * get `ratio_vs_pytorch` (ours tokens/s ÷ PyTorch's). Timings live here, never in tests.
+ * get `ratio_vs_pytorch` (ours tokens/s ÷ PyTorch's). Two data lines: `tokenize` (MB/s of `prepare` on every core
+ * over a generated corpus of --corpus-mb MB, default 200) and `loader` (train windows/s streamed from its shards),
+ * each with peak RSS; --data-only runs just those, --no-data skips them. Timings live here, never in tests.
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { parseArgs } from "node:util";
@@ -17,6 +19,9 @@ import { DropoutRng } from "../lib/ops.ts";
 import { TorchGenerator } from "../lib/rng.ts";
 import { textToTokenIds } from "../lib/tokenizer.ts";
 import { trainStep } from "../lib/train.ts";
+import { prepareCorpus } from "../lib/corpus.ts";
+import { splitmix32 } from "../lib/data.ts";
+import { readIndex, ShardLoader } from "../lib/shards.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -27,6 +32,9 @@ const { values } = parseArgs({
     experiment: { type: "string", default: "experiments/verdict.yaml" },
     case: { type: "string" },
     batch: { type: "string", default: "2" },
+    "corpus-mb": { type: "string", default: "200" },
+    "data-only": { type: "boolean", default: false },
+    "no-data": { type: "boolean", default: false },
   },
 });
 const steps = Number(values.steps ?? (values.quick ? 1 : 3));
@@ -100,8 +108,85 @@ async function runCase(name: string, batch: number): Promise<Record<string, unkn
   };
 }
 
+/** Generated corpus of about `mb` MB: files of ~4 MB of The Verdict's paragraphs in a seeded random order. */
+async function benchCorpus(mb: number): Promise<string> {
+  const dir = `bench/out/corpus-${mb}MB`;
+  const target = mb * 1e6, perFile = Math.min(4e6, target);
+  const files = Math.ceil(target / perFile);
+  const have = await Array.fromAsync(Deno.readDir(dir)).catch(() => []);
+  if (have.length === files) return dir;
+  await Deno.mkdir(dir, { recursive: true });
+  const paras = (await Deno.readTextFile("data/the-verdict.txt")).split("\n\n");
+  const rand = splitmix32(42);
+  for (let f = 0; f < files; f++) {
+    const parts: string[] = [];
+    let n = 0;
+    while (n < perFile) {
+      const p = paras[Math.floor(rand() * paras.length)];
+      parts.push(p);
+      n += p.length + 2;
+    }
+    await Deno.writeTextFile(`${dir}/part-${String(f).padStart(4, "0")}.txt`, parts.join("\n\n"));
+  }
+  return dir;
+}
+
+/** The data cases: tokenizing a corpus on every core, and streaming train windows from its shards. */
+async function runDataCase(name: string, corpus: string): Promise<Record<string, unknown>> {
+  const shardDir = `${corpus}.shards`;
+  if (name === "tokenize") {
+    const r = await prepareCorpus(corpus, {
+      shardDir,
+      seed: 123,
+      trainRatio: 0.9,
+      force: true,
+      progress: false,
+      print: () => {},
+    });
+    return {
+      case: "tokenize",
+      encoder: r.encoder,
+      workers: navigator.hardwareConcurrency,
+      mb: r.bytes / 1e6,
+      tokens: r.index.splits.train.tokens + r.index.splits.val.tokens,
+      seconds: r.seconds,
+      mb_per_s: r.bytes / 1e6 / r.seconds,
+      peak_rss_mb: peakRssMb(),
+    };
+  }
+  const T = 256, B = 8;
+  const loader = new ShardLoader(shardDir, readIndex(shardDir), "train", {
+    batchSize: B,
+    maxLength: T,
+    stride: T,
+    shuffle: true,
+    dropLast: true,
+  }, 123);
+  let windows = 0;
+  const t0 = performance.now();
+  for (const b of loader.batches(0)) {
+    windows += b.batchSize;
+    if (performance.now() - t0 > 10_000) break; // enough for a rate
+  }
+  const s = (performance.now() - t0) / 1000;
+  return {
+    case: "loader",
+    batch: B,
+    context: T,
+    windows,
+    seconds: s,
+    windows_per_s: windows / s,
+    tokens_per_s: (windows * T) / s,
+    shard_mb: loader.shards[0].tokens * 2 / 1e6,
+    peak_rss_mb: peakRssMb(),
+  };
+}
+
 if (values.case) {
-  console.log(JSON.stringify(await runCase(values.case, Number(values.batch))));
+  const r = values.case === "tokenize" || values.case === "loader"
+    ? await runDataCase(values.case, values.experiment!)
+    : await runCase(values.case, Number(values.batch));
+  console.log(JSON.stringify(r));
   Deno.exit(0);
 }
 
@@ -122,6 +207,20 @@ async function sub(
 // The case processes read their peak RSS from /proc/<pid>/status, which Deno grants only with --allow-all.
 const self = ["run", "--allow-all", new URL(import.meta.url).pathname];
 const ours: Record<string, unknown>[] = [];
+const dataLines: Record<string, unknown>[] = [];
+if (!values["no-data"]) {
+  const mb = Number(values["corpus-mb"]);
+  if (!(mb > 0)) throw new Error(`--corpus-mb ${values["corpus-mb"]}: expected a positive number`);
+  const corpus = await benchCorpus(mb);
+  for (const name of ["tokenize", "loader"]) {
+    const r = await sub(Deno.execPath(), [...self, "--experiment", corpus, "--case", name]);
+    dataLines.push(r ?? { case: name, error: "case failed" });
+  }
+  if (values["data-only"]) {
+    for (const r of dataLines) console.log(JSON.stringify(r));
+    Deno.exit(0);
+  }
+}
 for (
   const [name, batch] of [["train_step", 2], ["train_step", 8], ["eval_forward", 2], [
     "sample_25_tokens",
@@ -175,6 +274,7 @@ for (const r of ours) {
   console.log(JSON.stringify(r));
 }
 for (const t of Object.values(torchBest)) console.log(JSON.stringify(t));
+for (const r of dataLines) console.log(JSON.stringify(r));
 if (!values["no-torch"] && Object.keys(torchBest).length === 0) {
   console.log(
     JSON.stringify({

@@ -21,6 +21,17 @@ export interface CheckpointMeta {
   optimizer: { step: number; lr: number };
   dropoutRng: number[];
   savedAt: string;
+  /** Where the train loader stands: batch `batch` of epoch `epoch` over the data `fingerprint` names. */
+  data?: DataPosition;
+}
+
+/** The data position of a checkpoint; `--resume` continues at this window, and only over the same data. */
+export interface DataPosition {
+  source: string; // data.path, or the shard directory of a corpus
+  fingerprint: string | null; // hash of the prepared corpus (sources, hashes, split); null for one text file
+  epoch: number;
+  batch: number; // next batch of the epoch: windows batch × batch_size onward
+  batchesPerEpoch: number;
 }
 
 /** A loaded checkpoint: metadata, model parameters and optimizer moments (both by name). */

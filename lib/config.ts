@@ -20,9 +20,12 @@ export interface ModelConfig {
 
 /** Where the text comes from and how it becomes batches (section 2.6, 5.1). */
 export interface DataConfig {
-  path: string; // text file, relative to the working directory
-  url: string | null; // downloaded to `path` when the file is missing
-  train_ratio: number; // character split: first floor(ratio * chars) characters train
+  path: string; // one text file (the book), a directory or glob of .txt files, or a prepared shard directory
+  url: string | null; // downloaded to `path` when the file is missing (one text file only)
+  train_ratio: number; // one file: first floor(ratio * chars) characters train; a corpus: fraction of documents
+  shards: string | null; // where `deno task prepare` writes a corpus's shards (null: <corpus dir>.shards)
+  shard_tokens: number; // tokens per shard file (uint16 ids: 2 bytes each)
+  shuffle_shards: number; // shards whose windows the train loader mixes at a time (memory: this many shards)
   batch_size: number;
   stride: number | null; // null: stride = the window length (no overlap)
   max_length: number | null; // tokens per window; null: model.context_length
@@ -92,6 +95,9 @@ export const DEFAULTS: Config = {
     url:
       "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/the-verdict.txt",
     train_ratio: 0.9,
+    shards: null,
+    shard_tokens: 1_000_000, // 2 MB per shard
+    shuffle_shards: 4, // a streaming train loader holds 4 shards (8 MB) and shuffles their windows together
     batch_size: 2,
     stride: null,
     max_length: null,
@@ -164,6 +170,9 @@ const SCHEMA: Record<string, Check | Record<string, Check>> = {
     path: str,
     url: nullable(str),
     train_ratio: num(0, 1, [true, true]),
+    shards: nullable(str),
+    shard_tokens: positiveInt,
+    shuffle_shards: positiveInt,
     batch_size: positiveInt,
     stride: nullable(positiveInt),
     max_length: nullable(positiveInt),
@@ -338,6 +347,13 @@ function validate(path: string, cfg: Record<string, Json>, source: Map<string, s
     throw fail(
       ["data.max_length", "model.context_length"],
       `${c.data.max_length} exceeds model.context_length ${c.model.context_length}`,
+    );
+  }
+  if (c.data.shard_tokens <= (c.data.max_length ?? c.model.context_length)) {
+    throw fail(
+      ["data.shard_tokens", "model.context_length", "data.max_length"],
+      `${c.data.shard_tokens} tokens per shard leave no window of ` +
+        `${(c.data.max_length ?? c.model.context_length) + 1} tokens (windows never cross shards)`,
     );
   }
   if (c.init.from === "gpt2" && !c.init.weights) {

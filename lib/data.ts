@@ -38,8 +38,21 @@ export interface LoaderOptions {
   dropLast: boolean;
 }
 
+/**
+ * What training and evaluation need of a loader: the book's in-memory {@link DataLoader} and the streaming
+ * ShardLoader (lib/shards.ts) both provide it, so model and training code never know where the data comes from.
+ */
+export interface BatchLoader {
+  /** Batches per epoch (`len(loader)`). */
+  readonly length: number;
+  /** The batches of one epoch from batch `from`; the same (seed, epoch) gives the same batches. */
+  batches(epoch: number, from?: number): Generator<Batch>;
+  /** The first `limit` batches in text order, unshuffled (evaluation). */
+  ordered(limit?: number): Generator<Batch>;
+}
+
 /** A re-iterable loader over a dataset; `batches(epoch)` yields the same order for the same (seed, epoch). */
-export class DataLoader {
+export class DataLoader implements BatchLoader {
   constructor(
     readonly dataset: GPTDatasetV1,
     readonly opts: LoaderOptions,
@@ -107,8 +120,13 @@ export interface VerdictData {
   tokens: number;
   trainTokens: number;
   valTokens: number;
-  trainLoader: DataLoader;
-  valLoader: DataLoader;
+  trainLoader: BatchLoader;
+  valLoader: BatchLoader;
+  /** One line about the data for the run's output (set for corpora; the book's line otherwise). */
+  summary?: string;
+  /** Where the data is read from, and a hash of what it holds (corpora), for the checkpoint's data position. */
+  source?: string;
+  fingerprint?: string;
 }
 
 /** Settings of {@link createLoaders}; a subset of the experiment config. */

@@ -3,7 +3,7 @@
  * losses over a loader) and perplexity.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import type { Batch, DataLoader } from "./data.ts";
+import type { Batch, BatchLoader } from "./data.ts";
 import type { ForwardOptions, GPTModel } from "./model.ts";
 
 /** Mean cross-entropy of one batch as a scalar tensor (differentiable). */
@@ -22,7 +22,7 @@ export function calcLossBatch(model: GPTModel, batch: Batch, opts: ForwardOption
  * The book's calc_loss_loader in eval mode: the mean of the per-batch losses of the first `numBatches` batches
  * (all when omitted). Batches come in text order, so evaluations are comparable across epochs.
  */
-export function calcLossLoader(model: GPTModel, loader: DataLoader, numBatches?: number): number {
+export function calcLossLoader(model: GPTModel, loader: BatchLoader, numBatches?: number): number {
   const n = Math.min(numBatches ?? loader.length, loader.length);
   if (n === 0) return NaN;
   let total = 0;

@@ -14,6 +14,7 @@ import {
   saveCheckpoint,
 } from "./checkpoint.ts";
 import { type Config, configHash } from "./config.ts";
+import { dataSourceKind, defaultShardDir, prepareCorpus } from "./corpus.ts";
 import { createLoaders, type VerdictData } from "./data.ts";
 import { UserError } from "./errors.ts";
 import { initialParams } from "./load.ts";
@@ -22,6 +23,7 @@ import { DropoutRng } from "./ops.ts";
 import { formatDuration, Progress } from "./progress.ts";
 import { acquireRunLock } from "./lock.ts";
 import { RunLog } from "./runlog.ts";
+import { createShardLoaders, readIndex } from "./shards.ts";
 import { learningRate, type LrSchedule } from "./schedule.ts";
 import {
   initialTrainState,
@@ -119,17 +121,54 @@ async function gitCommit(): Promise<string | null> {
   }
 }
 
-/** Builds loaders for the experiment's text and reports the book's data figures. */
-export async function prepareData(cfg: Config): Promise<VerdictData> {
-  const text = await loadText(cfg);
-  return createLoaders(text, {
+/** Where a config's shards are: data.path itself when it is a shard directory, else data.shards or its default. */
+export function shardDirOf(cfg: Config): string {
+  return dataSourceKind(cfg.data.path) === "shards"
+    ? cfg.data.path
+    : cfg.data.shards ?? defaultShardDir(cfg.data.path);
+}
+
+/**
+ * Builds loaders for the experiment's data and reports its figures. One text file: the book's character split and
+ * in-memory loaders. A directory or glob of .txt files: prepared into shards first (a no-op when unchanged), then
+ * streamed. A shard directory: streamed.
+ */
+export async function prepareData(
+  cfg: Config,
+  opts: { progress?: boolean; print?: (line: string) => void } = {},
+): Promise<VerdictData> {
+  const split = {
     trainRatio: cfg.data.train_ratio,
     batchSize: cfg.data.batch_size,
     contextLength: cfg.data.max_length ?? cfg.model.context_length,
     stride: cfg.data.stride ?? cfg.data.max_length ?? cfg.model.context_length,
     seed: cfg.training.seed,
     source: cfg.data.path,
-  });
+  };
+  const kind = dataSourceKind(cfg.data.path);
+  if (kind === "text") return createLoaders(await loadText(cfg), split);
+  const dir = shardDirOf(cfg);
+  if (kind === "corpus") {
+    const r = await prepareCorpus(cfg.data.path, {
+      shardDir: dir,
+      seed: cfg.training.seed,
+      trainRatio: cfg.data.train_ratio,
+      shardTokens: cfg.data.shard_tokens,
+      progress: opts.progress,
+      print: opts.print,
+    });
+    if (!r.upToDate) {
+      (opts.print ?? console.error)(
+        `prepared ${dir}: ${r.tokenized} files tokenized, ${r.reused} unchanged, ${r.skipped.length} skipped`,
+      );
+    }
+  }
+  return createShardLoaders(
+    dir,
+    readIndex(dir, cfg.model.vocab_size),
+    split,
+    cfg.data.shuffle_shards,
+  );
 }
 
 /** Appendix D's schedule for the config (null: constant lr, the chapter-5 loop). */
@@ -308,7 +347,7 @@ async function trainUnlocked(cfg: Config, opts: RunOptions, lockPath: string): P
     );
   }
 
-  const data = await prepareData(cfg);
+  const data = await prepareData(cfg, { progress: opts.progress, print });
   const stepsPerEpoch = Math.floor(data.trainLoader.length / cfg.training.grad_accum_steps);
   if (stepsPerEpoch === 0) {
     throw new UserError(
@@ -320,11 +359,22 @@ async function trainUnlocked(cfg: Config, opts: RunOptions, lockPath: string): P
   if (opts.resume) {
     ckpt = await loadCheckpoint(ckptPath);
     checkResumable(ckptPath, ckpt.meta.config, cfg, stepsPerEpoch, ckpt.meta.state.step);
+    const was = ckpt.meta.data?.fingerprint ?? null, now = data.fingerprint ?? null;
+    if (was !== now) {
+      throw new UserError(
+        `${ckptPath}: the data changed since this checkpoint (${
+          ckpt.meta.data?.source ?? cfg.data.path
+        }: ` +
+          `${was ?? "none"} → ${now ?? "none"}), so its data position means other windows; ` +
+          `restore the corpus, or start a new run (--fresh or --set name=…)`,
+      );
+    }
   }
   print(
-    `data: ${cfg.data.path}: ${data.chars} characters, ${data.tokens} tokens; ` +
-      `train ${data.trainLoader.length} batches, val ${data.valLoader.length} batches ` +
-      `of ${cfg.data.batch_size}×${cfg.data.max_length ?? cfg.model.context_length}`,
+    data.summary ??
+      `data: ${cfg.data.path}: ${data.chars} characters, ${data.tokens} tokens; ` +
+        `train ${data.trainLoader.length} batches, val ${data.valLoader.length} batches ` +
+        `of ${cfg.data.batch_size}×${cfg.data.max_length ?? cfg.model.context_length}`,
   );
 
   const nParams = GPTModel.countParams(cfg.model);
@@ -433,6 +483,13 @@ async function trainUnlocked(cfg: Config, opts: RunOptions, lockPath: string): P
           optimizer: { step: optimizer.step, lr: optimizer.lr },
           dropoutRng: dropout.state,
           savedAt: new Date().toISOString(),
+          data: {
+            source: data.source ?? cfg.data.path,
+            fingerprint: data.fingerprint ?? null,
+            epoch: state.epoch,
+            batch: state.batch,
+            batchesPerEpoch: data.trainLoader.length,
+          },
         },
         params,
         await optimizer.stateTensors(),

@@ -7,7 +7,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { installLeanGradients } from "./tape.ts";
 import type { AdamW } from "./adamw.ts";
-import type { Batch, DataLoader } from "./data.ts";
+import type { Batch, BatchLoader } from "./data.ts";
 import { generateSample } from "./generate.ts";
 import { calcLossBatch, calcLossLoader } from "./loss.ts";
 import type { GPTModel } from "./model.ts";
@@ -127,8 +127,8 @@ export function trainStep(
 /** The book's evaluate_model: mean train and val loss over `evalIter` batches each, without dropout. */
 export function evaluateModel(
   model: GPTModel,
-  trainLoader: DataLoader,
-  valLoader: DataLoader,
+  trainLoader: BatchLoader,
+  valLoader: BatchLoader,
   evalIter: number,
 ): { trainLoss: number; valLoss: number } {
   return {
@@ -145,8 +145,8 @@ export function evaluateModel(
  */
 export async function trainModelSimple(
   model: GPTModel,
-  trainLoader: DataLoader,
-  valLoader: DataLoader,
+  trainLoader: BatchLoader,
+  valLoader: BatchLoader,
   optimizer: AdamW,
   state: TrainState,
   o: TrainOptions,

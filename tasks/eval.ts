@@ -4,6 +4,7 @@
  * and checkpoints/<name>/report.md + report.json + loss.svg.
  */
 import { initBackend } from "../lib/backend.ts";
+import { dataSourceKind } from "../lib/corpus.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
@@ -11,12 +12,16 @@ import { loadModel } from "../lib/load.ts";
 import { evaluateLoaders, sampleTexts, writeReport } from "../lib/report.ts";
 import { prepareData } from "../lib/run.ts";
 
+/** Batches of each split that eval reads from a corpus by default: a fixed, comparable sample. */
+const CORPUS_EVAL_BATCHES = 50;
+
 const USAGE = `usage: deno task eval <experiment.yaml> [options]
 
 Evaluates the experiment's latest checkpoint on its train and val loaders and writes checkpoints/<name>/report.md.
 
 options:
-  --num-batches n    evaluate the first n batches of each loader (default: all)
+  --num-batches n    evaluate the first n batches of each loader (default: all for one text file,
+                     ${CORPUS_EVAL_BATCHES} for a corpus)
   --json             print the figures as one JSON line
   --init             evaluate the seeded untrained model (training.seed) instead of a checkpoint
   --checkpoint path  evaluate this checkpoint file
@@ -60,6 +65,9 @@ await runTask(async () => {
     checkpoint: values.checkpoint,
   });
   const data = await prepareData(cfg);
+  if (numBatches === undefined && dataSourceKind(cfg.data.path) !== "text") {
+    numBatches = CORPUS_EVAL_BATCHES;
+  }
   const figures = evaluateLoaders(model, data, source, numBatches);
   if (values.json) console.log(JSON.stringify(figures));
   else {
@@ -67,12 +75,12 @@ await runTask(async () => {
     console.log(
       `Training loss: ${figures.train_loss.toFixed(5)} (perplexity ${
         figures.train_perplexity.toFixed(1)
-      })`,
+      }; ${figures.batches.train} batches, ${figures.tokens.train} tokens)`,
     );
     console.log(
       `Validation loss: ${figures.val_loss.toFixed(5)} (perplexity ${
         figures.val_perplexity.toFixed(1)
-      })`,
+      }; ${figures.batches.val} batches, ${figures.tokens.val} tokens)`,
     );
   }
   if (!values["no-report"]) {

@@ -13,3 +13,60 @@ export async function ensureVerdict(): Promise<string> {
     return dest;
   }
 }
+
+/** Words of the generated documents of {@link buildCorpus}. */
+const WORDS =
+  ("the a painter studio canvas light morning sketch picture wife money fame house garden " +
+    "brush colour quiet laugh said looked never always again great small old new").split(" ");
+
+/**
+ * A deterministic pseudo-English document of `words` words (sentences of 6–15 words), for corpus tests and the
+ * generated part of experiments/corpus-small.yaml's corpus.
+ */
+export function generatedText(seed: number, words: number): string {
+  let s = seed >>> 0;
+  const rand = () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 4294967296;
+  };
+  const out: string[] = [];
+  let sentence: string[] = [];
+  for (let i = 0; i < words; i++) {
+    sentence.push(WORDS[Math.floor(rand() * WORDS.length)]);
+    if (sentence.length >= 6 + Math.floor(rand() * 10) || i === words - 1) {
+      const t = sentence.join(" ");
+      out.push(t[0].toUpperCase() + t.slice(1) + ".");
+      sentence = [];
+    }
+  }
+  return out.join(" ") + "\n";
+}
+
+/**
+ * Builds the multi-file corpus of experiments/corpus-small.yaml in `dir` (default data/corpus-small): The Verdict
+ * cut at paragraph breaks into 8 documents, plus 4 generated documents. Returns the file paths, sorted.
+ */
+export async function buildCorpus(dir = "data/corpus-small"): Promise<string[]> {
+  const text = await Deno.readTextFile(await ensureVerdict());
+  await Deno.mkdir(dir, { recursive: true });
+  const paras = text.split("\n\n");
+  const n = 8, k = Math.floor(paras.length / n);
+  const files: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const doc = paras.slice(i * k, i === n - 1 ? undefined : (i + 1) * k).join("\n\n");
+    files.push(`${dir}/verdict-${i}.txt`);
+    await writeIfChanged(files.at(-1)!, doc);
+  }
+  for (let i = 0; i < 4; i++) {
+    files.push(`${dir}/generated-${i}.txt`);
+    await writeIfChanged(files.at(-1)!, generatedText(i + 1, 800));
+  }
+  return files.sort();
+}
+
+async function writeIfChanged(path: string, text: string) {
+  try {
+    if (await Deno.readTextFile(path) === text) return; // keeps mtimes, so prepare stays a no-op
+  } catch { /* missing */ }
+  await Deno.writeTextFile(path, text);
+}

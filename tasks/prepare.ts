@@ -1,0 +1,75 @@
+/**
+ * `deno task prepare <experiment.yaml> [--force] [--workers n] [--set key=value …]`: tokenizes the experiment's
+ * corpus (data.path: a directory or glob of .txt files) once into uint16 shards plus index.json under data.shards
+ * (default <corpus dir>.shards). Re-running skips unchanged files. Exit codes: 0 done, 2 bad input.
+ */
+import { dataSourceKind, prepareCorpus } from "../lib/corpus.ts";
+import { loadExperiment } from "../lib/config.ts";
+import { parseTaskArgs } from "../lib/cli.ts";
+import { runTask, UserError } from "../lib/errors.ts";
+import { shardDirOf } from "../lib/run.ts";
+
+const USAGE = `usage: deno task prepare <experiment.yaml> [options]
+
+Tokenizes the experiment's corpus (data.path: a directory or glob of .txt files, one document each) into
+shards of uint16 GPT-2 token ids plus index.json in data.shards, split into train and val by document.
+
+options:
+  --force            tokenize every file again, even unchanged ones
+  --workers n        tokenizing threads (default: every core)
+  --set key=value    override a config key (repeatable)
+  -h, --help         show this help`;
+
+await runTask(async () => {
+  const parsed = parseTaskArgs("prepare", USAGE, {
+    force: { type: "boolean", default: false },
+    workers: { type: "string" },
+    set: { type: "string", multiple: true, default: [] },
+  });
+  if (!parsed) return;
+  const { values, positionals } = parsed;
+  if (positionals.length !== 1) {
+    throw new UserError(`prepare: expected one experiment file (see --help)`);
+  }
+  let workers: number | undefined;
+  if (values.workers !== undefined) {
+    workers = Number(values.workers);
+    if (!Number.isInteger(workers) || workers < 1) {
+      throw new UserError(`prepare: --workers ${values.workers}: expected a positive integer`);
+    }
+  }
+  const cfg = await loadExperiment(positionals[0], values.set ?? []);
+  const kind = dataSourceKind(cfg.data.path);
+  if (kind === "text") {
+    throw new UserError(
+      `${
+        positionals[0]
+      }: data.path: ${cfg.data.path} is one text file, which train reads directly; ` +
+        `prepare takes a directory or glob of .txt files`,
+    );
+  }
+  if (kind === "shards") return console.log(`${cfg.data.path}: already a prepared shard directory`);
+  const dir = shardDirOf(cfg);
+  const r = await prepareCorpus(cfg.data.path, {
+    shardDir: dir,
+    seed: cfg.training.seed,
+    trainRatio: cfg.data.train_ratio,
+    shardTokens: cfg.data.shard_tokens,
+    workers,
+    force: values.force,
+  });
+  const { train, val } = r.index.splits;
+  if (r.upToDate) {
+    console.log(`${dir}: up to date (${r.index.sources.length} files unchanged)`);
+  } else {
+    console.log(
+      `${dir}: ${r.tokenized} files tokenized (${(r.tokenizedBytes / 1e6).toFixed(1)} MB, ` +
+        `${(r.tokenizedBytes / 1e6 / r.seconds).toFixed(1)} MB/s with ${r.encoder}), ` +
+        `${r.reused} unchanged, ${r.skipped.length} skipped, in ${r.seconds.toFixed(1)} s`,
+    );
+  }
+  console.log(
+    `train: ${train.documents} documents, ${train.tokens} tokens, ${train.shards.length} shards; ` +
+      `val: ${val.documents} documents, ${val.tokens} tokens, ${val.shards.length} shards`,
+  );
+});
