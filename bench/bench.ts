@@ -63,7 +63,7 @@ async function runCase(name: string, batch: number): Promise<Record<string, unkn
     const drop = new DropoutRng(1);
     for (let i = 0; i <= steps; i++) {
       const t0 = performance.now();
-      trainStep(model, opt, b, drop);
+      await trainStep(model, opt, b, drop);
       if (i > 0) times.push((performance.now() - t0) / 1000);
     }
   } else if (name === "eval_forward") {
@@ -82,7 +82,7 @@ async function runCase(name: string, batch: number): Promise<Record<string, unkn
     const prompt = textToTokenIds(cfg.training.start_context);
     for (let i = 0; i <= steps; i++) {
       const t0 = performance.now();
-      generateCached(model, prompt, { maxNewTokens: 25, temperature: 0 });
+      await generateCached(model, prompt, { maxNewTokens: 25, temperature: 0 });
       if (i > 0) times.push((performance.now() - t0) / 1000);
     }
   }

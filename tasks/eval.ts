@@ -60,7 +60,7 @@ await runTask(async () => {
     checkpoint: values.checkpoint,
   });
   const data = await prepareData(cfg);
-  const figures = evaluateLoaders(model, data, source, numBatches);
+  const figures = await evaluateLoaders(model, data, source, numBatches);
   if (values.json) console.log(JSON.stringify(figures));
   else {
     console.log(`${cfg.name}: ${source} on ${backend.name}`);
@@ -81,7 +81,7 @@ await runTask(async () => {
       cfg,
       model.numParams(),
       figures,
-      sampleTexts(model, cfg),
+      await sampleTexts(model, cfg),
     );
     for (const w of written.warnings) console.error(`warning: ${w}`);
     if (!values.json) console.log(`wrote ${written.md}`);
