@@ -91,7 +91,8 @@ export async function initBackend(
           `backend webgpu: only a software adapter was found (${found.description}); set ${ALLOW_FALLBACK_ENV}=1 to use it anyway`,
         );
       }
-      await activateWebGPU(found);
+      const err = await activateWebGPU(found);
+      if (err) throw new UserError(`backend webgpu: adapter ${found.description} failed: ${err}`);
       return { name: "webgpu", reason: `requested; adapter ${found.description}` };
     }
     case "tensorflow": {
@@ -109,14 +110,17 @@ export async function initBackend(
         tfNote = `tensorflow: ${res.reason}`;
       }
       const gpu = await probeWebGPU();
+      let gpuNote = typeof gpu === "string"
+        ? `webgpu: ${gpu}`
+        : `webgpu: only the software adapter ${gpu.description}`;
       if (typeof gpu !== "string" && !gpu.fallback) {
-        await activateWebGPU(gpu);
-        return { name: "webgpu", reason: `auto: hardware WebGPU adapter ${gpu.description}` };
+        const err = await activateWebGPU(gpu);
+        if (!err) {
+          return { name: "webgpu", reason: `auto: hardware WebGPU adapter ${gpu.description}` };
+        }
+        gpuNote = `webgpu: adapter ${gpu.description} failed: ${err}`;
       }
-      const noGpu = `no GPU: ${tfNote}; ` +
-        (typeof gpu === "string"
-          ? `webgpu: ${gpu}`
-          : `webgpu: only the software adapter ${gpu.description}`);
+      const noGpu = `no GPU: ${tfNote}; ${gpuNote}`;
       const blas = registerBlasBackend();
       if (blas.ok && await tf.setBackend(BLAS_BACKEND)) {
         return { name: "blas", reason: `auto: ${noGpu}; fastest CPU path (${blas.reason})` };

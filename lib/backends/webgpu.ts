@@ -69,11 +69,24 @@ export async function probeWebGPU(): Promise<WebGPUAdapter | string> {
   return { adapter, fallback, description };
 }
 
+let registered = false; // our factory is in place: later calls in this process reuse its device
+
 /**
  * Registers TF.js's WebGPU backend under the name `webgpu` on `found`'s adapter, with a device that has the
- * adapter's largest buffer and workgroup limits, and makes it the active backend.
+ * adapter's largest buffer and workgroup limits, and makes it the active backend. Returns null, or the first line
+ * of why the device or backend did not start.
  */
-export async function activateWebGPU(found: WebGPUAdapter): Promise<void> {
+export async function activateWebGPU(found: WebGPUAdapter): Promise<string | null> {
+  try {
+    if (!registered) await register(found);
+    registered = true;
+    return (await tf.setBackend("webgpu")) ? null : "tf.setBackend('webgpu') returned false";
+  } catch (err) {
+    return String(err instanceof Error ? err.message : err).split("\n")[0];
+  }
+}
+
+async function register(found: WebGPUAdapter): Promise<void> {
   const { adapter } = found;
   const { WebGPUBackend } = await import("@tensorflow/tfjs-backend-webgpu"); // registers its own factory too
   const l = adapter.limits;
@@ -90,5 +103,4 @@ export async function activateWebGPU(found: WebGPUAdapter): Promise<void> {
   if (tf.findBackendFactory("webgpu")) tf.removeBackend("webgpu");
   // deno-lint-ignore no-explicit-any
   tf.registerBackend("webgpu", () => new WebGPUBackend(device, adapter.info as any), 0);
-  if (!(await tf.setBackend("webgpu"))) throw new Error("tf.setBackend('webgpu') returned false");
 }
