@@ -11,6 +11,7 @@ import {
   activateWebGPU,
   ALLOW_FALLBACK_ENV,
   fallbackAllowed,
+  hardwareGpuPossible,
   probeWebGPU,
 } from "./backends/webgpu.ts";
 import type { BackendName, ModelConfig } from "./config.ts";
@@ -109,7 +110,9 @@ export async function initBackend(
         }
         tfNote = `tensorflow: ${res.reason}`;
       }
-      const gpu = await probeWebGPU();
+      const gpu = hardwareGpuPossible()
+        ? await probeWebGPU()
+        : "no GPU device node (/dev/dri/renderD*, /dev/nvidia0)";
       let gpuNote = typeof gpu === "string"
         ? `webgpu: ${gpu}`
         : `webgpu: only the software adapter ${gpu.description}`;

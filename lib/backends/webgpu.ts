@@ -36,6 +36,24 @@ export function fallbackAllowed(): boolean {
 }
 
 /**
+ * Whether a hardware adapter can exist here. On Linux a GPU shows up as a device node (`/dev/dri/renderD*`, or
+ * `/dev/nvidia0` for NVIDIA's driver); without one only a software adapter could answer, so `auto` skips the probe
+ * (it costs a Vulkan instance, ~0.2 s, on every run). Elsewhere, and when /dev cannot be read: true.
+ */
+export function hardwareGpuPossible(): boolean {
+  if (Deno.build.os !== "linux") return true;
+  try {
+    for (const e of Deno.readDirSync("/dev/dri")) if (e.name.startsWith("renderD")) return true;
+  } catch { /* no /dev/dri */ }
+  try {
+    Deno.statSync("/dev/nvidia0");
+    return true;
+  } catch (err) {
+    return !(err instanceof Deno.errors.NotFound);
+  }
+}
+
+/**
  * Asks `navigator.gpu` for a high-performance adapter. Returns the adapter or a one-line reason why there is none.
  * On Linux, sets XDG_RUNTIME_DIR to a private temporary folder when it is unset: otherwise libwayland, loaded by
  * the Vulkan driver, prints "XDG_RUNTIME_DIR is invalid or not set" to stderr on every probe.
