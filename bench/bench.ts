@@ -35,6 +35,7 @@ const { values } = parseArgs({
     "corpus-mb": { type: "string", default: "200" },
     "data-only": { type: "boolean", default: false },
     "no-data": { type: "boolean", default: false },
+    backend: { type: "string" }, // overrides the experiment's backend (bench/gpu.ts passes webgpu)
   },
 });
 const steps = Number(values.steps ?? (values.quick ? 1 : 3));
@@ -50,7 +51,10 @@ const peakRssMb = () => {
 
 /** One case, in this process (called through a subprocess so that RSS is the case's own). */
 async function runCase(name: string, batch: number): Promise<Record<string, unknown>> {
-  const cfg = await loadExperiment(values.experiment!);
+  const cfg = await loadExperiment(
+    values.experiment!,
+    values.backend ? [`backend=${values.backend}`] : [],
+  );
   const backend = await initBackend(cfg.backend);
   const model = new GPTModel(
     cfg.model,
@@ -69,20 +73,27 @@ async function runCase(name: string, batch: number): Promise<Record<string, unkn
       weightDecay: cfg.training.weight_decay,
     });
     const drop = new DropoutRng(1);
+    const last = [...model.params.values()].at(-1)!;
     for (let i = 0; i <= steps; i++) {
       const t0 = performance.now();
-      trainStep(model, opt, b, drop);
+      await trainStep(model, opt, b, drop);
+      // GPU backends queue AdamW's updates: a read of an updated value waits until the queue has run them.
+      const settled = tf.tidy(() => tf.sum(tf.slice(tf.reshape(last, [-1]), 0, 1)));
+      await settled.data();
+      settled.dispose();
       if (i > 0) times.push((performance.now() - t0) / 1000);
     }
   } else if (name === "eval_forward") {
     for (let i = 0; i <= steps; i++) {
       const t0 = performance.now();
-      tf.tidy(() =>
+      const loss = tf.tidy(() =>
         model.loss(
           tf.tensor2d(b.inputs, [batch, T], "int32"),
           tf.tensor2d(b.targets, [batch, T], "int32"),
-        ).dataSync()
+        )
       );
+      await loss.data(); // async: GPU backends have no synchronous readback
+      loss.dispose();
       if (i > 0) times.push((performance.now() - t0) / 1000);
     }
   } else {
@@ -90,7 +101,7 @@ async function runCase(name: string, batch: number): Promise<Record<string, unkn
     const prompt = textToTokenIds(cfg.training.start_context);
     for (let i = 0; i <= steps; i++) {
       const t0 = performance.now();
-      generateCached(model, prompt, { maxNewTokens: 25, temperature: 0 });
+      await generateCached(model, prompt, { maxNewTokens: 25, temperature: 0 });
       if (i > 0) times.push((performance.now() - t0) / 1000);
     }
   }

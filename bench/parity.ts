@@ -47,7 +47,7 @@ for (let epoch = 0; ours.length < steps; epoch++) {
   for (const b of data.trainLoader.batches(epoch)) {
     if (ours.length >= steps) break;
     batches.push({ inputs: Array.from(b.inputs), targets: Array.from(b.targets) });
-    ours.push(trainStep(model, optimizer, b, null).loss);
+    ours.push((await trainStep(model, optimizer, b, null)).loss);
   }
 }
 const dir = await Deno.makeTempDir();

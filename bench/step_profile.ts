@@ -149,7 +149,7 @@ stats.clear(), optMs = 0;
 const cpu0 = cpuSeconds();
 const t0 = performance.now();
 const losses: number[] = [];
-for (let i = 0; i < steps; i++) losses.push(trainStep(model, optimizer, batch, rng).loss);
+for (let i = 0; i < steps; i++) losses.push((await trainStep(model, optimizer, batch, rng)).loss);
 const stepMs = (performance.now() - t0) / steps;
 const cpu1 = cpuSeconds();
 

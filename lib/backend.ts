@@ -6,6 +6,14 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
 import { BLAS_BACKEND, registerBlasBackend } from "./backends/blas.ts";
+import { loadTensorflow, nvidiaGpuVisible } from "./backends/tensorflow.ts";
+import {
+  activateWebGPU,
+  ALLOW_FALLBACK_ENV,
+  fallbackAllowed,
+  hardwareGpuPossible,
+  probeWebGPU,
+} from "./backends/webgpu.ts";
 import type { BackendName, ModelConfig } from "./config.ts";
 import { UserError } from "./errors.ts";
 
@@ -45,7 +53,9 @@ async function tryWasm(): Promise<string | null> {
 }
 
 /**
- * Activates the requested backend. `auto` prefers the fastest CPU backend on which the model fits.
+ * Activates the requested backend. `auto` prefers libtensorflow on a visible NVIDIA GPU (tfjs-node-gpu, when
+ * installed), then a hardware WebGPU adapter (never a software fallback one), then the fastest CPU backend on which
+ * the model fits.
  * Unknown or unavailable explicit choices are a UserError (exit 2).
  */
 export async function initBackend(
@@ -74,22 +84,56 @@ export async function initBackend(
       }
       return { name: "wasm", reason: "requested" };
     }
-    case "webgpu":
-    case "tensorflow":
-      throw new UserError(
-        `backend ${requested}: not available yet in this version; use cpu, wasm or auto`,
-      );
+    case "webgpu": {
+      const found = await probeWebGPU();
+      if (typeof found === "string") throw new UserError(`backend webgpu: not available: ${found}`);
+      if (found.fallback && !fallbackAllowed()) {
+        throw new UserError(
+          `backend webgpu: only a software adapter was found (${found.description}); set ${ALLOW_FALLBACK_ENV}=1 to use it anyway`,
+        );
+      }
+      const err = await activateWebGPU(found);
+      if (err) throw new UserError(`backend webgpu: adapter ${found.description} failed: ${err}`);
+      return { name: "webgpu", reason: `requested; adapter ${found.description}` };
+    }
+    case "tensorflow": {
+      const res = await loadTensorflow();
+      if (!res.ok) throw new UserError(`backend tensorflow: not available: ${res.reason}`);
+      return { name: "tensorflow", reason: `requested; ${res.detail}` };
+    }
     case "auto": {
+      let tfNote = "tensorflow: no NVIDIA GPU visible";
+      if (nvidiaGpuVisible()) {
+        const res = await loadTensorflow(true);
+        if (res.ok) {
+          return { name: "tensorflow", reason: `auto: NVIDIA GPU visible; ${res.detail}` };
+        }
+        tfNote = `tensorflow: ${res.reason}`;
+      }
+      const gpu = hardwareGpuPossible()
+        ? await probeWebGPU()
+        : "no GPU device node (/dev/dri/renderD*, /dev/nvidia0)";
+      let gpuNote = typeof gpu === "string"
+        ? `webgpu: ${gpu}`
+        : `webgpu: only the software adapter ${gpu.description}`;
+      if (typeof gpu !== "string" && !gpu.fallback) {
+        const err = await activateWebGPU(gpu);
+        if (!err) {
+          return { name: "webgpu", reason: `auto: hardware WebGPU adapter ${gpu.description}` };
+        }
+        gpuNote = `webgpu: adapter ${gpu.description} failed: ${err}`;
+      }
+      const noGpu = `no GPU: ${tfNote}; ${gpuNote}`;
       const blas = registerBlasBackend();
       if (blas.ok && await tf.setBackend(BLAS_BACKEND)) {
-        return { name: "blas", reason: `auto: fastest CPU path (${blas.reason})` };
+        return { name: "blas", reason: `auto: ${noGpu}; fastest CPU path (${blas.reason})` };
       }
       if (need <= WASM_HEAP_BYTES * 0.85) {
         const err = await tryWasm();
         if (!err) {
           return {
             name: "wasm",
-            reason: `auto: no BLAS (${blas.reason}); wasm fits: training needs ~${
+            reason: `auto: ${noGpu}; no BLAS (${blas.reason}); wasm fits: training needs ~${
               gib(need)
             } GiB of its 4 GiB heap`,
           };
@@ -97,13 +141,13 @@ export async function initBackend(
         await tf.setBackend("cpu");
         return {
           name: "cpu",
-          reason: `auto: no BLAS (${blas.reason}); wasm failed to load (${err})`,
+          reason: `auto: ${noGpu}; no BLAS (${blas.reason}); wasm failed to load (${err})`,
         };
       }
       await tf.setBackend("cpu");
       return {
         name: "cpu",
-        reason: `auto: no BLAS (${blas.reason}); training needs ~${
+        reason: `auto: ${noGpu}; no BLAS (${blas.reason}); training needs ~${
           gib(need)
         } GiB, more than wasm's 4 GiB heap`,
       };

@@ -8,14 +8,14 @@ import type { TorchGenerator } from "./rng.ts";
 import { textToTokenIds, tokenIdsToText } from "./tokenizer.ts";
 
 /** Logits of the last position for a context cropped to the model's context length: ids → (V). */
-export function lastLogits(model: GPTModel, ids: readonly number[]): Float32Array {
+export async function lastLogits(model: GPTModel, ids: readonly number[]): Promise<Float32Array> {
   const ctx = ids.slice(-model.cfg.context_length);
   const logits = tf.tidy(() => {
     const h = model.hidden(tf.tensor2d(ctx as number[], [1, ctx.length], "int32"));
     const last = tf.slice(h, [ctx.length - 1, 0], [1, model.cfg.emb_dim]);
     return model.head(last as tf.Tensor2D);
   });
-  const values = logits.dataSync().slice() as Float32Array; // a copy: CPU backends hand out their storage
+  const values = (await logits.data()).slice() as Float32Array; // a copy: CPU backends hand out their storage
   logits.dispose();
   return values;
 }
@@ -28,15 +28,23 @@ export function argmax(v: ArrayLike<number>): number {
 }
 
 /** The book's generate_text_simple: `maxNewTokens` greedy tokens appended to `ids`. */
-export function generateTextSimple(model: GPTModel, ids: number[], maxNewTokens: number): number[] {
+export async function generateTextSimple(
+  model: GPTModel,
+  ids: number[],
+  maxNewTokens: number,
+): Promise<number[]> {
   const out = ids.slice();
-  for (let i = 0; i < maxNewTokens; i++) out.push(argmax(lastLogits(model, out)));
+  for (let i = 0; i < maxNewTokens; i++) out.push(argmax(await lastLogits(model, out)));
   return out;
 }
 
 /** The book's generate_and_print_sample, returning the text (newlines folded to spaces) instead of printing. */
-export function generateSample(model: GPTModel, startContext: string, maxNewTokens = 50): string {
-  const ids = generateTextSimple(model, textToTokenIds(startContext), maxNewTokens);
+export async function generateSample(
+  model: GPTModel,
+  startContext: string,
+  maxNewTokens = 50,
+): Promise<string> {
+  const ids = await generateTextSimple(model, textToTokenIds(startContext), maxNewTokens);
   return tokenIdsToText(ids).replaceAll("\n", " ");
 }
 
@@ -98,11 +106,15 @@ export function pickNext(
  * softmax(logits / T) with `torch.multinomial`'s draws, temperature 0 takes the argmax; stops at `eosId`.
  * Returns the prompt followed by the new tokens.
  */
-export function generate(model: GPTModel, ids: number[], o: GenerateOptions): number[] {
+export async function generate(
+  model: GPTModel,
+  ids: number[],
+  o: GenerateOptions,
+): Promise<number[]> {
   const out = ids.slice();
   const temperature = o.temperature ?? 0;
   for (let i = 0; i < o.maxNewTokens; i++) {
-    const next = pickNext(lastLogits(model, out), temperature, o.topK ?? null, o.rng);
+    const next = pickNext(await lastLogits(model, out), temperature, o.topK ?? null, o.rng);
     if (o.eosId != null && next === o.eosId) break;
     out.push(next);
     o.onToken?.(next);

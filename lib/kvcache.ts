@@ -22,8 +22,8 @@ import { gelu, layerNorm } from "./ops.ts";
  * @example
  * ```ts
  * const cache = new KVCache(model);
- * let logits = cache.append(promptIds); // prefill: (V) logits of the last prompt token
- * logits = cache.append([argmax(logits)]); // one decoding step
+ * let logits = await cache.append(promptIds); // prefill: (V) logits of the last prompt token
+ * logits = await cache.append([argmax(logits)]); // one decoding step
  * cache.dispose();
  * ```
  */
@@ -43,7 +43,7 @@ export class KVCache {
    * Runs `ids` at positions length … length + n − 1 through the model, attending to the cached tokens and
    * causally among themselves; stores their keys and values and returns the logits (V) of the last one.
    */
-  append(ids: readonly number[]): Float32Array {
+  async append(ids: readonly number[]): Promise<Float32Array> {
     const { context_length, emb_dim: C, n_layers } = this.model.cfg;
     const n = ids.length, past = this.len;
     if (n === 0) throw new Error("KVCache.append: no tokens");
@@ -80,7 +80,7 @@ export class KVCache {
     this.keys = keys;
     this.values = values;
     this.len = past + n;
-    const out = logits.dataSync() as Float32Array;
+    const out = (await logits.data()).slice() as Float32Array; // a copy: CPU backends hand out their storage
     logits.dispose();
     return out;
   }
@@ -156,12 +156,16 @@ function causalMask(n: number, past: number): tf.Tensor2D {
  *
  * @example
  * ```ts
- * const ids = generateCached(model, textToTokenIds("Every effort moves you"), {
+ * const ids = await generateCached(model, textToTokenIds("Every effort moves you"), {
  *   maxNewTokens: 25, temperature: 1.4, topK: 25, rng: new TorchGenerator(123),
  * });
  * ```
  */
-export function generateCached(model: GPTModel, ids: number[], o: GenerateOptions): number[] {
+export async function generateCached(
+  model: GPTModel,
+  ids: number[],
+  o: GenerateOptions,
+): Promise<number[]> {
   const out = ids.slice();
   if (o.maxNewTokens <= 0) return out;
   const ctxLen = model.cfg.context_length;
@@ -169,17 +173,17 @@ export function generateCached(model: GPTModel, ids: number[], o: GenerateOption
   const topK = o.topK ?? null;
   const cache = new KVCache(model);
   try {
-    let logits = cache.append(out.slice(-ctxLen));
+    let logits = await cache.append(out.slice(-ctxLen));
     for (let i = 0; i < o.maxNewTokens; i++) {
       const next = pickNext(logits, temperature, topK, o.rng);
       if (o.eosId != null && next === o.eosId) break;
       out.push(next);
       o.onToken?.(next);
       if (i + 1 === o.maxNewTokens) break; // the book's loop computes no logits after the last token
-      if (cache.length < ctxLen) logits = cache.append([next]);
+      if (cache.length < ctxLen) logits = await cache.append([next]);
       else {
         cache.reset(); // cropping shifted every position: rebuild from the window
-        logits = cache.append(out.slice(-ctxLen));
+        logits = await cache.append(out.slice(-ctxLen));
       }
     }
   } finally {

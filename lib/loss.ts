@@ -22,13 +22,17 @@ export function calcLossBatch(model: GPTModel, batch: Batch, opts: ForwardOption
  * The book's calc_loss_loader in eval mode: the mean of the per-batch losses of the first `numBatches` batches
  * (all when omitted). Batches come in text order, so evaluations are comparable across epochs.
  */
-export function calcLossLoader(model: GPTModel, loader: BatchLoader, numBatches?: number): number {
+export async function calcLossLoader(
+  model: GPTModel,
+  loader: BatchLoader,
+  numBatches?: number,
+): Promise<number> {
   const n = Math.min(numBatches ?? loader.length, loader.length);
   if (n === 0) return NaN;
   let total = 0;
   for (const batch of loader.ordered(n)) {
     const loss = calcLossBatch(model, batch);
-    total += loss.dataSync()[0];
+    total += (await loss.data())[0];
     loss.dispose();
   }
   return total / n;

@@ -4,6 +4,7 @@
  * Nothing here names a backend: where a backend lacks a kernel, the op asks TF.js whether the kernel exists.
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { hostView } from "./backend.ts";
 import {
   fusedCrossEntropy,
   fusedEmbedding,
@@ -46,13 +47,18 @@ export function gelu(x: tf.Tensor): tf.Tensor {
 }
 
 /**
- * Embedding lookup: rows of `weight` (V, C) at `ids` (N) → (N, C). The gradient scatter-adds the N rows of dy on
- * the host: tfjs-wasm has no UnsortedSegmentSum kernel (tfjs #8082), and tfjs-cpu's runs one masked sum per
- * vocabulary entry (50,257 of them), minutes per step.
+ * Embedding lookup: rows of `weight` (V, C) at `ids` (N) → (N, C). On backends whose memory is on the host, the
+ * gradient scatter-adds the N rows of dy there: tfjs-wasm has no UnsortedSegmentSum kernel (tfjs #8082), and
+ * tfjs-cpu's runs one masked sum per vocabulary entry (50,257 of them), minutes per step. Where memory lives on a
+ * device (webgpu), reading dy back synchronously is impossible, so `tf.gather`'s own gradient (UnsortedSegmentSum)
+ * runs there.
  */
 export function embedding(weight: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor2D {
   const fused = fusedEmbedding(weight, ids); // a pooled, multi-threaded scatter-add where the backend has it
   if (fused) return fused;
+  if (hostView(weight) === null && tf.getKernel("UnsortedSegmentSum", tf.getBackend())) {
+    return tf.gather(weight, ids);
+  }
   const op = customOp((w, save) => {
     save([ids]);
     return {

@@ -26,16 +26,16 @@ export interface EvalFigures {
 }
 
 /** Mean loss over `numBatches` batches of each loader (all when omitted), and their perplexities. */
-export function evaluateLoaders(
+export async function evaluateLoaders(
   model: GPTModel,
   data: VerdictData,
   source: string,
   numBatches?: number,
-): EvalFigures {
+): Promise<EvalFigures> {
   const nTrain = Math.min(numBatches ?? data.trainLoader.length, data.trainLoader.length);
   const nVal = Math.min(numBatches ?? data.valLoader.length, data.valLoader.length);
-  const trainLoss = calcLossLoader(model, data.trainLoader, nTrain);
-  const valLoss = calcLossLoader(model, data.valLoader, nVal);
+  const trainLoss = await calcLossLoader(model, data.trainLoader, nTrain);
+  const valLoss = await calcLossLoader(model, data.valLoader, nVal);
   const tokensOf = (loader: typeof data.trainLoader, n: number) => {
     let t = 0;
     for (const b of loader.ordered(n)) t += b.inputs.length;
@@ -53,17 +53,22 @@ export function evaluateLoaders(
 }
 
 /** `count` samples of the experiment's start context with its sampling settings, seeded like the book. */
-export function sampleTexts(model: GPTModel, cfg: Config, count = 3): string[] {
+export async function sampleTexts(model: GPTModel, cfg: Config, count = 3): Promise<string[]> {
   const rng = new TorchGenerator(cfg.training.seed);
   const prompt = textToTokenIds(cfg.training.start_context);
-  return Array.from({ length: count }, () =>
-    tokenIdsToText(generateCached(model, prompt, {
-      maxNewTokens: cfg.sampling.max_new_tokens,
-      temperature: cfg.sampling.temperature,
-      topK: cfg.sampling.top_k,
-      eosId: cfg.sampling.eos_id,
-      rng,
-    })));
+  const out: string[] = [];
+  for (let i = 0; i < count; i++) {
+    out.push(tokenIdsToText(
+      await generateCached(model, prompt, {
+        maxNewTokens: cfg.sampling.max_new_tokens,
+        temperature: cfg.sampling.temperature,
+        topK: cfg.sampling.top_k,
+        eosId: cfg.sampling.eos_id,
+        rng,
+      }),
+    ));
+  }
+  return out;
 }
 
 /**

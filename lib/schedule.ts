@@ -25,9 +25,15 @@ export function learningRate(step: number, s: LrSchedule): number {
 }
 
 /** Global L2 norm of a set of gradients (torch.nn.utils.clip_grad_norm_'s total_norm). */
-export function globalNorm(grads: Iterable<tf.Tensor>): number {
+export async function globalNorm(grads: Iterable<tf.Tensor>): Promise<number> {
+  const list = [...grads];
+  if (list.length === 0) return 0;
+  // One read back for all gradients (a GPU readback costs milliseconds); the sum over tensors stays in double.
+  const sums = tf.tidy(() => tf.stack(list.map((g) => tf.sum(tf.square(g)))));
+  const values = await sums.data();
+  sums.dispose();
   let sq = 0;
-  for (const g of grads) sq += tf.tidy(() => tf.sum(tf.square(g)).dataSync()[0]);
+  for (const v of values) sq += v;
   return Math.sqrt(sq);
 }
 
@@ -36,11 +42,11 @@ export function globalNorm(grads: Iterable<tf.Tensor>): number {
  * maxNorm / (norm + 1e-6), applied only when below 1). Returns the new gradients (old ones disposed) and the norm
  * before clipping.
  */
-export function clipByGlobalNorm(
+export async function clipByGlobalNorm(
   grads: Map<string, tf.Tensor>,
   maxNorm: number,
-): { grads: Map<string, tf.Tensor>; norm: number } {
-  const norm = globalNorm(grads.values());
+): Promise<{ grads: Map<string, tf.Tensor>; norm: number }> {
+  const norm = await globalNorm(grads.values());
   const factor = maxNorm / (norm + 1e-6);
   if (factor >= 1) return { grads, norm };
   const out = new Map<string, tf.Tensor>();

@@ -65,11 +65,11 @@ export class NonFiniteLossError extends Error {}
  * Gradients of the mean loss over `batches` (one or more micro-batches, each weighted 1/k as one batch k times
  * larger would weigh it), keyed by parameter name, and that mean loss.
  */
-export function accumulateGradients(
+export async function accumulateGradients(
   model: GPTModel,
   batches: Batch[],
   dropout: DropoutRng | null,
-): { loss: number; grads: Map<string, tf.Tensor> } {
+): Promise<{ loss: number; grads: Map<string, tf.Tensor> }> {
   const names = new Map<string, string>();
   for (const [name, v] of model.params) names.set(v.name, name);
   const k = batches.length;
@@ -81,7 +81,7 @@ export function accumulateGradients(
       () => tf.tidy(() => tf.div(calcLossBatch(model, batch, { dropout }), k)),
       [...model.params.values()],
     );
-    loss += value.dataSync()[0];
+    loss += (await value.data())[0];
     value.dispose();
     for (const [varName, g] of Object.entries(grads)) {
       const name = names.get(varName)!;
@@ -99,14 +99,14 @@ export function accumulateGradients(
  * One optimizer step on one batch or k micro-batches: gradients, optional clipping by global norm, AdamW update.
  * Returns the loss before the update (and the gradient norm when clipping).
  */
-export function trainStep(
+export async function trainStep(
   model: GPTModel,
   optimizer: AdamW,
   batches: Batch | Batch[],
   dropout: DropoutRng | null,
   maxGradNorm: number | null = null,
-): StepResult {
-  const { loss, grads } = accumulateGradients(
+): Promise<StepResult> {
+  const { loss, grads } = await accumulateGradients(
     model,
     Array.isArray(batches) ? batches : [batches],
     dropout,
@@ -117,7 +117,7 @@ export function trainStep(
   }
   let final = grads, gradNorm: number | null = null;
   if (maxGradNorm !== null) {
-    ({ grads: final, norm: gradNorm } = clipByGlobalNorm(grads, maxGradNorm));
+    ({ grads: final, norm: gradNorm } = await clipByGlobalNorm(grads, maxGradNorm));
   }
   optimizer.applyGradients(final);
   tf.dispose([...final.values()]);
@@ -125,15 +125,15 @@ export function trainStep(
 }
 
 /** The book's evaluate_model: mean train and val loss over `evalIter` batches each, without dropout. */
-export function evaluateModel(
+export async function evaluateModel(
   model: GPTModel,
   trainLoader: BatchLoader,
   valLoader: BatchLoader,
   evalIter: number,
-): { trainLoss: number; valLoss: number } {
+): Promise<{ trainLoss: number; valLoss: number }> {
   return {
-    trainLoss: calcLossLoader(model, trainLoader, evalIter),
-    valLoss: calcLossLoader(model, valLoader, evalIter),
+    trainLoss: await calcLossLoader(model, trainLoader, evalIter),
+    valLoss: await calcLossLoader(model, valLoader, evalIter),
   };
 }
 
@@ -164,20 +164,25 @@ export async function trainModelSimple(
       const clip = o.maxGradNorm != null && state.step >= (o.schedule?.warmupSteps ?? 0)
         ? o.maxGradNorm
         : null;
-      const { loss, gradNorm } = trainStep(model, optimizer, group, o.dropout, clip);
+      const { loss, gradNorm } = await trainStep(model, optimizer, group, o.dropout, clip);
       state.batch += group.length;
       state.step += 1;
       state.tokensSeen += group.reduce((n, b) => n + b.batchSize * b.maxLength, 0);
       group = [];
       hooks.onStep?.(state, loss, gradNorm);
       if (state.step % o.evalFreq === 0) {
-        const { trainLoss, valLoss } = evaluateModel(model, trainLoader, valLoader, o.evalIter);
+        const { trainLoss, valLoss } = await evaluateModel(
+          model,
+          trainLoader,
+          valLoader,
+          o.evalIter,
+        );
         hooks.onEval?.(state, trainLoss, valLoss);
       }
     }
     state.epoch += 1; // epochs completed: a checkpoint taken now resumes at the next epoch
     state.batch = 0;
-    await hooks.onEpochEnd?.(state, generateSample(model, o.startContext));
+    await hooks.onEpochEnd?.(state, await generateSample(model, o.startContext));
   }
   return true;
 }

@@ -68,7 +68,7 @@ await runTask(async () => {
   if (numBatches === undefined && dataSourceKind(cfg.data.path) !== "text") {
     numBatches = CORPUS_EVAL_BATCHES;
   }
-  const figures = evaluateLoaders(model, data, source, numBatches);
+  const figures = await evaluateLoaders(model, data, source, numBatches);
   if (values.json) console.log(JSON.stringify(figures));
   else {
     console.log(`${cfg.name}: ${source} on ${backend.name}`);
@@ -89,7 +89,7 @@ await runTask(async () => {
       cfg,
       model.numParams(),
       figures,
-      sampleTexts(model, cfg),
+      await sampleTexts(model, cfg),
     );
     for (const w of written.warnings) console.error(`warning: ${w}`);
     if (!values.json) console.log(`wrote ${written.md}`);

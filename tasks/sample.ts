@@ -100,7 +100,7 @@ await runTask(async () => {
     const ids = prompt.slice();
     let shown = tokenIdsToText(ids);
     Deno.stdout.writeSync(enc.encode(shown));
-    generateCached(model, prompt, {
+    await generateCached(model, prompt, {
       maxNewTokens,
       temperature,
       topK,

@@ -55,16 +55,16 @@ Deno.test("eval of a trained run: whole-loader losses, a report with both curves
   const data = await prepareData(cfg);
   const { model, source } = await loadModel(cfg, { checkpointsDir: dir });
   ok(source.includes("(step "), source);
-  const fig = evaluateLoaders(model, data, source);
+  const fig = await evaluateLoaders(model, data, source);
   assertEquals(fig.batches, { train: data.trainLoader.length, val: data.valLoader.length });
   ok(fig.train_loss < 10.5, String(fig.train_loss)); // trained below ln(50257) = 10.8
   ok(Math.abs(fig.val_perplexity - Math.exp(fig.val_loss)) < 1e-9);
-  const two = evaluateLoaders(model, data, source, 2);
+  const two = await evaluateLoaders(model, data, source, 2);
   assertEquals(two.batches, { train: 2, val: Math.min(2, data.valLoader.length) });
   assertEquals(two.tokens.train, 2 * 16 * 32);
 
-  const samples = sampleTexts(model, cfg, 2);
-  assertEquals(sampleTexts(model, cfg, 2), samples); // seeded: same texts again
+  const samples = await sampleTexts(model, cfg, 2);
+  assertEquals(await sampleTexts(model, cfg, 2), samples); // seeded: same texts again
   ok(samples.every((s) => s.startsWith(cfg.training.start_context)));
   const out = await writeReport(`${dir}/ev`, cfg, model.numParams(), fig, samples);
   assertEquals(out.warnings, []);
@@ -169,9 +169,12 @@ Deno.test("deno task sample/eval: no checkpoint is one line; --init evaluates, s
   const prompt = textToTokenIds("Every effort moves you");
   const o = { maxNewTokens: 6, temperature: 1.4, topK: 25 };
   const rng = new TorchGenerator(7);
-  const want = [0, 1].map((i) =>
-    `--- sample ${i + 1}\n${tokenIdsToText(generate(model, prompt, { ...o, rng }))}\n`
-  ).join("");
+  let want = "";
+  for (const i of [0, 1]) {
+    want += `--- sample ${i + 1}\n${
+      tokenIdsToText(await generate(model, prompt, { ...o, rng }))
+    }\n`;
+  }
   const s7 = await task("sample", dir, "x.yaml", "--init", "--seed", "7", "--num-samples", "2");
   assertEquals(s7.code, 0, s7.err.join("\n"));
   assertEquals(s7.stdout, want);
@@ -181,7 +184,7 @@ Deno.test("deno task sample/eval: no checkpoint is one line; --init evaluates, s
   // A prompt longer than the context is cropped to its last context_length tokens, with a note.
   const long = "I had always thought Jack Gisburn rather a cheap genius. ".repeat(5);
   const ids = textToTokenIds(long).slice(-32);
-  const greedy = tokenIdsToText(generate(model, ids, { maxNewTokens: 4, temperature: 0 }));
+  const greedy = tokenIdsToText(await generate(model, ids, { maxNewTokens: 4, temperature: 0 }));
   const cr = await task(
     "sample",
     dir,

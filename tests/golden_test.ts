@@ -1,6 +1,8 @@
 /**
  * The golden test: the shared tiny GPT-2 (Hugging Face layout) loaded into the book's model reproduces PyTorch's
- * logits, loss, greedy continuation and the loss after one AdamW step, on every CPU-side backend available.
+ * logits, loss, greedy continuation and the loss after one AdamW step, on every CPU-side backend available, and
+ * on webgpu (looser tolerance: GPU float32 reductions run in another order) when a WebGPU adapter exists, software
+ * ones included (Mesa lavapipe); skipped without one.
  */
 import { ok } from "node:assert/strict";
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
@@ -13,6 +15,7 @@ import { loadHFGPT2 } from "../lib/gpt2.ts";
 import { GPTModel } from "../lib/model.ts";
 import { trainStep } from "../lib/train.ts";
 import { loadBlas } from "../lib/backends/blas.ts";
+import { webgpuForTests } from "./_webgpu.ts";
 
 const FIXTURES = new URL("../../shared/fixtures/", import.meta.url);
 const fx = JSON.parse(await Deno.readTextFile(new URL("gpt2-tiny.json", FIXTURES)));
@@ -26,51 +29,73 @@ function close(actual: number, expected: number, tol: number, what: string) {
 
 const backends: BackendName[] = ["cpu", "wasm"];
 if (loadBlas().ok) backends.unshift("blas" as BackendName);
+const webgpu = await webgpuForTests();
+backends.push("webgpu");
+
+/** Tolerance on logits and losses per backend: PyTorch's float32 figures within 1e-4 on CPU-side backends. */
+const TOL: Record<string, number> = { webgpu: 1e-3 };
 
 for (const backend of backends) {
-  Deno.test(`golden gpt2-tiny on ${backend}: logits, loss, greedy continuation`, async () => {
-    await initBackend(backend);
-    const model = new GPTModel(cfg, await loadHFGPT2(weights, cfg, { tieHead: "omit" }));
-    ok(model.tiedHead);
-    const x = tf.tensor2d(fx.input_ids, shape, "int32"),
-      y = tf.tensor2d(fx.target_ids, shape, "int32");
-    const logits = model.forward(x);
-    const v = logits.dataSync();
-    fx.logits_first_row_first10.forEach((e: number, i: number) =>
-      close(v[i], e, 1e-4, `logits[0,0,${i}]`)
-    );
-    let sumAbs = 0;
-    for (let i = 0; i < v.length; i++) sumAbs += Math.abs(v[i]);
-    close(sumAbs / fx.logits_sum_abs, 1, 1e-5, "sum |logits| (relative)");
-    const lastRow = Array.from(v.subarray((2 * 32 - 1) * cfg.vocab_size));
-    assertEquals(lastRow.indexOf(Math.max(...lastRow)), fx.logits_last_row_argmax);
-    close(model.loss(x, y).dataSync()[0], fx.loss, 1e-4, "loss");
-    assertEquals(generateTextSimple(model, fx.greedy_prompt_ids, 10), fx.greedy_ids);
-    tf.dispose([x, y, logits]);
-    model.dispose();
+  const tol = TOL[backend] ?? 1e-4;
+  const ignore = backend === "webgpu" && !webgpu.ok;
+  Deno.test({
+    name: `golden gpt2-tiny on ${backend}: logits, loss, greedy continuation${
+      webgpu.note(backend)
+    }`,
+    ignore,
+    fn: async () => {
+      await initBackend(backend);
+      const model = new GPTModel(cfg, await loadHFGPT2(weights, cfg, { tieHead: "omit" }));
+      ok(model.tiedHead);
+      const x = tf.tensor2d(fx.input_ids, shape, "int32"),
+        y = tf.tensor2d(fx.target_ids, shape, "int32");
+      const logits = model.forward(x);
+      const v = (await logits.data()) as Float32Array;
+      fx.logits_first_row_first10.forEach((e: number, i: number) =>
+        close(v[i], e, tol, `logits[0,0,${i}]`)
+      );
+      let sumAbs = 0;
+      for (let i = 0; i < v.length; i++) sumAbs += Math.abs(v[i]);
+      close(sumAbs / fx.logits_sum_abs, 1, tol / 10, "sum |logits| (relative)");
+      const lastRow = Array.from(v.subarray((2 * 32 - 1) * cfg.vocab_size));
+      assertEquals(lastRow.indexOf(Math.max(...lastRow)), fx.logits_last_row_argmax);
+      const loss = model.loss(x, y);
+      close((await loss.data())[0], fx.loss, tol, "loss");
+      assertEquals(await generateTextSimple(model, fx.greedy_prompt_ids, 10), fx.greedy_ids);
+      tf.dispose([x, y, logits, loss]);
+      model.dispose();
+    },
   });
 
-  Deno.test(`golden gpt2-tiny on ${backend}: loss after one AdamW step (untied head, dropout 0)`, async () => {
-    await initBackend(backend);
-    const model = new GPTModel(cfg, await loadHFGPT2(weights, cfg, { tieHead: "copy" }));
-    ok(!model.tiedHead);
-    const optimizer = new AdamW(model.params, { lr: 4e-4, weightDecay: 0.1 });
-    const batch = {
-      inputs: Int32Array.from(fx.input_ids.flat()),
-      targets: Int32Array.from(fx.target_ids.flat()),
-      batchSize: 2,
-      maxLength: 32,
-    };
-    const before = trainStep(model, optimizer, batch, null).loss;
-    close(before, fx.loss, 1e-4, "loss before the step");
-    const after = tf.tidy(() =>
-      model.loss(
-        tf.tensor2d(batch.inputs, shape, "int32"),
-        tf.tensor2d(batch.targets, shape, "int32"),
-      ).dataSync()[0]
-    );
-    close(after, fx.loss_after_one_adamw_step_untied, 1e-4, "loss after one AdamW step");
-    optimizer.dispose();
-    model.dispose();
+  Deno.test({
+    name: `golden gpt2-tiny on ${backend}: loss after one AdamW step (untied head, dropout 0)${
+      webgpu.note(backend)
+    }`,
+    ignore,
+    fn: async () => {
+      await initBackend(backend);
+      const model = new GPTModel(cfg, await loadHFGPT2(weights, cfg, { tieHead: "copy" }));
+      ok(!model.tiedHead);
+      const optimizer = new AdamW(model.params, { lr: 4e-4, weightDecay: 0.1 });
+      const batch = {
+        inputs: Int32Array.from(fx.input_ids.flat()),
+        targets: Int32Array.from(fx.target_ids.flat()),
+        batchSize: 2,
+        maxLength: 32,
+      };
+      const before = (await trainStep(model, optimizer, batch, null)).loss;
+      close(before, fx.loss, tol, "loss before the step");
+      const afterT = tf.tidy(() =>
+        model.loss(
+          tf.tensor2d(batch.inputs, shape, "int32"),
+          tf.tensor2d(batch.targets, shape, "int32"),
+        )
+      );
+      const after = (await afterT.data())[0];
+      afterT.dispose();
+      close(after, fx.loss_after_one_adamw_step_untied, tol, "loss after one AdamW step");
+      optimizer.dispose();
+      model.dispose();
+    },
   });
 }

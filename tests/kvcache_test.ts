@@ -3,7 +3,7 @@ import "@tensorflow/tfjs";
 import {
   deepStrictEqual as assertEquals,
   ok as assert,
-  throws as assertThrows,
+  rejects as assertRejects,
 } from "node:assert/strict";
 import { BLAS_BACKEND, registerBlasBackend } from "../lib/backends/blas.ts";
 import type { ModelConfig } from "../lib/config.ts";
@@ -36,7 +36,7 @@ function tinyConfig(qkvBias: boolean): ModelConfig {
 }
 
 /** Runs `fn` on each backend and both qkv_bias settings with a model seeded by 123. */
-function eachModel(name: string, fn: (model: GPTModel) => void): void {
+function eachModel(name: string, fn: (model: GPTModel) => Promise<void>): void {
   for (const backend of BACKENDS) {
     for (const qkvBias of [false, true]) {
       Deno.test(`${name} (${backend}, qkv_bias ${qkvBias})`, async () => {
@@ -44,7 +44,7 @@ function eachModel(name: string, fn: (model: GPTModel) => void): void {
         const cfg = tinyConfig(qkvBias);
         const model = new GPTModel(cfg, initGPTParams(cfg, new TorchGenerator(123)));
         try {
-          fn(model);
+          await fn(model);
         } finally {
           model.dispose();
         }
@@ -55,9 +55,9 @@ function eachModel(name: string, fn: (model: GPTModel) => void): void {
 
 /** `fn()`, checking that it leaves exactly `kept` more tensors behind (lastLogits in lib/generate.ts leaks one
  * per call, so the reference paths stay outside). */
-function noLeak<T>(fn: () => T, kept = 0): T {
+async function noLeak<T>(fn: () => T | Promise<T>, kept = 0): Promise<T> {
   const before = tf.memory().numTensors;
-  const out = fn();
+  const out = await fn();
   assertEquals(tf.memory().numTensors - before, kept, "tensors leaked");
   return out;
 }
@@ -69,39 +69,42 @@ function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   return worst;
 }
 
-eachModel("prefill and every cached step give the full forward's last-row logits", (model) => {
-  const ids = PROMPT.slice();
-  const cache = new KVCache(model);
-  try {
-    const layers = 2 * model.cfg.n_layers; // a key and a value tensor per layer
-    let got = noLeak(() => cache.append(ids), layers);
-    let worst = 0;
-    while (true) {
-      worst = Math.max(worst, maxAbsDiff(got, lastLogits(model, ids)));
-      if (ids.length === CTX) break;
-      ids.push((ids.length * 7919) % 50257); // arbitrary tokens, spread over the vocabulary
-      got = noLeak(() => cache.append([ids[ids.length - 1]]));
+eachModel(
+  "prefill and every cached step give the full forward's last-row logits",
+  async (model) => {
+    const ids = PROMPT.slice();
+    const cache = new KVCache(model);
+    try {
+      const layers = 2 * model.cfg.n_layers; // a key and a value tensor per layer
+      let got = await noLeak(() => cache.append(ids), layers);
+      let worst = 0;
+      while (true) {
+        worst = Math.max(worst, maxAbsDiff(got, await lastLogits(model, ids)));
+        if (ids.length === CTX) break;
+        ids.push((ids.length * 7919) % 50257); // arbitrary tokens, spread over the vocabulary
+        got = await noLeak(() => cache.append([ids[ids.length - 1]]));
+      }
+      assertEquals(cache.length, CTX);
+      assert(worst <= 1e-4, `max |Δlogit| ${worst} > 1e-4`);
+      // Several tokens at once after a prefix (a causal block against the cache) agree too.
+      cache.reset();
+      await cache.append(ids.slice(0, 10));
+      const block = await cache.append(ids.slice(10, 20));
+      const d = maxAbsDiff(block, await lastLogits(model, ids.slice(0, 20)));
+      assert(d <= 1e-4, `block append: max |Δlogit| ${d} > 1e-4`);
+      await assertRejects(() => cache.append(ids.slice(0, CTX - 19)), /exceed context_length/);
+      await noLeak(() => cache.dispose(), -layers);
+    } finally {
+      cache.dispose();
     }
-    assertEquals(cache.length, CTX);
-    assert(worst <= 1e-4, `max |Δlogit| ${worst} > 1e-4`);
-    // Several tokens at once after a prefix (a causal block against the cache) agree too.
-    cache.reset();
-    cache.append(ids.slice(0, 10));
-    const block = cache.append(ids.slice(10, 20));
-    const d = maxAbsDiff(block, lastLogits(model, ids.slice(0, 20)));
-    assert(d <= 1e-4, `block append: max |Δlogit| ${d} > 1e-4`);
-    assertThrows(() => cache.append(ids.slice(0, CTX - 19)), /exceed context_length/);
-    noLeak(() => cache.dispose(), -layers);
-  } finally {
-    cache.dispose();
-  }
-});
+  },
+);
 
-eachModel("greedy generateCached equals generateTextSimple, past context_length", (model) => {
+eachModel("greedy generateCached equals generateTextSimple, past context_length", async (model) => {
   const n = 2 * CTX; // crops from step 29 on
-  const want = generateTextSimple(model, PROMPT, n);
+  const want = await generateTextSimple(model, PROMPT, n);
   const streamed: number[] = [];
-  const got = noLeak(() =>
+  const got = await noLeak(() =>
     generateCached(model, PROMPT, { maxNewTokens: n, onToken: (id) => streamed.push(id) })
   );
   assertEquals(got, want);
@@ -110,35 +113,35 @@ eachModel("greedy generateCached equals generateTextSimple, past context_length"
   // A prompt longer than the context is cropped first, as in generate.
   const long = Array.from({ length: CTX + 5 }, (_, i) => (i * 104729) % 50257);
   assertEquals(
-    generateCached(model, long, { maxNewTokens: 6 }),
-    generateTextSimple(model, long, 6),
+    await generateCached(model, long, { maxNewTokens: 6 }),
+    await generateTextSimple(model, long, 6),
   );
 });
 
-eachModel("sampling with top-k and temperature draws what generate draws", (model) => {
+eachModel("sampling with top-k and temperature draws what generate draws", async (model) => {
   for (const [temperature, topK] of [[1.4, 25], [1.0, null], [0.7, 3]] as const) {
     const opts = { maxNewTokens: 40, temperature, topK };
-    const want = generate(model, PROMPT, { ...opts, rng: new TorchGenerator(123) });
-    const got = noLeak(() =>
+    const want = await generate(model, PROMPT, { ...opts, rng: new TorchGenerator(123) });
+    const got = await noLeak(() =>
       generateCached(model, PROMPT, { ...opts, rng: new TorchGenerator(123) })
     );
     assertEquals(got, want, `temperature ${temperature}, top-k ${topK}`);
   }
   // Greedy with a top-k mask is still the argmax.
   assertEquals(
-    generateCached(model, PROMPT, { maxNewTokens: 10, topK: 5 }),
-    generate(model, PROMPT, { maxNewTokens: 10, topK: 5 }),
+    await generateCached(model, PROMPT, { maxNewTokens: 10, topK: 5 }),
+    await generate(model, PROMPT, { maxNewTokens: 10, topK: 5 }),
   );
 });
 
-eachModel("stops before the eos token and handles zero new tokens", (model) => {
-  const greedy = generateTextSimple(model, PROMPT, 8);
+eachModel("stops before the eos token and handles zero new tokens", async (model) => {
+  const greedy = await generateTextSimple(model, PROMPT, 8);
   const eosId = greedy[PROMPT.length + 3]; // the 4th new token
-  const want = generate(model, PROMPT, { maxNewTokens: 8, eosId });
-  assertEquals(generateCached(model, PROMPT, { maxNewTokens: 8, eosId }), want);
+  const want = await generate(model, PROMPT, { maxNewTokens: 8, eosId });
+  assertEquals(await generateCached(model, PROMPT, { maxNewTokens: 8, eosId }), want);
   assert(want.length <= PROMPT.length + 3);
-  assertEquals(generateCached(model, PROMPT, { maxNewTokens: 0 }), PROMPT);
-  assertThrows(
+  assertEquals(await generateCached(model, PROMPT, { maxNewTokens: 0 }), PROMPT);
+  await assertRejects(
     () => generateCached(model, PROMPT, { maxNewTokens: 3, temperature: 1 }),
     /needs a random generator/,
   );

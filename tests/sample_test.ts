@@ -53,12 +53,12 @@ Deno.test("gpt2-tiny: the book's generate draws (top-k, temperature, torch.manua
   for (const d of torchFx.generate_gpt2_tiny.draws) {
     const o = { maxNewTokens: d.max_new_tokens, temperature: d.temperature, topK: d.top_k };
     assertEquals(
-      generate(model, d.prompt_ids, { ...o, rng: new TorchGenerator(d.seed) }),
+      await generate(model, d.prompt_ids, { ...o, rng: new TorchGenerator(d.seed) }),
       d.ids,
       `seed ${d.seed}`,
     );
     assertEquals(
-      generateCached(model, d.prompt_ids, { ...o, rng: new TorchGenerator(d.seed) }),
+      await generateCached(model, d.prompt_ids, { ...o, rng: new TorchGenerator(d.seed) }),
       d.ids,
     );
   }
@@ -68,13 +68,16 @@ Deno.test("gpt2-tiny: the book's generate draws (top-k, temperature, torch.manua
 Deno.test("greedy equals temperature 0; eos stops; same seed same ids, another seed other ids", async () => {
   const model = await tinyModel();
   const prompt = fx.greedy_prompt_ids as number[];
-  assertEquals(generate(model, prompt, { maxNewTokens: 10, temperature: 0 }), fx.greedy_ids);
+  assertEquals(await generate(model, prompt, { maxNewTokens: 10, temperature: 0 }), fx.greedy_ids);
   assertEquals(
-    generate(model, prompt, { maxNewTokens: 10, temperature: 0, topK: 5 }),
+    await generate(model, prompt, { maxNewTokens: 10, temperature: 0, topK: 5 }),
     fx.greedy_ids,
   );
   const eos = fx.greedy_ids[prompt.length]; // the first greedy token: generation stops before it
-  assertEquals(generate(model, prompt, { maxNewTokens: 10, temperature: 0, eosId: eos }), prompt);
+  assertEquals(
+    await generate(model, prompt, { maxNewTokens: 10, temperature: 0, eosId: eos }),
+    prompt,
+  );
   const draw = (seed: number) =>
     generate(model, prompt, {
       maxNewTokens: 15,
@@ -82,8 +85,8 @@ Deno.test("greedy equals temperature 0; eos stops; same seed same ids, another s
       topK: 25,
       rng: new TorchGenerator(seed),
     });
-  assertEquals(draw(7), draw(7));
-  ok(draw(7).join() !== draw(8).join());
+  assertEquals(await draw(7), await draw(7));
+  ok((await draw(7)).join() !== (await draw(8)).join());
   ok(argmax([1, 3, 3]) === 1);
   model.dispose();
 });

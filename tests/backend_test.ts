@@ -1,0 +1,64 @@
+/**
+ * Backend choice: `tensorflow` says in one line which package is missing and why, `webgpu` refuses a software
+ * adapter unless allowed, and `auto` never picks one.
+ */
+import { ok, rejects } from "node:assert/strict";
+import { initBackend } from "../lib/backend.ts";
+import { ALLOW_FALLBACK_ENV, probeWebGPU } from "../lib/backends/webgpu.ts";
+import { UserError } from "../lib/errors.ts";
+
+const tfNodeMapped = ["@tensorflow/tfjs-node-gpu", "@tensorflow/tfjs-node"].some((p) => {
+  try {
+    import.meta.resolve(p);
+    return true;
+  } catch {
+    return false;
+  }
+});
+
+Deno.test({
+  name:
+    "backend tensorflow without tfjs-node(-gpu) installed: one-line UserError naming both packages",
+  ignore: tfNodeMapped,
+  fn: async () => {
+    await rejects(initBackend("tensorflow"), (e) => {
+      ok(e instanceof UserError);
+      ok(!e.message.includes("\n"), e.message);
+      ok(
+        e.message.startsWith(
+          "backend tensorflow: not available: @tensorflow/tfjs-node-gpu not installed",
+        ),
+      );
+      ok(e.message.includes("@tensorflow/tfjs-node not installed"), e.message);
+      return true;
+    });
+  },
+});
+
+const found = await probeWebGPU();
+const software = typeof found !== "string" && found.fallback;
+
+Deno.test({
+  name: "a software WebGPU adapter: refused by webgpu unless allowed, never chosen by auto",
+  ignore: !software,
+  fn: async () => {
+    const before = Deno.env.get(ALLOW_FALLBACK_ENV);
+    Deno.env.delete(ALLOW_FALLBACK_ENV);
+    try {
+      await rejects(initBackend("webgpu"), (e) => {
+        ok(e instanceof UserError && e.message.includes(`set ${ALLOW_FALLBACK_ENV}=1`), String(e));
+        return true;
+      });
+      const auto = await initBackend("auto");
+      ok(auto.name !== "webgpu", auto.reason);
+      ok(/only the software adapter|no GPU device node/.test(auto.reason), auto.reason);
+      Deno.env.set(ALLOW_FALLBACK_ENV, "1");
+      const gpu = await initBackend("webgpu");
+      ok(gpu.name === "webgpu" && gpu.reason.includes("software fallback"), gpu.reason);
+    } finally {
+      if (before === undefined) Deno.env.delete(ALLOW_FALLBACK_ENV);
+      else Deno.env.set(ALLOW_FALLBACK_ENV, before);
+      await initBackend("cpu");
+    }
+  },
+});
