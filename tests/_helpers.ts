@@ -70,3 +70,17 @@ async function writeIfChanged(path: string, text: string) {
   } catch { /* missing */ }
   await Deno.writeTextFile(path, text);
 }
+
+/** A python3 that imports torch, or null. */
+export async function torchPython(): Promise<string | null> {
+  for (const py of ["python3", "/usr/bin/python3"]) {
+    try {
+      const r = await new Deno.Command(py, { args: ["-c", "import torch"], stderr: "null" })
+        .output();
+      if (r.success) return py;
+    } catch {
+      // not installed
+    }
+  }
+  return null;
+}

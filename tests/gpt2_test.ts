@@ -5,6 +5,7 @@ import { UserError } from "../lib/errors.ts";
 import { exportHFGPT2, loadHFGPT2, readHFGPT2Config } from "../lib/gpt2.ts";
 import { GPTModel } from "../lib/model.ts";
 import type { NamedParam } from "../lib/params.ts";
+import { torchPython } from "./_helpers.ts";
 import {
   bfloat16ToFloat32,
   float16ToFloat32,
@@ -269,19 +270,6 @@ Deno.test("export: an untied head and a model without qkv bias are written with 
   );
 });
 
-/** A python3 that imports torch, or null. */
-async function torchPython(): Promise<string | null> {
-  for (const py of ["python3", "/usr/bin/python3"]) {
-    try {
-      const r = await new Deno.Command(py, { args: ["-c", "import torch"], stderr: "null" })
-        .output();
-      if (r.success) return py;
-    } catch {
-      // not installed
-    }
-  }
-  return null;
-}
 const PY = await torchPython();
 
 /** Parses a safetensors file by hand and runs Hugging Face's GPT-2 forward pass on it (Conv1D: x @ W + b). */

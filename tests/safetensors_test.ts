@@ -1,6 +1,7 @@
 /** safetensors: round trip, F16/BF16 against hand-computed bit patterns and PyTorch, corrupt files, atomic writes. */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { UserError } from "../lib/errors.ts";
+import { torchPython } from "./_helpers.ts";
 import {
   bfloat16ToFloat32,
   float16ToFloat32,
@@ -198,19 +199,6 @@ Deno.test("float32 → F16/BF16 rounds to nearest even, overflows to inf, keeps 
   assertEquals((await Deno.stat(path)).size % 4, 0); // 2 × 5000 × 2 bytes of data after an aligned header
 });
 
-/** A python3 that imports torch, or null. */
-async function torchPython(): Promise<string | null> {
-  for (const py of ["python3", "/usr/bin/python3"]) {
-    try {
-      const r = await new Deno.Command(py, { args: ["-c", "import torch"], stderr: "null" })
-        .output();
-      if (r.success) return py;
-    } catch {
-      // not installed
-    }
-  }
-  return null;
-}
 const PY = await torchPython();
 
 const TORCH_HALF = `
