@@ -17,7 +17,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
 import { registerFusedCpuKernels } from "./fused_cpu.ts";
-import { isShared, sharedF32 } from "./parallel.ts";
+import { isShared, setParallelism, sharedF32 } from "./parallel.ts";
 
 tf.env().set("IS_NODE", false); // silences tfjs's "install tfjs-node" banner
 
@@ -108,8 +108,8 @@ const POOL_MIN_LENGTH = 1 << 14;
  */
 export class BlasBackend extends MathBackendCPU {
   /**
-   * Bytes the pool may hold; beyond that the oldest pooled arrays are dropped to the garbage collector. 256 MiB:
-   * 1 GiB made the GPT-124M step ~3% faster for ~0.3 GB more peak RSS.
+   * Bytes the pool may hold; beyond that the oldest pooled arrays are dropped to the garbage collector. 1 GiB:
+   * on GPT-124M at batch 2, 256 MiB saved ~0.8 GB of peak RSS but made the step ~25% slower (page faults).
    */
   poolLimitBytes: number;
   private pool = new Map<number, Float32Array[]>();
@@ -117,7 +117,7 @@ export class BlasBackend extends MathBackendCPU {
   /** "fresh": handed out, not yet a tensor; "live": the storage of exactly one tensor; "escaped": never reuse. */
   private owned = new WeakMap<ArrayBufferLike, "fresh" | "live" | "escaped">();
 
-  constructor(poolLimitBytes = 256 << 20) {
+  constructor(poolLimitBytes = 1 << 30) {
     super();
     this.poolLimitBytes = poolLimitBytes;
   }
@@ -206,6 +206,7 @@ export function sharedHostView(t: tf.Tensor): Float32Array | null {
   const v = entry?.values;
   if (!(v instanceof Float32Array)) return null;
   if (isShared(v)) return v;
+  if (setParallelism() <= 1) return null; // one thread: plain memory, no copy (callers use hostView)
   const copy = sharedF32(v.length);
   copy.set(v);
   entry.values = copy;
