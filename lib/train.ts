@@ -59,7 +59,7 @@ export interface StepResult {
 }
 
 /**
- * Whether `GPT_LEAN_BACKWARD=1` asks for lib/tape.ts's backward pass, which frees activations as it goes: ~0.4 GB
+ * Whether `GPT_LEAN_BACKWARD=1` asks for lib/tape.ts's backward pass, which frees activations as it goes: ~0.75 GB
  * less peak RSS on GPT-124M at batch 2, but ~20% slower there, since freed arrays overflow the blas pool and come
  * back as fresh, page-faulting allocations. Off by default.
  */
