@@ -84,3 +84,13 @@ export async function torchPython(): Promise<string | null> {
   }
   return null;
 }
+
+const tempDirs: string[] = [];
+/** A temporary directory, removed when the test process ends. */
+export function tempDir(): string {
+  tempDirs.push(Deno.makeTempDirSync({ prefix: "gpt-ts-test-" }));
+  return tempDirs.at(-1)!;
+}
+globalThis.addEventListener("unload", () => {
+  for (const d of tempDirs) Deno.removeSync(d, { recursive: true });
+});

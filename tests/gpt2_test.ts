@@ -5,7 +5,7 @@ import { UserError } from "../lib/errors.ts";
 import { exportHFGPT2, loadHFGPT2, readHFGPT2Config } from "../lib/gpt2.ts";
 import { GPTModel } from "../lib/model.ts";
 import type { NamedParam } from "../lib/params.ts";
-import { torchPython } from "./_helpers.ts";
+import { tempDir, torchPython } from "./_helpers.ts";
 import {
   bfloat16ToFloat32,
   float16ToFloat32,
@@ -15,16 +15,6 @@ import {
   type TensorToWrite,
   writeSafetensors,
 } from "../lib/safetensors.ts";
-
-const tempDirs: string[] = [];
-/** A temporary directory, removed when the test module ends. */
-function tempDir(): string {
-  tempDirs.push(Deno.makeTempDirSync({ prefix: "gpt-ts-test-" }));
-  return tempDirs.at(-1)!;
-}
-globalThis.addEventListener("unload", () => {
-  for (const d of tempDirs) Deno.removeSync(d, { recursive: true });
-});
 
 const FIXTURES = new URL("../../shared/fixtures/", import.meta.url);
 const weights = new URL("gpt2-tiny.safetensors", FIXTURES).pathname;

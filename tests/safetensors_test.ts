@@ -1,7 +1,7 @@
 /** safetensors: round trip, F16/BF16 against hand-computed bit patterns and PyTorch, corrupt files, atomic writes. */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { UserError } from "../lib/errors.ts";
-import { torchPython } from "./_helpers.ts";
+import { tempDir, torchPython } from "./_helpers.ts";
 import {
   bfloat16ToFloat32,
   float16ToFloat32,
@@ -27,16 +27,6 @@ function rawFile(header: unknown, ...body: (Uint8Array | number[])[]): Uint8Arra
   }
   return out;
 }
-
-const tempDirs: string[] = [];
-/** A temporary directory, removed when the test module ends. */
-function tempDir(): string {
-  tempDirs.push(Deno.makeTempDirSync({ prefix: "gpt-ts-test-" }));
-  return tempDirs.at(-1)!;
-}
-globalThis.addEventListener("unload", () => {
-  for (const d of tempDirs) Deno.removeSync(d, { recursive: true });
-});
 
 const bytesOf = (a: Uint16Array | Float32Array | BigInt64Array) => new Uint8Array(a.buffer);
 
