@@ -14,7 +14,16 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import type { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
-import { fastExp, fastTanh, KERNELS, OP, parallelFor, shared, sharedF32 } from "./parallel.ts";
+import {
+  fastExp,
+  fastTanh,
+  KERNELS,
+  OP,
+  parallelFor,
+  shared,
+  sharedF32,
+  softmaxRow,
+} from "./parallel.ts";
 
 export { fastExp };
 
@@ -323,22 +332,6 @@ function reduction(name: "Sum" | "Max"): KernelFn {
 // ---------------------------------------------------------------------------------------------------------------
 // Softmax over the last axis: max, exp and sum in one pass per row, then a scale.
 
-function softmaxRows(z: Float32Array, rows: number, n: number, out: Float32Array): void {
-  for (let r = 0; r < rows; r++) {
-    const o = r * n;
-    let max = -Infinity;
-    for (let k = 0; k < n; k++) if (z[o + k] > max) max = z[o + k];
-    let sum = 0;
-    for (let k = 0; k < n; k++) {
-      const e = fastExp(z[o + k] - max);
-      out[o + k] = e;
-      sum += e;
-    }
-    const inv = 1 / sum;
-    for (let k = 0; k < n; k++) out[o + k] *= inv;
-  }
-}
-
 function softmax(): KernelFn {
   const fallback = cpuKernel("Softmax");
   return (args) => {
@@ -348,7 +341,7 @@ function softmax(): KernelFn {
     if (logits.dtype !== "float32" || (dim !== -1 && dim !== r - 1)) return fallback(args);
     const n = logits.shape[r - 1], z = f32(args.backend, logits);
     const out = alloc(args.backend, z.length);
-    if (n > 0) softmaxRows(z, z.length / n, n, out);
+    for (let o = 0; n > 0 && o < z.length; o += n) softmaxRow(z, out, o, n);
     return args.backend.makeTensorInfo(logits.shape, "float32", out);
   };
 }

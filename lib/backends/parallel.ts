@@ -57,6 +57,24 @@ export function fastTanh(x: number): number {
 
 const GELU_C = Math.sqrt(2 / Math.PI), GELU_A = 0.044715;
 
+/**
+ * out[o…o+n) = softmax of z[o…o+n): max, exp and sum in one pass, then a scale. Returns log Σ e^z (the row's
+ * log-sum-exp), from which cross-entropy is lse − z[target].
+ */
+export function softmaxRow(z: Arr, out: Arr, o: number, n: number): number {
+  let max = -Infinity;
+  for (let k = 0; k < n; k++) if (z[o + k] > max) max = z[o + k];
+  let sum = 0;
+  for (let k = 0; k < n; k++) {
+    const e = fastExp(z[o + k] - max);
+    out[o + k] = e;
+    sum += e;
+  }
+  const inv = 1 / sum;
+  for (let k = 0; k < n; k++) out[o + k] *= inv;
+  return Math.log(sum) + max;
+}
+
 /** Binary op codes of the `binary*` kernels. */
 export const OP = { Add: 0, Sub: 1, Multiply: 2, RealDiv: 3 } as const;
 
@@ -157,20 +175,7 @@ export const KERNELS: Record<string, RangeKernel> = {
 
   /** [logits (N, V), targets, probs, rowLoss]: softmax and −log p[target] per row, rows. s: [V]. */
   softmaxCrossEntropy: ([z, tv, p, loss], [V], lo, hi) => {
-    for (let r = lo; r < hi; r++) {
-      const o = r * V;
-      let max = -Infinity;
-      for (let k = 0; k < V; k++) if (z[o + k] > max) max = z[o + k];
-      let sum = 0;
-      for (let k = 0; k < V; k++) {
-        const e = fastExp(z[o + k] - max);
-        p[o + k] = e;
-        sum += e;
-      }
-      const inv = 1 / sum;
-      for (let k = 0; k < V; k++) p[o + k] *= inv;
-      loss[r] = Math.log(sum) + max - z[o + tv[r]];
-    }
+    for (let r = lo; r < hi; r++) loss[r] = softmaxRow(z, p, r * V, V) - z[r * V + tv[r]];
   },
 
   /** [probs, targets, dlogits]: (p − onehot(target))·scale, rows. s: [V, scale]. */
