@@ -94,3 +94,17 @@ export function tempDir(): string {
 globalThis.addEventListener("unload", () => {
   for (const d of tempDirs) Deno.removeSync(d, { recursive: true });
 });
+
+const ROOT = new URL("../", import.meta.url).pathname;
+
+/**
+ * `deno run` arguments that run task `name` as `deno task name` does: its permission flags and its script from
+ * deno.json, the project's config, then `args` (for tests that spawn a task from another working directory).
+ */
+export function taskArgs(name: string, args: string[]): string[] {
+  const words: string[] = JSON.parse(Deno.readTextFileSync(`${ROOT}deno.json`)).tasks[name]
+    .split(/\s+/);
+  const script = words.find((w) => w.endsWith(".ts"))!;
+  const flags = words.filter((w) => w.startsWith("--allow"));
+  return ["run", ...flags, "--config", `${ROOT}deno.json`, `${ROOT}${script}`, ...args];
+}

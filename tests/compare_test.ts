@@ -13,6 +13,7 @@ import { UserError } from "../lib/errors.ts";
 import { readRunLog } from "../lib/runlog.ts";
 import { pointAction, pointCommand, readSweep } from "../lib/sweep.ts";
 import { DEFAULTS } from "../lib/config.ts";
+import { taskArgs } from "./_helpers.ts";
 
 /**
  * Writes a run log like lib/run.ts does: a header, an eval every 5 steps (512 tokens a step) with the given losses,
@@ -75,10 +76,7 @@ function writeLog(
   return path;
 }
 
-const ROOT = new URL("..", import.meta.url).pathname;
 /** The permission flags `deno task compare` runs with, from deno.json. */
-const TASK_FLAGS: string[] = JSON.parse(Deno.readTextFileSync(`${ROOT}deno.json`)).tasks.compare
-  .split(/\s+/).filter((a: string) => a.startsWith("--allow"));
 
 /** Runs the compare task as `deno task compare` would, from `cwd` (where checkpoints/ is looked for). */
 function compareTask(
@@ -86,14 +84,7 @@ function compareTask(
   ...args: string[]
 ): { code: number; stdout: string; stderr: string } {
   const out = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      ...TASK_FLAGS,
-      "--config",
-      `${ROOT}deno.json`,
-      `${ROOT}tasks/compare.ts`,
-      ...args,
-    ],
+    args: taskArgs("compare", args),
     cwd,
     stdout: "piped",
     stderr: "piped",

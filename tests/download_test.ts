@@ -5,6 +5,7 @@
  */
 import { deepStrictEqual as assertEquals, ok, rejects } from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { taskArgs } from "./_helpers.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const FIXTURE = `${ROOT}../shared/fixtures/gpt2-tiny.safetensors`;
@@ -12,17 +13,8 @@ const PATH = "/openai-community/gpt2-medium/resolve/main/model.safetensors";
 
 /** Runs the task the way `deno task download-gpt2` does, from `cwd`. */
 async function download(cwd: string, endpoint: string, ...args: string[]) {
-  const flags = JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`)).tasks["download-gpt2"]
-    .split(/\s+/).filter((a: string) => a.startsWith("--allow"));
   const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      ...flags,
-      "--config",
-      `${ROOT}deno.json`,
-      `${ROOT}tasks/download_gpt2.ts`,
-      ...args,
-    ],
+    args: taskArgs("download-gpt2", args),
     cwd,
     env: { HF_ENDPOINT: endpoint, NO_COLOR: "1" },
   }).output();

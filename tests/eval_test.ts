@@ -13,9 +13,8 @@ import { TorchGenerator } from "../lib/rng.ts";
 import { prepareData, runTraining } from "../lib/run.ts";
 import { readRunLog } from "../lib/runlog.ts";
 import { textToTokenIds, tokenIdsToText } from "../lib/tokenizer.ts";
-import { ensureVerdict } from "./_helpers.ts";
+import { ensureVerdict, taskArgs } from "./_helpers.ts";
 
-const ROOT = new URL("../", import.meta.url).pathname;
 const TINY = ["model.context_length=32", "model.emb_dim=32", "model.n_heads=2", "model.n_layers=1"];
 const TINY_YAML = "model: {context_length: 32, emb_dim: 32, n_heads: 2, n_layers: 1}\n" +
   "sampling: {max_new_tokens: 6}\nbackend: cpu\n";
@@ -104,10 +103,8 @@ Deno.test("eval of a trained run: whole-loader losses, a report with both curves
 
 /** Runs a task the way `deno task` does (its permission flags), from `cwd`. */
 async function task(name: string, cwd: string, ...args: string[]) {
-  const flags = JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`)).tasks[name]
-    .split(/\s+/).filter((a: string) => a.startsWith("--allow"));
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", ...flags, "--config", `${ROOT}deno.json`, `${ROOT}tasks/${name}.ts`, ...args],
+    args: taskArgs(name, args),
     cwd,
     stdout: "piped",
     stderr: "piped",
