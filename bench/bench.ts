@@ -5,7 +5,9 @@
  * PyTorch (bench/torch_step.py) at both thread settings; the faster one is PyTorch's figure and our train-step lines
  * get `ratio_vs_pytorch` (ours tokens/s ÷ PyTorch's). Two data lines: `tokenize` (MB/s of `prepare` on every core
  * over a generated corpus of --corpus-mb MB, default 200) and `loader` (train windows/s streamed from its shards),
- * each with peak RSS; --data-only runs just those, --no-data skips them. Timings live here, never in tests.
+ * each with peak RSS; --data-only runs just those, --no-data skips them. `--stream-gtokens n` adds a `stream` line:
+ * every window of n billion tokens of shards streamed once, with RSS sampled along the way (it writes 2n GB to
+ * bench/out/ the first time). Timings live here, never in tests.
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { parseArgs } from "node:util";
@@ -19,9 +21,19 @@ import { DropoutRng } from "../lib/ops.ts";
 import { TorchGenerator } from "../lib/rng.ts";
 import { textToTokenIds } from "../lib/tokenizer.ts";
 import { trainStep } from "../lib/train.ts";
-import { prepareCorpus } from "../lib/corpus.ts";
+import { DEFAULT_SHARD_TOKENS, prepareCorpus } from "../lib/corpus.ts";
 import { splitmix32 } from "../lib/data.ts";
-import { readIndex, ShardLoader } from "../lib/shards.ts";
+import {
+  GPT2_VOCAB_SIZE,
+  INDEX_FILE,
+  INDEX_VERSION,
+  isShardDir,
+  readIndex,
+  ShardIndex,
+  type ShardInfo,
+  ShardLoader,
+  TOKENIZER,
+} from "../lib/shards.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -35,6 +47,7 @@ const { values } = parseArgs({
     "corpus-mb": { type: "string", default: "200" },
     "data-only": { type: "boolean", default: false },
     "no-data": { type: "boolean", default: false },
+    "stream-gtokens": { type: "string", default: "0" },
     backend: { type: "string" }, // overrides the experiment's backend (bench/gpu.ts passes webgpu)
   },
 });
@@ -119,9 +132,13 @@ async function runCase(name: string, batch: number): Promise<Record<string, unkn
   };
 }
 
-/** Generated corpus of about `mb` MB: files of ~4 MB of The Verdict's paragraphs in a seeded random order. */
+/**
+ * Generated corpus of about `mb` MB: files of ~4 MB of The Verdict's paragraphs in a seeded random order, with one
+ * word in six replaced by a word of a made-up vocabulary of a million drawn with Zipf's law (frequency ∝ 1/rank), so
+ * that the corpus has as many distinct words as real text of its size and a tokenizer's word cache misses as often.
+ */
 async function benchCorpus(mb: number): Promise<string> {
-  const dir = `bench/out/corpus-${mb}MB`;
+  const dir = `bench/out/corpus-v2-${mb}MB`;
   const target = mb * 1e6, perFile = Math.min(4e6, target);
   const files = Math.ceil(target / perFile);
   const have = await Array.fromAsync(Deno.readDir(dir)).catch(() => []);
@@ -129,17 +146,98 @@ async function benchCorpus(mb: number): Promise<string> {
   await Deno.mkdir(dir, { recursive: true });
   const paras = (await Deno.readTextFile("data/the-verdict.txt")).split("\n\n");
   const rand = splitmix32(42);
+  const letters = "etaoinshrdlcumwfgypbvkjxqz";
+  const word = (rank: number) => { // the same letters for the same rank
+    const r = splitmix32(rank);
+    let w = "";
+    for (let n = 2 + Math.floor(r() * 9); n > 0; n--) w += letters[Math.floor(r() ** 2 * 26)];
+    return r() < 0.1 ? w[0].toUpperCase() + w.slice(1) : w;
+  };
+  const zipfWord = () => word(Math.floor(Math.exp(rand() * Math.log(1e6)))); // log-uniform rank ≈ Zipf
   for (let f = 0; f < files; f++) {
     const parts: string[] = [];
     let n = 0;
     while (n < perFile) {
-      const p = paras[Math.floor(rand() * paras.length)];
+      const p = paras[Math.floor(rand() * paras.length)]
+        .replace(/\p{L}+/gu, (w) => rand() < 1 / 6 ? zipfWord() : w);
       parts.push(p);
       n += p.length + 2;
     }
     await Deno.writeTextFile(`${dir}/part-${String(f).padStart(4, "0")}.txt`, parts.join("\n\n"));
   }
   return dir;
+}
+
+/**
+ * Shards of `gtokens` billion random token ids in prepare's layout (default shard size), written once: the corpus
+ * of the `stream` case, bigger than this machine's RAM when asked for. The ids are random; the loader reads them
+ * the same as text.
+ */
+async function streamCorpus(gtokens: number): Promise<string> {
+  const dir = `bench/out/stream-${gtokens}G`;
+  if (isShardDir(dir)) return dir;
+  await Deno.mkdir(dir, { recursive: true });
+  const S = DEFAULT_SHARD_TOKENS, total = Math.round(gtokens * 1e9);
+  const rand = splitmix32(7);
+  const ids = Uint16Array.from({ length: S }, () => Math.floor(rand() * GPT2_VOCAB_SIZE));
+  const shards: ShardInfo[] = [];
+  for (let done = 0; done < total; done += S) {
+    const file = `train-g1-${String(shards.length).padStart(5, "0")}.bin`;
+    const n = Math.min(S, total - done);
+    ids.copyWithin(0, 1, 2); // vary the shards a little
+    await Deno.writeFile(`${dir}/${file}`, new Uint8Array(ids.buffer, 0, n * 2));
+    shards.push({ file, tokens: n });
+  }
+  const index: ShardIndex = {
+    version: INDEX_VERSION,
+    tokenizer: TOKENIZER,
+    vocab_size: GPT2_VOCAB_SIZE,
+    dtype: "uint16",
+    generation: 1,
+    seed: 123,
+    train_ratio: 1,
+    shard_tokens: S,
+    sources: [],
+    splits: {
+      train: { documents: shards.length, tokens: total, shards },
+      val: { documents: 0, tokens: 0, shards: [] },
+    },
+    created_at: new Date().toISOString(),
+  };
+  await Deno.writeTextFile(`${dir}/${INDEX_FILE}`, JSON.stringify(index));
+  return dir;
+}
+
+/** Streams every train window of a shard directory once (shuffled, batch 8 × 256), sampling RSS as it goes. */
+function streamCase(dir: string): Record<string, unknown> {
+  const T = 256, B = 8;
+  const loader = new ShardLoader(dir, readIndex(dir), "train", {
+    batchSize: B,
+    maxLength: T,
+    stride: T,
+    shuffle: true,
+    dropLast: true,
+  }, 123);
+  const rssMb = () => Deno.memoryUsage().rss / 2 ** 20;
+  const samples: number[] = [];
+  let batches = 0, tokens = 0;
+  const t0 = performance.now();
+  for (const b of loader.batches(0)) {
+    tokens += b.batchSize * b.maxLength;
+    if (++batches % Math.ceil(loader.length / 20) === 0) samples.push(Math.round(rssMb()));
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  return {
+    case: "stream",
+    batch: B,
+    context: T,
+    shards: loader.shards.length,
+    tokens,
+    seconds,
+    tokens_per_s: tokens / seconds,
+    rss_mb_every_5pct: samples,
+    peak_rss_mb: peakRssMb(),
+  };
 }
 
 /** The data cases: tokenizing a corpus on every core, and streaming train windows from its shards. */
@@ -156,7 +254,7 @@ async function runDataCase(name: string, corpus: string): Promise<Record<string,
     });
     return {
       case: "tokenize",
-      encoder: r.encoder,
+      cache_hit_rate: r.cacheHitRate,
       workers: navigator.hardwareConcurrency,
       mb: r.bytes / 1e6,
       tokens: r.index.splits.train.tokens + r.index.splits.val.tokens,
@@ -194,7 +292,9 @@ async function runDataCase(name: string, corpus: string): Promise<Record<string,
 }
 
 if (values.case) {
-  const r = values.case === "tokenize" || values.case === "loader"
+  const r = values.case === "stream"
+    ? streamCase(values.experiment!)
+    : values.case === "tokenize" || values.case === "loader"
     ? await runDataCase(values.case, values.experiment!)
     : await runCase(values.case, Number(values.batch));
   console.log(JSON.stringify(r));
@@ -226,6 +326,12 @@ if (!values["no-data"]) {
   for (const name of ["tokenize", "loader"]) {
     const r = await sub(Deno.execPath(), [...self, "--experiment", corpus, "--case", name]);
     dataLines.push(r ?? { case: name, error: "case failed" });
+  }
+  const gtokens = Number(values["stream-gtokens"]);
+  if (gtokens > 0) {
+    const dir = await streamCorpus(gtokens);
+    const r = await sub(Deno.execPath(), [...self, "--experiment", dir, "--case", "stream"]);
+    dataLines.push(r ?? { case: "stream", error: "case failed" });
   }
   if (values["data-only"]) {
     for (const r of dataLines) console.log(JSON.stringify(r));

@@ -25,7 +25,8 @@ import {
   streamTokens,
   TOKENIZER,
 } from "./shards.ts";
-import { bulkEncoder, END_OF_TEXT_ID } from "./tokenizer.ts";
+import { CachedBpe } from "./bpe.ts";
+import { END_OF_TEXT_ID } from "./tokenizer.ts";
 
 const EOT = new Uint16Array([END_OF_TEXT_ID]);
 
@@ -233,10 +234,21 @@ async function* textPieces(path: string): AsyncGenerator<{ text: string; bytes: 
   if (carry.length > 0) yield { text: carry, bytes: carryBytes };
 }
 
+let bpe: CachedBpe | null = null;
+
+/** What a worker returns for one piece: its ids and how its pre-tokens fared in the worker's cache. */
+export interface EncodedPiece {
+  ids: Uint16Array;
+  hits: number;
+  misses: number;
+}
+
 /** Encodes one piece of text to uint16 GPT-2 ids (the body of a worker; callable directly). */
-export async function encodePiece(text: string): Promise<Uint16Array> {
-  const raw = (await bulkEncoder()).encode(text);
-  return raw instanceof Uint32Array ? Uint16Array.from(raw) : Uint16Array.from(raw);
+export function encodePiece(text: string): EncodedPiece {
+  bpe ??= new CachedBpe();
+  const { hits, misses } = bpe;
+  const ids = Uint16Array.from(bpe.encode(text));
+  return { ids, hits: bpe.hits - hits, misses: bpe.misses - misses };
 }
 
 /** A fixed set of Workers, each encoding one piece at a time. */
@@ -253,10 +265,10 @@ class WorkerPool {
     }
   }
 
-  async run(text: string): Promise<Uint16Array> {
+  async run(text: string): Promise<EncodedPiece> {
     const w = this.idle.pop() ?? await new Promise<Worker>((r) => this.waiting.push(r));
     try {
-      return await new Promise<Uint16Array>((resolve, reject) => {
+      return await new Promise<EncodedPiece>((resolve, reject) => {
         w.onmessage = (e) => resolve(e.data);
         w.onerror = (e) => {
           e.preventDefault();
@@ -299,7 +311,8 @@ export interface PrepareResult {
   bytes: number; // source bytes, all files
   tokenizedBytes: number;
   seconds: number;
-  encoder: string;
+  /** Share of pre-tokens the encoders found in their word cache (see lib/bpe.ts); NaN when nothing was encoded. */
+  cacheHitRate: number;
 }
 
 /** Accumulates one split's stream into shards of `shardTokens`, each written by tmp + rename. */
@@ -369,7 +382,6 @@ export async function prepareCorpus(source: string, o: PrepareOptions): Promise<
   const oldBy = new Map((old?.sources ?? []).map((s) => [s.path, s]));
   const sizes = files.map((f) => Deno.statSync(f).size);
   const totalBytes = sizes.reduce((a, b) => a + b, 0);
-  const encoder = (await bulkEncoder()).name;
 
   // Nothing changed: same settings, same files, same hashes.
   if (
@@ -394,7 +406,7 @@ export async function prepareCorpus(source: string, o: PrepareOptions): Promise<
         bytes: totalBytes,
         tokenizedBytes: 0,
         seconds: (performance.now() - t0) / 1000,
-        encoder,
+        cacheHitRate: NaN,
       };
     }
   }
@@ -411,7 +423,13 @@ export async function prepareCorpus(source: string, o: PrepareOptions): Promise<
   const pool = new WorkerPool(nWorkers);
   const sources: SourceInfo[] = [];
   const skipped: string[] = [];
-  let tokenized = 0, reused = 0, doneBytes = 0, tokenizedBytes = 0, lastShow = 0;
+  let tokenized = 0,
+    reused = 0,
+    doneBytes = 0,
+    tokenizedBytes = 0,
+    lastShow = 0,
+    hits = 0,
+    misses = 0;
   const show = (final = false) => {
     if (o.progress === false) return;
     const now = performance.now();
@@ -477,9 +495,10 @@ export async function prepareCorpus(source: string, o: PrepareOptions): Promise<
         let before = -1;
         for await (const piece of textPieces(path)) {
           const encoded = pool.run(piece.text);
-          fifo.push(encoded.then((ids) => async () => {
+          fifo.push(encoded.then((e) => async () => {
             if (before < 0) before = w.tokens;
-            await w.append(ids);
+            await w.append(e.ids);
+            hits += e.hits, misses += e.misses;
             doneBytes += piece.bytes;
             tokenizedBytes += piece.bytes;
             show();
@@ -561,6 +580,6 @@ export async function prepareCorpus(source: string, o: PrepareOptions): Promise<
     bytes: totalBytes,
     tokenizedBytes,
     seconds: (performance.now() - t0) / 1000,
-    encoder,
+    cacheHitRate: hits / (hits + misses),
   };
 }

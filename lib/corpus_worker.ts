@@ -1,11 +1,11 @@
 /// <reference lib="deno.worker" />
 /**
  * Entry of the tokenizing Workers of lib/corpus.ts: encodes each piece of text the main thread posts to GPT-2 ids,
- * posted back as a transferred Uint16Array.
+ * posted back as a transferred Uint16Array with the piece's word-cache counts.
  */
 import { encodePiece } from "./corpus.ts";
 
-self.onmessage = async (e: MessageEvent<string>) => {
-  const ids = await encodePiece(e.data);
-  self.postMessage(ids, [ids.buffer as ArrayBuffer]);
+self.onmessage = (e: MessageEvent<string>) => {
+  const r = encodePiece(e.data);
+  self.postMessage(r, [r.ids.buffer as ArrayBuffer]);
 };

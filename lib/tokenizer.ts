@@ -24,36 +24,3 @@ export function textToTokenIds(text: string): number[] {
 export function tokenIdsToText(ids: readonly number[]): string {
   return gpt2Tokenizer().decode(ids as number[]);
 }
-
-/** A GPT-2 encoder for bulk work: its name (which library) and an encode that allows `<|endoftext|>`. */
-export interface BulkEncoder {
-  name: "tiktoken" | "js-tiktoken";
-  encode(text: string): Uint32Array | number[];
-}
-
-let bulk: Promise<BulkEncoder> | null = null;
-
-/**
- * The fastest GPT-2 encoder that loads here: npm `tiktoken` (the Rust tokenizer built to WASM, ~6× js-tiktoken),
- * else js-tiktoken. Both give the same ids (tests/tokenizer_test.ts); `GPT_TOKENIZER=js-tiktoken` forces the
- * fallback.
- */
-export function bulkEncoder(): Promise<BulkEncoder> {
-  bulk ??= (async (): Promise<BulkEncoder> => {
-    let forced: string | undefined;
-    try {
-      forced = Deno.env.get("GPT_TOKENIZER");
-    } catch { /* no --allow-env: no override */ }
-    if (forced !== "js-tiktoken") {
-      try {
-        const { get_encoding } = await import("tiktoken");
-        const enc = get_encoding("gpt2");
-        const special = ["<|endoftext|>"];
-        return { name: "tiktoken", encode: (text) => enc.encode(text, special) };
-      } catch { /* WASM cannot load (permissions, platform): fall back */ }
-    }
-    const enc = gpt2Tokenizer();
-    return { name: "js-tiktoken", encode: (text) => enc.encode(text, ["<|endoftext|>"]) };
-  })();
-  return bulk;
-}

@@ -64,7 +64,9 @@ await runTask(async () => {
   } else {
     console.log(
       `${dir}: ${r.tokenized} files tokenized (${(r.tokenizedBytes / 1e6).toFixed(1)} MB, ` +
-        `${(r.tokenizedBytes / 1e6 / r.seconds).toFixed(1)} MB/s with ${r.encoder}), ` +
+        `${(r.tokenizedBytes / 1e6 / r.seconds).toFixed(1)} MB/s, ${
+          (100 * r.cacheHitRate).toFixed(1)
+        } % of words from the cache), ` +
         `${r.reused} unchanged, ${r.skipped.length} skipped, in ${r.seconds.toFixed(1)} s`,
     );
   }

@@ -1,39 +1,77 @@
-import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import { bulkEncoder, textToTokenIds } from "../lib/tokenizer.ts";
-import { ensureVerdict } from "./_helpers.ts";
+import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
+import { CachedBpe } from "../lib/bpe.ts";
+import { textToTokenIds } from "../lib/tokenizer.ts";
+import { ensureVerdict, generatedText } from "./_helpers.ts";
 
-const SAMPLE =
-  "Hello, do you like tea? <|endoftext|> In the sunlit terraces of the palace. naïve 🙂";
-
-Deno.test("bulk encoder (npm tiktoken, WASM) gives js-tiktoken's ids on The Verdict and odd text", async () => {
-  const enc = await bulkEncoder();
-  assertEquals(enc.name, "tiktoken");
-  const verdict = await Deno.readTextFile(await ensureVerdict());
-  const odd = "naïve café 東京 🙂\r\n\t  <|endoftext|>x  \u00a0end<|endoftext|>";
-  for (
-    const text of [verdict, odd, "", " ", "Hello, do you like tea? <|endoftext|> In the sunlit"]
-  ) {
-    assertEquals(Array.from(enc.encode(text)), textToTokenIds(text));
+/** Seeded text from every character class GPT-2's pre-tokenizer distinguishes, in random runs. */
+function oddText(seed: number, runs: number): string {
+  let s = seed >>> 0;
+  const rand = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296;
+  const classes = [
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJ",
+    "0123456789",
+    ".,;:!?-()\"'«»…",
+    " ",
+    "  ",
+    "\n",
+    "\n\n",
+    "\t",
+    "\r\n",
+    "\u00a0",
+    "\u3000",
+    "éàüñçøß",
+    "東京日本語テキスト",
+    "🙂🚀👍🏽",
+    "'s",
+    "'t",
+    "'re",
+    "'ve",
+    "'m",
+    "'ll",
+    "'d",
+    "'S",
+    "<|endoftext|>",
+    "١٢٣",
+    "Ωπλ",
+  ];
+  let out = "";
+  for (let i = 0; i < runs; i++) {
+    const c = [...classes[Math.floor(rand() * classes.length)]];
+    const n = 1 + Math.floor(rand() * 4);
+    for (let k = 0; k < n; k++) out += c.length > 3 ? c[Math.floor(rand() * c.length)] : c.join("");
   }
+  return out;
+}
+
+Deno.test("cached BPE gives js-tiktoken's ids: The Verdict, generated prose, every character class", async () => {
+  const enc = new CachedBpe();
+  const verdict = await Deno.readTextFile(await ensureVerdict());
+  const texts = [
+    verdict,
+    generatedText(3, 5000),
+    "",
+    " ",
+    "x",
+    "<|endoftext|>",
+    "a<|endoftext|><|endoftext|>b",
+  ];
+  texts.push("lone \ud83d surrogates\udc00 here 🙂 \ud800", "\u0800\uffff\u07ff\u0080 end");
+  for (let seed = 1; seed <= 20; seed++) texts.push(oddText(seed, 400));
+  for (const text of texts) {
+    assertEquals(Array.from(enc.encode(text)), textToTokenIds(text), text.slice(0, 80));
+  }
+  // The second pass over The Verdict comes from the cache, with the same ids.
+  const misses = enc.misses;
+  assertEquals(Array.from(enc.encode(verdict)), textToTokenIds(verdict));
+  assertEquals(enc.misses, misses);
+  ok(enc.hits > 5000, `hits ${enc.hits}`);
 });
 
-Deno.test("bulk encoder falls back to js-tiktoken where the WASM cannot load (no --allow-read), same ids", async () => {
-  const script = `import { bulkEncoder } from "./lib/tokenizer.ts";
-const e = await bulkEncoder();
-console.log(JSON.stringify([e.name, Array.from(e.encode(${JSON.stringify(SAMPLE)}))]));`;
-  for (const [flags, want] of [[[], "js-tiktoken"], [["--allow-read"], "tiktoken"]] as const) {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "--no-prompt", ...flags, "-"],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "null",
-    }).spawn();
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(script));
-    await w.close();
-    const out = await child.output();
-    const [name, ids] = JSON.parse(new TextDecoder().decode(out.stdout).trim());
-    assertEquals(name, want);
-    assertEquals(ids, textToTokenIds(SAMPLE));
-  }
+Deno.test("cached BPE with a tiny cache starts over when full and still gives the same ids", async () => {
+  const enc = new CachedBpe(16);
+  const verdict = await Deno.readTextFile(await ensureVerdict());
+  const text = verdict.slice(0, 5000) + oddText(99, 300);
+  assertEquals(Array.from(enc.encode(text)), textToTokenIds(text));
+  assertEquals(Array.from(enc.encode(text)), textToTokenIds(text));
+  ok(enc.misses > 500, `misses ${enc.misses}: the cache was cleared and refilled`);
 });
