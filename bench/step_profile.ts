@@ -41,7 +41,7 @@ if (backendName === BLAS_BACKEND) {
   if (!reg.ok) throw new Error(reg.reason);
 }
 await tf.setBackend(backendName);
-const poolGiB = flag("pool-gib", ""); // the blas backend's array pool limit (default 1 GiB)
+const poolGiB = flag("pool-gib", ""); // the blas backend's array pool limit (default: defaultPoolLimit())
 if (poolGiB && tf.backend() instanceof BlasBackend) {
   (tf.backend() as BlasBackend).poolLimitBytes = Number(poolGiB) * 1024 ** 3;
 }
