@@ -156,6 +156,16 @@ export async function initBackend(
 }
 
 /**
+ * A Float32Array of `n` elements to build a float32 tensor from, with arbitrary contents (write every element):
+ * recycled from the active backend's pool where it keeps one (blas), else fresh. Per-step host data such as
+ * dropout masks then costs no fresh pages.
+ */
+export function tensorStorage(n: number): Float32Array {
+  const backend = tf.backend() as unknown as { allocF32?: (n: number) => Float32Array };
+  return typeof backend.allocF32 === "function" ? backend.allocF32(n) : new Float32Array(n);
+}
+
+/**
  * A writable view of a float32 tensor's storage on CPU-side backends (cpu, blas: the JS array; wasm: the heap),
  * or null on backends whose memory lives elsewhere (webgpu). Lets the optimizer update parameters in place in one
  * pass instead of through a dozen temporary tensors of the parameter's size.

@@ -4,7 +4,7 @@
  * Nothing here names a backend: where a backend lacks a kernel, the op asks TF.js whether the kernel exists.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { hostView } from "./backend.ts";
+import { hostView, tensorStorage } from "./backend.ts";
 import {
   fusedCrossEntropy,
   fusedEmbedding,
@@ -130,9 +130,8 @@ export class DropoutRng {
     return Array.from(this.s);
   }
 
-  /** Fills a keep-mask scaled by 1/(1-p): each element is 0 with probability p. */
-  mask(n: number, p: number): Float32Array {
-    const out = new Float32Array(n);
+  /** A keep-mask scaled by 1/(1-p), in `out` (default a new array): each element is 0 with probability p. */
+  mask(n: number, p: number, out: Float32Array = new Float32Array(n)): Float32Array {
     const s = this.s;
     const threshold = Math.floor(p * 4294967296);
     const keep = 1 / (1 - p);
@@ -160,5 +159,6 @@ function rotl(x: number, k: number): number {
 /** Inverted dropout with a mask from `rng`; identity when `rng` is null or p is 0 (eval mode). */
 export function dropout(x: tf.Tensor, p: number, rng: DropoutRng | null): tf.Tensor {
   if (!rng || p === 0) return x;
-  return tf.tidy(() => tf.mul(x, tf.tensor(rng.mask(x.size, p), x.shape, "float32")));
+  const mask = rng.mask(x.size, p, tensorStorage(x.size));
+  return tf.tidy(() => tf.mul(x, tf.tensor(mask, x.shape, "float32")));
 }
