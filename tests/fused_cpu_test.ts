@@ -171,11 +171,13 @@ Deno.test({
   ...opts,
   fn: async () => {
     for (
-      const [shape, perm] of [[[2, 5, 3, 4], [0, 2, 1, 3]], [[6, 7], [1, 0]], [[2, 3, 4], [
-        2,
-        0,
-        1,
-      ]], [[2, 1, 3], [1, 0, 2]]]
+      const [shape, perm] of [
+        [[2, 5, 3, 4], [0, 2, 1, 3]], // attention heads: short contiguous runs
+        [[2, 3, 2, 5000], [0, 2, 1, 3]], // runs long enough to be copied with set()
+        [[6, 7], [1, 0]],
+        [[2, 3, 4], [2, 0, 1]],
+        [[2, 1, 3], [1, 0, 2]],
+      ]
     ) {
       await compare(
         `transpose [${shape}] [${perm}]`,

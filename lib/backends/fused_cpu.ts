@@ -252,7 +252,9 @@ function transpose(): KernelFn {
       const n = last.n, s = last.s;
       let i = 0;
       for (let o = 0; o < out.length; o += n) {
-        if (s === 1) out.set(xv.subarray(i, i + n), o);
+        // A subarray per run costs more than copying a head's 64 floats; set() pays off for long runs only.
+        if (s === 1 && n >= 4096) out.set(xv.subarray(i, i + n), o);
+        else if (s === 1) { for (let k = 0; k < n; k++) out[o + k] = xv[i + k]; }
         else for (let k = 0; k < n; k++) out[o + k] = xv[i + k * s];
         for (let d = outer.length - 1; d >= 0; d--) {
           const dim = outer[d];
