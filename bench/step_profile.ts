@@ -133,7 +133,7 @@ console.log(JSON.stringify({ backend: backendName, cfg, B, T, params: model.numP
 let warmupMs = 0;
 {
   const t0 = performance.now();
-  trainStep(model, optimizer, batch, rng); // warm-up: JIT, first allocations
+  await trainStep(model, optimizer, batch, rng); // warm-up: JIT, first allocations
   warmupMs = performance.now() - t0;
 }
 /** This process's user and system CPU seconds (Linux /proc; zeros elsewhere). */
