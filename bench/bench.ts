@@ -208,8 +208,8 @@ async function streamCorpus(gtokens: number): Promise<string> {
   return dir;
 }
 
-/** Streams every train window of a shard directory once (shuffled, batch 8 × 256), sampling RSS as it goes. */
-function streamCase(dir: string): Record<string, unknown> {
+/** The data cases' train loader over a shard directory: shuffled windows of 256 tokens, batch 8. */
+function benchLoader(dir: string): { loader: ShardLoader; B: number; T: number } {
   const T = 256, B = 8;
   const loader = new ShardLoader(dir, readIndex(dir), "train", {
     batchSize: B,
@@ -218,6 +218,12 @@ function streamCase(dir: string): Record<string, unknown> {
     shuffle: true,
     dropLast: true,
   }, 123);
+  return { loader, B, T };
+}
+
+/** Streams every train window of a shard directory once (shuffled, batch 8 × 256), sampling RSS as it goes. */
+function streamCase(dir: string): Record<string, unknown> {
+  const { loader, B, T } = benchLoader(dir);
   const rssMb = () => Deno.memoryUsage().rss / 2 ** 20;
   const samples: number[] = [];
   let batches = 0, tokens = 0;
@@ -263,14 +269,7 @@ async function runDataCase(name: string, corpus: string): Promise<Record<string,
       peak_rss_mb: peakRssMb(),
     };
   }
-  const T = 256, B = 8;
-  const loader = new ShardLoader(shardDir, readIndex(shardDir), "train", {
-    batchSize: B,
-    maxLength: T,
-    stride: T,
-    shuffle: true,
-    dropLast: true,
-  }, 123);
+  const { loader, B, T } = benchLoader(shardDir);
   let windows = 0;
   const t0 = performance.now();
   for (const b of loader.batches(0)) {
