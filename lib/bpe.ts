@@ -61,7 +61,7 @@ function loadMerges(): Merges {
     for (let i = 0; i < tokens.length; i++) ranks.set(atob(tokens[i]), first + i);
   }
   const byteIds = Int32Array.from({ length: 256 }, (_, b) => ranks.get(String.fromCharCode(b))!);
-  const pairs = new PairTable(20); // GPT-2 has ~220k such pairs
+  const pairs = new PairTable(18); // GPT-2 has 108,299 such pairs: the table is 41 % full
   for (const [bytes, id] of ranks) {
     for (let k = 1; k < bytes.length; k++) {
       const left = ranks.get(bytes.slice(0, k)), right = ranks.get(bytes.slice(k));
