@@ -5,7 +5,9 @@
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
+import type { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
 import { BLAS_BACKEND, registerBlasBackend } from "./backends/blas.ts";
+import { alloc } from "./backends/fused_cpu.ts";
 import { loadTensorflow, nvidiaGpuVisible } from "./backends/tensorflow.ts";
 import {
   activateWebGPU,
@@ -161,8 +163,7 @@ export async function initBackend(
  * dropout masks then costs no fresh pages.
  */
 export function tensorStorage(n: number): Float32Array {
-  const backend = tf.backend() as unknown as { allocF32?: (n: number) => Float32Array };
-  return typeof backend.allocF32 === "function" ? backend.allocF32(n) : new Float32Array(n);
+  return alloc(tf.backend() as MathBackendCPU, n);
 }
 
 /**

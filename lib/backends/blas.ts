@@ -16,7 +16,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
-import { registerFusedCpuKernels } from "./fused_cpu.ts";
+import { alloc, registerFusedCpuKernels } from "./fused_cpu.ts";
 import { isShared, setParallelism, sharedF32 } from "./parallel.ts";
 
 tf.env().set("IS_NODE", false); // silences tfjs's "install tfjs-node" banner
@@ -227,11 +227,6 @@ export function sharedHostView(t: tf.Tensor): Float32Array | null {
   return copy;
 }
 
-/** A Float32Array for a kernel's output: pooled on a {@link BlasBackend}, fresh (zeroed) elsewhere. */
-function allocF32(backend: MathBackendCPU, n: number): Float32Array {
-  return backend instanceof BlasBackend ? backend.allocF32(n) : new Float32Array(n);
-}
-
 function f32(backend: Backend, t: Info): Float32Array {
   const v = backend.data.get(t.dataId).values;
   return v instanceof Float32Array ? v : Float32Array.from(v as ArrayLike<number>);
@@ -275,7 +270,7 @@ function gemm(
   const batchA = tf.util.sizeFromShape(outerA), batchB = tf.util.sizeFromShape(outerB);
   const shape = [...outer, M, N];
   const beta = c ? 1 : 0;
-  c ??= allocF32(backend, batch * M * N); // sgemm with beta = 0 overwrites every element
+  c ??= alloc(backend, batch * M * N); // sgemm with beta = 0 overwrites every element
   const A = f32(backend, a), B = f32(backend, b);
   const lda = transA ? M : K, ldb = transB ? K : N;
   const tA = transA ? TRANS : NO_TRANS, tB = transB ? TRANS : NO_TRANS;
@@ -332,7 +327,7 @@ function fillBias(backend: Backend, bias: Info, shape: number[]): Float32Array |
     return null;
   }
   const bv = f32(backend, bias);
-  const out = allocF32(backend, tf.util.sizeFromShape(shape));
+  const out = alloc(backend, tf.util.sizeFromShape(shape));
   if (n === N) { for (let o = 0; o < out.length; o += N) out.set(bv, o); }
   else out.fill(bv[0]);
   return out;

@@ -47,7 +47,7 @@ function f32(backend: MathBackendCPU, t: Info): Float32Array {
  * A Float32Array for a kernel's output: from the backend's pool where it has one (`BlasBackend.allocF32`; its
  * contents are arbitrary, so every kernel here writes every element), else a fresh one.
  */
-function alloc(backend: MathBackendCPU, n: number): Float32Array {
+export function alloc(backend: MathBackendCPU, n: number): Float32Array {
   const pooled = (backend as unknown as { allocF32?: (n: number) => Float32Array }).allocF32;
   return pooled ? pooled.call(backend, n) : new Float32Array(n);
 }
