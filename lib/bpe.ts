@@ -12,6 +12,8 @@ const CACHE_LIMIT = 1 << 20;
 const CACHE_MAX_CHARS = 32;
 
 const END_OF_TEXT = "<|endoftext|>";
+/** GPT-2's pre-tokenizer (sticky use: `lastIndex` is reset for each text). */
+const PRE_TOKENS = new RegExp(gpt2.pat_str, "gu");
 
 /** GPT-2's merge table from js-tiktoken's compressed ranks (a token's rank is its id). */
 interface Merges {
@@ -83,8 +85,8 @@ export class CachedBpe {
   misses = 0;
 
   /** Ids of `text`, `<|endoftext|>` read as the special token (as the book's `allowed_special`). */
-  encode(text: string): Uint32Array {
-    const out = new IdBuffer(Math.ceil(text.length / 3) + 16);
+  encode(text: string): Uint16Array {
+    const out: number[] = [];
     let start = 0;
     for (;;) {
       const at = text.indexOf(END_OF_TEXT, start);
@@ -93,18 +95,19 @@ export class CachedBpe {
       out.push(gpt2.special_tokens[END_OF_TEXT]);
       start = at + END_OF_TEXT.length;
     }
-    return out.view();
+    return Uint16Array.from(out); // GPT-2's 50,257 ids fit in 16 bits, as in the shards
   }
 
-  private encodeOrdinary(text: string, out: IdBuffer) {
-    const pat = new RegExp(gpt2.pat_str, "gu");
+  private encodeOrdinary(text: string, out: number[]) {
+    const pat = PRE_TOKENS;
+    pat.lastIndex = 0;
     for (let m = pat.exec(text); m !== null; m = pat.exec(text)) {
       const piece = m[0];
       const hit = this.cache.get(piece);
       if (hit !== undefined) {
         this.hits++;
         if (typeof hit === "number") out.push(hit);
-        else for (const id of hit) out.push(id);
+        else out.push(...hit);
         continue;
       }
       this.misses++;
@@ -113,7 +116,7 @@ export class CachedBpe {
         if (this.cache.size >= this.cacheLimit) this.cache.clear();
         this.cache.set(piece, ids.length === 1 ? ids[0] : ids);
       }
-      for (const id of ids) out.push(id);
+      out.push(...ids);
     }
   }
 
@@ -164,24 +167,4 @@ function utf8Bytes(s: string): number[] {
     }
   }
   return out;
-}
-
-/** A growable Uint32Array of ids. */
-class IdBuffer {
-  private buf: Uint32Array;
-  private n = 0;
-  constructor(capacity: number) {
-    this.buf = new Uint32Array(capacity);
-  }
-  push(id: number) {
-    if (this.n === this.buf.length) {
-      const bigger = new Uint32Array(this.buf.length * 2);
-      bigger.set(this.buf);
-      this.buf = bigger;
-    }
-    this.buf[this.n++] = id;
-  }
-  view(): Uint32Array {
-    return this.buf.subarray(0, this.n);
-  }
 }

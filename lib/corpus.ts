@@ -247,7 +247,7 @@ export interface EncodedPiece {
 export function encodePiece(text: string): EncodedPiece {
   bpe ??= new CachedBpe();
   const { hits, misses } = bpe;
-  const ids = Uint16Array.from(bpe.encode(text));
+  const ids = bpe.encode(text);
   return { ids, hits: bpe.hits - hits, misses: bpe.misses - misses };
 }
 
