@@ -168,9 +168,20 @@ Deno.test("kill -9 at 20 random moments: the checkpoint always loads, the log pa
   const run = `${dir}/checkpoints/r`, ckptPath = `${run}/checkpoint.safetensors`;
   const mayBeCut = new Set<string>(); // last lines at a kill: the only ones allowed to be cut short
   let kills = 0, checkpointsSeen = 0;
+  // The kill moments scale with this machine's speed: the first process is killed just after its first
+  // checkpoint appears, and how long that took sets the window of the other 19 (0.2 s to that time + 1 s).
+  let window = 0;
   for (let i = 0; i < 20; i++) {
     const child = start(dir, [(await exists(ckptPath)) ? "--resume" : "--fresh"]);
-    await sleep(200 + Math.random() * 2800);
+    if (i === 0) {
+      const t0 = performance.now();
+      for (let t = 0; !(await exists(ckptPath)); t += 10) {
+        if (t > 120_000) throw new Error(`no checkpoint after 120 s:\n${child.out.stderr}`);
+        await sleep(10);
+      }
+      window = performance.now() - t0 + 1000;
+      await sleep(Math.random() * 300);
+    } else await sleep(200 + Math.random() * (window - 200));
     child.kill("SIGKILL");
     const { code } = await child.finish();
     if (code !== 0) kills++;
