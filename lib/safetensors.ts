@@ -9,6 +9,7 @@
  * (or F16/BF16 encoded on the fly, or I32/U32), tensor by tensor, to a temporary file that is synced and renamed.
  * Typed arrays are little-endian on every platform Deno runs on, as the format is.
  */
+import { sharedF32 } from "./backends/parallel.ts";
 import { UserError } from "./errors.ts";
 
 /** Bytes per element of every dtype the format defines (needed to validate a header, even when not decoded). */
@@ -95,8 +96,8 @@ let halfTable: Float32Array | null = null; // all 65,536 halves, built on first 
 /** Decodes IEEE binary16 bit patterns to float32 (exact: every half is a float32). */
 export function float16ToFloat32(
   bits: Uint16Array,
-  out = new Float32Array(bits.length),
-): Float32Array {
+  out: Float32Array<ArrayBufferLike> = new Float32Array(bits.length),
+): Float32Array<ArrayBufferLike> {
   if (!halfTable) {
     halfTable = new Float32Array(65536);
     for (let h = 0; h < 65536; h++) halfTable[h] = halfToFloat(h);
@@ -108,8 +109,8 @@ export function float16ToFloat32(
 /** Decodes bfloat16 bit patterns (the top 16 bits of a float32) to float32. */
 export function bfloat16ToFloat32(
   bits: Uint16Array,
-  out = new Float32Array(bits.length),
-): Float32Array {
+  out: Float32Array<ArrayBufferLike> = new Float32Array(bits.length),
+): Float32Array<ArrayBufferLike> {
   const u32 = new Uint32Array(out.buffer, out.byteOffset, out.length);
   for (let i = 0; i < bits.length; i++) u32[i] = bits[i] << 16;
   return out;
@@ -277,7 +278,7 @@ async function readTensor(
   const truncated = () =>
     new UserError(`${path}: truncated: tensor ${name} could not be read in full`);
   await file.seek(t.begin, Deno.SeekMode.Start);
-  const data = new Float32Array(n);
+  const data = sharedF32(n); // shared memory when helper threads will update it (parallel.ts)
   if (t.dtype === "F32") {
     if (await readFully(file, new Uint8Array(data.buffer)) < 4 * n) throw truncated();
     return { dtype: t.dtype, shape: t.shape, data };
