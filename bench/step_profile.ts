@@ -5,7 +5,7 @@
  * the optimizer and everything else (engine bookkeeping, tape, JS between kernels).
  *
  *   deno run -A bench/step_profile.ts [--backend blas] [--steps 2] [--layers 12] [--vocab 50257] [--by-shape]
- *     [--model bench/variant.ts] [--pool-gib 1]
+ *     [--model bench/variant.ts] [--pool-gib 1] [--batch 2]
  */
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
@@ -34,7 +34,7 @@ const cfg: ModelConfig = {
   n_layers: Number(flag("layers", String(DEFAULTS.model.n_layers))),
   vocab_size: Number(flag("vocab", String(DEFAULTS.model.vocab_size))),
 };
-const B = DEFAULTS.data.batch_size, T = cfg.context_length;
+const B = Number(flag("batch", String(DEFAULTS.data.batch_size))), T = cfg.context_length;
 
 if (backendName === BLAS_BACKEND) {
   const reg = registerBlasBackend();
