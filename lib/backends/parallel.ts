@@ -264,7 +264,8 @@ let workersBroken = false;
 /**
  * Off by default (1 thread): on the 2-core machines we measure on, OpenBLAS already uses both cores for the
  * products, and a long two-process run once lost a helper mid-step, a failure not understood yet.
- * `GPT_JS_THREADS=n` turns the split on (experimental: ~12 % off GPT-124M's step there, same peak RSS).
+ * `GPT_JS_THREADS=n` turns the split on (experimental: ~12 % off GPT-124M's batch-2 step there, nothing at
+ * batch 8; same peak RSS).
  */
 function defaultThreads(): number {
   let n = 1;
