@@ -5,11 +5,11 @@
  * PyTorch (bench/torch_step.py) at both thread settings; the faster one is PyTorch's figure and our train-step lines
  * get `ratio_vs_pytorch` (ours tokens/s ÷ PyTorch's). PyTorch gets one process per setting (up to four at batch 2);
  * our train step gets `--repeats` processes (default 2) and, like PyTorch, keeps the fastest (`runs_median_s` lists
- * them all): on a noisy VM one process can be 20 % slower than the next. Two data lines: `tokenize` (MB/s of `prepare` on every core
- * over a generated corpus of --corpus-mb MB, default 200) and `loader` (train windows/s streamed from its shards),
- * each with peak RSS; --data-only runs just those, --no-data skips them. `--stream-gtokens n` adds a `stream` line:
- * every window of n billion tokens of shards streamed once, with RSS sampled along the way (it writes 2n GB to
- * bench/out/ the first time). Timings live here, never in tests.
+ * them all): on a noisy VM one process can be 20 % slower than the next. Two data lines: `tokenize` (MB/s of
+ * `prepare` on every core over a generated corpus of --corpus-mb MB, default 200) and `loader` (train windows/s
+ * streamed from its shards), each with peak RSS; --data-only runs just those, --no-data skips them.
+ * `--stream-gtokens n` adds a `stream` line: every window of n billion tokens of shards streamed once, with RSS
+ * sampled along the way (it writes 2n GB to bench/out/ the first time). Timings live here, never in tests.
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { parseArgs } from "node:util";

@@ -41,6 +41,14 @@ const exists = (p: string) => Deno.stat(p).then(() => true, () => false);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const lines = (s: string) => s.split("\n").filter((l) => l.trim() !== "");
 
+/** Polls `ready` every 10 ms; throws `failure()` after 120 s. */
+async function waitFor(ready: () => boolean | Promise<boolean>, failure: () => string) {
+  for (let t = 0; !(await ready()); t += 10) {
+    if (t > 120_000) throw new Error(failure());
+    await sleep(10);
+  }
+}
+
 /** Starts `deno task train r.yaml …` in `dir`, collecting its output as it comes. */
 function start(dir: string, args: string[]) {
   const child = new Deno.Command(Deno.execPath(), {
@@ -58,11 +66,8 @@ function start(dir: string, args: string[]) {
     child,
     out,
     /** Waits until stdout matches. */
-    async until(re: RegExp) {
-      for (let t = 0; !re.test(out.stdout); t += 20) {
-        if (t > 120_000) throw new Error(`no ${re} in:\n${out.stdout}\n${out.stderr}`);
-        await sleep(20);
-      }
+    until(re: RegExp) {
+      return waitFor(() => re.test(out.stdout), () => `no ${re} in:\n${out.stdout}\n${out.stderr}`);
     },
     kill(signal: Deno.Signal) {
       try {
@@ -175,10 +180,10 @@ Deno.test("kill -9 at 20 random moments: the checkpoint always loads, the log pa
     const child = start(dir, [(await exists(ckptPath)) ? "--resume" : "--fresh"]);
     if (i === 0) {
       const t0 = performance.now();
-      for (let t = 0; !(await exists(ckptPath)); t += 10) {
-        if (t > 120_000) throw new Error(`no checkpoint after 120 s:\n${child.out.stderr}`);
-        await sleep(10);
-      }
+      await waitFor(
+        () => exists(ckptPath),
+        () => `no checkpoint after 120 s:\n${child.out.stderr}`,
+      );
       window = performance.now() - t0 + 1000;
       await sleep(Math.random() * 300);
     } else await sleep(200 + Math.random() * (window - 200));
