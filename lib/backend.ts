@@ -8,6 +8,7 @@ import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
 import type { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
 import { BLAS_BACKEND, registerBlasBackend } from "./backends/blas.ts";
 import { alloc } from "./backends/fused_cpu.ts";
+import { holdHelpers } from "./backends/parallel.ts";
 import { loadTensorflow, nvidiaGpuVisible } from "./backends/tensorflow.ts";
 import {
   activateWebGPU,
@@ -178,4 +179,12 @@ export function hostView(t: tf.Tensor): Float32Array | null {
   if (typeof backend.typedArrayFromHeap === "function") return backend.typedArrayFromHeap(t);
   const values = backend.data?.get?.(t.dataId)?.values;
   return values instanceof Float32Array ? values : null;
+}
+
+/**
+ * Runs `f` (one training step) with the CPU backends' helper threads held open (`GPT_JS_THREADS`): a step's
+ * longest matrix products would otherwise outlast their idle timeout. A plain call of `f` elsewhere.
+ */
+export function withHelpersHeld<T>(f: () => Promise<T>): Promise<T> {
+  return holdHelpers(f);
 }

@@ -3,6 +3,7 @@
  * losses over a loader) and perplexity.
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { withHelpersHeld } from "./backend.ts";
 import type { Batch, BatchLoader } from "./data.ts";
 import type { ForwardOptions, GPTModel } from "./model.ts";
 
@@ -29,13 +30,15 @@ export async function calcLossLoader(
 ): Promise<number> {
   const n = Math.min(numBatches ?? loader.length, loader.length);
   if (n === 0) return NaN;
-  let total = 0;
-  for (const batch of loader.ordered(n)) {
-    const loss = calcLossBatch(model, batch);
-    total += (await loss.data())[0];
-    loss.dispose();
-  }
-  return total / n;
+  return await withHelpersHeld(async () => {
+    let total = 0;
+    for (const batch of loader.ordered(n)) {
+      const loss = calcLossBatch(model, batch);
+      total += (await loss.data())[0];
+      loss.dispose();
+    }
+    return total / n;
+  });
 }
 
 /** Perplexity of a mean cross-entropy: exp(loss). */

@@ -6,6 +6,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { setLeanGradients } from "./tape.ts";
+import { withHelpersHeld } from "./backend.ts";
 import type { AdamW } from "./adamw.ts";
 import type { Batch, BatchLoader } from "./data.ts";
 import { generateSample } from "./generate.ts";
@@ -111,14 +112,25 @@ export async function accumulateGradients(
 
 /**
  * One optimizer step on one batch or k micro-batches: gradients, optional clipping by global norm, AdamW update.
- * Returns the loss before the update (and the gradient norm when clipping).
+ * Returns the loss before the update (and the gradient norm when clipping). The CPU backends' helper threads stay
+ * open for the whole step.
  */
-export async function trainStep(
+export function trainStep(
   model: GPTModel,
   optimizer: AdamW,
   batches: Batch | Batch[],
   dropout: DropoutRng | null,
   maxGradNorm: number | null = null,
+): Promise<StepResult> {
+  return withHelpersHeld(() => trainStepHeld(model, optimizer, batches, dropout, maxGradNorm));
+}
+
+async function trainStepHeld(
+  model: GPTModel,
+  optimizer: AdamW,
+  batches: Batch | Batch[],
+  dropout: DropoutRng | null,
+  maxGradNorm: number | null,
 ): Promise<StepResult> {
   const { loss, grads } = await accumulateGradients(
     model,

@@ -152,7 +152,8 @@ function binary(name: string): KernelFn {
     if (dims.length === 1 && d0.sa === 1 && d0.sb === 1) { // same shapes: split across threads
       parallelFor("binary", [av, bv, out], [op], out.length);
     } else if (dims.length === 2 && d0.sa === d1.n && d0.sb === 0 && d1.sa === 1 && d1.sb === 1) {
-      parallelFor("binaryRows", [av, bv, out], [op, d1.n], d0.n, d1.n); // a row vector (bias) on every row
+      // a row vector (bias) on every row; a parameter's row may live in plain memory: share a copy
+      parallelFor("binaryRows", [av, shared(bv), out], [op, d1.n], d0.n, d1.n);
     } else if (dims.length === 0) {
       if (out.length > 0) inner(out, 0, av, 0, 0, bv, 0, 0, 1);
     } else if (dims.length === 1) {

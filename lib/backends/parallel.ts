@@ -243,8 +243,14 @@ export const KERNELS: Record<string, RangeKernel> = {
 // ---------------------------------------------------------------------------------------------------------------
 // The dispatcher.
 
-/** A helper Worker closes itself after this long without work (so that a finished program can exit). */
+/**
+ * A helper Worker closes itself after this long without work (so that a finished program can exit), unless
+ * {@link holdHelpers} holds it open.
+ */
 export const IDLE_MS = 1000;
+
+/** [holds]: while positive, idle helpers stay open; shared with every helper. */
+const hold = new Int32Array(new SharedArrayBuffer(4));
 
 /** Worker states, in `state[0]`. */
 const IDLE = 1, BUSY = 2, CLOSED = 3; // 0: starting
@@ -260,6 +266,12 @@ let threads: number | null = null;
 /** Work (units × cost per unit) below which a call runs on the calling thread only. */
 let minWork = 1 << 16;
 let workersBroken = false;
+let splits = 0;
+
+/** How many `parallelFor` calls so far had helpers take part (tests check that the split really happens). */
+export function splitCalls(): number {
+  return splits;
+}
 
 /**
  * Off by default (1 thread): on the 2-core machines we measure on, OpenBLAS already uses both cores for the
@@ -328,7 +340,7 @@ function startHelper(): Helper | null {
       workersBroken = true;
       Atomics.store(state, 0, CLOSED);
     };
-    worker.postMessage({ state });
+    worker.postMessage({ state, hold });
     return { worker, state };
   } catch {
     workersBroken = true;
@@ -357,6 +369,7 @@ export function parallelFor(name: string, a: Arr[], s: number[], n: number, cost
     if (Atomics.compareExchange(h.state, 0, IDLE, BUSY) === IDLE) ready.push(h);
   }
   if (ready.length === 0) return kernel(a, s, 0, n, 0);
+  splits++;
   const parts = ready.length + 1;
   const bound = (p: number) => Math.round((n * p) / parts);
   ready.forEach((h, i) => {
@@ -382,6 +395,41 @@ export function parallelFor(name: string, a: Arr[], s: number[], n: number, cost
 }
 
 /**
+ * Starts the helper Workers that are not running and resolves once each is ready for work (or could not start):
+ * `parallelFor` never waits for a starting helper, so a caller that wants the first call split (tests) waits here.
+ * Returns how many helpers are ready.
+ */
+export async function readyHelpers(timeoutMs = 30_000): Promise<number> {
+  const t = threads ?? setParallelism();
+  for (let i = 0; i < t - 1; i++) {
+    if (!helpers[i] || Atomics.load(helpers[i].state, 0) === CLOSED) {
+      const fresh = startHelper();
+      if (!fresh) break;
+      helpers[i] = fresh;
+    }
+  }
+  const deadline = performance.now() + timeoutMs;
+  while (helpers.some((h) => Atomics.load(h.state, 0) === 0) && performance.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  return helpers.filter((h) => Atomics.load(h.state, 0) === IDLE).length;
+}
+
+/**
+ * Runs `f` with the helper Workers held open: without work for longer than {@link IDLE_MS} (a batch-8 step's
+ * largest BLAS products take longer than that) they would close and the next kernel would find them starting
+ * again, and run on one thread. Holds nest; once none is left, idle helpers close after IDLE_MS as before.
+ */
+export async function holdHelpers<T>(f: () => Promise<T>): Promise<T> {
+  Atomics.add(hold, 0, 1);
+  try {
+    return await f();
+  } finally {
+    Atomics.sub(hold, 0, 1);
+  }
+}
+
+/**
  * The Worker side (parallel_worker.ts calls this): marks itself idle, runs posted ranges, signals completion and
  * closes itself after {@link IDLE_MS} without work — unless the caller claimed it in the meantime.
  */
@@ -390,10 +438,12 @@ export function serveWorker(scope: {
   close(): void;
 }): void {
   let state: Int32Array | null = null;
+  let held: Int32Array | null = null;
   let timer: ReturnType<typeof setTimeout> | undefined;
   const idle = () => {
     clearTimeout(timer);
     timer = setTimeout(() => {
+      if (held && Atomics.load(held, 0) > 0) return idle();
       if (state && Atomics.compareExchange(state, 0, IDLE, CLOSED) === IDLE) scope.close();
     }, IDLE_MS);
   };
@@ -401,6 +451,7 @@ export function serveWorker(scope: {
     const d = e.data;
     if (d.state) {
       state = d.state as Int32Array;
+      held = d.hold as Int32Array;
       Atomics.store(state, 0, IDLE);
       idle();
       return;
