@@ -62,11 +62,29 @@ function firstLine(err: unknown): string {
 }
 
 /**
+ * OpenBLAS's idle threads spin (sched_yield) for about 2^28 cycles after each product before they sleep, on the
+ * cores where our helper Workers then run the JS kernels: the two share each core and both slow down. 2^4 cycles
+ * lets them sleep at once (measured on our 2-core VM: the batch-2 step 5.4–6.1 s instead of 5.9–7.0 s with two JS
+ * threads; no change with one). OpenBLAS reads the variable when it loads, so it is set before `dlopen`; a value
+ * the user set is kept.
+ */
+function shortenThreadSpin(): void {
+  try {
+    if (setParallelism() > 1 && Deno.env.get("OPENBLAS_THREAD_TIMEOUT") === undefined) {
+      Deno.env.set("OPENBLAS_THREAD_TIMEOUT", "4");
+    }
+  } catch {
+    // no --allow-env: OpenBLAS's default
+  }
+}
+
+/**
  * Opens a CBLAS library (OpenBLAS on Linux, Accelerate on macOS) once per process. Never throws: when no
  * candidate loads, or `--allow-ffi` is missing, the result carries a one-line reason.
  */
 export function loadBlas(): LoadBlasResult {
   if (loaded) return loaded;
+  shortenThreadSpin();
   const errors: string[] = [];
   for (const path of CANDIDATES) {
     let dl: Deno.DynamicLibrary<typeof SYMBOLS>;

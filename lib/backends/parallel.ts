@@ -280,12 +280,12 @@ export function splitCalls(): number {
  * batch 8; same peak RSS).
  */
 function defaultThreads(): number {
-  let n = 1;
+  let n = Math.max(1, navigator.hardwareConcurrency ?? 1);
   try {
     const env = Deno.env.get("GPT_JS_THREADS");
     if (env) n = Math.max(1, Math.floor(Number(env)) || 1);
   } catch {
-    // no --allow-env: one thread
+    // no --allow-env: one per core
   }
   return Math.min(n, 8);
 }
@@ -293,7 +293,7 @@ function defaultThreads(): number {
 /**
  * Sets how many threads `parallelFor` uses (the caller counts as one; 1 = no Workers) and, optionally, the work
  * below which it stays on the calling thread (tests lower it to exercise the split on small arrays). Returns the
- * thread count in force. Default: 1, or `GPT_JS_THREADS` (at most 8) when set.
+ * thread count in force. Default: one per core, or `GPT_JS_THREADS` when set; at most 8.
  */
 export function setParallelism(n?: number, minWorkUnits?: number): number {
   if (n !== undefined) {

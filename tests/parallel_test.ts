@@ -1,0 +1,58 @@
+/**
+ * The JS kernels split across helper Workers (lib/backends/parallel.ts, on by default with one thread per core)
+ * give bit for bit the numbers of one thread: a GPT training step (loss, gradients through every fused kernel,
+ * AdamW) from the same parameters ends at identical parameters either way.
+ */
+import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
+import { AdamW } from "../lib/adamw.ts";
+import { initBackend } from "../lib/backend.ts";
+import { loadExperiment } from "../lib/config.ts";
+import { initGPTParams } from "../lib/init.ts";
+import { GPTModel } from "../lib/model.ts";
+import { DropoutRng } from "../lib/ops.ts";
+import { TorchGenerator } from "../lib/rng.ts";
+import { trainStep } from "../lib/train.ts";
+import { loadBlas } from "../lib/backends/blas.ts";
+import { readyHelpers, setParallelism, splitCalls } from "../lib/backends/parallel.ts";
+
+Deno.test({
+  name: "a training step on 2 threads equals one on 1 thread, bit for bit (blas)",
+  ignore: !loadBlas().ok,
+  fn: async () => {
+    const cfg = await loadExperiment("experiments/verdict-small.yaml", [
+      "model.context_length=16",
+      "model.emb_dim=32",
+      "model.n_heads=2",
+      "model.n_layers=2",
+      "model.qkv_bias=true",
+    ]);
+    await initBackend("blas");
+    const rng = new TorchGenerator(5);
+    const ids = () => Int32Array.from(rng.rand(4 * 16), (u) => Math.floor(u * 50257));
+    const batch = { inputs: ids(), targets: ids(), batchSize: 4, maxLength: 16 };
+    const step = async (threads: number) => {
+      setParallelism(threads, 1); // split even these small arrays
+      const model = new GPTModel(cfg.model, initGPTParams(cfg.model, new TorchGenerator(123)));
+      const opt = new AdamW(model.params, { lr: 4e-4, weightDecay: 0.1 });
+      if (threads > 1) ok(await readyHelpers() === threads - 1, "the helper Workers start");
+      const splitsBefore = splitCalls();
+      const { loss } = await trainStep(model, opt, batch, new DropoutRng(9));
+      const split = splitCalls() - splitsBefore;
+      const params = (await model.toNamedParams()).map((p) => Array.from(p.data));
+      opt.dispose();
+      model.dispose();
+      return { loss, params, split };
+    };
+    const threadsBefore = setParallelism();
+    try {
+      const one = await step(1), two = await step(2);
+      ok(one.split === 0, "one thread never splits");
+      ok(two.split > 50, `helpers took part in ${two.split} kernel calls`);
+      ok(Number.isFinite(one.loss));
+      assertEquals(two.loss, one.loss);
+      assertEquals(two.params, one.params);
+    } finally {
+      setParallelism(threadsBefore, 1 << 16); // parallel.ts's default cutoff
+    }
+  },
+});
