@@ -9,6 +9,7 @@ import {
   fusedGelu,
   fusedLayerNorm,
 } from "../lib/backends/fused_cpu.ts";
+import { readyHelpers, splitCalls } from "../lib/backends/parallel.ts";
 
 const blas = registerBlasBackend();
 if (!blas.ok) console.warn(`fused_cpu_test: kernel tests skipped: ${blas.reason}`);
@@ -170,6 +171,8 @@ Deno.test({
   name: "Transpose, Sum and Max match the cpu backend",
   ...opts,
   fn: async () => {
+    const helpers = await readyHelpers(); // so that the large cases below are split (one per core)
+    const splitsBefore = splitCalls();
     for (
       const [shape, perm] of [
         [[2, 5, 3, 4], [0, 2, 1, 3]], // attention heads: short contiguous runs
@@ -177,12 +180,13 @@ Deno.test({
         [[6, 7], [1, 0]],
         [[2, 3, 4], [2, 0, 1]],
         [[2, 1, 3], [1, 0, 2]],
+        [[4, 64, 12, 64], [0, 2, 1, 3]], // large enough to be split across threads
       ]
     ) {
       await compare(
         `transpose [${shape}] [${perm}]`,
         [{ shape, seed: 4 }],
-        (x) => tf.transpose(x, perm),
+        (x) => tf.transpose(tf.add(x, 0), perm), // an Add's output lives in shared memory: splittable
       );
     }
     const reductions: [number[], number | number[], boolean][] = [
@@ -192,12 +196,14 @@ Deno.test({
       [[2, 3, 7], [1, 2], true],
       [[2, 3, 7], 1, false], // middle axis: cpu fallback
       [[6, 7], [0, 1], false],
+      [[3000, 40], 0, false], // columns split across threads
+      [[40, 3000], -1, false], // rows split across threads
     ];
     for (const [shape, axis, keep] of reductions) {
       await compare(
         `sum [${shape}] ${axis} ${keep}`,
         [{ shape, seed: 5 }],
-        (x) => tf.sum(x, axis, keep),
+        (x) => tf.sum(tf.add(x, 0), axis, keep),
       );
       await compare(
         `max [${shape}] ${axis} ${keep}`,
@@ -205,6 +211,38 @@ Deno.test({
         (x) => tf.max(x, axis, keep),
       );
     }
+    if (helpers > 0) assert(splitCalls() - splitsBefore >= 3, "the large cases were split");
+  },
+});
+
+Deno.test({
+  name: "GatherV2 of rows matches the cpu backend; an index out of range is the cpu kernel's error",
+  ...opts,
+  fn: async () => {
+    const ids = { shape: [2, 3], seed: 0, dtype: "int32" as const, values: [4, 0, 4, 9, 2, 1] };
+    await compare(
+      "gather rows (10, 3, 2)",
+      [{ shape: [10, 3, 2], seed: 11 }, ids],
+      (x, i) => tf.gather(x, i),
+    );
+    await compare(
+      "gather columns: cpu kernel",
+      [{ shape: [3, 10], seed: 12 }, ids],
+      (x, i) => tf.gather(x, i, 1),
+    );
+    await tf.setBackend(BLAS_BACKEND);
+    const errorOf = (backend: string) => {
+      tf.setBackend(backend);
+      try {
+        tf.gather(tf.zeros([3, 2]), tf.tensor1d([1, 3], "int32")).dataSync();
+        return "no error";
+      } catch (err) {
+        return String(err);
+      }
+    };
+    const want = errorOf("cpu");
+    assert(want !== "no error");
+    assertEquals(errorOf(BLAS_BACKEND), want);
   },
 });
 

@@ -4,7 +4,7 @@
  * Two kinds:
  * - Drop-ins for cpu kernels that are slow on a GPT step's shapes: broadcasting Add/Sub/Multiply/RealDiv (the cpu
  *   backend computes an index per element through arrays, ~200 ns each), Exp/Tanh/Square/Pow, Transpose, Sum/Max
- *   over leading or trailing axes, Softmax, UnsortedSegmentSum (one masked pass per segment on cpu: 50,257 for
+ *   over leading or trailing axes, Softmax, GatherV2 of rows, UnsortedSegmentSum (one masked pass per segment on cpu: 50,257 for
  *   GPT-2's vocabulary).
  *   Same inputs, attributes and results as the cpu kernel of the same name; other dtypes or layouts fall back to it.
  * - Fused kernels under new names (`GeluTanh`, `LayerNorm`, `CausalSoftmax`, `SoftmaxCrossEntropy` and their
@@ -248,24 +248,36 @@ function transpose(): KernelFn {
     const out = alloc(backend, xv.length);
     if (dims.length <= 1) out.set(xv);
     else {
-      const last = dims[dims.length - 1], outer = dims.slice(0, -1);
-      const idx = new Array<number>(outer.length).fill(0);
-      const n = last.n, s = last.s;
-      let i = 0;
-      for (let o = 0; o < out.length; o += n) {
-        // A subarray per run costs more than copying a head's 64 floats; set() pays off for long runs only.
-        if (s === 1 && n >= 4096) out.set(xv.subarray(i, i + n), o);
-        else if (s === 1) { for (let k = 0; k < n; k++) out[o + k] = xv[i + k]; }
-        else for (let k = 0; k < n; k++) out[o + k] = xv[i + k * s];
-        for (let d = outer.length - 1; d >= 0; d--) {
-          const dim = outer[d];
-          i += dim.s;
-          if (++idx[d] < dim.n) break;
-          i -= dim.s * dim.n, idx[d] = 0;
-        }
-      }
+      const last = dims[dims.length - 1], runs = xv.length / last.n;
+      const outer = dims.slice(0, -1).flatMap((d) => [d.n, d.s]);
+      parallelFor("transposeRuns", [xv, out], [last.n, last.s, ...outer], runs, last.n);
     }
     return backend.makeTensorInfo(shape, "float32", out);
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// GatherV2 of whole rows (the embedding lookup): one copy per row. The cpu kernel computes an index per element.
+
+function gatherRows(): KernelFn {
+  const fallback = cpuKernel("GatherV2");
+  return (args) => {
+    const { x, indices } = args.inputs as { x: Info; indices: Info };
+    const { axis, batchDims } = args.attrs as unknown as tf.GatherV2Attrs;
+    if (
+      x.dtype !== "float32" || indices.dtype !== "int32" || batchDims !== 0 ||
+      tf.util.parseAxisParam(axis, x.shape)[0] !== 0 || x.shape.length === 0
+    ) return fallback(args);
+    const { backend } = args;
+    const rows = x.shape[0], C = tf.util.sizeFromShape(x.shape) / rows;
+    const ids = vals(backend, indices) as Int32Array;
+    for (const id of ids) if (!(id >= 0 && id < rows)) return fallback(args); // its error names the index
+    const xv = f32(backend, x), out = alloc(backend, ids.length * C);
+    for (let n = 0; n < ids.length; n++) {
+      const o = ids[n] * C;
+      for (let c = 0; c < C; c++) out[n * C + c] = xv[o + c];
+    }
+    return backend.makeTensorInfo([...indices.shape, ...x.shape.slice(1)], "float32", out);
   };
 }
 
@@ -303,16 +315,18 @@ function reduction(name: "Sum" | "Max"): KernelFn {
       ? x.shape.map((d, i) => (axes.includes(i) ? 1 : d))
       : x.shape.filter((_, i) => !axes.includes(i));
     let out: Float32Array;
-    if (inner === 1) { // reduce each row of `red` contiguous values
+    if (!isMax) { // rows (inner 1) or columns (outer 1), split across threads
+      out = sharedF32(inner === 1 ? outer : inner);
+      if (inner === 1) parallelFor("sumRows", [xv, out], [red], outer, red);
+      else parallelFor("sumColumns", [xv, out], [inner, red], inner, red);
+    } else if (inner === 1) { // the max of each row of `red` contiguous values
       out = new Float32Array(outer);
       for (let r = 0; r < outer; r++) {
         const o = r * red;
-        let acc = isMax ? xv[o] : 0;
-        if (isMax) {
-          for (let k = 1; k < red; k++) {
-            acc = xv[o + k] > acc || xv[o + k] !== xv[o + k] ? xv[o + k] : acc;
-          }
-        } else for (let k = 0; k < red; k++) acc += xv[o + k];
+        let acc = xv[o];
+        for (let k = 1; k < red; k++) {
+          acc = xv[o + k] > acc || xv[o + k] !== xv[o + k] ? xv[o + k] : acc;
+        }
         out[r] = acc;
       }
     } else { // outer === 1: reduce `red` rows of `inner` values into one row
@@ -506,6 +520,7 @@ export function fusedCpuKernels(): Record<string, KernelFn> {
     Square: unary("Square"),
     Pow: pow(),
     Transpose: transpose(),
+    GatherV2: gatherRows(),
     Sum: reduction("Sum"),
     Max: reduction("Max"),
     Softmax: softmax(),

@@ -202,6 +202,53 @@ export const KERNELS: Record<string, RangeKernel> = {
     }
   },
 
+  /**
+   * [x, out]: a transpose as runs of s[0] output elements, each read from x at stride s[1]; s[2…] are the outer
+   * dims as (count, input stride) pairs, outermost first, runs.
+   */
+  transposeRuns: ([x, out], s, lo, hi) => {
+    const n = s[0], st = s[1], nd = (s.length - 2) / 2;
+    const idx = new Array<number>(nd);
+    let i = 0;
+    for (let d = nd - 1, rest = lo; d >= 0; d--) { // input offset of run lo
+      const count = s[2 + 2 * d];
+      idx[d] = rest % count;
+      rest = (rest - idx[d]) / count;
+      i += idx[d] * s[3 + 2 * d];
+    }
+    for (let r = lo; r < hi; r++) {
+      const o = r * n;
+      if (st === 1) { for (let k = 0; k < n; k++) out[o + k] = x[i + k]; }
+      else for (let k = 0; k < n; k++) out[o + k] = x[i + k * st];
+      for (let d = nd - 1; d >= 0; d--) {
+        const count = s[2 + 2 * d], ds = s[3 + 2 * d];
+        i += ds;
+        if (++idx[d] < count) break;
+        i -= ds * count, idx[d] = 0;
+      }
+    }
+  },
+
+  /** [x, out]: sums of `red` contiguous values per row (in double), rows. s: [red]. */
+  sumRows: ([x, out], [red], lo, hi) => {
+    for (let r = lo; r < hi; r++) {
+      const o = r * red;
+      let acc = 0;
+      for (let k = 0; k < red; k++) acc += x[o + k];
+      out[r] = acc;
+    }
+  },
+
+  /** [x, out]: sums over `red` rows of `inner` values (in double; a bias gradient), columns. s: [inner, red]. */
+  sumColumns: ([x, out], [inner, red], lo, hi) => {
+    const n = hi - lo, acc = new Float64Array(n);
+    for (let r = 0; r < red; r++) {
+      const o = r * inner + lo;
+      for (let k = 0; k < n; k++) acc[k] += x[o + k];
+    }
+    for (let k = 0; k < n; k++) out[lo + k] = acc[k];
+  },
+
   /** [dy, y, dx]: dx = scale · y ⊙ (dy − Σ dy·y) per row, rows. s: [T, scale]. */
   causalSoftmaxGrad: ([g, y, dx], [T, scale], lo, hi) => {
     for (let r = lo; r < hi; r++) {
