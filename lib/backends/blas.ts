@@ -17,7 +17,14 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
 import { alloc, registerFusedCpuKernels } from "./fused_cpu.ts";
-import { isShared, setParallelism, sharedF32 } from "./parallel.ts";
+import {
+  isShared,
+  parallelFor,
+  setParallelism,
+  setSgemm,
+  type Sgemm,
+  sharedF32,
+} from "./parallel.ts";
 
 tf.env().set("IS_NODE", false); // silences tfjs's "install tfjs-node" banner
 
@@ -105,12 +112,16 @@ export function loadBlas(): LoadBlasResult {
     } catch {
       // Accelerate and reference CBLAS have no OpenBLAS thread control.
     }
+    setSgemm(path, lib.sgemm as unknown as Sgemm);
     return (loaded = { ok: true, lib, name: path });
   }
   return (loaded = { ok: false, reason: `no CBLAS library loaded (${errors.join("; ")})` });
 }
 
 type Info = tf.TensorInfo;
+
+/** Products of at most this many multiply-adds (M·N·K) in a batch are shared out between threads, one each. */
+const SMALL_PRODUCT = 1 << 23;
 type Backend = MathBackendCPU;
 
 /** Arrays shorter than this are left to the allocator: the pool is for activations, where page faults cost. */
@@ -297,6 +308,28 @@ function gemm(
   if (batchB === 1 && !transA) {
     // Stacked rows of A against one B: a single (batch·M, K) × (K, N) product.
     blas.sgemm(ROW_MAJOR, tA, tB, batch * M, N, K, 1, A, lda, B, ldb, beta, c, N);
+    return { shape, values: c };
+  }
+  if (
+    batchA === batch && batchB === batch && batch > 1 && M * N * K <= SMALL_PRODUCT &&
+    blas.setNumThreads && blas.getNumThreads
+  ) {
+    // Attention heads: OpenBLAS takes about as long for one small product on two threads as on one, so each
+    // product runs on one OpenBLAS thread and the heads are shared out between our threads (all on the calling
+    // thread with GPT_JS_THREADS=1: the same products, so the same numbers).
+    const blasThreads = blas.getNumThreads();
+    blas.setNumThreads(1);
+    try {
+      parallelFor(
+        "sgemmBatch",
+        [A, B, c],
+        [tA, tB, M, N, K, lda, ldb, beta, M * K, K * N, M * N],
+        batch,
+        M * N * K,
+      );
+    } finally {
+      blas.setNumThreads(blasThreads);
+    }
     return { shape, values: c };
   }
   // Per-batch products; each output batch index maps to its (broadcast) A and B batch indices.

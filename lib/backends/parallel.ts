@@ -96,7 +96,95 @@ function binaryRun(
 }
 
 /** The kernels Workers can run, by name. Each writes only its own units' outputs (or its own `part` slot). */
+// ---------------------------------------------------------------------------------------------------------------
+// Matrix products of a batch (attention heads) on every thread: OpenBLAS spends as long on one head's small
+// product with two threads as with one, so each thread takes a share of the heads with OpenBLAS on one thread.
+
+const SGEMM_SYMBOLS = {
+  cblas_sgemm: {
+    parameters: [
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "i32",
+      "f32",
+      "buffer",
+      "i32",
+      "buffer",
+      "i32",
+      "f32",
+      "buffer",
+      "i32",
+    ],
+    result: "void",
+  },
+} as const;
+
+/** cblas_sgemm (row-major): transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc. */
+export type Sgemm = (
+  order: number,
+  transA: number,
+  transB: number,
+  M: number,
+  N: number,
+  K: number,
+  alpha: number,
+  A: Float32Array,
+  lda: number,
+  B: Float32Array,
+  ldb: number,
+  beta: number,
+  C: Float32Array,
+  ldc: number,
+) => void;
+
+let sgemm: Sgemm | null = null;
+/** The library the blas backend loaded; helpers open it themselves for `sgemmBatch`. */
+let blasPath: string | null = null;
+
+/** Called by the blas backend once it has loaded `path`: `sgemmBatch` calls `fn` here, and the library in helpers. */
+export function setSgemm(path: string, fn: Sgemm): void {
+  blasPath = path, sgemm = fn;
+}
+
+function helperSgemm(): Sgemm {
+  if (!sgemm) {
+    if (!blasPath) throw new Error("sgemmBatch: no BLAS library was named");
+    sgemm = Deno.dlopen(blasPath, SGEMM_SYMBOLS).symbols.cblas_sgemm as unknown as Sgemm;
+  }
+  return sgemm;
+}
+
 export const KERNELS: Record<string, RangeKernel> = {
+  /**
+   * [A, B, C]: C[i] = op(A[i])·op(B[i]) + beta·C[i] for batch items i (row-major sgemm per item), items.
+   * s: [transA, transB, M, N, K, lda, ldb, beta, sizeA, sizeB, sizeC] (trans as CBLAS codes).
+   */
+  sgemmBatch: ([A, B, C], [tA, tB, M, N, K, lda, ldb, beta, sizeA, sizeB, sizeC], lo, hi) => {
+    const f = helperSgemm();
+    const a = A as Float32Array, b = B as Float32Array, c = C as Float32Array;
+    for (let i = lo; i < hi; i++) {
+      f(
+        101,
+        tA,
+        tB,
+        M,
+        N,
+        K,
+        1,
+        a.subarray(i * sizeA, (i + 1) * sizeA),
+        lda,
+        b.subarray(i * sizeB, (i + 1) * sizeB),
+        ldb,
+        beta,
+        c.subarray(i * sizeC, (i + 1) * sizeC),
+        N,
+      );
+    }
+  },
+
   /** [out] = value over elements. s: [value]. */
   fill: ([out], [value], lo, hi) => {
     out.fill(value, lo, hi);
@@ -421,7 +509,15 @@ export function parallelFor(name: string, a: Arr[], s: number[], n: number, cost
   const bound = (p: number) => Math.round((n * p) / parts);
   ready.forEach((h, i) => {
     Atomics.store(h.state, 1, 0);
-    h.worker.postMessage({ k: name, a, s, lo: bound(i + 1), hi: bound(i + 2), part: i + 1 });
+    h.worker.postMessage({
+      k: name,
+      a,
+      s,
+      lo: bound(i + 1),
+      hi: bound(i + 2),
+      part: i + 1,
+      lib: blasPath,
+    });
   });
   let error: unknown = null;
   try {
@@ -504,6 +600,7 @@ export function serveWorker(scope: {
       return;
     }
     const st = state!;
+    blasPath ??= d.lib;
     try {
       KERNELS[d.k](d.a, d.s, d.lo, d.hi, d.part);
     } catch {
