@@ -5,6 +5,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { hostView, tensorStorage } from "./backend.ts";
+import { parallelFor, shared } from "./backends/parallel.ts";
 import {
   fusedCrossEntropy,
   fusedEmbedding,
@@ -130,30 +131,23 @@ export class DropoutRng {
     return Array.from(this.s);
   }
 
-  /** A keep-mask scaled by 1/(1-p), in `out` (default a new array): each element is 0 with probability p. */
+  /**
+   * A keep-mask scaled by 1/(1-p), in `out` (default a new array): each element is 0 with probability p. Long
+   * masks in shared memory are drawn on every thread (each part jumps ahead in the one stream: the same mask).
+   */
   mask(n: number, p: number, out: Float32Array = new Float32Array(n)): Float32Array {
-    const s = this.s;
-    const threshold = Math.floor(p * 4294967296);
-    const keep = 1 / (1 - p);
-    let s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
-    for (let i = 0; i < n; i++) {
-      const r = Math.imul(rotl(Math.imul(s1, 5), 7), 9) >>> 0;
-      const t = s1 << 9;
-      s2 ^= s0;
-      s3 ^= s1;
-      s1 ^= s2;
-      s0 ^= s3;
-      s2 ^= t;
-      s3 = rotl(s3, 11);
-      out[i] = r >= threshold ? keep : 0;
-    }
-    s[0] = s0, s[1] = s1, s[2] = s2, s[3] = s3;
+    const end = shared(new Int32Array(4));
+    const [s0, s1, s2, s3] = this.s;
+    parallelFor(
+      "dropoutMask",
+      [out, end],
+      [s0, s1, s2, s3, Math.floor(p * 4294967296), 1 / (1 - p), n],
+      n,
+      4,
+    );
+    for (let i = 0; i < 4; i++) this.s[i] = end[i] >>> 0;
     return out;
   }
-}
-
-function rotl(x: number, k: number): number {
-  return (x << k) | (x >>> (32 - k));
 }
 
 /** Inverted dropout with a mask from `rng`; identity when `rng` is null or p is 0 (eval mode). */

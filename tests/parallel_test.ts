@@ -13,7 +13,7 @@ import { DropoutRng } from "../lib/ops.ts";
 import { TorchGenerator } from "../lib/rng.ts";
 import { trainStep } from "../lib/train.ts";
 import { loadBlas } from "../lib/backends/blas.ts";
-import { readyHelpers, setParallelism, splitCalls } from "../lib/backends/parallel.ts";
+import { readyHelpers, setParallelism, sharedF32, splitCalls } from "../lib/backends/parallel.ts";
 
 Deno.test({
   name: "a training step on 2 threads equals one on 1 thread, bit for bit (blas)",
@@ -55,4 +55,28 @@ Deno.test({
       setParallelism(threadsBefore, 1 << 16); // parallel.ts's default cutoff
     }
   },
+});
+
+Deno.test("dropout masks drawn on 2 threads are one thread's masks, and the generator ends in the same state", async () => {
+  const threadsBefore = setParallelism();
+  try {
+    const draw = async (threads: number, n: number) => {
+      setParallelism(threads, 1);
+      if (threads > 1) ok(await readyHelpers() === threads - 1, "the helper Workers start");
+      const rng = new DropoutRng(7), masks: number[][] = [];
+      const splitsBefore = splitCalls();
+      for (const p of [0.1, 0.5]) masks.push(Array.from(rng.mask(n, p, sharedF32(n))));
+      return { masks, state: rng.state, split: splitCalls() - splitsBefore };
+    };
+    for (const n of [1, 1001, 100_003]) {
+      const one = await draw(1, n), two = await draw(2, n);
+      ok(n === 1 || two.split === 2, `n ${n}: both masks split (${two.split})`);
+      assertEquals(two.masks, one.masks);
+      assertEquals(two.state, one.state);
+      const zeros = one.masks[0].filter((m) => m === 0).length / n;
+      ok(n < 1000 || Math.abs(zeros - 0.1) < 0.02, `p 0.1 drops ${zeros} of the elements`);
+    }
+  } finally {
+    setParallelism(threadsBefore, 1 << 16);
+  }
 });

@@ -157,7 +157,81 @@ function helperSgemm(): Sgemm {
   return sgemm;
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Dropout masks from one xoshiro128** stream, split across threads: its state transition is linear over GF(2), so
+// the state k draws ahead is a 128×128 bit matrix (a product of precomputed M^(2^b)) times the state.
+
+/** xoshiro128**'s state transition (no output) on s, in place. */
+function xoshiroStep(s: Uint32Array): void {
+  const t = s[1] << 9;
+  s[2] ^= s[0];
+  s[3] ^= s[1];
+  s[1] ^= s[2];
+  s[0] ^= s[3];
+  s[2] ^= t;
+  s[3] = (s[3] << 11) | (s[3] >>> 21);
+}
+
+/** JUMPS[b]: the transition applied 2^b times, as 128 columns (the images of the unit states) of 4 words. */
+const JUMPS: Uint32Array[] = [];
+
+/** m · v over GF(2): the XOR of the columns of m where v has a bit set. */
+function matVec(m: Uint32Array, v: Uint32Array): Uint32Array {
+  const r = new Uint32Array(4);
+  for (let j = 0; j < 128; j++) {
+    if ((v[j >>> 5] >>> (j & 31)) & 1) {
+      const o = j * 4;
+      r[0] ^= m[o], r[1] ^= m[o + 1], r[2] ^= m[o + 2], r[3] ^= m[o + 3];
+    }
+  }
+  return r;
+}
+
+function jumpMatrix(b: number): Uint32Array {
+  while (JUMPS.length <= b) {
+    const m = new Uint32Array(512), prev = JUMPS[JUMPS.length - 1];
+    for (let j = 0; j < 128; j++) {
+      let col: Uint32Array = new Uint32Array(4);
+      col[j >>> 5] = 1 << (j & 31);
+      if (prev) col = matVec(prev, matVec(prev, col));
+      else xoshiroStep(col);
+      m.set(col, j * 4);
+    }
+    JUMPS.push(m);
+  }
+  return JUMPS[b];
+}
+
+/** The xoshiro128** state `k` draws after `s` (k < 2^53). */
+export function xoshiroJump(s: ArrayLike<number>, k: number): Uint32Array {
+  let v: Uint32Array = Uint32Array.from(s);
+  for (let b = 0; k > 0; b++, k = Math.floor(k / 2)) if (k % 2) v = matVec(jumpMatrix(b), v);
+  return v;
+}
+
 export const KERNELS: Record<string, RangeKernel> = {
+  /**
+   * [mask, end]: draws lo…hi of a keep-mask (0 with probability p, else 1/(1−p)) from the xoshiro128** stream at
+   * state s[0…3]; the part that draws the last one leaves the state after it in `end`, elements.
+   * s: [s0, s1, s2, s3, threshold (p·2^32), keep, n].
+   */
+  dropoutMask: ([out, end], [a0, a1, a2, a3, threshold, keep, n], lo, hi) => {
+    const st = lo === 0 ? Uint32Array.of(a0, a1, a2, a3) : xoshiroJump([a0, a1, a2, a3], lo);
+    let s0 = st[0], s1 = st[1], s2 = st[2], s3 = st[3];
+    for (let i = lo; i < hi; i++) {
+      const x = Math.imul(s1, 5), y = Math.imul((x << 7) | (x >>> 25), 9) >>> 0;
+      const t = s1 << 9;
+      s2 ^= s0;
+      s3 ^= s1;
+      s1 ^= s2;
+      s0 ^= s3;
+      s2 ^= t;
+      s3 = (s3 << 11) | (s3 >>> 21);
+      out[i] = y >= threshold ? keep : 0;
+    }
+    if (hi === n) end[0] = s0, end[1] = s1, end[2] = s2, end[3] = s3;
+  },
+
   /**
    * [A, B, C]: C[i] = op(A[i])·op(B[i]) + beta·C[i] for batch items i (row-major sgemm per item), items.
    * s: [transA, transB, M, N, K, lda, ldb, beta, sizeA, sizeB, sizeC] (trans as CBLAS codes).
