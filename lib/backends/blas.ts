@@ -23,6 +23,7 @@ import {
   setParallelism,
   setSgemm,
   type Sgemm,
+  sgemmItem,
   sharedF32,
 } from "./parallel.ts";
 
@@ -310,6 +311,7 @@ function gemm(
     blas.sgemm(ROW_MAJOR, tA, tB, batch * M, N, K, 1, A, lda, B, ldb, beta, c, N);
     return { shape, values: c };
   }
+  const items = [tA, tB, M, N, K, lda, ldb, beta, M * K, K * N, M * N]; // sgemmItem's sizes
   if (
     batchA === batch && batchB === batch && batch > 1 && M * N * K <= SMALL_PRODUCT &&
     blas.setNumThreads && blas.getNumThreads
@@ -320,13 +322,7 @@ function gemm(
     const blasThreads = blas.getNumThreads();
     blas.setNumThreads(1);
     try {
-      parallelFor(
-        "sgemmBatch",
-        [A, B, c],
-        [tA, tB, M, N, K, lda, ldb, beta, M * K, K * N, M * N],
-        batch,
-        M * N * K,
-      );
+      parallelFor("sgemmBatch", [A, B, c], items, batch, M * N * K);
     } finally {
       blas.setNumThreads(blasThreads);
     }
@@ -335,7 +331,6 @@ function gemm(
   // Per-batch products; each output batch index maps to its (broadcast) A and B batch indices.
   const sa = stridesOf(outerA), sb = stridesOf(outerB), so = stridesOf(outer);
   const offA = outer.length - outerA.length, offB = outer.length - outerB.length;
-  const sizeA = M * K, sizeB = K * N, sizeC = M * N;
   for (let i = 0; i < batch; i++) {
     let ia = 0, ib = 0;
     if (batchA > 1 || batchB > 1) {
@@ -346,22 +341,7 @@ function gemm(
         if (d >= offB && outerB[d - offB] !== 1) ib += idx * sb[d - offB];
       }
     }
-    blas.sgemm(
-      ROW_MAJOR,
-      tA,
-      tB,
-      M,
-      N,
-      K,
-      1,
-      A.subarray(ia * sizeA, (ia + 1) * sizeA),
-      lda,
-      B.subarray(ib * sizeB, (ib + 1) * sizeB),
-      ldb,
-      beta,
-      c.subarray(i * sizeC, (i + 1) * sizeC),
-      N,
-    );
+    sgemmItem(blas.sgemm as unknown as Sgemm, items, A, ia, B, ib, c, i);
   }
   return { shape, values: c };
 }

@@ -149,6 +149,25 @@ export function setSgemm(path: string, fn: Sgemm): void {
   blasPath = path, sgemm = fn;
 }
 
+/**
+ * One product of a batch, row-major: C[ic] = op(A[ia])·op(B[ib]) + beta·C[ic], where X[i] is the i-th block of
+ * X's size. s: [transA, transB, M, N, K, lda, ldb, beta, sizeA, sizeB, sizeC] (trans as CBLAS codes).
+ */
+export function sgemmItem(
+  f: Sgemm,
+  s: number[],
+  A: Float32Array,
+  ia: number,
+  B: Float32Array,
+  ib: number,
+  C: Float32Array,
+  ic: number,
+): void {
+  const [tA, tB, M, N, K, lda, ldb, beta, sizeA, sizeB, sizeC] = s;
+  const a = A.subarray(ia * sizeA, (ia + 1) * sizeA), b = B.subarray(ib * sizeB, (ib + 1) * sizeB);
+  f(101, tA, tB, M, N, K, 1, a, lda, b, ldb, beta, C.subarray(ic * sizeC, (ic + 1) * sizeC), N);
+}
+
 function helperSgemm(): Sgemm {
   if (!sgemm) {
     if (!blasPath) throw new Error("sgemmBatch: no BLAS library was named");
@@ -232,30 +251,11 @@ export const KERNELS: Record<string, RangeKernel> = {
     if (hi === n) end[0] = s0, end[1] = s1, end[2] = s2, end[3] = s3;
   },
 
-  /**
-   * [A, B, C]: C[i] = op(A[i])·op(B[i]) + beta·C[i] for batch items i (row-major sgemm per item), items.
-   * s: [transA, transB, M, N, K, lda, ldb, beta, sizeA, sizeB, sizeC] (trans as CBLAS codes).
-   */
-  sgemmBatch: ([A, B, C], [tA, tB, M, N, K, lda, ldb, beta, sizeA, sizeB, sizeC], lo, hi) => {
+  /** [A, B, C]: C[i] = op(A[i])·op(B[i]) + beta·C[i] for batch items i ({@link sgemmItem}), items. */
+  sgemmBatch: ([A, B, C], s, lo, hi) => {
     const f = helperSgemm();
-    const a = A as Float32Array, b = B as Float32Array, c = C as Float32Array;
     for (let i = lo; i < hi; i++) {
-      f(
-        101,
-        tA,
-        tB,
-        M,
-        N,
-        K,
-        1,
-        a.subarray(i * sizeA, (i + 1) * sizeA),
-        lda,
-        b.subarray(i * sizeB, (i + 1) * sizeB),
-        ldb,
-        beta,
-        c.subarray(i * sizeC, (i + 1) * sizeC),
-        N,
-      );
+      sgemmItem(f, s, A as Float32Array, i, B as Float32Array, i, C as Float32Array, i);
     }
   },
 
