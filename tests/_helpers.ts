@@ -108,3 +108,12 @@ export function taskArgs(name: string, args: string[]): string[] {
   const flags = words.filter((w) => w.startsWith("--allow"));
   return ["run", ...flags, "--config", `${ROOT}deno.json`, `${ROOT}${script}`, ...args];
 }
+
+/** `--set` overrides that shrink verdict-small.yaml to a 2-layer, 32-wide GPT over 16 tokens with qkv bias. */
+export const TINY_GPT = [
+  "model.context_length=16",
+  "model.emb_dim=32",
+  "model.n_heads=2",
+  "model.n_layers=2",
+  "model.qkv_bias=true",
+];

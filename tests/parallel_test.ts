@@ -7,6 +7,7 @@ import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { AdamW } from "../lib/adamw.ts";
 import { initBackend } from "../lib/backend.ts";
 import { loadExperiment } from "../lib/config.ts";
+import { TINY_GPT } from "./_helpers.ts";
 import { initGPTParams } from "../lib/init.ts";
 import { GPTModel } from "../lib/model.ts";
 import { DropoutRng } from "../lib/ops.ts";
@@ -19,13 +20,7 @@ Deno.test({
   name: "a training step on 2 threads equals one on 1 thread, bit for bit (blas)",
   ignore: !loadBlas().ok,
   fn: async () => {
-    const cfg = await loadExperiment("experiments/verdict-small.yaml", [
-      "model.context_length=16",
-      "model.emb_dim=32",
-      "model.n_heads=2",
-      "model.n_layers=2",
-      "model.qkv_bias=true",
-    ]);
+    const cfg = await loadExperiment("experiments/verdict-small.yaml", TINY_GPT);
     await initBackend("blas");
     const rng = new TorchGenerator(5);
     const ids = () => Int32Array.from(rng.rand(4 * 16), (u) => Math.floor(u * 50257));

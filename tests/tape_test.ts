@@ -3,6 +3,7 @@ import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
 import { initBackend } from "../lib/backend.ts";
 import { loadExperiment } from "../lib/config.ts";
+import { TINY_GPT } from "./_helpers.ts";
 import { initGPTParams } from "../lib/init.ts";
 import { calcLossBatch } from "../lib/loss.ts";
 import { GPTModel } from "../lib/model.ts";
@@ -31,13 +32,7 @@ for (const backend of ["cpu", "blas"] as const) {
     name: `GPT loss gradients are bit-identical to TF.js's backward pass, dropout on (${backend})`,
     ignore: backend === "blas" && !loadBlas().ok,
     fn: async () => {
-      const cfg = await loadExperiment("experiments/verdict-small.yaml", [
-        "model.context_length=16",
-        "model.emb_dim=32",
-        "model.n_heads=2",
-        "model.n_layers=2",
-        "model.qkv_bias=true",
-      ]);
+      const cfg = await loadExperiment("experiments/verdict-small.yaml", TINY_GPT);
       await initBackend(backend);
       const model = new GPTModel(cfg.model, initGPTParams(cfg.model, new TorchGenerator(123)));
       const rng = new TorchGenerator(5);
