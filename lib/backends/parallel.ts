@@ -600,8 +600,11 @@ export function parallelFor(name: string, a: Arr[], s: number[], n: number, cost
     error = err;
   }
   for (const h of ready) {
-    while (Atomics.wait(h.state, 1, 0, 60_000) === "timed-out") {
-      if (Atomics.load(h.state, 0) === CLOSED) break; // died without finishing
+    // The done flag decides, not the wake-up: a helper stores the flag, then notifies, so a wake-up can be the late
+    // notify of its previous job, which the caller already saw done through the flag.
+    while (Atomics.load(h.state, 1) === 0) {
+      const woke = Atomics.wait(h.state, 1, 0, 60_000);
+      if (woke === "timed-out" && Atomics.load(h.state, 0) === CLOSED) break; // died without finishing
     }
     if (Atomics.load(h.state, 2) !== 0 || Atomics.load(h.state, 1) === 0) {
       Atomics.store(h.state, 2, 0);
