@@ -120,10 +120,10 @@ export function loadBlas(): LoadBlasResult {
 }
 
 type Info = tf.TensorInfo;
+type Backend = MathBackendCPU;
 
 /** Products of at most this many multiply-adds (M·N·K) in a batch are shared out between threads, one each. */
 const SMALL_PRODUCT = 1 << 23;
-type Backend = MathBackendCPU;
 
 /** Arrays shorter than this are left to the allocator: the pool is for activations, where page faults cost. */
 const POOL_MIN_LENGTH = 1 << 14;

@@ -4,8 +4,8 @@
  * Two kinds:
  * - Drop-ins for cpu kernels that are slow on a GPT step's shapes: broadcasting Add/Sub/Multiply/RealDiv (the cpu
  *   backend computes an index per element through arrays, ~200 ns each), Exp/Tanh/Square/Pow, Transpose, Sum/Max
- *   over leading or trailing axes, Softmax, GatherV2 of rows, UnsortedSegmentSum (one masked pass per segment on cpu: 50,257 for
- *   GPT-2's vocabulary).
+ *   over leading or trailing axes, Softmax, GatherV2 of rows, UnsortedSegmentSum (one masked pass per segment on
+ *   cpu: 50,257 for GPT-2's vocabulary).
  *   Same inputs, attributes and results as the cpu kernel of the same name; other dtypes or layouts fall back to it.
  * - Fused kernels under new names (`GeluTanh`, `LayerNorm`, `CausalSoftmax`, `SoftmaxCrossEntropy` and their
  *   gradients), reached through {@link fusedGelu}, {@link fusedLayerNorm}, {@link fusedCausalSoftmax} and

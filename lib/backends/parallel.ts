@@ -95,7 +95,6 @@ function binaryRun(
   else for (let k = 0; k < n; k++) out[o + k] = a[ia + k] / b[ib + k];
 }
 
-/** The kernels Workers can run, by name. Each writes only its own units' outputs (or its own `part` slot). */
 // ---------------------------------------------------------------------------------------------------------------
 // Matrix products of a batch (attention heads) on every thread: OpenBLAS spends as long on one head's small
 // product with two threads as with one, so each thread takes a share of the heads with OpenBLAS on one thread.
@@ -228,6 +227,7 @@ export function xoshiroJump(s: ArrayLike<number>, k: number): Uint32Array {
   return v;
 }
 
+/** The kernels Workers can run, by name. Each writes only its own units' outputs (or its own `part` slot). */
 export const KERNELS: Record<string, RangeKernel> = {
   /**
    * [mask, end]: draws lo…hi of a keep-mask (0 with probability p, else 1/(1−p)) from the xoshiro128** stream at
@@ -483,10 +483,10 @@ export function splitCalls(): number {
 }
 
 /**
- * Off by default (1 thread): on the 2-core machines we measure on, OpenBLAS already uses both cores for the
- * products, and a long two-process run once lost a helper mid-step, a failure not understood yet.
- * `GPT_JS_THREADS=n` turns the split on (experimental: ~12 % off GPT-124M's batch-2 step there, nothing at
- * batch 8; same peak RSS).
+ * One thread per core (at most 8), or `GPT_JS_THREADS` when set. OpenBLAS uses every core for the products; the
+ * helpers take the JS kernels between them (GPT-124M on our 2-core VM, steps alternating: batch 8 18.0–20.7 s
+ * instead of 21.6–23.6 s with one thread; same peak RSS). The lost helper that once kept this off was a stale
+ * notify read as a failure (see the wait in `parallelFor`).
  */
 function defaultThreads(): number {
   let n = Math.max(1, navigator.hardwareConcurrency ?? 1);
