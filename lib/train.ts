@@ -122,32 +122,24 @@ export function trainStep(
   dropout: DropoutRng | null,
   maxGradNorm: number | null = null,
 ): Promise<StepResult> {
-  return withHelpersHeld(() => trainStepHeld(model, optimizer, batches, dropout, maxGradNorm));
-}
-
-async function trainStepHeld(
-  model: GPTModel,
-  optimizer: AdamW,
-  batches: Batch | Batch[],
-  dropout: DropoutRng | null,
-  maxGradNorm: number | null,
-): Promise<StepResult> {
-  const { loss, grads } = await accumulateGradients(
-    model,
-    Array.isArray(batches) ? batches : [batches],
-    dropout,
-  );
-  if (!Number.isFinite(loss)) {
-    tf.dispose([...grads.values()]);
-    throw new NonFiniteLossError(`loss became ${loss} at step ${optimizer.step + 1}`);
-  }
-  let final = grads, gradNorm: number | null = null;
-  if (maxGradNorm !== null) {
-    ({ grads: final, norm: gradNorm } = await clipByGlobalNorm(grads, maxGradNorm));
-  }
-  optimizer.applyGradients(final);
-  tf.dispose([...final.values()]);
-  return { loss, gradNorm };
+  return withHelpersHeld(async () => {
+    const { loss, grads } = await accumulateGradients(
+      model,
+      Array.isArray(batches) ? batches : [batches],
+      dropout,
+    );
+    if (!Number.isFinite(loss)) {
+      tf.dispose([...grads.values()]);
+      throw new NonFiniteLossError(`loss became ${loss} at step ${optimizer.step + 1}`);
+    }
+    let final = grads, gradNorm: number | null = null;
+    if (maxGradNorm !== null) {
+      ({ grads: final, norm: gradNorm } = await clipByGlobalNorm(grads, maxGradNorm));
+    }
+    optimizer.applyGradients(final);
+    tf.dispose([...final.values()]);
+    return { loss, gradNorm };
+  });
 }
 
 /** The book's evaluate_model: mean train and val loss over `evalIter` batches each, without dropout. */
