@@ -14,7 +14,13 @@ import { DropoutRng } from "../lib/ops.ts";
 import { TorchGenerator } from "../lib/rng.ts";
 import { trainStep } from "../lib/train.ts";
 import { loadBlas } from "../lib/backends/blas.ts";
-import { readyHelpers, setParallelism, sharedF32, splitCalls } from "../lib/backends/parallel.ts";
+import {
+  DEFAULT_MIN_WORK,
+  readyHelpers,
+  setParallelism,
+  sharedF32,
+  splitCalls,
+} from "../lib/backends/parallel.ts";
 
 Deno.test({
   name: "a training step on 2 threads equals one on 1 thread, bit for bit (blas)",
@@ -47,7 +53,7 @@ Deno.test({
       assertEquals(two.loss, one.loss);
       assertEquals(two.params, one.params);
     } finally {
-      setParallelism(threadsBefore, 1 << 16); // parallel.ts's default cutoff
+      setParallelism(threadsBefore, DEFAULT_MIN_WORK);
     }
   },
 });
@@ -72,6 +78,6 @@ Deno.test("dropout masks drawn on 2 threads are one thread's masks, and the gene
       ok(n < 1000 || Math.abs(zeros - 0.1) < 0.02, `p 0.1 drops ${zeros} of the elements`);
     }
   } finally {
-    setParallelism(threadsBefore, 1 << 16);
+    setParallelism(threadsBefore, DEFAULT_MIN_WORK);
   }
 });

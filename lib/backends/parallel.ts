@@ -472,8 +472,9 @@ interface Helper {
 
 let helpers: Helper[] = [];
 let threads: number | null = null;
-/** Work (units × cost per unit) below which a call runs on the calling thread only. */
-let minWork = 1 << 16;
+/** Work (units × cost per unit) below which a call runs on the calling thread only, unless set otherwise. */
+export const DEFAULT_MIN_WORK = 1 << 16;
+let minWork = DEFAULT_MIN_WORK;
 let workersBroken = false;
 let splits = 0;
 
