@@ -5,7 +5,8 @@
  * arrays' memory (SharedArrayBuffer) and runs the rest itself, then waits (Atomics) until all parts are done.
  *
  * The kernels are plain functions of (arrays, scalars, lo, hi) over a range of work units (elements or rows) in
- * this module, which imports nothing, so the Workers (parallel_worker.ts) load them quickly. Arrays not backed by a
+ * this module, which imports only simd.ts (their WebAssembly SIMD versions), so the Workers (parallel_worker.ts)
+ * load them quickly. Arrays not backed by a
  * SharedArrayBuffer, small amounts of work, or Workers that are not up yet: the whole range runs on the calling
  * thread, with the same result (each unit is computed by the same code either way, so results are bit-identical).
  * Workers start on first use and close themselves after {@link IDLE_MS} without work, so a finished program exits.
@@ -16,6 +17,16 @@ export type Arr = Float32Array | Float64Array | Int32Array;
 
 /** A kernel over work units [lo, hi): `part` is the index of the range (0 = the caller's). */
 export type RangeKernel = (a: Arr[], s: number[], lo: number, hi: number, part: number) => void;
+
+import {
+  simdCausalSoftmax,
+  simdCausalSoftmaxGrad,
+  simdGelu,
+  simdGeluGrad,
+  simdLayerNorm,
+  simdLayerNormGradX,
+  simdSoftmaxCrossEntropy,
+} from "./simd.ts";
 
 // ---------------------------------------------------------------------------------------------------------------
 // exp in float32 precision, ~4× faster than Math.exp in V8: e^x = 2^(k/256) · e^r with k = round(x·256/ln 2),
@@ -274,6 +285,7 @@ export const KERNELS: Record<string, RangeKernel> = {
 
   /** [x, y, t]: y = GPT-2's tanh-GELU of x, t = the tanh (kept for the gradient), elements. */
   geluTanh: ([x, y, t], _s, lo, hi) => {
+    if (simdGelu(x, y, t, lo, hi)) return;
     for (let i = lo; i < hi; i++) {
       const v = x[i];
       const th = fastTanh(GELU_C * (v + GELU_A * v * v * v));
@@ -284,6 +296,7 @@ export const KERNELS: Record<string, RangeKernel> = {
 
   /** [dy, x, t, dx]: dx = dy·(0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)), elements. */
   geluTanhGrad: ([g, x, tv, dx], _s, lo, hi) => {
+    if (simdGeluGrad(g, x, tv, dx, lo, hi)) return;
     for (let i = lo; i < hi; i++) {
       const v = x[i], th = tv[i];
       dx[i] = g[i] *
@@ -292,7 +305,9 @@ export const KERNELS: Record<string, RangeKernel> = {
   },
 
   /** [x, scale, shift, y, mean, rstd]: LayerNorm of rows of length C (biased variance), rows. s: [C, eps]. */
-  layerNorm: ([x, g, b, y, mean, rstd], [C, eps], lo, hi) => {
+  layerNorm: ([x, g, b, y, mean, rstd], [Cd, eps], lo, hi) => {
+    const C = Cd | 0; // an integer to V8 (s holds doubles), so indexing stays integer arithmetic
+    if (simdLayerNorm(x, g, b, y, mean, rstd, C, eps, lo, hi)) return;
     for (let r = lo; r < hi; r++) {
       const o = r * C;
       let s = 0;
@@ -307,7 +322,9 @@ export const KERNELS: Record<string, RangeKernel> = {
   },
 
   /** [dy, x, scale, mean, rstd, dx]: LayerNorm's input gradient, rows. s: [C]. */
-  layerNormGradX: ([g, x, w, mv, rv, dx], [C], lo, hi) => {
+  layerNormGradX: ([g, x, w, mv, rv, dx], [Cd], lo, hi) => {
+    const C = Cd | 0;
+    if (simdLayerNormGradX(g, x, w, mv, rv, dx, C, lo, hi)) return;
     for (let r = lo; r < hi; r++) {
       const o = r * C, m = mv[r], rs = rv[r];
       let sumG = 0, sumGX = 0; // Σ dŷ and Σ dŷ·x̂ over the row, dŷ = dy·scale
@@ -323,7 +340,8 @@ export const KERNELS: Record<string, RangeKernel> = {
   },
 
   /** [dy, x, mean, rstd, dscale, dshift]: LayerNorm's parameter gradients, summed over `rows`, columns. s: [C, rows]. */
-  layerNormGradW: ([g, x, mv, rv, dw, db], [C, rows], lo, hi) => {
+  layerNormGradW: ([g, x, mv, rv, dw, db], [Cd, rows], lo, hi) => {
+    const C = Cd | 0;
     const n = hi - lo, accW = new Float64Array(n), accB = new Float64Array(n);
     for (let r = 0; r < rows; r++) {
       const o = r * C, m = mv[r], rs = rv[r];
@@ -337,6 +355,7 @@ export const KERNELS: Record<string, RangeKernel> = {
 
   /** [logits (N, V), targets, probs, rowLoss]: softmax and −log p[target] per row, rows. s: [V]. */
   softmaxCrossEntropy: ([z, tv, p, loss], [V], lo, hi) => {
+    if (simdSoftmaxCrossEntropy(z, tv, p, loss, V, lo, hi)) return;
     for (let r = lo; r < hi; r++) loss[r] = softmaxRow(z, p, r * V, V) - z[r * V + tv[r]];
   },
 
@@ -347,7 +366,9 @@ export const KERNELS: Record<string, RangeKernel> = {
   },
 
   /** [x, y]: causal softmax of x·scale over rows of (…, T, T) (row r sees keys 0…r mod T), rows. s: [T, scale]. */
-  causalSoftmax: ([x, out], [T, scale], lo, hi) => {
+  causalSoftmax: ([x, out], [Td, scale], lo, hi) => {
+    const T = Td | 0;
+    if (simdCausalSoftmax(x, out, T, scale, lo, hi)) return;
     for (let r = lo; r < hi; r++) {
       const o = r * T, n = (r % T) + 1; // keys visible to this query
       let max = -Infinity;
@@ -412,7 +433,9 @@ export const KERNELS: Record<string, RangeKernel> = {
   },
 
   /** [dy, y, dx]: dx = scale · y ⊙ (dy − Σ dy·y) per row, rows. s: [T, scale]. */
-  causalSoftmaxGrad: ([g, y, dx], [T, scale], lo, hi) => {
+  causalSoftmaxGrad: ([g, y, dx], [Td, scale], lo, hi) => {
+    const T = Td | 0;
+    if (simdCausalSoftmaxGrad(g, y, dx, T, scale, lo, hi)) return;
     for (let r = lo; r < hi; r++) {
       const o = r * T, n = (r % T) + 1;
       let dot = 0;

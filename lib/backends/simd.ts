@@ -1,0 +1,270 @@
+/**
+ * WebAssembly SIMD versions of the hot row and element kernels of parallel.ts (GELU, LayerNorm, causal softmax,
+ * the cross-entropy's softmax and their gradients): V8 runs the JS loops one double at a time, 6–20 ns per
+ * element here, the SIMD ones (simd/kernels.c) four floats at a time at a few ns per element, copies included.
+ *
+ * Each thread (the main one, each helper Worker) instantiates its own module. A call copies chunks of its range
+ * into the module's scratch arrays, runs the kernel there and copies the results back. Each function returns false
+ * when the module is not in use (no WebAssembly SIMD, `GPT_WASM_SIMD=0`, or a shape it does not take), and the
+ * caller then runs its JS loop. Results agree with the JS loops to float32 rounding (tests/simd_test.ts).
+ */
+import { SOURCE_SHA256, WASM_BASE64 } from "./simd_wasm.ts";
+
+type Arr = Float32Array | Float64Array | Int32Array;
+
+interface Exports {
+  buf(i: number): number;
+  gelu_tanh(x: number, y: number, t: number, n: number): void;
+  gelu_tanh_grad(g: number, x: number, t: number, dx: number, n: number): void;
+  softmax_rows(z: number, p: number, rows: number, n: number, out: number): void;
+  causal_softmax(x: number, y: number, rows: number, T: number, r0: number, scale: number): void;
+  causal_softmax_grad(
+    g: number,
+    y: number,
+    dx: number,
+    rows: number,
+    T: number,
+    r0: number,
+    scale: number,
+  ): void;
+  layer_norm(
+    x: number,
+    g: number,
+    b: number,
+    y: number,
+    mean: number,
+    rstd: number,
+    rows: number,
+    C: number,
+    eps: number,
+  ): void;
+  layer_norm_grad_x(
+    g: number,
+    x: number,
+    w: number,
+    mean: number,
+    rstd: number,
+    dx: number,
+    rows: number,
+    C: number,
+  ): void;
+}
+
+/** Floats in each scratch array (kernels.c's CHUNK). */
+const CHUNK = 65536;
+
+interface Module {
+  k: Exports;
+  /** Byte offsets of the scratch arrays and Float32Array views of them. */
+  ptr: number[];
+  buf: Float32Array[];
+}
+
+let mod: Module | null | undefined;
+let enabled: boolean | undefined;
+
+function instantiate(): Module | null {
+  try {
+    const bin = atob(WASM_BASE64);
+    const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
+    const inst = new WebAssembly.Instance(new WebAssembly.Module(bytes), {});
+    const k = inst.exports as unknown as Exports;
+    const memory = inst.exports.memory as WebAssembly.Memory;
+    const ptr = [0, 1, 2, 3, 4, 5].map((i) => k.buf(i));
+    return { k, ptr, buf: ptr.map((p) => new Float32Array(memory.buffer, p, CHUNK)) };
+  } catch {
+    return null; // no WebAssembly SIMD here: the JS loops
+  }
+}
+
+/** The module, or null when not in use on this thread. */
+function wasm(): Module | null {
+  if (enabled === undefined) {
+    try {
+      enabled = Deno.env.get("GPT_WASM_SIMD") !== "0";
+    } catch {
+      enabled = true; // no --allow-env
+    }
+  }
+  if (!enabled) return null;
+  return mod === undefined ? (mod = instantiate()) : mod;
+}
+
+/**
+ * Turns the SIMD kernels on or off on this thread (tests compare them with the JS loops); returns whether they
+ * are in use now. Default: on where WebAssembly SIMD is, unless `GPT_WASM_SIMD=0`.
+ */
+export function useSimd(on?: boolean): boolean {
+  if (on !== undefined) enabled = on;
+  return wasm() !== null;
+}
+
+/** The SHA-256 of the kernels.c that the embedded module was built from. */
+export const BUILT_FROM = SOURCE_SHA256;
+
+const up4 = (n: number) => (n + 3) & ~3;
+
+/** y, t = GELU and its tanh over elements [lo, hi) of x. */
+export function simdGelu(x: Arr, y: Arr, t: Arr, lo: number, hi: number): boolean {
+  const w = wasm();
+  if (!w) return false;
+  const [bx, by, bt] = w.buf, [px, py, pt] = w.ptr;
+  for (let i = lo; i < hi; i += CHUNK) {
+    const m = Math.min(CHUNK, hi - i);
+    bx.set(x.subarray(i, i + m));
+    w.k.gelu_tanh(px, py, pt, up4(m));
+    y.set(by.subarray(0, m), i);
+    t.set(bt.subarray(0, m), i);
+  }
+  return true;
+}
+
+/** dx = GELU's gradient over elements [lo, hi) from dy, x and the forward's tanh. */
+export function simdGeluGrad(g: Arr, x: Arr, t: Arr, dx: Arr, lo: number, hi: number): boolean {
+  const w = wasm();
+  if (!w) return false;
+  const [bg, bx, bt, bd] = w.buf, [pg, px, pt, pd] = w.ptr;
+  for (let i = lo; i < hi; i += CHUNK) {
+    const m = Math.min(CHUNK, hi - i);
+    bg.set(g.subarray(i, i + m));
+    bx.set(x.subarray(i, i + m));
+    bt.set(t.subarray(i, i + m));
+    w.k.gelu_tanh_grad(pg, px, pt, pd, up4(m));
+    dx.set(bd.subarray(0, m), i);
+  }
+  return true;
+}
+
+/**
+ * Softmax of rows [lo, hi) of z (rows of V) into p, with loss[r] = log Σ e^z − z[target] (the cross-entropy).
+ * Rows longer than a scratch array are left to the JS loop.
+ */
+export function simdSoftmaxCrossEntropy(
+  z: Arr,
+  targets: Arr,
+  p: Arr,
+  loss: Arr,
+  V: number,
+  lo: number,
+  hi: number,
+): boolean {
+  const w = wasm();
+  if (!w || up4(V) > CHUNK) return false;
+  const [bz] = w.buf, [pz, , , , , pout] = w.ptr;
+  const per = Math.floor(CHUNK / up4(V));
+  const out = new Float64Array(w.buf[5].buffer, pout, 2 * per);
+  for (let r = lo; r < hi; r += per) {
+    const rows = Math.min(per, hi - r);
+    for (let i = 0; i < rows; i++) bz.set(z.subarray((r + i) * V, (r + i + 1) * V), i * up4(V));
+    w.k.softmax_rows(pz, pz, rows, V, pout);
+    for (let i = 0; i < rows; i++) {
+      p.set(bz.subarray(i * up4(V), i * up4(V) + V), (r + i) * V);
+      const lse = Math.log(out[2 * i]) + out[2 * i + 1];
+      loss[r + i] = lse - z[(r + i) * V + targets[r + i]];
+    }
+  }
+  return true;
+}
+
+/** Causal softmax of x·scale over rows [lo, hi) of T (a multiple of 4). */
+export function simdCausalSoftmax(
+  x: Arr,
+  y: Arr,
+  T: number,
+  scale: number,
+  lo: number,
+  hi: number,
+): boolean {
+  const w = wasm();
+  if (!w || T % 4 !== 0 || T > CHUNK) return false;
+  const [bx, by] = w.buf, [px, py] = w.ptr, per = Math.floor(CHUNK / T);
+  for (let r = lo; r < hi; r += per) {
+    const rows = Math.min(per, hi - r);
+    bx.set(x.subarray(r * T, (r + rows) * T));
+    w.k.causal_softmax(px, py, rows, T, r % T, scale);
+    y.set(by.subarray(0, rows * T), r * T);
+  }
+  return true;
+}
+
+/** The causal softmax's input gradient over rows [lo, hi) of T (a multiple of 4). */
+export function simdCausalSoftmaxGrad(
+  g: Arr,
+  y: Arr,
+  dx: Arr,
+  T: number,
+  scale: number,
+  lo: number,
+  hi: number,
+): boolean {
+  const w = wasm();
+  if (!w || T % 4 !== 0 || T > CHUNK) return false;
+  const [bg, by, bd] = w.buf, [pg, py, pd] = w.ptr, per = Math.floor(CHUNK / T);
+  for (let r = lo; r < hi; r += per) {
+    const rows = Math.min(per, hi - r);
+    bg.set(g.subarray(r * T, (r + rows) * T));
+    by.set(y.subarray(r * T, (r + rows) * T));
+    w.k.causal_softmax_grad(pg, py, pd, rows, T, r % T, scale);
+    dx.set(bd.subarray(0, rows * T), r * T);
+  }
+  return true;
+}
+
+/** LayerNorm of rows [lo, hi) of C (a multiple of 4) values; mean and rstd per row. */
+export function simdLayerNorm(
+  x: Arr,
+  g: Arr,
+  b: Arr,
+  y: Arr,
+  mean: Arr,
+  rstd: Arr,
+  C: number,
+  eps: number,
+  lo: number,
+  hi: number,
+): boolean {
+  const w = wasm();
+  if (!w || C % 4 !== 0 || C > CHUNK) return false;
+  const [bx, bg, bb, by, bs] = w.buf, [px, pg, pb, py, ps] = w.ptr;
+  const per = Math.min(Math.floor(CHUNK / C), CHUNK / 2);
+  bg.set(g.subarray(0, C));
+  bb.set(b.subarray(0, C));
+  for (let r = lo; r < hi; r += per) {
+    const rows = Math.min(per, hi - r);
+    bx.set(x.subarray(r * C, (r + rows) * C));
+    w.k.layer_norm(px, pg, pb, py, ps, ps + 4 * (CHUNK / 2), rows, C, eps);
+    y.set(by.subarray(0, rows * C), r * C);
+    mean.set(bs.subarray(0, rows), r);
+    rstd.set(bs.subarray(CHUNK / 2, CHUNK / 2 + rows), r);
+  }
+  return true;
+}
+
+/** LayerNorm's input gradient over rows [lo, hi) of C (a multiple of 4). */
+export function simdLayerNormGradX(
+  g: Arr,
+  x: Arr,
+  wt: Arr,
+  mean: Arr,
+  rstd: Arr,
+  dx: Arr,
+  C: number,
+  lo: number,
+  hi: number,
+): boolean {
+  const w = wasm();
+  if (!w || C % 4 !== 0 || C > CHUNK) return false;
+  const [bg, bx, bw, bs, bd] = w.buf, [pg, px, pw, ps, pd] = w.ptr;
+  const per = Math.min(Math.floor(CHUNK / C), CHUNK / 2);
+  bw.set(wt.subarray(0, C));
+  for (let r = lo; r < hi; r += per) {
+    const rows = Math.min(per, hi - r);
+    bg.set(g.subarray(r * C, (r + rows) * C));
+    bx.set(x.subarray(r * C, (r + rows) * C));
+    bs.set(mean.subarray(r, r + rows));
+    bs.set(rstd.subarray(r, r + rows), CHUNK / 2);
+    w.k.layer_norm_grad_x(pg, px, pw, ps, ps + 4 * (CHUNK / 2), pd, rows, C);
+    dx.set(bd.subarray(0, rows * C), r * C);
+  }
+  return true;
+}
