@@ -8,7 +8,15 @@ import * as tf from "@tensorflow/tfjs-core";
 import type { ModelConfig } from "./config.ts";
 import type { NamedParam } from "./params.ts";
 import { fusedCausalSoftmax } from "./backends/fused_cpu.ts";
-import { crossEntropy, dropout, DropoutRng, embedding, gelu, layerNorm } from "./ops.ts";
+import {
+  crossEntropy,
+  dropout,
+  dropoutMask,
+  DropoutRng,
+  embedding,
+  gelu,
+  layerNorm,
+} from "./ops.ts";
 
 /** Options of a forward pass: dropout is on only when a generator is given (the book's `model.train()`). */
 export interface ForwardOptions {
@@ -113,9 +121,11 @@ export class GPTModel {
     const k = heads(this.linear(x, `${pre}.W_key`, qkv_bias));
     const v = heads(this.linear(x, `${pre}.W_value`, qkv_bias));
     const scores = tf.matMul(q, k, false, true); // (B, H, T, T)
-    let weights = fusedCausalSoftmax(scores, 1 / Math.sqrt(D)) ??
-      tf.softmax(tf.div(tf.add(scores, this.causalMask(T)), Math.sqrt(D)));
-    weights = dropout(weights, this.cfg.drop_rate, rng);
+    const mask = dropoutMask(scores.shape, this.cfg.drop_rate, rng); // the weights' dropout, fused where it can be
+    const weights = fusedCausalSoftmax(scores, 1 / Math.sqrt(D), mask) ?? tf.tidy(() => {
+      const w = tf.softmax(tf.div(tf.add(scores, this.causalMask(T)), Math.sqrt(D)));
+      return mask ? tf.mul(w, mask) : w;
+    });
     const ctx = tf.transpose(tf.matMul(weights, v), [0, 2, 1, 3]); // (B, T, H, D)
     return this.linear(tf.reshape(ctx, [B * T, C]), `${pre}.out_proj`); // (B·T, C)
   }

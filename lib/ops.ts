@@ -150,9 +150,19 @@ export class DropoutRng {
   }
 }
 
+/**
+ * The keep-mask of an inverted dropout of a tensor of `shape` (0 or 1/(1−p)), drawn from `rng`; null when `rng` is
+ * null or p is 0 (eval mode). `dropout` multiplies by it; fused kernels take it as an input.
+ */
+export function dropoutMask(shape: number[], p: number, rng: DropoutRng | null): tf.Tensor | null {
+  if (!rng || p === 0) return null;
+  const n = shape.reduce((a, b) => a * b, 1);
+  return tf.tensor(rng.mask(n, p, tensorStorage(n)), shape, "float32");
+}
+
 /** Inverted dropout with a mask from `rng`; identity when `rng` is null or p is 0 (eval mode). */
 export function dropout(x: tf.Tensor, p: number, rng: DropoutRng | null): tf.Tensor {
-  if (!rng || p === 0) return x;
-  const mask = rng.mask(x.size, p, tensorStorage(x.size));
-  return tf.tidy(() => tf.mul(x, tf.tensor(mask, x.shape, "float32")));
+  const mask = dropoutMask(x.shape, p, rng);
+  if (!mask) return x;
+  return tf.tidy(() => tf.mul(x, mask));
 }

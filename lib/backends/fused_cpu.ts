@@ -487,24 +487,37 @@ function softmaxCrossEntropyGrad({ inputs, backend }: KernelArgs): Info {
 
 /**
  * CausalSoftmax: softmax over the last axis of `x`·scale for (…, T, T) attention scores, where row i (the query at
- * position i) sees keys 0…i only — the book's `masked_fill(-inf)` + scale + softmax in one pass.
+ * position i) sees keys 0…i only — the book's `masked_fill(-inf)` + scale + softmax in one pass. With a dropout
+ * `mask` input (x's shape), returns [y ⊙ mask, y] (the dropped weights, and y for the gradient), else y.
  */
-function causalSoftmax({ inputs, backend, attrs }: KernelArgs): Info {
-  const { x } = inputs as { x: Info };
+function causalSoftmax({ inputs, backend, attrs }: KernelArgs): Info | Info[] {
+  const { x, mask } = inputs as { x: Info; mask?: Info };
   const scale = (attrs as { scale: number }).scale;
   const T = x.shape[x.shape.length - 1], rows = tf.util.sizeFromShape(x.shape) / T;
-  const xv = f32(backend, x), out = alloc(backend, xv.length);
-  parallelFor("causalSoftmax", [xv, out], [T, scale], rows, 2 * T);
-  return backend.makeTensorInfo(x.shape, "float32", out);
+  const xv = f32(backend, x), y = alloc(backend, xv.length);
+  if (!mask) {
+    parallelFor("causalSoftmax", [xv, y], [T, scale], rows, 2 * T);
+    return backend.makeTensorInfo(x.shape, "float32", y);
+  }
+  const out = alloc(backend, xv.length);
+  parallelFor("causalSoftmax", [xv, y, f32(backend, mask), out], [T, scale], rows, 3 * T);
+  return [
+    backend.makeTensorInfo(x.shape, "float32", out),
+    backend.makeTensorInfo(x.shape, "float32", y),
+  ];
 }
 
-/** CausalSoftmaxGrad: dx = scale · y ⊙ (dy − Σ_k dy·y) per row (zero where masked, since y is). */
+/**
+ * CausalSoftmaxGrad: dx = scale · y ⊙ (g − Σ_k g·y) per row (zero where masked, since y is), with g = dy, or
+ * dy ⊙ mask when a dropout `mask` input is given (the gradient through CausalSoftmax's dropped output).
+ */
 function causalSoftmaxGrad({ inputs, backend, attrs }: KernelArgs): Info {
-  const { dy, y } = inputs as { dy: Info; y: Info };
+  const { dy, y, mask } = inputs as { dy: Info; y: Info; mask?: Info };
   const scale = (attrs as { scale: number }).scale;
   const T = y.shape[y.shape.length - 1], rows = tf.util.sizeFromShape(y.shape) / T;
   const g = f32(backend, dy), yv = f32(backend, y), dx = alloc(backend, yv.length);
-  parallelFor("causalSoftmaxGrad", [g, yv, dx], [T, scale], rows, T);
+  const a = mask ? [g, yv, dx, f32(backend, mask)] : [g, yv, dx];
+  parallelFor("causalSoftmaxGrad", a, [T, scale], rows, T);
   return backend.makeTensorInfo(y.shape, "float32", dx);
 }
 
@@ -600,17 +613,33 @@ export function fusedGelu(x: tf.Tensor): tf.Tensor | null {
 
 /**
  * Causal attention weights: softmax(scores · scale) with keys after each query masked out, for scores
- * (…, T, T) — replaces `softmax((scores + mask) / √d)`; null where the backend lacks the kernels.
+ * (…, T, T) — replaces `softmax((scores + mask) / √d)`, then times the dropout `mask` (an inverted-dropout keep
+ * mask of the scores' shape) when one is given, in the same pass; null where the backend lacks the kernels.
  */
-export function fusedCausalSoftmax(scores: tf.Tensor, scale: number): tf.Tensor | null {
+export function fusedCausalSoftmax(
+  scores: tf.Tensor,
+  scale: number,
+  mask: tf.Tensor | null = null,
+): tf.Tensor | null {
   if (!has("CausalSoftmax")) return null;
   const op = tf.customGrad((x: tf.Tensor | tf.GradSaveFunc, save: tf.Tensor | tf.GradSaveFunc) => {
-    const y = run("CausalSoftmax", { x: x as tf.Tensor }, { scale }) as unknown as tf.Tensor;
-    (save as tf.GradSaveFunc)([y]);
+    if (!mask) {
+      const y = run("CausalSoftmax", { x: x as tf.Tensor }, { scale }) as unknown as tf.Tensor;
+      (save as tf.GradSaveFunc)([y]);
+      return {
+        value: y,
+        gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+          run("CausalSoftmaxGrad", { dy, y: saved[0] }, { scale }) as unknown as tf.Tensor,
+      };
+    }
+    const [out, y] = run("CausalSoftmax", { x: x as tf.Tensor, mask }, { scale });
+    (save as tf.GradSaveFunc)([y, mask]);
     return {
-      value: y,
+      value: out,
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
-        run("CausalSoftmaxGrad", { dy, y: saved[0] }, { scale }) as unknown as tf.Tensor,
+        run("CausalSoftmaxGrad", { dy, y: saved[0], mask: saved[1] }, {
+          scale,
+        }) as unknown as tf.Tensor,
     };
   });
   return op(scores);

@@ -365,10 +365,13 @@ export const KERNELS: Record<string, RangeKernel> = {
     for (let r = lo; r < hi; r++) d[r * V + tv[r]] -= s;
   },
 
-  /** [x, y]: causal softmax of x·scale over rows of (…, T, T) (row r sees keys 0…r mod T), rows. s: [T, scale]. */
-  causalSoftmax: ([x, out], [Td, scale], lo, hi) => {
+  /**
+   * [x, y] or [x, y, mask, out]: causal softmax y of x·scale over rows of (…, T, T) (row r sees keys 0…r mod T);
+   * with a dropout mask also out = y ⊙ mask, rows. s: [T, scale].
+   */
+  causalSoftmax: ([x, out, mask, dropped], [Td, scale], lo, hi) => {
     const T = Td | 0;
-    if (simdCausalSoftmax(x, out, T, scale, lo, hi)) return;
+    if (simdCausalSoftmax(x, out, mask, dropped, T, scale, lo, hi)) return;
     for (let r = lo; r < hi; r++) {
       const o = r * T, n = (r % T) + 1; // keys visible to this query
       let max = -Infinity;
@@ -382,6 +385,7 @@ export const KERNELS: Record<string, RangeKernel> = {
       const inv = 1 / sum;
       for (let k = 0; k < n; k++) out[o + k] *= inv;
       out.fill(0, o + n, o + T);
+      if (mask) { for (let k = 0; k < T; k++) dropped[o + k] = out[o + k] * mask[o + k]; }
     }
   },
 
@@ -432,15 +436,20 @@ export const KERNELS: Record<string, RangeKernel> = {
     for (let k = 0; k < n; k++) out[lo + k] = acc[k];
   },
 
-  /** [dy, y, dx]: dx = scale · y ⊙ (dy − Σ dy·y) per row, rows. s: [T, scale]. */
-  causalSoftmaxGrad: ([g, y, dx], [Td, scale], lo, hi) => {
+  /**
+   * [dy, y, dx] or [dy, y, dx, mask]: dx = scale · y ⊙ (g − Σ g·y) per row with g = dy, or dy ⊙ mask (the
+   * gradient through a dropout of y), rows. s: [T, scale].
+   */
+  causalSoftmaxGrad: ([dy, y, dx, mask], [Td, scale], lo, hi) => {
     const T = Td | 0;
-    if (simdCausalSoftmaxGrad(g, y, dx, T, scale, lo, hi)) return;
+    if (simdCausalSoftmaxGrad(dy, y, mask, dx, T, scale, lo, hi)) return;
+    const g = mask ? new Float32Array(T) : dy;
     for (let r = lo; r < hi; r++) {
-      const o = r * T, n = (r % T) + 1;
+      const o = r * T, n = (r % T) + 1, go = mask ? 0 : o;
+      if (mask) { for (let k = 0; k < n; k++) g[k] = dy[o + k] * mask[o + k]; }
       let dot = 0;
-      for (let k = 0; k < n; k++) dot += g[o + k] * y[o + k];
-      for (let k = 0; k < n; k++) dx[o + k] = scale * y[o + k] * (g[o + k] - dot);
+      for (let k = 0; k < n; k++) dot += g[go + k] * y[o + k];
+      for (let k = 0; k < n; k++) dx[o + k] = scale * y[o + k] * (g[go + k] - dot);
       dx.fill(0, o + n, o + T);
     }
   },

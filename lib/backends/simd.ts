@@ -17,10 +17,20 @@ interface Exports {
   gelu_tanh(x: number, y: number, t: number, n: number): void;
   gelu_tanh_grad(g: number, x: number, t: number, dx: number, n: number): void;
   softmax_rows(z: number, p: number, rows: number, n: number, out: number): void;
-  causal_softmax(x: number, y: number, rows: number, T: number, r0: number, scale: number): void;
+  causal_softmax(
+    x: number,
+    y: number,
+    mask: number,
+    out: number,
+    rows: number,
+    T: number,
+    r0: number,
+    scale: number,
+  ): void;
   causal_softmax_grad(
     g: number,
     y: number,
+    mask: number,
     dx: number,
     rows: number,
     T: number,
@@ -166,10 +176,12 @@ export function simdSoftmaxCrossEntropy(
   return true;
 }
 
-/** Causal softmax of x·scale over rows [lo, hi) of T (a multiple of 4). */
+/** Causal softmax y of x·scale over rows [lo, hi) of T (a multiple of 4); with a dropout mask, out = y ⊙ mask. */
 export function simdCausalSoftmax(
   x: Arr,
   y: Arr,
+  mask: Arr | undefined,
+  out: Arr | undefined,
   T: number,
   scale: number,
   lo: number,
@@ -177,20 +189,23 @@ export function simdCausalSoftmax(
 ): boolean {
   const w = wasm();
   if (!w || T % 4 !== 0 || T > CHUNK) return false;
-  const [bx, by] = w.buf, [px, py] = w.ptr, per = Math.floor(CHUNK / T);
+  const [bx, by, bm, bo] = w.buf, [px, py, pm, po] = w.ptr, per = Math.floor(CHUNK / T);
   for (let r = lo; r < hi; r += per) {
-    const rows = Math.min(per, hi - r);
-    bx.set(x.subarray(r * T, (r + rows) * T));
-    w.k.causal_softmax(px, py, rows, T, r % T, scale);
-    y.set(by.subarray(0, rows * T), r * T);
+    const rows = Math.min(per, hi - r), a = r * T, b = (r + rows) * T;
+    bx.set(x.subarray(a, b));
+    if (mask) bm.set(mask.subarray(a, b));
+    w.k.causal_softmax(px, py, mask ? pm : 0, mask ? po : 0, rows, T, r % T, scale);
+    y.set(by.subarray(0, rows * T), a);
+    if (mask) out!.set(bo.subarray(0, rows * T), a);
   }
   return true;
 }
 
-/** The causal softmax's input gradient over rows [lo, hi) of T (a multiple of 4). */
+/** The causal softmax's input gradient over rows [lo, hi) of T (a multiple of 4); dy ⊙ mask with a mask. */
 export function simdCausalSoftmaxGrad(
   g: Arr,
   y: Arr,
+  mask: Arr | undefined,
   dx: Arr,
   T: number,
   scale: number,
@@ -199,13 +214,14 @@ export function simdCausalSoftmaxGrad(
 ): boolean {
   const w = wasm();
   if (!w || T % 4 !== 0 || T > CHUNK) return false;
-  const [bg, by, bd] = w.buf, [pg, py, pd] = w.ptr, per = Math.floor(CHUNK / T);
+  const [bg, by, bd, bm] = w.buf, [pg, py, pd, pm] = w.ptr, per = Math.floor(CHUNK / T);
   for (let r = lo; r < hi; r += per) {
-    const rows = Math.min(per, hi - r);
-    bg.set(g.subarray(r * T, (r + rows) * T));
-    by.set(y.subarray(r * T, (r + rows) * T));
-    w.k.causal_softmax_grad(pg, py, pd, rows, T, r % T, scale);
-    dx.set(bd.subarray(0, rows * T), r * T);
+    const rows = Math.min(per, hi - r), a = r * T, b = (r + rows) * T;
+    bg.set(g.subarray(a, b));
+    by.set(y.subarray(a, b));
+    if (mask) bm.set(mask.subarray(a, b));
+    w.k.causal_softmax_grad(pg, py, mask ? pm : 0, pd, rows, T, r % T, scale);
+    dx.set(bd.subarray(0, rows * T), a);
   }
   return true;
 }

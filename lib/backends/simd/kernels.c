@@ -177,10 +177,11 @@ void softmax_rows(const float *z, float *p, int rows, int n, double *out) {
 
 /**
  * Causal softmax of x·scale over `rows` rows of length T (a multiple of 4), the first being row r0 of the whole
- * tensor: row r sees keys 0…(r mod T); the rest of its output is 0.
+ * tensor: row r sees keys 0…(r mod T); the rest of its output is 0. With a dropout mask (else null), also
+ * out = y ⊙ mask.
  */
-__attribute__((export_name("causal_softmax"))) 
-void causal_softmax(const float *x, float *y, int rows, int T, int r0, float scale) {
+__attribute__((export_name("causal_softmax")))
+void causal_softmax(const float *x, float *y, const float *mask, float *out, int rows, int T, int r0, float scale) {
   const Konst c = konst();
   for (int i = 0; i < rows; i++) {
     const float *xr = x + i * T;
@@ -191,14 +192,27 @@ void causal_softmax(const float *x, float *y, int rows, int T, int r0, float sca
     int k = 0;
     for (; k < n; k += 4) wasm_v128_store(yr + k, wasm_f32x4_mul(wasm_v128_load(yr + k), inv));
     for (; k < T; k += 4) wasm_v128_store(yr + k, splat(0.0f));
+    if (mask) {
+      for (k = 0; k < T; k += 4) {
+        wasm_v128_store(out + i * T + k, wasm_f32x4_mul(wasm_v128_load(yr + k), wasm_v128_load(mask + i * T + k)));
+      }
+    }
   }
 }
 
-/** dx = scale·y ⊙ (dy − Σ dy·y) over the visible part of each row (as causal_softmax), 0 elsewhere. */
+/**
+ * dx = scale·y ⊙ (dy − Σ dy·y) over the visible part of each row (as causal_softmax), 0 elsewhere; with a dropout
+ * mask (else null), dy ⊙ mask in place of dy (the gradient through out = y ⊙ mask). g is overwritten.
+ */
 __attribute__((export_name("causal_softmax_grad")))
-void causal_softmax_grad(const float *g, const float *y, float *dx, int rows, int T, int r0, float scale) {
+void causal_softmax_grad(float *g, const float *y, const float *mask, float *dx, int rows, int T, int r0, float scale) {
   for (int i = 0; i < rows; i++) {
     const int o = i * T, n = (r0 + i) % T + 1;
+    if (mask) {
+      for (int k = 0; k < n; k += 4) {
+        wasm_v128_store(g + o + k, wasm_f32x4_mul(wasm_v128_load(g + o + k), wasm_v128_load(mask + o + k)));
+      }
+    }
     v128_t lo = wasm_f64x2_splat(0), hi = wasm_f64x2_splat(0);
     for (int k = 0; k < n; k += 4) {
       const f4 gy = wasm_f32x4_mul(wasm_v128_load(g + o + k), wasm_v128_load(y + o + k));
