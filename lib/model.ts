@@ -7,7 +7,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { ModelConfig } from "./config.ts";
 import type { NamedParam } from "./params.ts";
-import { fusedCausalSoftmax } from "./backends/fused_cpu.ts";
+import { fusedCausalSoftmax, fusedLinear } from "./backends/fused_cpu.ts";
 import {
   crossEntropy,
   dropout,
@@ -88,8 +88,12 @@ export class GPTModel {
 
   /** x (N, in) @ W[out, in]ᵀ + b → (N, out). */
   private linear(x: tf.Tensor2D, name: string, bias = true): tf.Tensor2D {
-    // matMul + add rather than tf.fused.matMul: tfjs-wasm 4.22 gets a fused bias with transposeB wrong.
-    const y = tf.matMul(x, this.p(`${name}.weight`), false, true) as tf.Tensor2D;
+    const w = this.p(`${name}.weight`) as tf.Tensor2D;
+    if (bias) {
+      const fused = fusedLinear(x, w, this.p(`${name}.bias`) as tf.Tensor1D);
+      if (fused) return fused;
+    }
+    const y = tf.matMul(x, w, false, true) as tf.Tensor2D;
     return bias ? tf.add(y, this.p(`${name}.bias`)) as tf.Tensor2D : y;
   }
 

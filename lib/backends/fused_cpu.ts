@@ -596,6 +596,16 @@ export function fusedEmbedding(weight: tf.Tensor2D, ids: tf.Tensor1D): tf.Tensor
   return op(weight) as tf.Tensor2D;
 }
 
+/**
+ * x (N, in) @ wᵀ + b for w (out, in), with the bias seeding the product's output (sgemm's beta = 1: no separate
+ * Add pass) — TF.js's fused matMul, used only where our kernels are registered (tfjs-wasm 4.22's gets a fused
+ * bias with transposeB wrong); null elsewhere.
+ */
+export function fusedLinear(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D): tf.Tensor2D | null {
+  if (!has("GeluTanh")) return null;
+  return tf.fused.matMul({ a: x, b: w, transposeB: true, bias: b }) as tf.Tensor2D;
+}
+
 /** GPT-2's tanh-GELU as one kernel forward and one backward, or null where the backend lacks them. */
 export function fusedGelu(x: tf.Tensor): tf.Tensor | null {
   if (!has("GeluTanh")) return null;
