@@ -7,7 +7,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { ModelConfig } from "./config.ts";
 import type { NamedParam } from "./params.ts";
-import { fusedCausalSoftmax, fusedLinear } from "./backends/fused_cpu.ts";
+import { fusedAttention, fusedCausalSoftmax, fusedLinear } from "./backends/fused_cpu.ts";
 import {
   crossEntropy,
   dropout,
@@ -120,12 +120,15 @@ export class GPTModel {
     const { emb_dim: C, n_heads: H, qkv_bias } = this.cfg;
     const D = C / H;
     const pre = `trf_blocks.${i}.att`;
+    const q2 = this.linear(x, `${pre}.W_query`, qkv_bias); // (B·T, C)
+    const k2 = this.linear(x, `${pre}.W_key`, qkv_bias);
+    const v2 = this.linear(x, `${pre}.W_value`, qkv_bias);
+    const mask = dropoutMask([B, H, T, T], this.cfg.drop_rate, rng); // the attention weights' dropout
+    const fused = fusedAttention(q2, k2, v2, B, H, 1 / Math.sqrt(D), mask);
+    if (fused) return this.linear(fused, `${pre}.out_proj`);
     const heads = (t: tf.Tensor2D) => tf.transpose(tf.reshape(t, [B, T, H, D]), [0, 2, 1, 3]); // (B, H, T, D)
-    const q = heads(this.linear(x, `${pre}.W_query`, qkv_bias));
-    const k = heads(this.linear(x, `${pre}.W_key`, qkv_bias));
-    const v = heads(this.linear(x, `${pre}.W_value`, qkv_bias));
+    const [q, k, v] = [heads(q2), heads(k2), heads(v2)];
     const scores = tf.matMul(q, k, false, true); // (B, H, T, T)
-    const mask = dropoutMask(scores.shape, this.cfg.drop_rate, rng); // the weights' dropout, fused where it can be
     const weights = fusedCausalSoftmax(scores, 1 / Math.sqrt(D), mask) ?? tf.tidy(() => {
       const w = tf.softmax(tf.div(tf.add(scores, this.causalMask(T)), Math.sqrt(D)));
       return mask ? tf.mul(w, mask) : w;

@@ -4,6 +4,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import { BLAS_BACKEND, registerBlasBackend } from "../lib/backends/blas.ts";
 import {
   fastExp,
+  fusedAttention,
   fusedCausalSoftmax,
   fusedCrossEntropy,
   fusedGelu,
@@ -410,6 +411,66 @@ Deno.test({
   },
 });
 
+/** The book's attention core with composed ops: heads split by transposes, masked softmax, dropout, heads merged. */
+function composedAttention(
+  q: tf.Tensor,
+  k: tf.Tensor,
+  v: tf.Tensor,
+  B: number,
+  H: number,
+  mask: tf.Tensor | null,
+): tf.Tensor {
+  const [N, C] = q.shape, T = N / B, D = C / H;
+  const heads = (t: tf.Tensor) => tf.transpose(tf.reshape(t, [B, T, H, D]), [0, 2, 1, 3]);
+  let w = composedCausalSoftmax(tf.matMul(heads(q), heads(k), false, true), 1 / Math.sqrt(D));
+  if (mask) w = tf.mul(w, mask);
+  return tf.reshape(tf.transpose(tf.matMul(w, heads(v)), [0, 2, 1, 3]), [N, C]);
+}
+
+Deno.test({
+  name:
+    "fused attention (heads in place, with and without dropout) equals the composed ops, forward and gradients",
+  ...opts,
+  fn: async () => {
+    for (const [B, T, H, D] of [[2, 8, 3, 4], [3, 5, 2, 6]]) { // SIMD softmax rows, then the JS ones
+      const N = B * T, C = H * D;
+      const q = { shape: [N, C], seed: 40, scale: 2 }, k = { shape: [N, C], seed: 41, scale: 2 };
+      const v = { shape: [N, C], seed: 42 }, r = { shape: [N, C], seed: 43 };
+      const keep = Array.from(seeded([B * H * T * T], 44), (u) => (u > -0.8 ? 1 / 0.9 : 0));
+      const m = { shape: [B, H, T, T], seed: 0, values: keep };
+      const what = `B=${B} T=${T} H=${H} D=${D}`;
+      for (const withMask of [false, true]) {
+        const f = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor, mk: tf.Tensor) =>
+          fusedAttention(
+            a as tf.Tensor2D,
+            b as tf.Tensor2D,
+            c as tf.Tensor2D,
+            B,
+            H,
+            1 / Math.sqrt(D),
+            withMask ? mk : null,
+          );
+        const g = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor, mk: tf.Tensor) =>
+          composedAttention(a, b, c, B, H, withMask ? mk : null);
+        await compare(`attention ${what} mask=${withMask}`, [q, k, v, m], f, g);
+        type Attn = (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor, mk: tf.Tensor) => tf.Tensor | null;
+        const grads =
+          (fn: Attn) => (a: tf.Tensor, b: tf.Tensor, c: tf.Tensor, mk: tf.Tensor, w: tf.Tensor) =>
+            tf.grads((x: tf.Tensor, y: tf.Tensor, z: tf.Tensor) =>
+              tf.sum(tf.mul(fn(x, y, z, mk)!, w))
+            )([a, b, c]);
+        await compare(
+          `attention grads ${what} mask=${withMask}`,
+          [q, k, v, m, r],
+          grads(f),
+          grads(g),
+          1e-5,
+        );
+      }
+    }
+  },
+});
+
 Deno.test({
   name: "fused ops return null where the backend lacks their kernels",
   ...opts,
@@ -418,6 +479,10 @@ Deno.test({
     const x = tf.ones([2, 4]);
     assertEquals(fusedGelu(x), null);
     assertEquals(fusedCausalSoftmax(x, 1), null);
+    assertEquals(
+      fusedAttention(x as tf.Tensor2D, x as tf.Tensor2D, x as tf.Tensor2D, 1, 1, 1, null),
+      null,
+    );
     assertEquals(fusedLayerNorm(x, tf.ones([4]), tf.zeros([4])), null);
     assertEquals(fusedCrossEntropy(x as tf.Tensor2D, tf.tensor1d([0, 1], "int32")), null);
     x.dispose();

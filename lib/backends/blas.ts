@@ -416,6 +416,60 @@ function batchMatMulKernel(blas: BlasLib): KernelFn {
   };
 }
 
+/** Attributes of `HeadsMatMul`: strides are [per batch item, per head, leading dimension], in floats. */
+export interface HeadsMatMulAttrs {
+  batch: number;
+  heads: number;
+  transA: boolean;
+  transB: boolean;
+  M: number;
+  N: number;
+  K: number;
+  sa: number[];
+  sb: number[];
+  sc: number[];
+  /** The output's shape; the batch·heads blocks of C must cover all of it. */
+  shape: number[];
+}
+
+/**
+ * HeadsMatMul: per (b, h) of batch × heads, C_bh = op(A_bh)·op(B_bh) on strided blocks of float32 a, b and the
+ * output (attention heads read and written in place in (B·T, C) activations, no transposes). The heads are shared
+ * out between our threads with OpenBLAS on one thread each, as for the batched products in `gemm`.
+ */
+function headsMatMulKernel(blas: BlasLib): KernelFn {
+  return ({ inputs, backend, attrs }) => {
+    const { a, b } = inputs as { a: Info; b: Info };
+    const t = attrs as unknown as HeadsMatMulAttrs;
+    const c = alloc(backend, tf.util.sizeFromShape(t.shape));
+    const s = [
+      t.heads,
+      t.transA ? TRANS : NO_TRANS,
+      t.transB ? TRANS : NO_TRANS,
+      t.M,
+      t.N,
+      t.K,
+      ...t.sa,
+      ...t.sb,
+      ...t.sc,
+    ];
+    const blasThreads = blas.getNumThreads?.();
+    blas.setNumThreads?.(1);
+    try {
+      parallelFor(
+        "sgemmHeads",
+        [f32(backend, a), f32(backend, b), c],
+        s,
+        t.batch * t.heads,
+        t.M * t.N * t.K,
+      );
+    } finally {
+      if (blasThreads !== undefined) blas.setNumThreads?.(blasThreads);
+    }
+    return backend.makeTensorInfo(t.shape, "float32", c);
+  };
+}
+
 function fusedMatMulKernel(blas: BlasLib): KernelFn {
   const fallback = cpuKernel("_FusedMatMul");
   const add = cpuKernel("Add");
@@ -483,6 +537,7 @@ export function registerBlasBackend(priority = 0): { ok: boolean; reason: string
   const kernels: Record<string, KernelFn> = {
     BatchMatMul: batchMatMulKernel(res.lib),
     _FusedMatMul: fusedMatMulKernel(res.lib),
+    HeadsMatMul: headsMatMulKernel(res.lib),
   };
   for (const [kernelName, fn] of Object.entries(kernels)) {
     tf.registerKernel({

@@ -656,6 +656,78 @@ export function fusedCausalSoftmax(
 }
 
 /**
+ * The book's causal multi-head attention core on q, k, v (B·T, C) → context (B·T, C): per head, softmax of the
+ * masked, scaled scores Q·Kᵀ (times the dropout `mask` (B, H, T, T) when given), times V. Each head's products
+ * read and write its D = C/H columns of the (B·T, C) tensors in place (`HeadsMatMul`), so the heads need no
+ * transposes either way, and the scores are freed as soon as the softmax has read them. Null where the backend
+ * lacks the kernels (the caller composes the ops).
+ */
+export function fusedAttention(
+  q: tf.Tensor2D,
+  k: tf.Tensor2D,
+  v: tf.Tensor2D,
+  B: number,
+  H: number,
+  scale: number,
+  mask: tf.Tensor | null,
+): tf.Tensor2D | null {
+  if (!has("HeadsMatMul") || !has("CausalSoftmax")) return null;
+  const [N, C] = q.shape, T = N / B, D = C / H;
+  const act = [T * C, D, C], att = [H * T * T, T * T, T]; // (T, D) blocks of (B·T, C); (T, T) of (B, H, T, T)
+  const hm = (
+    a: tf.Tensor,
+    b: tf.Tensor,
+    transA: boolean,
+    transB: boolean,
+    [M, Nn, K]: number[],
+    sa: number[],
+    sb: number[],
+    sc: number[],
+  ): tf.Tensor => {
+    const shape = sc === att ? [B, H, T, T] : [N, C];
+    const attrs = { batch: B, heads: H, transA, transB, M, N: Nn, K, sa, sb, sc, shape };
+    return run(
+      "HeadsMatMul",
+      { a, b },
+      attrs as unknown as tf.NamedAttrMap,
+    ) as unknown as tf.Tensor;
+  };
+  const op = tf.customGrad(
+    (
+      qq: tf.Tensor | tf.GradSaveFunc,
+      kk: tf.Tensor | tf.GradSaveFunc,
+      vv: tf.Tensor | tf.GradSaveFunc,
+      save: tf.Tensor | tf.GradSaveFunc,
+    ) => {
+      const [Q, K, V] = [qq, kk, vv] as tf.Tensor[];
+      const scores = hm(Q, K, false, true, [T, T, D], act, act, att); // Q·Kᵀ per head
+      const [w, y] = mask
+        ? run("CausalSoftmax", { x: scores, mask }, { scale })
+        : [run("CausalSoftmax", { x: scores }, { scale }) as unknown as tf.Tensor];
+      scores.dispose();
+      (save as tf.GradSaveFunc)([Q, K, V, w, y ?? w, ...(mask ? [mask] : [])]);
+      return {
+        value: hm(w, V, false, false, [T, D, T], att, act, act), // weights·V per head
+        gradFunc: (dctx: tf.Tensor, saved: tf.Tensor[]) => {
+          const [Q, K, V, w, y, m] = saved;
+          const dw = hm(dctx, V, false, true, [T, T, D], act, act, att);
+          const ds = run("CausalSoftmaxGrad", m ? { dy: dw, y, mask: m } : { dy: dw, y }, {
+            scale,
+          }) as unknown as tf.Tensor;
+          dw.dispose();
+          const dq = hm(ds, K, false, false, [T, D, T], att, act, act);
+          const dk = hm(ds, Q, true, false, [T, D, T], att, act, act);
+          ds.dispose();
+          const dv = hm(w, dctx, true, false, [T, D, T], att, act, act);
+          return [dq, dk, dv];
+        },
+      };
+    },
+  );
+  return op(q, k, v) as tf.Tensor2D;
+}
+
+/**
  * LayerNorm over the last axis (biased variance, eps inside the square root) as one kernel forward and one
  * backward, or null where the backend lacks them. `scale` and `shift` have the last axis's length.
  */

@@ -270,6 +270,37 @@ export const KERNELS: Record<string, RangeKernel> = {
     }
   },
 
+  /**
+   * [A, B, C]: C_i = op(A_i)·op(B_i) for items i = (b, h) of a batch of s[0]·H, where X_i starts at
+   * b·sXb + h·sXh with leading dimension ldX: strided views, e.g. one attention head's (T, D) columns of a
+   * (B·T, C) activation, items. s: [H, transA, transB, M, N, K, sAb, sAh, lda, sBb, sBh, ldb, sCb, sCh, ldc].
+   */
+  sgemmHeads: ([A, B, C], s, lo, hi) => {
+    const f = helperSgemm();
+    const [H, tA, tB, M, N, K, sAb, sAh, lda, sBb, sBh, ldb, sCb, sCh, ldc] = s;
+    for (let i = lo; i < hi; i++) {
+      const b = Math.floor(i / H), h = i - b * H;
+      const a = (A as Float32Array).subarray(b * sAb + h * sAh);
+      const bb = (B as Float32Array).subarray(b * sBb + h * sBh);
+      f(
+        101,
+        tA,
+        tB,
+        M,
+        N,
+        K,
+        1,
+        a,
+        lda,
+        bb,
+        ldb,
+        0,
+        (C as Float32Array).subarray(b * sCb + h * sCh),
+        ldc,
+      );
+    }
+  },
+
   /** [out] = value over elements. s: [value]. */
   fill: ([out], [value], lo, hi) => {
     out.fill(value, lo, hi);
