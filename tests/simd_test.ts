@@ -172,3 +172,21 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "SIMD AdamW matches the JS loop (float32 against double) over several chunks",
+  ...opts,
+  fn: () => {
+    const n = 16384 * 3 + 5;
+    const p = seeded(n, 8), g = seeded(n, 9, 0.1), m = seeded(n, 10, 0.01);
+    const v = seeded(n, 11, 1e-4).map(Math.abs);
+    g[0] = 0, m[0] = 0, v[0] = 0; // a parameter without gradient: only the decay moves it
+    // step 3 of lr 4e-4, weight decay 0.1 (PyTorch's constants as AdamW folds them)
+    const t = 3, lr = 4e-4, c2 = Math.sqrt(1 - 0.999 ** t);
+    const s = [0.9, 0.1, 0.999, 0.001, 1 - lr * 0.1, (lr / (1 - 0.9 ** t)) * c2, 1e-8 * c2];
+    const { fast, ref } = both("adamw", () => [p.slice(), g, m.slice(), v.slice()], s, n);
+    const w = worst(fast, ref, [0, 2, 3]);
+    ok(w < 5e-7, `AdamW: ${w}`);
+    ok(fast[0].some((x, i) => x !== p[i]), "the parameters moved");
+  },
+});

@@ -19,6 +19,7 @@ export type Arr = Float32Array | Float64Array | Int32Array;
 export type RangeKernel = (a: Arr[], s: number[], lo: number, hi: number, part: number) => void;
 
 import {
+  simdAdamW,
   simdCausalSoftmax,
   simdCausalSoftmaxGrad,
   simdGelu,
@@ -498,9 +499,12 @@ export const KERNELS: Record<string, RangeKernel> = {
   /**
    * [p, g, m, v]: one AdamW step in place, elements: m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²;
    * p ← p·decay − s·m / (√v + e), with s = lr/(1−β1ᵗ)·√(1−β2ᵗ) and e = eps·√(1−β2ᵗ) (PyTorch's formula with
-   * √(1−β2ᵗ) folded into the constants). Float32 storage, double arithmetic. s: [β1, 1−β1, β2, 1−β2, decay, s, e].
+   * √(1−β2ᵗ) folded into the constants). Float32 like PyTorch (simd.ts; this JS loop, without it, in double).
+   * s: [β1, 1−β1, β2, 1−β2, decay, s, e].
    */
-  adamw: ([P, G, M, V], [b1, c1, b2, c2, decay, s, e], lo, hi) => {
+  adamw: ([P, G, M, V], c, lo, hi) => {
+    if (simdAdamW(P, G, M, V, c, lo, hi)) return;
+    const [b1, c1, b2, c2, decay, s, e] = c;
     for (let i = lo; i < hi; i++) {
       const gi = G[i];
       const mi = b1 * M[i] + c1 * gi;

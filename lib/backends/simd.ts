@@ -48,6 +48,20 @@ interface Exports {
     C: number,
     eps: number,
   ): void;
+  adamw(
+    p: number,
+    g: number,
+    m: number,
+    v: number,
+    n: number,
+    b1: number,
+    c1: number,
+    b2: number,
+    c2: number,
+    decay: number,
+    s: number,
+    e: number,
+  ): void;
   layer_norm_grad_x(
     g: number,
     x: number,
@@ -281,6 +295,34 @@ export function simdLayerNormGradX(
     bs.set(rstd.subarray(r, r + rows), CHUNK / 2);
     w.k.layer_norm_grad_x(pg, px, pw, ps, ps + 4 * (CHUNK / 2), pd, rows, C);
     dx.set(bd.subarray(0, rows * C), r * C);
+  }
+  return true;
+}
+
+/** Floats per AdamW chunk: its four arrays stay in the L2 cache between the copies and the kernel. */
+const ADAM_CHUNK = 16384;
+
+/** One AdamW step over parameters [lo, hi) in place. c: [β1, 1−β1, β2, 1−β2, decay, s, e] as in parallel.ts. */
+export function simdAdamW(
+  P: Arr,
+  G: Arr,
+  M: Arr,
+  V: Arr,
+  c: number[],
+  lo: number,
+  hi: number,
+): boolean {
+  const w = wasm();
+  if (!w) return false;
+  const [bp, bg, bm, bv] = w.buf, [pp, pg, pm, pv] = w.ptr;
+  for (let i = lo; i < hi; i += ADAM_CHUNK) {
+    const n = Math.min(ADAM_CHUNK, hi - i), j = i + n;
+    bp.set(P.subarray(i, j)),
+      bg.set(G.subarray(i, j)),
+      bm.set(M.subarray(i, j)),
+      bv.set(V.subarray(i, j));
+    w.k.adamw(pp, pg, pm, pv, up4(n), c[0], c[1], c[2], c[3], c[4], c[5], c[6]);
+    P.set(bp.subarray(0, n), i), M.set(bm.subarray(0, n), i), V.set(bv.subarray(0, n), i);
   }
   return true;
 }

@@ -281,3 +281,23 @@ void layer_norm_grad_x(const float *g, const float *x, const float *w, const flo
     }
   }
 }
+
+/**
+ * One AdamW step over n (a multiple of 4) parameters in place, in float32: m ← β1·m + (1−β1)·g;
+ * v ← β2·v + (1−β2)·g²; p ← p·decay − s·m / (√v + e) (s and e carry the bias corrections; see parallel.ts).
+ */
+__attribute__((export_name("adamw")))
+void adamw(float *p, const float *g, float *m, float *v, int n, float b1, float c1, float b2, float c2, float decay,
+           float s, float e) {
+  const f4 vb1 = splat(b1), vc1 = splat(c1), vb2 = splat(b2), vc2 = splat(c2), vd = splat(decay);
+  const f4 vs = splat(s), ve = splat(e);
+  for (int i = 0; i < n; i += 4) {
+    const f4 gi = wasm_v128_load(g + i);
+    const f4 mi = fma4(vb1, wasm_v128_load(m + i), wasm_f32x4_mul(vc1, gi));
+    const f4 vi = fma4(vb2, wasm_v128_load(v + i), wasm_f32x4_mul(wasm_f32x4_mul(vc2, gi), gi));
+    wasm_v128_store(m + i, mi);
+    wasm_v128_store(v + i, vi);
+    const f4 step = wasm_f32x4_div(wasm_f32x4_mul(vs, mi), wasm_f32x4_add(wasm_f32x4_sqrt(vi), ve));
+    wasm_v128_store(p + i, wasm_f32x4_sub(wasm_f32x4_mul(wasm_v128_load(p + i), vd), step));
+  }
+}
