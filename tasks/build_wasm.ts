@@ -4,16 +4,21 @@
  *
  *   deno task build-wasm
  */
-/** SHA-256 (hex) of a kernels.c text: simd_wasm.ts records the one it was built from (tests check it). */
+
+/**
+ * SHA-256 (hex) of a kernels.c text, line endings as LF (a CRLF checkout hashes the same): simd_wasm.ts records
+ * the one it was built from (tests check it).
+ */
 export async function sourceSha256(text: string): Promise<string> {
-  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)));
+  const lf = new TextEncoder().encode(text.replaceAll("\r\n", "\n"));
+  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", lf));
   return Array.from(d, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 async function build(): Promise<void> {
   const dir = new URL("../lib/backends/", import.meta.url);
-  const source = new URL("simd/kernels.c", dir).pathname;
-  const target = new URL("simd_wasm.ts", dir).pathname;
+  const source = decodeURIComponent(new URL("simd/kernels.c", dir).pathname);
+  const target = decodeURIComponent(new URL("simd_wasm.ts", dir).pathname);
   const wasm = await Deno.makeTempFile({ suffix: ".wasm" });
   try {
     const flags = ["--target=wasm32", "-O3", "-msimd128", "-mbulk-memory", "-nostdlib"];
@@ -30,8 +35,8 @@ async function build(): Promise<void> {
     }
     const bytes = await Deno.readFile(wasm);
     let b64 = "";
-    for (let i = 0; i < bytes.length; i += 0x8000) {
-      b64 += btoa(String.fromCharCode(...bytes.subarray(i, i + 0x8000)));
+    for (let i = 0; i < bytes.length; i += 3 << 13) { // whole 3-byte groups: no padding mid-string
+      b64 += btoa(String.fromCharCode(...bytes.subarray(i, i + (3 << 13))));
     }
     const lines = b64.match(/.{1,96}/g)!.map((l) => `  "${l}",`).join("\n");
     const sha = await sourceSha256(await Deno.readTextFile(source));
