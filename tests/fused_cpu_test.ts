@@ -346,6 +346,14 @@ Deno.test({
       1e-6,
     );
     await compare(
+      "crossEntropy grad (the loss itself: the forward's array, shared)",
+      ce,
+      (z, t) =>
+        tf.grad((u: tf.Tensor) => fusedCrossEntropy(u as tf.Tensor2D, t as tf.Tensor1D)!)(z),
+      (z, t) => tf.grad((u: tf.Tensor) => composedCrossEntropy(u, t))(z),
+      1e-6,
+    );
+    await compare(
       "crossEntropy grad (scaled loss)",
       ce,
       (z, t) =>

@@ -459,30 +459,38 @@ function layerNormGrad({ inputs, backend }: KernelArgs): Info[] {
   ];
 }
 
-/** SoftmaxCrossEntropy: mean −log softmax(z)[target] over rows; returns [loss (scalar), probabilities (N, V)]. */
+/**
+ * SoftmaxCrossEntropy: mean −log softmax(z)[target] over rows; returns [loss (scalar), its gradient for dy = 1,
+ * (softmax(z) − onehot(target)) / N (N, V)], both from the one pass over the logits.
+ */
 function softmaxCrossEntropy({ inputs, backend }: KernelArgs): Info[] {
   const { logits, targets } = inputs as { logits: Info; targets: Info };
   const [N, V] = logits.shape;
   const z = f32(backend, logits), tv = shared(vals(backend, targets) as Int32Array);
-  const p = alloc(backend, z.length), rowLoss = shared(new Float64Array(N));
-  parallelFor("softmaxCrossEntropy", [z, tv, p, rowLoss], [V], N, 3 * V);
+  const d = alloc(backend, z.length), rowLoss = shared(new Float64Array(N));
+  parallelFor("softmaxCrossEntropy", [z, tv, d, rowLoss], [V, 1 / N], N, 3 * V);
   let loss = 0;
   for (let r = 0; r < N; r++) loss += rowLoss[r];
   return [
     backend.makeTensorInfo([], "float32", new Float32Array([loss / N])),
-    backend.makeTensorInfo(logits.shape, "float32", p),
+    backend.makeTensorInfo(logits.shape, "float32", d),
   ];
 }
 
-/** SoftmaxCrossEntropyGrad: dlogits = (p − onehot(target)) · dy / N. */
+/**
+ * SoftmaxCrossEntropyGrad: dlogits = the forward's gradient · dy. For dy = 1 (a training loss) that is the
+ * forward's array itself, shared rather than copied (400 MB at GPT-2's vocabulary and batch 8).
+ */
 function softmaxCrossEntropyGrad({ inputs, backend }: KernelArgs): Info {
-  const { dy, probs, targets } = inputs as { dy: Info; probs: Info; targets: Info };
-  const [N, V] = probs.shape;
-  const s = f32(backend, dy)[0] / N, p = f32(backend, probs);
-  const tv = shared(vals(backend, targets) as Int32Array);
-  const d = alloc(backend, p.length);
-  parallelFor("softmaxCrossEntropyGrad", [p, tv, d], [V, s], N, V);
-  return backend.makeTensorInfo(probs.shape, "float32", d);
+  const { dy, grad } = inputs as { dy: Info; grad: Info };
+  const k = f32(backend, dy)[0];
+  if (k === 1) {
+    backend.incRef(grad.dataId);
+    return { dataId: grad.dataId, shape: grad.shape, dtype: "float32" };
+  }
+  const g = f32(backend, grad), d = alloc(backend, g.length);
+  parallelFor("scale", [g, d], [k], g.length, 1);
+  return backend.makeTensorInfo(grad.shape, "float32", d);
 }
 
 /**
@@ -759,12 +767,12 @@ export function fusedLayerNorm(
 export function fusedCrossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Scalar | null {
   if (!has("SoftmaxCrossEntropy")) return null;
   const op = tf.customGrad((z: tf.Tensor | tf.GradSaveFunc, save: tf.Tensor | tf.GradSaveFunc) => {
-    const [loss, probs] = run("SoftmaxCrossEntropy", { logits: z as tf.Tensor, targets });
-    (save as tf.GradSaveFunc)([probs]);
+    const [loss, grad] = run("SoftmaxCrossEntropy", { logits: z as tf.Tensor, targets });
+    (save as tf.GradSaveFunc)([grad]);
     return {
       value: loss,
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
-        run("SoftmaxCrossEntropyGrad", { dy, probs: saved[0], targets }) as unknown as tf.Tensor,
+        run("SoftmaxCrossEntropyGrad", { dy, grad: saved[0] }) as unknown as tf.Tensor,
     };
   });
   return op(logits) as tf.Scalar;

@@ -70,10 +70,10 @@ export function fastTanh(x: number): number {
 const GELU_C = Math.sqrt(2 / Math.PI), GELU_A = 0.044715;
 
 /**
- * out[o…o+n) = softmax of z[o…o+n): max, exp and sum in one pass, then a scale. Returns log Σ e^z (the row's
- * log-sum-exp), from which cross-entropy is lse − z[target].
+ * out[o…o+n) = softmax of z[o…o+n), times `scale`: max, exp and sum in one pass, then a scale. Returns log Σ e^z
+ * (the row's log-sum-exp), from which cross-entropy is lse − z[target].
  */
-export function softmaxRow(z: Arr, out: Arr, o: number, n: number): number {
+export function softmaxRow(z: Arr, out: Arr, o: number, n: number, scale = 1): number {
   let max = -Infinity;
   for (let k = 0; k < n; k++) if (z[o + k] > max) max = z[o + k];
   let sum = 0;
@@ -82,7 +82,7 @@ export function softmaxRow(z: Arr, out: Arr, o: number, n: number): number {
     out[o + k] = e;
     sum += e;
   }
-  const inv = 1 / sum;
+  const inv = scale / sum;
   for (let k = 0; k < n; k++) out[o + k] *= inv;
   return Math.log(sum) + max;
 }
@@ -385,16 +385,20 @@ export const KERNELS: Record<string, RangeKernel> = {
     for (let k = 0; k < n; k++) dw[lo + k] = accW[k], db[lo + k] = accB[k];
   },
 
-  /** [logits (N, V), targets, probs, rowLoss]: softmax and −log p[target] per row, rows. s: [V]. */
-  softmaxCrossEntropy: ([z, tv, p, loss], [V], lo, hi) => {
-    if (simdSoftmaxCrossEntropy(z, tv, p, loss, V, lo, hi)) return;
-    for (let r = lo; r < hi; r++) loss[r] = softmaxRow(z, p, r * V, V) - z[r * V + tv[r]];
+  /**
+   * [logits (N, V), targets, dlogits, rowLoss]: −log softmax(z)[target] per row, and the loss's gradient
+   * (softmax(z) − onehot(target))·k, rows. s: [V, k].
+   */
+  softmaxCrossEntropy: ([z, tv, d, loss], [V, k], lo, hi) => {
+    if (!simdSoftmaxCrossEntropy(z, tv, d, loss, V, k, lo, hi)) {
+      for (let r = lo; r < hi; r++) loss[r] = softmaxRow(z, d, r * V, V, k) - z[r * V + tv[r]];
+    }
+    for (let r = lo; r < hi; r++) d[r * V + tv[r]] -= k;
   },
 
-  /** [probs, targets, dlogits]: (p − onehot(target))·scale, rows. s: [V, scale]. */
-  softmaxCrossEntropyGrad: ([p, tv, d], [V, s], lo, hi) => {
-    for (let i = lo * V; i < hi * V; i++) d[i] = p[i] * s;
-    for (let r = lo; r < hi; r++) d[r * V + tv[r]] -= s;
+  /** [x, out]: out = x·k, elements. s: [k]. */
+  scale: ([x, out], [k], lo, hi) => {
+    for (let i = lo; i < hi; i++) out[i] = x[i] * k;
   },
 
   /**

@@ -16,7 +16,7 @@ interface Exports {
   buf(i: number): number;
   gelu_tanh(x: number, y: number, t: number, n: number): void;
   gelu_tanh_grad(g: number, x: number, t: number, dx: number, n: number): void;
-  softmax_rows(z: number, p: number, rows: number, n: number, out: number): void;
+  softmax_rows(z: number, p: number, rows: number, n: number, k: number, out: number): void;
   causal_softmax(
     x: number,
     y: number,
@@ -160,8 +160,8 @@ export function simdGeluGrad(g: Arr, x: Arr, t: Arr, dx: Arr, lo: number, hi: nu
 }
 
 /**
- * Softmax of rows [lo, hi) of z (rows of V) into p, with loss[r] = log Σ e^z − z[target] (the cross-entropy).
- * Rows longer than a scratch array are left to the JS loop.
+ * Softmax of rows [lo, hi) of z (rows of V), times k, into p, with loss[r] = log Σ e^z − z[target] (the
+ * cross-entropy). Rows longer than a scratch array are left to the JS loop.
  */
 export function simdSoftmaxCrossEntropy(
   z: Arr,
@@ -169,6 +169,7 @@ export function simdSoftmaxCrossEntropy(
   p: Arr,
   loss: Arr,
   V: number,
+  k: number,
   lo: number,
   hi: number,
 ): boolean {
@@ -180,7 +181,7 @@ export function simdSoftmaxCrossEntropy(
   for (let r = lo; r < hi; r += per) {
     const rows = Math.min(per, hi - r);
     for (let i = 0; i < rows; i++) bz.set(z.subarray((r + i) * V, (r + i + 1) * V), i * up4(V));
-    w.k.softmax_rows(pz, pz, rows, V, pout);
+    w.k.softmax_rows(pz, pz, rows, V, k, pout);
     for (let i = 0; i < rows; i++) {
       p.set(bz.subarray(i * up4(V), i * up4(V) + V), (r + i) * V);
       const lse = Math.log(out[2 * i]) + out[2 * i + 1];

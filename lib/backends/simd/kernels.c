@@ -157,19 +157,19 @@ static double exp_row(const float *z, float *p, int n, float scale, float *max, 
 }
 
 /**
- * Softmax of each of `rows` rows of length n (z to p, p may be z); out[2r] = the row's Σ e^{z − max} and
+ * Softmax of each of `rows` rows of length n, times k (z to p, p may be z); out[2r] = the row's Σ e^{z − max} and
  * out[2r+1] = its max, from which the JS side takes log-sum-exp. Row stride: n rounded up to 4.
  */
 __attribute__((export_name("softmax_rows")))
-void softmax_rows(const float *z, float *p, int rows, int n, double *out) {
+void softmax_rows(const float *z, float *p, int rows, int n, double k, double *out) {
   const int stride = (n + 3) & ~3;
   const Konst c = konst();
   for (int r = 0; r < rows; r++) {
     float mx;
     const double sum = exp_row(z + r * stride, p + r * stride, n, 1.0f, &mx, &c);
-    const f4 inv = splat((float)(1.0 / sum));
-    for (int k = 0; k < n; k += 4) {
-      wasm_v128_store(p + r * stride + k, wasm_f32x4_mul(wasm_v128_load(p + r * stride + k), inv));
+    const f4 inv = splat((float)(k / sum));
+    for (int j = 0; j < n; j += 4) {
+      wasm_v128_store(p + r * stride + j, wasm_f32x4_mul(wasm_v128_load(p + r * stride + j), inv));
     }
     out[2 * r] = sum, out[2 * r + 1] = mx;
   }
