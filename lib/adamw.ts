@@ -72,7 +72,8 @@ export class AdamW {
       const P = view(p), G = hostView(g), M = view(m), V = view(v);
       if (P && G && M && V) {
         // One pass over host memory, split across threads where the arrays are shared; float32 like PyTorch
-        // (WebAssembly SIMD; in double where that is off). √(1−β2ᵗ) is folded into the constants: m / (√v/c + eps) = c·m / (√v + c·eps).
+        // (WebAssembly SIMD; in double where that is off). √(1−β2ᵗ) is folded into the constants:
+        // m / (√v/c + eps) = c·m / (√v + c·eps).
         const s = stepSize * bc2Sqrt, e = eps * bc2Sqrt;
         parallelFor("adamw", [P, G, M, V], [b1, 1 - b1, b2, 1 - b2, decay, s, e], P.length, 4);
       } else {
