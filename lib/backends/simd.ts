@@ -128,35 +128,48 @@ export const BUILT_FROM = SOURCE_SHA256;
 
 const up4 = (n: number) => (n + 3) & ~3;
 
+/**
+ * Runs a kernel over units [lo, hi) (elements or rows of `size` floats) in chunks of at most `per` units: copies
+ * each input's chunk into its scratch array (by index), calls `kernel(first unit, units)`, copies each output's
+ * chunk back from its scratch array.
+ */
+function chunked(
+  w: Module,
+  lo: number,
+  hi: number,
+  per: number,
+  size: number,
+  ins: [Arr, number][],
+  outs: [Arr, number][],
+  kernel: (r: number, n: number) => void,
+): true {
+  for (let r = lo; r < hi; r += per) {
+    const n = Math.min(per, hi - r), a = r * size, b = a + n * size;
+    for (const [arr, i] of ins) w.buf[i].set(arr.subarray(a, b));
+    kernel(r, n);
+    for (const [arr, i] of outs) arr.set(w.buf[i].subarray(0, n * size), a);
+  }
+  return true;
+}
+
 /** y, t = GELU and its tanh over elements [lo, hi) of x. */
 export function simdGelu(x: Arr, y: Arr, t: Arr, lo: number, hi: number): boolean {
   const w = wasm();
   if (!w) return false;
-  const [bx, by, bt] = w.buf, [px, py, pt] = w.ptr;
-  for (let i = lo; i < hi; i += CHUNK) {
-    const m = Math.min(CHUNK, hi - i);
-    bx.set(x.subarray(i, i + m));
-    w.k.gelu_tanh(px, py, pt, up4(m));
-    y.set(by.subarray(0, m), i);
-    t.set(bt.subarray(0, m), i);
-  }
-  return true;
+  const [px, py, pt] = w.ptr;
+  return chunked(w, lo, hi, CHUNK, 1, [[x, 0]], [[y, 1], [t, 2]], (_, n) => {
+    w.k.gelu_tanh(px, py, pt, up4(n));
+  });
 }
 
 /** dx = GELU's gradient over elements [lo, hi) from dy, x and the forward's tanh. */
 export function simdGeluGrad(g: Arr, x: Arr, t: Arr, dx: Arr, lo: number, hi: number): boolean {
   const w = wasm();
   if (!w) return false;
-  const [bg, bx, bt, bd] = w.buf, [pg, px, pt, pd] = w.ptr;
-  for (let i = lo; i < hi; i += CHUNK) {
-    const m = Math.min(CHUNK, hi - i);
-    bg.set(g.subarray(i, i + m));
-    bx.set(x.subarray(i, i + m));
-    bt.set(t.subarray(i, i + m));
-    w.k.gelu_tanh_grad(pg, px, pt, pd, up4(m));
-    dx.set(bd.subarray(0, m), i);
-  }
-  return true;
+  const [pg, px, pt, pd] = w.ptr;
+  return chunked(w, lo, hi, CHUNK, 1, [[g, 0], [x, 1], [t, 2]], [[dx, 3]], (_, n) => {
+    w.k.gelu_tanh_grad(pg, px, pt, pd, up4(n));
+  });
 }
 
 /**
@@ -204,16 +217,12 @@ export function simdCausalSoftmax(
 ): boolean {
   const w = wasm();
   if (!w || T % 4 !== 0 || T > CHUNK) return false;
-  const [bx, by, bm, bo] = w.buf, [px, py, pm, po] = w.ptr, per = Math.floor(CHUNK / T);
-  for (let r = lo; r < hi; r += per) {
-    const rows = Math.min(per, hi - r), a = r * T, b = (r + rows) * T;
-    bx.set(x.subarray(a, b));
-    if (mask) bm.set(mask.subarray(a, b));
-    w.k.causal_softmax(px, py, mask ? pm : 0, mask ? po : 0, rows, T, r % T, scale);
-    y.set(by.subarray(0, rows * T), a);
-    if (mask) out!.set(bo.subarray(0, rows * T), a);
-  }
-  return true;
+  const [px, py, pm, po] = w.ptr;
+  const ins: [Arr, number][] = mask ? [[x, 0], [mask, 2]] : [[x, 0]];
+  const outs: [Arr, number][] = mask ? [[y, 1], [out!, 3]] : [[y, 1]];
+  return chunked(w, lo, hi, Math.floor(CHUNK / T), T, ins, outs, (r, n) => {
+    w.k.causal_softmax(px, py, mask ? pm : 0, mask ? po : 0, n, T, r % T, scale);
+  });
 }
 
 /** The causal softmax's input gradient over rows [lo, hi) of T (a multiple of 4); dy ⊙ mask with a mask. */
@@ -229,19 +238,17 @@ export function simdCausalSoftmaxGrad(
 ): boolean {
   const w = wasm();
   if (!w || T % 4 !== 0 || T > CHUNK) return false;
-  const [bg, by, bd, bm] = w.buf, [pg, py, pd, pm] = w.ptr, per = Math.floor(CHUNK / T);
-  for (let r = lo; r < hi; r += per) {
-    const rows = Math.min(per, hi - r), a = r * T, b = (r + rows) * T;
-    bg.set(g.subarray(a, b));
-    by.set(y.subarray(a, b));
-    if (mask) bm.set(mask.subarray(a, b));
-    w.k.causal_softmax_grad(pg, py, mask ? pm : 0, pd, rows, T, r % T, scale);
-    dx.set(bd.subarray(0, rows * T), a);
-  }
-  return true;
+  const [pg, py, pd, pm] = w.ptr;
+  const ins: [Arr, number][] = mask ? [[g, 0], [y, 1], [mask, 3]] : [[g, 0], [y, 1]];
+  return chunked(w, lo, hi, Math.floor(CHUNK / T), T, ins, [[dx, 2]], (r, n) => {
+    w.k.causal_softmax_grad(pg, py, mask ? pm : 0, pd, n, T, r % T, scale);
+  });
 }
 
-/** LayerNorm of rows [lo, hi) of C (a multiple of 4) values; mean and rstd per row. */
+/**
+ * LayerNorm of rows [lo, hi) of C (a multiple of 4) values; mean and rstd per row (scratch array 4 holds them,
+ * rstd from its middle).
+ */
 export function simdLayerNorm(
   x: Arr,
   g: Arr,
@@ -256,19 +263,23 @@ export function simdLayerNorm(
 ): boolean {
   const w = wasm();
   if (!w || C % 4 !== 0 || C > CHUNK) return false;
-  const [bx, bg, bb, by, bs] = w.buf, [px, pg, pb, py, ps] = w.ptr;
-  const per = Math.min(Math.floor(CHUNK / C), CHUNK / 2);
-  bg.set(g.subarray(0, C));
-  bb.set(b.subarray(0, C));
-  for (let r = lo; r < hi; r += per) {
-    const rows = Math.min(per, hi - r);
-    bx.set(x.subarray(r * C, (r + rows) * C));
-    w.k.layer_norm(px, pg, pb, py, ps, ps + 4 * (CHUNK / 2), rows, C, eps);
-    y.set(by.subarray(0, rows * C), r * C);
-    mean.set(bs.subarray(0, rows), r);
-    rstd.set(bs.subarray(CHUNK / 2, CHUNK / 2 + rows), r);
-  }
-  return true;
+  const [px, pg, pb, py, ps] = w.ptr, half = CHUNK / 2, bs = w.buf[4];
+  w.buf[1].set(g.subarray(0, C));
+  w.buf[2].set(b.subarray(0, C));
+  return chunked(
+    w,
+    lo,
+    hi,
+    Math.min(Math.floor(CHUNK / C), half),
+    C,
+    [[x, 0]],
+    [[y, 3]],
+    (r, n) => {
+      w.k.layer_norm(px, pg, pb, py, ps, ps + 4 * half, n, C, eps);
+      mean.set(bs.subarray(0, n), r);
+      rstd.set(bs.subarray(half, half + n), r);
+    },
+  );
 }
 
 /** LayerNorm's input gradient over rows [lo, hi) of C (a multiple of 4). */
@@ -285,19 +296,14 @@ export function simdLayerNormGradX(
 ): boolean {
   const w = wasm();
   if (!w || C % 4 !== 0 || C > CHUNK) return false;
-  const [bg, bx, bw, bs, bd] = w.buf, [pg, px, pw, ps, pd] = w.ptr;
-  const per = Math.min(Math.floor(CHUNK / C), CHUNK / 2);
-  bw.set(wt.subarray(0, C));
-  for (let r = lo; r < hi; r += per) {
-    const rows = Math.min(per, hi - r);
-    bg.set(g.subarray(r * C, (r + rows) * C));
-    bx.set(x.subarray(r * C, (r + rows) * C));
-    bs.set(mean.subarray(r, r + rows));
-    bs.set(rstd.subarray(r, r + rows), CHUNK / 2);
-    w.k.layer_norm_grad_x(pg, px, pw, ps, ps + 4 * (CHUNK / 2), pd, rows, C);
-    dx.set(bd.subarray(0, rows * C), r * C);
-  }
-  return true;
+  const [pg, px, pw, ps, pd] = w.ptr, half = CHUNK / 2, bs = w.buf[3];
+  w.buf[2].set(wt.subarray(0, C));
+  const per = Math.min(Math.floor(CHUNK / C), half);
+  return chunked(w, lo, hi, per, C, [[g, 0], [x, 1]], [[dx, 4]], (r, n) => {
+    bs.set(mean.subarray(r, r + n));
+    bs.set(rstd.subarray(r, r + n), half);
+    w.k.layer_norm_grad_x(pg, px, pw, ps, ps + 4 * half, pd, n, C);
+  });
 }
 
 /** Floats per AdamW chunk: its four arrays stay in the L2 cache between the copies and the kernel. */
@@ -315,15 +321,9 @@ export function simdAdamW(
 ): boolean {
   const w = wasm();
   if (!w) return false;
-  const [bp, bg, bm, bv] = w.buf, [pp, pg, pm, pv] = w.ptr;
-  for (let i = lo; i < hi; i += ADAM_CHUNK) {
-    const n = Math.min(ADAM_CHUNK, hi - i), j = i + n;
-    bp.set(P.subarray(i, j)),
-      bg.set(G.subarray(i, j)),
-      bm.set(M.subarray(i, j)),
-      bv.set(V.subarray(i, j));
+  const [pp, pg, pm, pv] = w.ptr;
+  const ins: [Arr, number][] = [[P, 0], [G, 1], [M, 2], [V, 3]];
+  return chunked(w, lo, hi, ADAM_CHUNK, 1, ins, [[P, 0], [M, 2], [V, 3]], (_, n) => {
     w.k.adamw(pp, pg, pm, pv, up4(n), c[0], c[1], c[2], c[3], c[4], c[5], c[6]);
-    P.set(bp.subarray(0, n), i), M.set(bm.subarray(0, n), i), V.set(bv.subarray(0, n), i);
-  }
-  return true;
+  });
 }
