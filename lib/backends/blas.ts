@@ -23,7 +23,6 @@ import {
   setParallelism,
   setSgemm,
   type Sgemm,
-  sgemmItem,
   sharedF32,
 } from "./parallel.ts";
 
@@ -311,7 +310,6 @@ function gemm(
     blas.sgemm(ROW_MAJOR, tA, tB, batch * M, N, K, 1, A, lda, B, ldb, beta, c, N);
     return { shape, values: c };
   }
-  const items = [tA, tB, M, N, K, lda, ldb, beta, M * K, K * N, M * N]; // sgemmItem's sizes
   if (
     batchA === batch && batchB === batch && batch > 1 && M * N * K <= SMALL_PRODUCT &&
     blas.setNumThreads && blas.getNumThreads
@@ -319,15 +317,11 @@ function gemm(
     // Attention heads: OpenBLAS takes about as long for one small product on two threads as on one, so each
     // product runs on one OpenBLAS thread and the heads are shared out between our threads (all on the calling
     // thread with GPT_JS_THREADS=1: the same products, so the same numbers).
-    const blasThreads = blas.getNumThreads();
-    blas.setNumThreads(1);
-    try {
-      parallelFor("sgemmBatch", [A, B, c], items, batch, M * N * K);
-    } finally {
-      blas.setNumThreads(blasThreads);
-    }
+    const blocks = [M * K, 0, lda, K * N, 0, ldb, M * N, 0, N]; // item i: the i-th block of each
+    sgemmOnEachThread(blas, [A, B, c], [1, tA, tB, M, N, K, beta, ...blocks], batch, M * N * K);
     return { shape, values: c };
   }
+  const items = [tA, tB, M, N, K, lda, ldb, beta, M * K, K * N, M * N]; // sgemmItem's sizes
   // Per-batch products; each output batch index maps to its (broadcast) A and B batch indices.
   const sa = stridesOf(outerA), sb = stridesOf(outerB), so = stridesOf(outer);
   const offA = outer.length - outerA.length, offB = outer.length - outerB.length;
@@ -344,6 +338,60 @@ function gemm(
     sgemmItem(blas.sgemm as unknown as Sgemm, items, A, ia, B, ib, c, i);
   }
   return { shape, values: c };
+}
+
+/**
+ * One product of a batch, row-major: C[ic] = op(A[ia])·op(B[ib]) + beta·C[ic], where X[i] is the i-th block of
+ * X's size. s: [transA, transB, M, N, K, lda, ldb, beta, sizeA, sizeB, sizeC] (trans as CBLAS codes).
+ */
+function sgemmItem(
+  f: Sgemm,
+  s: number[],
+  A: Float32Array,
+  ia: number,
+  B: Float32Array,
+  ib: number,
+  C: Float32Array,
+  ic: number,
+): void {
+  const [tA, tB, M, N, K, lda, ldb, beta, sizeA, sizeB, sizeC] = s;
+  const a = A.subarray(ia * sizeA, (ia + 1) * sizeA), b = B.subarray(ib * sizeB, (ib + 1) * sizeB);
+  f(
+    ROW_MAJOR,
+    tA,
+    tB,
+    M,
+    N,
+    K,
+    1,
+    a,
+    lda,
+    b,
+    ldb,
+    beta,
+    C.subarray(ic * sizeC, (ic + 1) * sizeC),
+    N,
+  );
+}
+
+/**
+ * `items` products of `sgemmHeads` (s as there) shared out between our threads, with OpenBLAS on one thread for
+ * them (OpenBLAS's own threads win nothing on products this small).
+ */
+function sgemmOnEachThread(
+  blas: BlasLib,
+  a: Float32Array[],
+  s: number[],
+  items: number,
+  cost: number,
+): void {
+  const blasThreads = blas.getNumThreads?.();
+  blas.setNumThreads?.(1);
+  try {
+    parallelFor("sgemmHeads", a, s, items, cost);
+  } finally {
+    if (blasThreads !== undefined) blas.setNumThreads?.(blasThreads);
+  }
 }
 
 /** `bias` broadcast to `shape` when it varies along the last axis only (or is a scalar); null otherwise. */
@@ -449,23 +497,18 @@ function headsMatMulKernel(blas: BlasLib): KernelFn {
       t.M,
       t.N,
       t.K,
+      0,
       ...t.sa,
       ...t.sb,
       ...t.sc,
     ];
-    const blasThreads = blas.getNumThreads?.();
-    blas.setNumThreads?.(1);
-    try {
-      parallelFor(
-        "sgemmHeads",
-        [f32(backend, a), f32(backend, b), c],
-        s,
-        t.batch * t.heads,
-        t.M * t.N * t.K,
-      );
-    } finally {
-      if (blasThreads !== undefined) blas.setNumThreads?.(blasThreads);
-    }
+    sgemmOnEachThread(
+      blas,
+      [f32(backend, a), f32(backend, b), c],
+      s,
+      t.batch * t.heads,
+      t.M * t.N * t.K,
+    );
     return backend.makeTensorInfo(t.shape, "float32", c);
   };
 }

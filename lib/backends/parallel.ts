@@ -6,18 +6,11 @@
  *
  * The kernels are plain functions of (arrays, scalars, lo, hi) over a range of work units (elements or rows) in
  * this module, which imports only simd.ts (their WebAssembly SIMD versions), so the Workers (parallel_worker.ts)
- * load them quickly. Arrays not backed by a
- * SharedArrayBuffer, small amounts of work, or Workers that are not up yet: the whole range runs on the calling
- * thread, with the same result (each unit is computed by the same code either way, so results are bit-identical).
- * Workers start on first use and close themselves after {@link IDLE_MS} without work, so a finished program exits.
+ * load them quickly. Arrays not backed by a SharedArrayBuffer, small amounts of work, or Workers that are not up
+ * yet: the whole range runs on the calling thread, with the same result (each unit is computed by the same code
+ * either way, so results are bit-identical). Workers start on first use and close themselves after
+ * {@link IDLE_MS} without work, so a finished program exits.
  */
-
-/** A typed array a kernel reads or writes; shared ones can be handed to Workers without a copy. */
-export type Arr = Float32Array | Float64Array | Int32Array;
-
-/** A kernel over work units [lo, hi): `part` is the index of the range (0 = the caller's). */
-export type RangeKernel = (a: Arr[], s: number[], lo: number, hi: number, part: number) => void;
-
 import {
   simdAdamW,
   simdCausalSoftmax,
@@ -28,6 +21,12 @@ import {
   simdLayerNormGradX,
   simdSoftmaxCrossEntropy,
 } from "./simd.ts";
+
+/** A typed array a kernel reads or writes; shared ones can be handed to Workers without a copy. */
+export type Arr = Float32Array | Float64Array | Int32Array;
+
+/** A kernel over work units [lo, hi): `part` is the index of the range (0 = the caller's). */
+export type RangeKernel = (a: Arr[], s: number[], lo: number, hi: number, part: number) => void;
 
 // ---------------------------------------------------------------------------------------------------------------
 // exp in float32 precision, ~4× faster than Math.exp in V8: e^x = 2^(k/256) · e^r with k = round(x·256/ln 2),
@@ -109,7 +108,8 @@ function binaryRun(
 
 // ---------------------------------------------------------------------------------------------------------------
 // Matrix products of a batch (attention heads) on every thread: OpenBLAS spends as long on one head's small
-// product with two threads as with one, so each thread takes a share of the heads with OpenBLAS on one thread.
+// product with two threads as with one, so each thread takes a share of the heads with OpenBLAS on one thread
+// (`sgemmHeads`).
 
 const SGEMM_SYMBOLS = {
   cblas_sgemm: {
@@ -152,36 +152,17 @@ export type Sgemm = (
 ) => void;
 
 let sgemm: Sgemm | null = null;
-/** The library the blas backend loaded; helpers open it themselves for `sgemmBatch`. */
+/** The library the blas backend loaded; helpers open it themselves for `sgemmHeads`. */
 let blasPath: string | null = null;
 
-/** Called by the blas backend once it has loaded `path`: `sgemmBatch` calls `fn` here, and the library in helpers. */
+/** Called by the blas backend once it has loaded `path`: `sgemmHeads` calls `fn` here, and the library in helpers. */
 export function setSgemm(path: string, fn: Sgemm): void {
   blasPath = path, sgemm = fn;
 }
 
-/**
- * One product of a batch, row-major: C[ic] = op(A[ia])·op(B[ib]) + beta·C[ic], where X[i] is the i-th block of
- * X's size. s: [transA, transB, M, N, K, lda, ldb, beta, sizeA, sizeB, sizeC] (trans as CBLAS codes).
- */
-export function sgemmItem(
-  f: Sgemm,
-  s: number[],
-  A: Float32Array,
-  ia: number,
-  B: Float32Array,
-  ib: number,
-  C: Float32Array,
-  ic: number,
-): void {
-  const [tA, tB, M, N, K, lda, ldb, beta, sizeA, sizeB, sizeC] = s;
-  const a = A.subarray(ia * sizeA, (ia + 1) * sizeA), b = B.subarray(ib * sizeB, (ib + 1) * sizeB);
-  f(101, tA, tB, M, N, K, 1, a, lda, b, ldb, beta, C.subarray(ic * sizeC, (ic + 1) * sizeC), N);
-}
-
 function helperSgemm(): Sgemm {
   if (!sgemm) {
-    if (!blasPath) throw new Error("sgemmBatch: no BLAS library was named");
+    if (!blasPath) throw new Error("sgemmHeads: no BLAS library was named");
     sgemm = Deno.dlopen(blasPath, SGEMM_SYMBOLS).symbols.cblas_sgemm as unknown as Sgemm;
   }
   return sgemm;
@@ -263,22 +244,15 @@ export const KERNELS: Record<string, RangeKernel> = {
     if (hi === n) end[0] = s0, end[1] = s1, end[2] = s2, end[3] = s3;
   },
 
-  /** [A, B, C]: C[i] = op(A[i])·op(B[i]) + beta·C[i] for batch items i ({@link sgemmItem}), items. */
-  sgemmBatch: ([A, B, C], s, lo, hi) => {
-    const f = helperSgemm();
-    for (let i = lo; i < hi; i++) {
-      sgemmItem(f, s, A as Float32Array, i, B as Float32Array, i, C as Float32Array, i);
-    }
-  },
-
   /**
-   * [A, B, C]: C_i = op(A_i)·op(B_i) for items i = (b, h) of a batch of s[0]·H, where X_i starts at
-   * b·sXb + h·sXh with leading dimension ldX: strided views, e.g. one attention head's (T, D) columns of a
-   * (B·T, C) activation, items. s: [H, transA, transB, M, N, K, sAb, sAh, lda, sBb, sBh, ldb, sCb, sCh, ldc].
+   * [A, B, C]: C_i = op(A_i)·op(B_i) + beta·C_i for items i = (b, h) of a batch of (items / H)·H, where X_i starts
+   * at b·sXb + h·sXh with leading dimension ldX: strided views, e.g. one attention head's (T, D) columns of a
+   * (B·T, C) activation, or (H = 1) the blocks of a contiguous batch, items.
+   * s: [H, transA, transB, M, N, K, beta, sAb, sAh, lda, sBb, sBh, ldb, sCb, sCh, ldc] (trans as CBLAS codes).
    */
   sgemmHeads: ([A, B, C], s, lo, hi) => {
     const f = helperSgemm();
-    const [H, tA, tB, M, N, K, sAb, sAh, lda, sBb, sBh, ldb, sCb, sCh, ldc] = s;
+    const [H, tA, tB, M, N, K, beta, sAb, sAh, lda, sBb, sBh, ldb, sCb, sCh, ldc] = s;
     for (let i = lo; i < hi; i++) {
       const b = Math.floor(i / H), h = i - b * H;
       const a = (A as Float32Array).subarray(b * sAb + h * sAh);
@@ -295,7 +269,7 @@ export const KERNELS: Record<string, RangeKernel> = {
         lda,
         bb,
         ldb,
-        0,
+        beta,
         (C as Float32Array).subarray(b * sCb + h * sCh),
         ldc,
       );
