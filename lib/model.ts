@@ -129,10 +129,9 @@ export class GPTModel {
     const heads = (t: tf.Tensor2D) => tf.transpose(tf.reshape(t, [B, T, H, D]), [0, 2, 1, 3]); // (B, H, T, D)
     const [q, k, v] = [heads(q2), heads(k2), heads(v2)];
     const scores = tf.matMul(q, k, false, true); // (B, H, T, T)
-    const weights = fusedCausalSoftmax(scores, 1 / Math.sqrt(D), mask) ?? tf.tidy(() => {
-      const w = tf.softmax(tf.div(tf.add(scores, this.causalMask(T)), Math.sqrt(D)));
-      return mask ? tf.mul(w, mask) : w;
-    });
+    const w = fusedCausalSoftmax(scores, 1 / Math.sqrt(D)) ??
+      tf.softmax(tf.div(tf.add(scores, this.causalMask(T)), Math.sqrt(D)));
+    const weights = mask ? tf.mul(w, mask) : w;
     const ctx = tf.transpose(tf.matMul(weights, v), [0, 2, 1, 3]); // (B, T, H, D)
     return this.linear(tf.reshape(ctx, [B * T, C]), `${pre}.out_proj`); // (B·T, C)
   }

@@ -631,33 +631,17 @@ export function fusedGelu(x: tf.Tensor): tf.Tensor | null {
 
 /**
  * Causal attention weights: softmax(scores · scale) with keys after each query masked out, for scores
- * (…, T, T) — replaces `softmax((scores + mask) / √d)`, then times the dropout `mask` (an inverted-dropout keep
- * mask of the scores' shape) when one is given, in the same pass; null where the backend lacks the kernels.
+ * (…, T, T) — replaces `softmax((scores + mask) / √d)`; null where the backend lacks the kernels.
  */
-export function fusedCausalSoftmax(
-  scores: tf.Tensor,
-  scale: number,
-  mask: tf.Tensor | null = null,
-): tf.Tensor | null {
+export function fusedCausalSoftmax(scores: tf.Tensor, scale: number): tf.Tensor | null {
   if (!has("CausalSoftmax")) return null;
   const op = tf.customGrad((x: tf.Tensor | tf.GradSaveFunc, save: tf.Tensor | tf.GradSaveFunc) => {
-    if (!mask) {
-      const y = run("CausalSoftmax", { x: x as tf.Tensor }, { scale }) as unknown as tf.Tensor;
-      (save as tf.GradSaveFunc)([y]);
-      return {
-        value: y,
-        gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
-          run("CausalSoftmaxGrad", { dy, y: saved[0] }, { scale }) as unknown as tf.Tensor,
-      };
-    }
-    const [out, y] = run("CausalSoftmax", { x: x as tf.Tensor, mask }, { scale });
-    (save as tf.GradSaveFunc)([y, mask]);
+    const y = run("CausalSoftmax", { x: x as tf.Tensor }, { scale }) as unknown as tf.Tensor;
+    (save as tf.GradSaveFunc)([y]);
     return {
-      value: out,
+      value: y,
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
-        run("CausalSoftmaxGrad", { dy, y: saved[0], mask: saved[1] }, {
-          scale,
-        }) as unknown as tf.Tensor,
+        run("CausalSoftmaxGrad", { dy, y: saved[0] }, { scale }) as unknown as tf.Tensor,
     };
   });
   return op(scores);
