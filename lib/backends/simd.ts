@@ -74,11 +74,10 @@ interface Exports {
   ): void;
 }
 
-/** Floats in each scratch array (kernels.c's CHUNK). */
-const CHUNK = 65536;
-
 interface Module {
   k: Exports;
+  /** Floats in each scratch array (kernels.c's CHUNK: the distance between two of them). */
+  chunk: number;
   /** Byte offsets of the scratch arrays and Float32Array views of them. */
   ptr: number[];
   buf: Float32Array[];
@@ -95,7 +94,8 @@ function instantiate(): Module | null {
     const k = inst.exports as unknown as Exports;
     const memory = inst.exports.memory as WebAssembly.Memory;
     const ptr = [0, 1, 2, 3, 4, 5].map((i) => k.buf(i));
-    return { k, ptr, buf: ptr.map((p) => new Float32Array(memory.buffer, p, CHUNK)) };
+    const chunk = (ptr[1] - ptr[0]) / 4;
+    return { k, chunk, ptr, buf: ptr.map((p) => new Float32Array(memory.buffer, p, chunk)) };
   } catch {
     return null; // no WebAssembly SIMD here: the JS loops
   }
@@ -157,7 +157,7 @@ export function simdGelu(x: Arr, y: Arr, t: Arr, lo: number, hi: number): boolea
   const w = wasm();
   if (!w) return false;
   const [px, py, pt] = w.ptr;
-  return chunked(w, lo, hi, CHUNK, 1, [[x, 0]], [[y, 1], [t, 2]], (_, n) => {
+  return chunked(w, lo, hi, w.chunk, 1, [[x, 0]], [[y, 1], [t, 2]], (_, n) => {
     w.k.gelu_tanh(px, py, pt, up4(n));
   });
 }
@@ -167,7 +167,7 @@ export function simdGeluGrad(g: Arr, x: Arr, t: Arr, dx: Arr, lo: number, hi: nu
   const w = wasm();
   if (!w) return false;
   const [pg, px, pt, pd] = w.ptr;
-  return chunked(w, lo, hi, CHUNK, 1, [[g, 0], [x, 1], [t, 2]], [[dx, 3]], (_, n) => {
+  return chunked(w, lo, hi, w.chunk, 1, [[g, 0], [x, 1], [t, 2]], [[dx, 3]], (_, n) => {
     w.k.gelu_tanh_grad(pg, px, pt, pd, up4(n));
   });
 }
@@ -187,9 +187,9 @@ export function simdSoftmaxCrossEntropy(
   hi: number,
 ): boolean {
   const w = wasm();
-  if (!w || up4(V) > CHUNK) return false;
+  if (!w || up4(V) > w.chunk) return false;
   const [bz] = w.buf, [pz, , , , , pout] = w.ptr;
-  const per = Math.floor(CHUNK / up4(V));
+  const per = Math.floor(w.chunk / up4(V));
   const out = new Float64Array(w.buf[5].buffer, pout, 2 * per);
   for (let r = lo; r < hi; r += per) {
     const rows = Math.min(per, hi - r);
@@ -216,11 +216,11 @@ export function simdCausalSoftmax(
   hi: number,
 ): boolean {
   const w = wasm();
-  if (!w || T % 4 !== 0 || T > CHUNK) return false;
+  if (!w || T % 4 !== 0 || T > w.chunk) return false;
   const [px, py, pm, po] = w.ptr;
   const ins: [Arr, number][] = mask ? [[x, 0], [mask, 2]] : [[x, 0]];
   const outs: [Arr, number][] = mask ? [[y, 1], [out!, 3]] : [[y, 1]];
-  return chunked(w, lo, hi, Math.floor(CHUNK / T), T, ins, outs, (r, n) => {
+  return chunked(w, lo, hi, Math.floor(w.chunk / T), T, ins, outs, (r, n) => {
     w.k.causal_softmax(px, py, mask ? pm : 0, mask ? po : 0, n, T, r % T, scale);
   });
 }
@@ -237,10 +237,10 @@ export function simdCausalSoftmaxGrad(
   hi: number,
 ): boolean {
   const w = wasm();
-  if (!w || T % 4 !== 0 || T > CHUNK) return false;
+  if (!w || T % 4 !== 0 || T > w.chunk) return false;
   const [pg, py, pd, pm] = w.ptr;
   const ins: [Arr, number][] = mask ? [[g, 0], [y, 1], [mask, 3]] : [[g, 0], [y, 1]];
-  return chunked(w, lo, hi, Math.floor(CHUNK / T), T, ins, [[dx, 2]], (r, n) => {
+  return chunked(w, lo, hi, Math.floor(w.chunk / T), T, ins, [[dx, 2]], (r, n) => {
     w.k.causal_softmax_grad(pg, py, mask ? pm : 0, pd, n, T, r % T, scale);
   });
 }
@@ -262,15 +262,15 @@ export function simdLayerNorm(
   hi: number,
 ): boolean {
   const w = wasm();
-  if (!w || C % 4 !== 0 || C > CHUNK) return false;
-  const [px, pg, pb, py, ps] = w.ptr, half = CHUNK / 2, bs = w.buf[4];
+  if (!w || C % 4 !== 0 || C > w.chunk) return false;
+  const [px, pg, pb, py, ps] = w.ptr, half = w.chunk / 2, bs = w.buf[4];
   w.buf[1].set(g.subarray(0, C));
   w.buf[2].set(b.subarray(0, C));
   return chunked(
     w,
     lo,
     hi,
-    Math.min(Math.floor(CHUNK / C), half),
+    Math.min(Math.floor(w.chunk / C), half),
     C,
     [[x, 0]],
     [[y, 3]],
@@ -295,10 +295,10 @@ export function simdLayerNormGradX(
   hi: number,
 ): boolean {
   const w = wasm();
-  if (!w || C % 4 !== 0 || C > CHUNK) return false;
-  const [pg, px, pw, ps, pd] = w.ptr, half = CHUNK / 2, bs = w.buf[3];
+  if (!w || C % 4 !== 0 || C > w.chunk) return false;
+  const [pg, px, pw, ps, pd] = w.ptr, half = w.chunk / 2, bs = w.buf[3];
   w.buf[2].set(wt.subarray(0, C));
-  const per = Math.min(Math.floor(CHUNK / C), half);
+  const per = Math.min(Math.floor(w.chunk / C), half);
   return chunked(w, lo, hi, per, C, [[g, 0], [x, 1]], [[dx, 4]], (r, n) => {
     bs.set(mean.subarray(r, r + n));
     bs.set(rstd.subarray(r, r + n), half);
