@@ -311,13 +311,16 @@ function allFinite(params: { data: Float32Array }[]): boolean {
  */
 export async function runTraining(cfg: Config, opts: RunOptions = {}): Promise<RunResult> {
   const dir = opts.checkpointsDir ?? "checkpoints";
-  await Deno.mkdir(dir, { recursive: true }).catch((err) => {
+  // Synchronous up to the lock: of two runs of one name started in turn, the first always gets it.
+  try {
+    Deno.mkdirSync(dir, { recursive: true });
+  } catch (err) {
     throw new UserError(
       `${dir}: cannot create the checkpoints directory (${
         err instanceof Error ? err.message : err
       })`,
     );
-  });
+  }
   const lockPath = `${dir}/${cfg.name}.lock`;
   const release = acquireRunLock(lockPath, cfg.name);
   try {
