@@ -13,18 +13,18 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { parseArgs } from "node:util";
-import { AdamW } from "../lib/adamw.ts";
-import { initBackend } from "../lib/backend.ts";
+import { AdamW } from "../lib/train/adamw.ts";
+import { initBackend } from "../lib/backends/backend.ts";
 import { loadExperiment } from "../lib/config.ts";
-import { generateCached } from "../lib/kvcache.ts";
-import { initGPTParams } from "../lib/init.ts";
-import { GPTModel } from "../lib/model.ts";
-import { DropoutRng } from "../lib/ops.ts";
-import { TorchGenerator } from "../lib/rng.ts";
-import { textToTokenIds } from "../lib/tokenizer.ts";
-import { trainStep } from "../lib/train.ts";
-import { DEFAULT_SHARD_TOKENS, prepareCorpus } from "../lib/corpus.ts";
-import { splitmix32 } from "../lib/data.ts";
+import { generateCached } from "../lib/model/kvcache.ts";
+import { initGPTParams } from "../lib/model/init.ts";
+import { GPTModel } from "../lib/model/model.ts";
+import { DropoutRng } from "../lib/model/ops.ts";
+import { TorchGenerator } from "../lib/model/rng.ts";
+import { textToTokenIds } from "../lib/data/tokenizer.ts";
+import { trainStep } from "../lib/train/train.ts";
+import { DEFAULT_SHARD_TOKENS, prepareCorpus } from "../lib/data/corpus.ts";
+import { splitmix32 } from "../lib/data/data.ts";
 import {
   GPT2_VOCAB_SIZE,
   INDEX_FILE,
@@ -35,7 +35,7 @@ import {
   type ShardInfo,
   ShardLoader,
   TOKENIZER,
-} from "../lib/shards.ts";
+} from "../lib/data/shards.ts";
 
 const { values } = parseArgs({
   args: Deno.args,

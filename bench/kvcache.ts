@@ -1,6 +1,6 @@
 /**
  * Wall time of greedy decoding on GPT-124M (random seeded init, qkv_bias false) on the `blas` backend: the book's
- * `generate`, which recomputes the whole context per token, against `generateCached` (lib/kvcache.ts), for 25 and
+ * `generate`, which recomputes the whole context per token, against `generateCached` (lib/model/kvcache.ts), for 25 and
  * 200 new tokens from "Every effort moves you". Each case runs twice per path and keeps the faster run (other
  * processes only add time). Prints one JSON line per case.
  *
@@ -8,14 +8,14 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
-import { initBackend } from "../lib/backend.ts";
+import { initBackend } from "../lib/backends/backend.ts";
 import { DEFAULTS, type ModelConfig } from "../lib/config.ts";
-import { generate, type GenerateOptions } from "../lib/generate.ts";
-import { initGPTParams } from "../lib/init.ts";
-import { generateCached } from "../lib/kvcache.ts";
-import { GPTModel } from "../lib/model.ts";
-import { TorchGenerator } from "../lib/rng.ts";
-import { textToTokenIds } from "../lib/tokenizer.ts";
+import { generate, type GenerateOptions } from "../lib/model/generate.ts";
+import { initGPTParams } from "../lib/model/init.ts";
+import { generateCached } from "../lib/model/kvcache.ts";
+import { GPTModel } from "../lib/model/model.ts";
+import { TorchGenerator } from "../lib/model/rng.ts";
+import { textToTokenIds } from "../lib/data/tokenizer.ts";
 
 tf.env().set("IS_NODE", false);
 

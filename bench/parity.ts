@@ -9,14 +9,14 @@
  * including the loss spike of this batch order at step 24 (15.4815 in both).
  */
 import { parseArgs } from "node:util";
-import { AdamW } from "../lib/adamw.ts";
-import { initBackend } from "../lib/backend.ts";
+import { AdamW } from "../lib/train/adamw.ts";
+import { initBackend } from "../lib/backends/backend.ts";
 import { loadExperiment } from "../lib/config.ts";
-import { initGPTParams } from "../lib/init.ts";
-import { GPTModel } from "../lib/model.ts";
-import { TorchGenerator } from "../lib/rng.ts";
-import { prepareData } from "../lib/run.ts";
-import { trainStep } from "../lib/train.ts";
+import { initGPTParams } from "../lib/model/init.ts";
+import { GPTModel } from "../lib/model/model.ts";
+import { TorchGenerator } from "../lib/model/rng.ts";
+import { prepareData } from "../lib/runs/run.ts";
+import { trainStep } from "../lib/train/train.ts";
 
 const { values, positionals } = parseArgs({
   args: Deno.args,

@@ -10,12 +10,12 @@
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import { BLAS_BACKEND, BlasBackend, registerBlasBackend } from "../lib/backends/blas.ts";
-import { AdamW } from "../lib/adamw.ts";
+import { AdamW } from "../lib/train/adamw.ts";
 import { DEFAULTS, type ModelConfig } from "../lib/config.ts";
-import { GPTModel as LibModel } from "../lib/model.ts";
-import { DropoutRng } from "../lib/ops.ts";
-import type { NamedParam } from "../lib/params.ts";
-import { trainStep } from "../lib/train.ts";
+import { GPTModel as LibModel } from "../lib/model/model.ts";
+import { DropoutRng } from "../lib/model/ops.ts";
+import type { NamedParam } from "../lib/model/params.ts";
+import { trainStep } from "../lib/train/train.ts";
 
 function flag(name: string, def: string): string {
   const i = Deno.args.indexOf(`--${name}`);
@@ -24,7 +24,7 @@ function flag(name: string, def: string): string {
 const backendName = flag("backend", BLAS_BACKEND);
 const steps = Number(flag("steps", "2"));
 const byShape = Deno.args.includes("--by-shape"); // one row per kernel and input shapes
-// --model FILE: a variant of lib/model.ts exporting the same GPTModel (e.g. one that calls the fused ops).
+// --model FILE: a variant of lib/model/model.ts exporting the same GPTModel (e.g. one that calls the fused ops).
 const modelFile = flag("model", "");
 const GPTModel: typeof LibModel = modelFile
   ? (await import(new URL(modelFile, `file://${Deno.cwd()}/`).href)).GPTModel

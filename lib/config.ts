@@ -252,7 +252,7 @@ function isMap(v: unknown): v is Record<string, Json> {
 function merge(where: string, doc: Record<string, Json>): Record<string, Json> {
   const out = structuredClone(DEFAULTS) as unknown as Record<string, Json>;
   for (const [k, v] of Object.entries(doc)) {
-    if (k === "sweep") continue; // the grid of a sweep file: expanded by lib/sweep.ts into --set overrides
+    if (k === "sweep") continue; // the grid of a sweep file: expanded by lib/runs/sweep.ts into --set overrides
     const schema = Object.hasOwn(SCHEMA, k) ? SCHEMA[k] : undefined;
     if (!schema) throw unknownKey(where, k);
     if (typeof schema === "function") {

@@ -12,7 +12,7 @@ import {
   resolveRunLogs,
   SORT_KEYS,
   sortRows,
-} from "../lib/compare.ts";
+} from "../lib/runs/compare.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 
@@ -24,7 +24,7 @@ every point of its sweep), or a glob such as 'verdict-lr-sweep.*' (quoted; * and
 options:
   --sort key    a column, best first: ${SORT_KEYS.join(", ")},
                 or a differing config key such as training.lr (default best_val_loss)
-  --json        print the rows as one JSON array (schema: RunRow in lib/compare.ts)
+  --json        print the rows as one JSON array (schema: RunRow in lib/runs/compare.ts)
   --out file    write every run's train (solid) and val (dashed) loss against tokens seen to an SVG file
   -h, --help    show this help`;
 

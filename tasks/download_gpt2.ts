@@ -11,7 +11,7 @@ import { createHash } from "node:crypto";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { formatDuration } from "../lib/progress.ts";
-import { readSafetensorsHeader } from "../lib/safetensors.ts";
+import { readSafetensorsHeader } from "../lib/weights/safetensors.ts";
 
 interface Source {
   repo: string;

@@ -3,14 +3,14 @@
  * train/val loss and perplexity of the experiment's checkpoint (or, with --init, of the seeded untrained model),
  * and checkpoints/<name>/report.md + report.json + loss.svg.
  */
-import { initBackend } from "../lib/backend.ts";
-import { dataSourceKind } from "../lib/corpus.ts";
+import { initBackend } from "../lib/backends/backend.ts";
+import { dataSourceKind } from "../lib/data/corpus.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
-import { loadModel } from "../lib/load.ts";
-import { evaluateLoaders, sampleTexts, writeReport } from "../lib/report.ts";
-import { prepareData } from "../lib/run.ts";
+import { loadModel } from "../lib/train/load.ts";
+import { evaluateLoaders, sampleTexts, writeReport } from "../lib/runs/report.ts";
+import { prepareData } from "../lib/runs/run.ts";
 
 /** Batches of each split that eval reads from a corpus by default: a fixed, comparable sample. */
 const CORPUS_EVAL_BATCHES = 50;

@@ -2,12 +2,12 @@
  * `deno task export <experiment.yaml> [--out dir] [--checkpoint path] [--init]`: writes the experiment's latest
  * checkpoint as a Hugging Face GPT-2 model (model.safetensors + config.json) that PyTorch/transformers can load.
  */
-import { initBackend } from "../lib/backend.ts";
+import { initBackend } from "../lib/backends/backend.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { runTask, UserError } from "../lib/errors.ts";
-import { exportHFGPT2 } from "../lib/gpt2.ts";
-import { loadModel } from "../lib/load.ts";
+import { exportHFGPT2 } from "../lib/weights/gpt2.ts";
+import { loadModel } from "../lib/train/load.ts";
 
 const USAGE = `usage: deno task export <experiment.yaml> [options]
 

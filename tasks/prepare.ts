@@ -3,11 +3,11 @@
  * corpus (data.path: a directory or glob of .txt files) once into uint16 shards plus index.json under data.shards
  * (default <corpus dir>.shards). Re-running skips unchanged files. Exit codes: 0 done, 2 bad input.
  */
-import { dataSourceKind, prepareCorpus } from "../lib/corpus.ts";
+import { dataSourceKind, prepareCorpus } from "../lib/data/corpus.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
-import { shardDirOf } from "../lib/run.ts";
+import { shardDirOf } from "../lib/runs/run.ts";
 
 const USAGE = `usage: deno task prepare <experiment.yaml> [options]
 

@@ -3,14 +3,14 @@
  * --num-samples … --eos-id … --init --checkpoint path]`: continuations from the experiment's checkpoint with the
  * book's `generate` (section 5.3), streamed token by token. Same seed, same text.
  */
-import { initBackend } from "../lib/backend.ts";
+import { initBackend } from "../lib/backends/backend.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
-import { generateCached } from "../lib/kvcache.ts";
-import { loadModel } from "../lib/load.ts";
-import { TorchGenerator } from "../lib/rng.ts";
-import { textToTokenIds, tokenIdsToText } from "../lib/tokenizer.ts";
+import { generateCached } from "../lib/model/kvcache.ts";
+import { loadModel } from "../lib/train/load.ts";
+import { TorchGenerator } from "../lib/model/rng.ts";
+import { textToTokenIds, tokenIdsToText } from "../lib/data/tokenizer.ts";
 
 const USAGE = `usage: deno task sample <experiment.yaml> [options]
 

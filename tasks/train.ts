@@ -3,12 +3,12 @@
  * A YAML with a `sweep:` section runs every point of its grid (or prints one command per point).
  * Exit codes: 0 finished, 2 bad input, 130 interrupted (checkpoint written).
  */
-import { compareRuns, formatTable } from "../lib/compare.ts";
+import { compareRuns, formatTable } from "../lib/runs/compare.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
-import { runTraining } from "../lib/run.ts";
-import { pointAction, pointCommand, readSweep } from "../lib/sweep.ts";
+import { runTraining } from "../lib/runs/run.ts";
+import { pointAction, pointCommand, readSweep } from "../lib/runs/sweep.ts";
 
 const USAGE = `usage: deno task train <experiment.yaml> [options]
 

@@ -3,7 +3,7 @@
  * adapter unless allowed, and `auto` never picks one.
  */
 import { ok, rejects } from "node:assert/strict";
-import { initBackend } from "../lib/backend.ts";
+import { initBackend } from "../lib/backends/backend.ts";
 import { ALLOW_FALLBACK_ENV, probeWebGPU } from "../lib/backends/webgpu.ts";
 import { UserError } from "../lib/errors.ts";
 

@@ -5,8 +5,8 @@
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { loadExperiment } from "../lib/config.ts";
-import { runTraining } from "../lib/run.ts";
-import { writeSafetensors } from "../lib/safetensors.ts";
+import { runTraining } from "../lib/runs/run.ts";
+import { writeSafetensors } from "../lib/weights/safetensors.ts";
 import { ensureVerdict } from "./_helpers.ts";
 
 const TRAIN = new URL("../tasks/train.ts", import.meta.url).pathname;

@@ -8,15 +8,15 @@ import {
   type RunRow,
   sortRows,
   summarizeRun,
-} from "../lib/compare.ts";
+} from "../lib/runs/compare.ts";
 import { UserError } from "../lib/errors.ts";
-import { readRunLog } from "../lib/runlog.ts";
-import { pointAction, pointCommand, readSweep } from "../lib/sweep.ts";
+import { readRunLog } from "../lib/runs/runlog.ts";
+import { pointAction, pointCommand, readSweep } from "../lib/runs/sweep.ts";
 import { DEFAULTS } from "../lib/config.ts";
 import { taskArgs } from "./_helpers.ts";
 
 /**
- * Writes a run log like lib/run.ts does: a header, an eval every 5 steps (512 tokens a step) with the given losses,
+ * Writes a run log like lib/runs/run.ts does: a header, an eval every 5 steps (512 tokens a step) with the given losses,
  * an epoch line every 10 steps, and optionally a summary.
  */
 function writeLog(

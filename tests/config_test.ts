@@ -18,9 +18,9 @@ import {
   paramCount,
 } from "../lib/config.ts";
 import { UserError } from "../lib/errors.ts";
-import { initGPTParams } from "../lib/init.ts";
-import { sizeOf } from "../lib/params.ts";
-import { TorchGenerator } from "../lib/rng.ts";
+import { initGPTParams } from "../lib/model/init.ts";
+import { sizeOf } from "../lib/model/params.ts";
+import { TorchGenerator } from "../lib/model/rng.ts";
 
 const DIR = await Deno.makeTempDir({ prefix: "config_test_" });
 const F = `${DIR}/x.yaml`;

@@ -4,7 +4,7 @@
  * window, and every bad input is one UserError line.
  */
 import { deepStrictEqual as assertEquals, ok, rejects, throws } from "node:assert/strict";
-import { loadCheckpoint } from "../lib/checkpoint.ts";
+import { loadCheckpoint } from "../lib/train/checkpoint.ts";
 import { loadExperiment } from "../lib/config.ts";
 import {
   dataSourceKind,
@@ -14,12 +14,12 @@ import {
   prepareCorpus,
   safeCut,
   splitDocuments,
-} from "../lib/corpus.ts";
+} from "../lib/data/corpus.ts";
 import { UserError } from "../lib/errors.ts";
-import { prepareData, runTraining } from "../lib/run.ts";
-import { readRunLog } from "../lib/runlog.ts";
-import { createShardLoaders, readIndex, readStream, ShardLoader } from "../lib/shards.ts";
-import { textToTokenIds, tokenIdsToText } from "../lib/tokenizer.ts";
+import { prepareData, runTraining } from "../lib/runs/run.ts";
+import { readRunLog } from "../lib/runs/runlog.ts";
+import { createShardLoaders, readIndex, readStream, ShardLoader } from "../lib/data/shards.ts";
+import { textToTokenIds, tokenIdsToText } from "../lib/data/tokenizer.ts";
 import { buildCorpus, ensureVerdict, generatedText } from "./_helpers.ts";
 
 const quiet = { print: () => {}, progress: false };

@@ -1,7 +1,7 @@
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import { createDataloaderV1, createLoaders } from "../lib/data.ts";
+import { createDataloaderV1, createLoaders } from "../lib/data/data.ts";
 import { UserError } from "../lib/errors.ts";
-import { textToTokenIds, tokenIdsToText } from "../lib/tokenizer.ts";
+import { textToTokenIds, tokenIdsToText } from "../lib/data/tokenizer.ts";
 import { ensureVerdict } from "./_helpers.ts";
 
 const text = await Deno.readTextFile(await ensureVerdict());

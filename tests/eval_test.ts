@@ -1,18 +1,18 @@
 /** Evaluation and reports (section 5.1) on a short real run, and the sample/eval command lines. */
 import { deepStrictEqual as assertEquals, ok, rejects } from "node:assert/strict";
-import { initBackend } from "../lib/backend.ts";
+import { initBackend } from "../lib/backends/backend.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { UserError } from "../lib/errors.ts";
-import { generate } from "../lib/generate.ts";
-import { initGPTParams } from "../lib/init.ts";
-import { loadModel } from "../lib/load.ts";
-import { perplexity } from "../lib/loss.ts";
-import { GPTModel } from "../lib/model.ts";
-import { epochTicks, evaluateLoaders, sampleTexts, writeReport } from "../lib/report.ts";
-import { TorchGenerator } from "../lib/rng.ts";
-import { prepareData, runTraining } from "../lib/run.ts";
-import { readRunLog } from "../lib/runlog.ts";
-import { textToTokenIds, tokenIdsToText } from "../lib/tokenizer.ts";
+import { generate } from "../lib/model/generate.ts";
+import { initGPTParams } from "../lib/model/init.ts";
+import { loadModel } from "../lib/train/load.ts";
+import { perplexity } from "../lib/train/loss.ts";
+import { GPTModel } from "../lib/model/model.ts";
+import { epochTicks, evaluateLoaders, sampleTexts, writeReport } from "../lib/runs/report.ts";
+import { TorchGenerator } from "../lib/model/rng.ts";
+import { prepareData, runTraining } from "../lib/runs/run.ts";
+import { readRunLog } from "../lib/runs/runlog.ts";
+import { textToTokenIds, tokenIdsToText } from "../lib/data/tokenizer.ts";
 import { ensureVerdict, taskArgs } from "./_helpers.ts";
 
 const TINY = ["model.context_length=32", "model.emb_dim=32", "model.n_heads=2", "model.n_layers=1"];

@@ -7,13 +7,13 @@
 import { ok } from "node:assert/strict";
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
-import { AdamW } from "../lib/adamw.ts";
-import { initBackend } from "../lib/backend.ts";
+import { AdamW } from "../lib/train/adamw.ts";
+import { initBackend } from "../lib/backends/backend.ts";
 import type { BackendName, ModelConfig } from "../lib/config.ts";
-import { generateTextSimple } from "../lib/generate.ts";
-import { loadHFGPT2 } from "../lib/gpt2.ts";
-import { GPTModel } from "../lib/model.ts";
-import { trainStep } from "../lib/train.ts";
+import { generateTextSimple } from "../lib/model/generate.ts";
+import { loadHFGPT2 } from "../lib/weights/gpt2.ts";
+import { GPTModel } from "../lib/model/model.ts";
+import { trainStep } from "../lib/train/train.ts";
 import { loadBlas } from "../lib/backends/blas.ts";
 import { webgpuForTests } from "./_webgpu.ts";
 

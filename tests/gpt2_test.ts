@@ -2,9 +2,9 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import type { ModelConfig } from "../lib/config.ts";
 import { UserError } from "../lib/errors.ts";
-import { exportHFGPT2, loadHFGPT2, readHFGPT2Config } from "../lib/gpt2.ts";
-import { GPTModel } from "../lib/model.ts";
-import type { NamedParam } from "../lib/params.ts";
+import { exportHFGPT2, loadHFGPT2, readHFGPT2Config } from "../lib/weights/gpt2.ts";
+import { GPTModel } from "../lib/model/model.ts";
+import type { NamedParam } from "../lib/model/params.ts";
 import { tempDir, torchPython } from "./_helpers.ts";
 import {
   bfloat16ToFloat32,
@@ -14,7 +14,7 @@ import {
   readSafetensors,
   type TensorToWrite,
   writeSafetensors,
-} from "../lib/safetensors.ts";
+} from "../lib/weights/safetensors.ts";
 
 const FIXTURES = new URL("../../shared/fixtures/", import.meta.url);
 const weights = new URL("gpt2-tiny.safetensors", FIXTURES).pathname;

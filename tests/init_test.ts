@@ -1,8 +1,8 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { DEFAULTS, type ModelConfig } from "../lib/config.ts";
-import { initGPTParams } from "../lib/init.ts";
-import { sizeOf } from "../lib/params.ts";
-import { TorchGenerator } from "../lib/rng.ts";
+import { initGPTParams } from "../lib/model/init.ts";
+import { sizeOf } from "../lib/model/params.ts";
+import { TorchGenerator } from "../lib/model/rng.ts";
 
 interface ParamSummary {
   name: string;

@@ -7,12 +7,12 @@ import {
 } from "node:assert/strict";
 import { BLAS_BACKEND, registerBlasBackend } from "../lib/backends/blas.ts";
 import type { ModelConfig } from "../lib/config.ts";
-import { generate, generateTextSimple, lastLogits } from "../lib/generate.ts";
-import { initGPTParams } from "../lib/init.ts";
-import { generateCached, KVCache } from "../lib/kvcache.ts";
-import { GPTModel } from "../lib/model.ts";
-import { TorchGenerator } from "../lib/rng.ts";
-import { textToTokenIds } from "../lib/tokenizer.ts";
+import { generate, generateTextSimple, lastLogits } from "../lib/model/generate.ts";
+import { initGPTParams } from "../lib/model/init.ts";
+import { generateCached, KVCache } from "../lib/model/kvcache.ts";
+import { GPTModel } from "../lib/model/model.ts";
+import { TorchGenerator } from "../lib/model/rng.ts";
+import { textToTokenIds } from "../lib/data/tokenizer.ts";
 
 tf.env().set("IS_NODE", false);
 
@@ -53,7 +53,7 @@ function eachModel(name: string, fn: (model: GPTModel) => Promise<void>): void {
   }
 }
 
-/** `fn()`, checking that it leaves exactly `kept` more tensors behind (lastLogits in lib/generate.ts leaks one
+/** `fn()`, checking that it leaves exactly `kept` more tensors behind (lastLogits in lib/model/generate.ts leaks one
  * per call, so the reference paths stay outside). */
 async function noLeak<T>(fn: () => T | Promise<T>, kept = 0): Promise<T> {
   const before = tf.memory().numTensors;

@@ -2,8 +2,8 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { loadExperiment } from "../lib/config.ts";
 import { UserError } from "../lib/errors.ts";
-import { acquireRunLock } from "../lib/lock.ts";
-import { runTraining } from "../lib/run.ts";
+import { acquireRunLock } from "../lib/runs/lock.ts";
+import { runTraining } from "../lib/runs/run.ts";
 import { ensureVerdict } from "./_helpers.ts";
 
 Deno.test("a held lock refuses a second taker; release frees it; a dead holder's lock is taken over", async () => {

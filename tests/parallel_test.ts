@@ -4,15 +4,15 @@
  * AdamW) from the same parameters ends at identical parameters either way.
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { AdamW } from "../lib/adamw.ts";
-import { initBackend } from "../lib/backend.ts";
+import { AdamW } from "../lib/train/adamw.ts";
+import { initBackend } from "../lib/backends/backend.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { TINY_GPT } from "./_helpers.ts";
-import { initGPTParams } from "../lib/init.ts";
-import { GPTModel } from "../lib/model.ts";
-import { DropoutRng } from "../lib/ops.ts";
-import { TorchGenerator } from "../lib/rng.ts";
-import { trainStep } from "../lib/train.ts";
+import { initGPTParams } from "../lib/model/init.ts";
+import { GPTModel } from "../lib/model/model.ts";
+import { DropoutRng } from "../lib/model/ops.ts";
+import { TorchGenerator } from "../lib/model/rng.ts";
+import { trainStep } from "../lib/train/train.ts";
 import { loadBlas } from "../lib/backends/blas.ts";
 import {
   DEFAULT_MIN_WORK,

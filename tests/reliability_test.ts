@@ -7,12 +7,12 @@
  * non-finite loss stops the run with one line and keeps the last good checkpoint.
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { loadCheckpoint, saveCheckpoint } from "../lib/checkpoint.ts";
+import { loadCheckpoint, saveCheckpoint } from "../lib/train/checkpoint.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { UserError } from "../lib/errors.ts";
-import { acquireRunLock } from "../lib/lock.ts";
-import { runTraining } from "../lib/run.ts";
-import { readRunLog } from "../lib/runlog.ts";
+import { acquireRunLock } from "../lib/runs/lock.ts";
+import { runTraining } from "../lib/runs/run.ts";
+import { readRunLog } from "../lib/runs/runlog.ts";
 import { ensureVerdict } from "./_helpers.ts";
 
 const TRAIN = new URL("../tasks/train.ts", import.meta.url).pathname;
@@ -285,7 +285,7 @@ Deno.test("the run lock: a live holder refuses, in this process or another; a fi
   const holder = new Deno.Command(Deno.execPath(), {
     args: [
       "eval",
-      `import { acquireRunLock } from "${new URL("../lib/lock.ts", import.meta.url).href}";` +
+      `import { acquireRunLock } from "${new URL("../lib/runs/lock.ts", import.meta.url).href}";` +
       `acquireRunLock(${
         JSON.stringify(path)
       }, "r"); console.log("held"); await new Promise((r) => setTimeout(r, 60000));`,

@@ -3,7 +3,7 @@ import {
   ok as assert,
   throws as assertThrows,
 } from "node:assert/strict";
-import { normalFill16, TorchGenerator, type TorchGeneratorState } from "../lib/rng.ts";
+import { normalFill16, TorchGenerator, type TorchGeneratorState } from "../lib/model/rng.ts";
 
 const fixture = JSON.parse(
   Deno.readTextFileSync(new URL("../../shared/fixtures/torch-seed123.json", import.meta.url)),

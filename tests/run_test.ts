@@ -1,12 +1,12 @@
 /**
- * A whole run through lib/run.ts on a tiny model: the JSONL log, falling loss, the checkpoint, and a resumed run
+ * A whole run through lib/runs/run.ts on a tiny model: the JSONL log, falling loss, the checkpoint, and a resumed run
  * that reproduces the uninterrupted one exactly.
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { loadCheckpoint } from "../lib/checkpoint.ts";
+import { loadCheckpoint } from "../lib/train/checkpoint.ts";
 import { loadExperiment } from "../lib/config.ts";
-import { runTraining } from "../lib/run.ts";
-import { readRunLog } from "../lib/runlog.ts";
+import { runTraining } from "../lib/runs/run.ts";
+import { readRunLog } from "../lib/runs/runlog.ts";
 import { ensureVerdict } from "./_helpers.ts";
 
 const TINY = [

@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, throws } from "node:assert/strict";
 import { UserError } from "../lib/errors.ts";
-import { readRunLog, RunLog, RUNNING_WINDOW_S } from "../lib/runlog.ts";
+import { readRunLog, RunLog, RUNNING_WINDOW_S } from "../lib/runs/runlog.ts";
 
 const header = (resumed: number | null = null) => ({
   type: "header",

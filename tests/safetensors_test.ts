@@ -11,7 +11,7 @@ import {
   readSafetensorsHeader,
   readSafetensorsStreaming,
   writeSafetensors,
-} from "../lib/safetensors.ts";
+} from "../lib/weights/safetensors.ts";
 
 /** A file built byte by byte, independent of writeSafetensors: length prefix, JSON header, body. */
 function rawFile(header: unknown, ...body: (Uint8Array | number[])[]): Uint8Array {

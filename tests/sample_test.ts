@@ -1,12 +1,12 @@
 /** Decoding (section 5.3): top-k, temperature, greedy, eos, seeds, and the book's generate draws on gpt2-tiny. */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { initBackend } from "../lib/backend.ts";
+import { initBackend } from "../lib/backends/backend.ts";
 import type { ModelConfig } from "../lib/config.ts";
-import { argmax, generate, samplingProbs } from "../lib/generate.ts";
-import { loadHFGPT2 } from "../lib/gpt2.ts";
-import { generateCached } from "../lib/kvcache.ts";
-import { GPTModel } from "../lib/model.ts";
-import { TorchGenerator } from "../lib/rng.ts";
+import { argmax, generate, samplingProbs } from "../lib/model/generate.ts";
+import { loadHFGPT2 } from "../lib/weights/gpt2.ts";
+import { generateCached } from "../lib/model/kvcache.ts";
+import { GPTModel } from "../lib/model/model.ts";
+import { TorchGenerator } from "../lib/model/rng.ts";
 
 const FIXTURES = new URL("../../shared/fixtures/", import.meta.url);
 const fx = JSON.parse(await Deno.readTextFile(new URL("gpt2-tiny.json", FIXTURES)));

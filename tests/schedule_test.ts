@@ -1,7 +1,12 @@
 import { ok } from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
-import { initBackend } from "../lib/backend.ts";
-import { clipByGlobalNorm, globalNorm, learningRate, type LrSchedule } from "../lib/schedule.ts";
+import { initBackend } from "../lib/backends/backend.ts";
+import {
+  clipByGlobalNorm,
+  globalNorm,
+  learningRate,
+  type LrSchedule,
+} from "../lib/train/schedule.ts";
 
 const close = (a: number, b: number, tol = 1e-12) => ok(Math.abs(a - b) <= tol, `${a} vs ${b}`);
 
@@ -44,10 +49,10 @@ Deno.test("clipping by global norm: the norm after is at most max_norm; small gr
 });
 
 Deno.test("gradient accumulation of k micro-batches equals one batch k times larger", async () => {
-  const { GPTModel } = await import("../lib/model.ts");
-  const { initGPTParams } = await import("../lib/init.ts");
-  const { TorchGenerator } = await import("../lib/rng.ts");
-  const { accumulateGradients } = await import("../lib/train.ts");
+  const { GPTModel } = await import("../lib/model/model.ts");
+  const { initGPTParams } = await import("../lib/model/init.ts");
+  const { TorchGenerator } = await import("../lib/model/rng.ts");
+  const { accumulateGradients } = await import("../lib/train/train.ts");
   await initBackend("cpu");
   const cfg = {
     vocab_size: 300,

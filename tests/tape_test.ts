@@ -1,15 +1,15 @@
-/** The lean backward pass (lib/tape.ts) computes TF.js's gradients bit for bit, frees as it goes, leaks nothing. */
+/** The lean backward pass (lib/model/tape.ts) computes TF.js's gradients bit for bit, frees as it goes, leaks nothing. */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs-core";
-import { initBackend } from "../lib/backend.ts";
+import { initBackend } from "../lib/backends/backend.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { TINY_GPT } from "./_helpers.ts";
-import { initGPTParams } from "../lib/init.ts";
-import { calcLossBatch } from "../lib/loss.ts";
-import { GPTModel } from "../lib/model.ts";
-import { DropoutRng } from "../lib/ops.ts";
-import { TorchGenerator } from "../lib/rng.ts";
-import { setLeanGradients } from "../lib/tape.ts";
+import { initGPTParams } from "../lib/model/init.ts";
+import { calcLossBatch } from "../lib/train/loss.ts";
+import { GPTModel } from "../lib/model/model.ts";
+import { DropoutRng } from "../lib/model/ops.ts";
+import { TorchGenerator } from "../lib/model/rng.ts";
+import { setLeanGradients } from "../lib/model/tape.ts";
 import { loadBlas } from "../lib/backends/blas.ts";
 
 /** Gradients of `f` under TF.js's backward pass and under the lean one, as plain arrays, and live tensor counts. */

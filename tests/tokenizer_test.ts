@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { CachedBpe } from "../lib/bpe.ts";
-import { textToTokenIds } from "../lib/tokenizer.ts";
+import { CachedBpe } from "../lib/data/bpe.ts";
+import { textToTokenIds } from "../lib/data/tokenizer.ts";
 import { ensureVerdict, generatedText } from "./_helpers.ts";
 
 /** Seeded text from every character class GPT-2's pre-tokenizer distinguishes, in random runs. */

@@ -1,14 +1,14 @@
 /**
- * verdict-small, shortened, trained end to end through lib/run.ts: the JSONL log, falling loss, the checkpoint; and
+ * verdict-small, shortened, trained end to end through lib/runs/run.ts: the JSONL log, falling loss, the checkpoint; and
  * resumes that reproduce the uninterrupted run bit for bit (after an epoch, with training.epochs raised, and
  * mid-epoch), a schedule that forbids raising epochs, a finished run with nothing left to do, and --fresh.
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { loadCheckpoint } from "../lib/checkpoint.ts";
+import { loadCheckpoint } from "../lib/train/checkpoint.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { UserError } from "../lib/errors.ts";
-import { runTraining } from "../lib/run.ts";
-import { readRunLog } from "../lib/runlog.ts";
+import { runTraining } from "../lib/runs/run.ts";
+import { readRunLog } from "../lib/runs/runlog.ts";
 import { ensureVerdict } from "./_helpers.ts";
 
 const SHORT = [

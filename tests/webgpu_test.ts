@@ -4,10 +4,10 @@
  * lavapipe included (slow, hence the tiny model and one epoch); ignored where there is none.
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { loadCheckpoint } from "../lib/checkpoint.ts";
+import { loadCheckpoint } from "../lib/train/checkpoint.ts";
 import { loadExperiment } from "../lib/config.ts";
-import { runTraining } from "../lib/run.ts";
-import { readRunLog } from "../lib/runlog.ts";
+import { runTraining } from "../lib/runs/run.ts";
+import { readRunLog } from "../lib/runs/runlog.ts";
 import { ensureVerdict } from "./_helpers.ts";
 import { webgpuForTests } from "./_webgpu.ts";
 

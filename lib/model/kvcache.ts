@@ -2,7 +2,7 @@
  * KV-cache decoding, beyond the book's section 5.3: the book's `generate` runs the whole context through the model
  * for every new token. Here the prompt goes through once (prefill), each attention layer keeps its keys and values,
  * and every later step feeds only the newest token, attending to the cached keys. The math is the model's
- * (lib/model.ts): same layer norm, GELU, 1/√d attention scaling, no dropout; only the summation order of a few
+ * (lib/model/model.ts): same layer norm, GELU, 1/√d attention scaling, no dropout; only the summation order of a few
  * reductions differs, so logits agree to float32 rounding.
  *
  * Positions are absolute (the learned `pos_emb`): once the sequence outgrows context_length, cropping to the last
@@ -12,7 +12,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { GPTModel } from "./model.ts";
 import { type GenerateOptions, pickNext } from "./generate.ts";
-import { fusedCausalSoftmax } from "./backends/fused_cpu.ts";
+import { fusedCausalSoftmax } from "../backends/fused_cpu.ts";
 import { gelu, layerNorm } from "./ops.ts";
 
 /**

@@ -16,7 +16,7 @@
  * `elapsed_s` and `tokens_per_s` count from the header that starts their segment (a resumed process starts its
  * own clock).
  */
-import { UserError } from "./errors.ts";
+import { UserError } from "../errors.ts";
 
 /** Appends JSON lines to a run log; never rewrites what is there. */
 export class RunLog {

@@ -5,9 +5,9 @@
  * so a state dict of the book's model maps one to one.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import type { ModelConfig } from "./config.ts";
+import type { ModelConfig } from "../config.ts";
 import type { NamedParam } from "./params.ts";
-import { fusedAttention, fusedCausalSoftmax, fusedLinear } from "./backends/fused_cpu.ts";
+import { fusedAttention, fusedCausalSoftmax, fusedLinear } from "../backends/fused_cpu.ts";
 import {
   crossEntropy,
   dropout,

@@ -3,13 +3,13 @@
  * `init`, the seeded untrained model of the start of chapter 5 (PyTorch's init for `training.seed`).
  */
 import { checkpointPath, loadCheckpoint } from "./checkpoint.ts";
-import type { Config } from "./config.ts";
-import { UserError } from "./errors.ts";
-import { initGPTParams } from "./init.ts";
-import { loadHFGPT2 } from "./gpt2.ts";
-import { GPTModel } from "./model.ts";
-import type { NamedParam } from "./params.ts";
-import { TorchGenerator } from "./rng.ts";
+import type { Config } from "../config.ts";
+import { UserError } from "../errors.ts";
+import { initGPTParams } from "../model/init.ts";
+import { loadHFGPT2 } from "../weights/gpt2.ts";
+import { GPTModel } from "../model/model.ts";
+import type { NamedParam } from "../model/params.ts";
+import { TorchGenerator } from "../model/rng.ts";
 
 /** Where the weights come from. */
 export interface ModelSource {

@@ -5,10 +5,10 @@
  * `c_attn` (query | key | value along its output axis) splits into W_query, W_key and W_value; the output head is
  * tied to the token embedding.
  */
-import type { ModelConfig } from "./config.ts";
-import { sharedF32 } from "./backends/parallel.ts";
-import { UserError } from "./errors.ts";
-import type { NamedParam } from "./params.ts";
+import type { ModelConfig } from "../config.ts";
+import { sharedF32 } from "../backends/parallel.ts";
+import { UserError } from "../errors.ts";
+import type { NamedParam } from "../model/params.ts";
 import {
   readSafetensorsHeader,
   readSafetensorsStreaming,

@@ -5,7 +5,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { GPTModel } from "./model.ts";
 import type { TorchGenerator } from "./rng.ts";
-import { textToTokenIds, tokenIdsToText } from "./tokenizer.ts";
+import { textToTokenIds, tokenIdsToText } from "../data/tokenizer.ts";
 
 /** Logits of the last position for a context cropped to the model's context length: ids → (V). */
 export async function lastLogits(model: GPTModel, ids: readonly number[]): Promise<Float32Array> {

@@ -1,6 +1,6 @@
 /**
  * Your own corpus: a directory or glob of `.txt` files, one document each, tokenized once into shards
- * (lib/shards.ts) by `deno task prepare`. Documents are split into train and val by document, deterministically
+ * (lib/data/shards.ts) by `deno task prepare`. Documents are split into train and val by document, deterministically
  * from the seed; each document's ids are followed by `<|endoftext|>`, so a split's stream is its documents joined
  * with `<|endoftext|>` as in the book's section 2.4.
  *
@@ -10,8 +10,8 @@
  */
 import { createHash } from "node:crypto";
 import { splitmix32 } from "./data.ts";
-import { UserError } from "./errors.ts";
-import { formatDuration } from "./progress.ts";
+import { UserError } from "../errors.ts";
+import { formatDuration } from "../progress.ts";
 import {
   GPT2_VOCAB_SIZE,
   INDEX_FILE,
@@ -311,7 +311,7 @@ export interface PrepareResult {
   bytes: number; // source bytes, all files
   tokenizedBytes: number;
   seconds: number;
-  /** Share of pre-tokens the encoders found in their word cache (see lib/bpe.ts); NaN when nothing was encoded. */
+  /** Share of pre-tokens the encoders found in their word cache (see lib/data/bpe.ts); NaN when nothing was encoded. */
   cacheHitRate: number;
 }
 

@@ -1,6 +1,6 @@
 /**
  * Pre-tokenized shards: a directory of `<split>-g<generation>-<n>.bin` files of little-endian uint16 GPT-2 token ids
- * plus `index.json`, written by `deno task prepare` (lib/corpus.ts). The index is the commit point: it is renamed
+ * plus `index.json`, written by `deno task prepare` (lib/data/corpus.ts). The index is the commit point: it is renamed
  * into place after every shard it names, so a reader never sees a half-written shard.
  *
  * {@link ShardLoader} streams the book's sliding windows (section 2.6) from the shards with bounded memory: one shard
@@ -17,7 +17,7 @@ import {
   type VerdictData,
 } from "./data.ts";
 import { createHash } from "node:crypto";
-import { UserError } from "./errors.ts";
+import { UserError } from "../errors.ts";
 
 /** Name of the index file inside a shard directory. */
 export const INDEX_FILE = "index.json";

@@ -9,8 +9,8 @@
  * (or F16/BF16 encoded on the fly, or I32/U32), tensor by tensor, to a temporary file that is synced and renamed.
  * Typed arrays are little-endian on every platform Deno runs on, as the format is.
  */
-import { sharedF32 } from "./backends/parallel.ts";
-import { UserError } from "./errors.ts";
+import { sharedF32 } from "../backends/parallel.ts";
+import { UserError } from "../errors.ts";
 
 /** Bytes per element of every dtype the format defines (needed to validate a header, even when not decoded). */
 const DTYPE_BYTES: Record<string, number> = {

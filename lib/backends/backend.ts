@@ -6,19 +6,19 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
 import type { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
-import { BLAS_BACKEND, registerBlasBackend } from "./backends/blas.ts";
-import { alloc } from "./backends/fused_cpu.ts";
-import { holdHelpers } from "./backends/parallel.ts";
-import { loadTensorflow, nvidiaGpuVisible } from "./backends/tensorflow.ts";
+import { BLAS_BACKEND, registerBlasBackend } from "./blas.ts";
+import { alloc } from "./fused_cpu.ts";
+import { holdHelpers } from "./parallel.ts";
+import { loadTensorflow, nvidiaGpuVisible } from "./tensorflow.ts";
 import {
   activateWebGPU,
   ALLOW_FALLBACK_ENV,
   fallbackAllowed,
   hardwareGpuPossible,
   probeWebGPU,
-} from "./backends/webgpu.ts";
-import type { BackendName, ModelConfig } from "./config.ts";
-import { UserError } from "./errors.ts";
+} from "./webgpu.ts";
+import type { BackendName, ModelConfig } from "../config.ts";
+import { UserError } from "../errors.ts";
 
 tf.env().set("IS_NODE", false); // silences tfjs's "install tfjs-node" banner: we pick backends ourselves
 tf.env().set("WASM_HAS_MULTITHREAD_SUPPORT", false); // Deno lacks the worker setup tfjs-wasm threads need

@@ -2,7 +2,7 @@
  * A leaner backward pass for TF.js. Its `engine.gradients` keeps every tensor saved for the backward pass and every
  * intermediate gradient alive until the whole pass ends; PyTorch frees both as soon as the node that needs them has
  * run (on GPT-124M the lean pass lowers a training step's peak RSS by 0.6 GB at batch 2 and 2.4 GB at batch 8; the
- * trainer uses it by default, see lib/train.ts). {@link setLeanGradients} replaces `engine.gradients` with the
+ * trainer uses it by default, see lib/train/train.ts). {@link setLeanGradients} replaces `engine.gradients` with the
  * same walk over the tape (same order, same kernels, so the same numbers) that frees a node's saved tensors and the
  * gradients of its outputs right after its backward step.
  *

@@ -4,14 +4,14 @@
  * Nothing here names a backend: where a backend lacks a kernel, the op asks TF.js whether the kernel exists.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { hostView, tensorStorage } from "./backend.ts";
-import { parallelFor, shared } from "./backends/parallel.ts";
+import { hostView, tensorStorage } from "../backends/backend.ts";
+import { parallelFor, shared } from "../backends/parallel.ts";
 import {
   fusedCrossEntropy,
   fusedEmbedding,
   fusedGelu,
   fusedLayerNorm,
-} from "./backends/fused_cpu.ts";
+} from "../backends/fused_cpu.ts";
 
 /** LayerNorm of section 4.2: biased variance over the last axis, eps 1e-5, learned scale and shift. */
 export function layerNorm(x: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor, eps = 1e-5): tf.Tensor {

@@ -5,7 +5,7 @@
  * included), so a lock file left behind is taken over; no pid or /proc check is needed (Deno's permissions deny
  * /proc to the tasks anyway), and pid reuse cannot fool it.
  */
-import { UserError } from "./errors.ts";
+import { UserError } from "../errors.ts";
 
 /**
  * Takes the lock at `path` for this process and returns its release function; refuses with a UserError naming the

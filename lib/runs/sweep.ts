@@ -4,8 +4,8 @@
  * `--set` overrides so that one self-contained command can run it anywhere.
  */
 import { parse as parseYaml } from "yaml";
-import { configKeys } from "./config.ts";
-import { UserError } from "./errors.ts";
+import { configKeys } from "../config.ts";
+import { UserError } from "../errors.ts";
 
 /** One point of a sweep: its run name and the overrides that make it. */
 export interface SweepPoint {

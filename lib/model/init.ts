@@ -3,10 +3,10 @@
  * {@link TorchGenerator} in the order PyTorch creates them: `torch.manual_seed(123); GPTModel(cfg)` and
  * `initGPTParams(cfg, new TorchGenerator(123))` give the same numbers.
  */
-import type { ModelConfig } from "./config.ts";
+import type { ModelConfig } from "../config.ts";
 import type { NamedParam } from "./params.ts";
 import type { TorchGenerator } from "./rng.ts";
-import { sharedF32 } from "./backends/parallel.ts";
+import { sharedF32 } from "../backends/parallel.ts";
 
 /** `nn.Embedding(rows, cols)`: weight ~ N(0, 1). */
 function embedding(name: string, rows: number, cols: number, rng: TorchGenerator): NamedParam {

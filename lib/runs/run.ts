@@ -4,33 +4,33 @@
  * The flat sequence of nanoGPT's train.py, kept out of the task so tests can call it.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { AdamW } from "./adamw.ts";
-import { type BackendChoice, initBackend } from "./backend.ts";
+import { AdamW } from "../train/adamw.ts";
+import { type BackendChoice, initBackend } from "../backends/backend.ts";
 import {
   type Checkpoint,
   checkpointPath,
   configDifferences,
   loadCheckpoint,
   saveCheckpoint,
-} from "./checkpoint.ts";
-import { type Config, configHash } from "./config.ts";
-import { dataSourceKind, defaultShardDir, prepareCorpus } from "./corpus.ts";
-import { createLoaders, type VerdictData } from "./data.ts";
-import { UserError } from "./errors.ts";
-import { initialParams } from "./load.ts";
-import { GPTModel } from "./model.ts";
-import { DropoutRng } from "./ops.ts";
-import { formatDuration, Progress } from "./progress.ts";
+} from "../train/checkpoint.ts";
+import { type Config, configHash } from "../config.ts";
+import { dataSourceKind, defaultShardDir, prepareCorpus } from "../data/corpus.ts";
+import { createLoaders, type VerdictData } from "../data/data.ts";
+import { UserError } from "../errors.ts";
+import { initialParams } from "../train/load.ts";
+import { GPTModel } from "../model/model.ts";
+import { DropoutRng } from "../model/ops.ts";
+import { formatDuration, Progress } from "../progress.ts";
 import { acquireRunLock } from "./lock.ts";
 import { RunLog } from "./runlog.ts";
-import { createShardLoaders, readIndex } from "./shards.ts";
-import { learningRate, type LrSchedule } from "./schedule.ts";
+import { createShardLoaders, readIndex } from "../data/shards.ts";
+import { learningRate, type LrSchedule } from "../train/schedule.ts";
 import {
   initialTrainState,
   NonFiniteLossError,
   trainModelSimple,
   type TrainState,
-} from "./train.ts";
+} from "../train/train.ts";
 
 /** How a run starts and where it writes. */
 export interface RunOptions {

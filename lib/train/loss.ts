@@ -3,9 +3,9 @@
  * losses over a loader) and perplexity.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { withHelpersHeld } from "./backend.ts";
-import type { Batch, BatchLoader } from "./data.ts";
-import type { ForwardOptions, GPTModel } from "./model.ts";
+import { withHelpersHeld } from "../backends/backend.ts";
+import type { Batch, BatchLoader } from "../data/data.ts";
+import type { ForwardOptions, GPTModel } from "../model/model.ts";
 
 /** Mean cross-entropy of one batch as a scalar tensor (differentiable). */
 export function calcLossBatch(model: GPTModel, batch: Batch, opts: ForwardOptions = {}): tf.Scalar {

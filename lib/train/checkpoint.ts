@@ -3,11 +3,11 @@
  * position and RNG state, and the config, in one safetensors file with JSON metadata. Written atomically (temporary
  * file + rename), so a crash mid-write leaves the previous checkpoint intact.
  */
-import type { Config } from "./config.ts";
-import { DEFAULTS } from "./config.ts";
-import { UserError } from "./errors.ts";
-import type { NamedParam } from "./params.ts";
-import { readSafetensors, writeSafetensors } from "./safetensors.ts";
+import type { Config } from "../config.ts";
+import { DEFAULTS } from "../config.ts";
+import { UserError } from "../errors.ts";
+import type { NamedParam } from "../model/params.ts";
+import { readSafetensors, writeSafetensors } from "../weights/safetensors.ts";
 import type { TrainState } from "./train.ts";
 
 /** Format tag stored in every checkpoint's metadata. */

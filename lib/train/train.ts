@@ -5,14 +5,14 @@
  * and checkpoint; the loop resumes from any (epoch, batch) position.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { setLeanGradients } from "./tape.ts";
-import { withHelpersHeld } from "./backend.ts";
+import { setLeanGradients } from "../model/tape.ts";
+import { withHelpersHeld } from "../backends/backend.ts";
 import type { AdamW } from "./adamw.ts";
-import type { Batch, BatchLoader } from "./data.ts";
-import { generateSample } from "./generate.ts";
+import type { Batch, BatchLoader } from "../data/data.ts";
+import { generateSample } from "../model/generate.ts";
 import { calcLossBatch, calcLossLoader } from "./loss.ts";
-import type { GPTModel } from "./model.ts";
-import type { DropoutRng } from "./ops.ts";
+import type { GPTModel } from "../model/model.ts";
+import type { DropoutRng } from "../model/ops.ts";
 import { clipByGlobalNorm, learningRate, type LrSchedule } from "./schedule.ts";
 
 /** Where a run stands; everything a checkpoint needs besides tensors and RNG state. */
@@ -60,7 +60,7 @@ export interface StepResult {
 }
 
 /**
- * Whether to use lib/tape.ts's backward pass, which frees activations as it goes (default; `GPT_LEAN_BACKWARD=0`
+ * Whether to use lib/model/tape.ts's backward pass, which frees activations as it goes (default; `GPT_LEAN_BACKWARD=0`
  * turns it off): GPT-124M's peak RSS 3.82 GB instead of 4.42 GB at batch 2 and 7.26 GB instead of 9.65 GB at
  * batch 8, at the same speed now that the blas pool holds a step's arrays (the freed activations come back as the
  * gradients' storage).

@@ -2,10 +2,10 @@
  * Comparing runs through their JSONL logs: which config keys differ, how far each run got, its final and best
  * losses, speed and status; a table for the terminal, JSON for scripts, and one SVG with every run's curves.
  */
-import { loadExperiment } from "./config.ts";
-import { UserError } from "./errors.ts";
+import { loadExperiment } from "../config.ts";
+import { UserError } from "../errors.ts";
 import { lineChartSVG, PALETTE, type Series } from "./plot.ts";
-import { formatDuration } from "./progress.ts";
+import { formatDuration } from "../progress.ts";
 import { type LogLine, readRunLog, type RunLogData, type RunStatus } from "./runlog.ts";
 import { readSweep } from "./sweep.ts";
 

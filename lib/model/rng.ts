@@ -9,7 +9,7 @@
  * `core/TransformationHelper.h`, `native/cpu/DistributionTemplates.h`, `native/cpu/avx_mathfun.h`,
  * `native/Distributions.cpp` (`multinomial`).
  */
-import { UserError } from "./errors.ts";
+import { UserError } from "../errors.ts";
 
 const N = 624; // mt19937 state words
 const M = 397;

@@ -3,7 +3,7 @@
  * (inputs and targets shifted by one token) and batch them. The train loader shuffles with a seeded generator and
  * drops the last short batch; the val loader keeps the order and the last batch.
  */
-import { UserError } from "./errors.ts";
+import { UserError } from "../errors.ts";
 import { textToTokenIds } from "./tokenizer.ts";
 
 /** One batch: `inputs` and `targets` are row-major int32 of shape (batchSize, maxLength). */
@@ -40,7 +40,7 @@ export interface LoaderOptions {
 
 /**
  * What training and evaluation need of a loader: the book's in-memory {@link DataLoader} and the streaming
- * ShardLoader (lib/shards.ts) both provide it, so model and training code never know where the data comes from.
+ * ShardLoader (lib/data/shards.ts) both provide it, so model and training code never know where the data comes from.
  */
 export interface BatchLoader {
   /** Batches per epoch (`len(loader)`). */

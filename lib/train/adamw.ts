@@ -5,10 +5,10 @@
  *   p ← p − (lr / (1−β1ᵗ)) · m / (√v / √(1−β2ᵗ) + eps)
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { hostView } from "./backend.ts";
-import { sharedHostView } from "./backends/blas.ts";
-import { parallelFor, sharedF32 } from "./backends/parallel.ts";
-import type { NamedParam } from "./params.ts";
+import { hostView } from "../backends/backend.ts";
+import { sharedHostView } from "../backends/blas.ts";
+import { parallelFor, sharedF32 } from "../backends/parallel.ts";
+import type { NamedParam } from "../model/params.ts";
 
 /** Hyper-parameters of {@link AdamW}; defaults are PyTorch's except the book's lr and weight decay. */
 export interface AdamWOptions {

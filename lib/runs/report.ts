@@ -3,16 +3,16 @@
  * the run's curves from its JSONL log (the book's figure 5.12 as SVG) and samples with the experiment's decoding
  * settings, as checkpoints/<name>/report.md + report.json + loss.svg.
  */
-import type { Config } from "./config.ts";
-import type { VerdictData } from "./data.ts";
-import { generateCached } from "./kvcache.ts";
-import { UserError } from "./errors.ts";
-import { calcLossLoader, perplexity } from "./loss.ts";
-import type { GPTModel } from "./model.ts";
+import type { Config } from "../config.ts";
+import type { VerdictData } from "../data/data.ts";
+import { generateCached } from "../model/kvcache.ts";
+import { UserError } from "../errors.ts";
+import { calcLossLoader, perplexity } from "../train/loss.ts";
+import type { GPTModel } from "../model/model.ts";
 import { lineChartSVG } from "./plot.ts";
-import { TorchGenerator } from "./rng.ts";
+import { TorchGenerator } from "../model/rng.ts";
 import { readRunLog, type RunLogData } from "./runlog.ts";
-import { textToTokenIds, tokenIdsToText } from "./tokenizer.ts";
+import { textToTokenIds, tokenIdsToText } from "../data/tokenizer.ts";
 
 /** The figures `deno task eval --json` prints. */
 export interface EvalFigures {
