@@ -1,11 +1,28 @@
 import { deepStrictEqual as assertEquals, throws } from "node:assert/strict";
 import { UserError } from "../lib/errors.ts";
-import { readRunLog, RunLog, RUNNING_WINDOW_S } from "../lib/runs/runlog.ts";
+import {
+  type HeaderRecord,
+  readRunLog,
+  RUN_LOG_SCHEMA,
+  RunLog,
+  RUNNING_WINDOW_S,
+} from "../lib/runs/runlog.ts";
 
-const header = (resumed: number | null = null) => ({
+const header = (resumed: number | null = null): HeaderRecord => ({
   type: "header",
+  schema_version: RUN_LOG_SCHEMA,
+  engine: "gpt-ts",
+  experiment: "r",
   run: "r",
   config: { training: { lr: 1e-3 } },
+  config_hash: "0",
+  seed: 123,
+  backend: "cpu",
+  backend_reason: "test",
+  params: 1,
+  versions: {},
+  git_commit: null,
+  start_time: new Date(0).toISOString(),
   resumed_from_step: resumed,
 });
 const evalLine = (step: number, loss: number) => ({

@@ -22,7 +22,7 @@ import { GPTModel } from "../model/model.ts";
 import { DropoutRng } from "../model/ops.ts";
 import { formatDuration, Progress } from "../progress.ts";
 import { acquireRunLock } from "./lock.ts";
-import { RunLog } from "./runlog.ts";
+import { RUN_LOG_SCHEMA, RunLog } from "./runlog.ts";
 import { createShardLoaders, readIndex } from "../data/shards.ts";
 import { learningRate, type LrSchedule } from "../train/schedule.ts";
 import {
@@ -456,6 +456,8 @@ async function trainUnlocked(cfg: Config, opts: RunOptions, lockPath: string): P
   const log = RunLog.open(logPath);
   log.write({
     type: "header",
+    schema_version: RUN_LOG_SCHEMA,
+    engine: "gpt-ts",
     experiment: cfg.name,
     run: cfg.name,
     config: cfg,

@@ -2,23 +2,110 @@
  * The run log: one JSONL file per run (`checkpoints/<name>/log.jsonl`), append-only, one JSON object per line, each
  * line written with a single write so that a crash leaves at most a truncated last line.
  *
- * Line types (field `type`):
- * - `header`: experiment, run, config, config_hash, seed, backend, backend_reason, params, versions, git_commit,
- *   start_time, resumed_from_step (null for a fresh start). A resumed run appends another header.
- * - `eval`: epoch (1-based), step (optimizer steps done), tokens_seen, train_loss, val_loss, lr, elapsed_s,
- *   tokens_per_s, grad_norm?
- * - `sample`: epoch, step, text
- * - `epoch`: epoch, step, tokens_seen, elapsed_s (at each epoch's end)
- * - `summary`: status "finished", steps, tokens_seen, final_train_loss, final_val_loss, best_val_loss, elapsed_s,
- *   tokens_per_s
- * - `interrupted` / `error`: step, reason
+ * This module is the schema: one typed record per line type ({@link HeaderRecord}, {@link EvalRecord},
+ * {@link SampleRecord}, {@link EpochRecord}, {@link SummaryRecord}, {@link InterruptedRecord},
+ * {@link ErrorRecord}), one writer ({@link RunLog}) and one reader ({@link readRunLog}). Every writer (this
+ * trainer, the PyTorch side) and every reader (reports, `compare`, the dashboard) follows it. The header carries
+ * {@link RUN_LOG_SCHEMA}; a header without `schema_version` is version 1 as well (logs written before the field).
  *
  * `elapsed_s` and `tokens_per_s` count from the header that starts their segment (a resumed process starts its
  * own clock).
  */
 import { UserError } from "../errors.ts";
 
-/** Appends JSON lines to a run log; never rewrites what is there. */
+/** The version of the line types below, written in every header as `schema_version`. */
+export const RUN_LOG_SCHEMA = 1;
+
+/** Starts each process's segment of a run; a resumed run appends another. */
+export interface HeaderRecord {
+  type: "header";
+  schema_version: number; // RUN_LOG_SCHEMA
+  engine: string; // who wrote the segment: "gpt-ts", "torch-ddp", …
+  experiment: string;
+  run: string;
+  config: unknown; // the resolved config (lib/config.ts's Config)
+  config_hash: string;
+  seed: number;
+  backend: string;
+  backend_reason: string;
+  params: number;
+  versions: Record<string, string>;
+  git_commit: string | null;
+  start_time: string; // ISO 8601
+  resumed_from_step: number | null; // null for a fresh start
+  world_size?: number; // processes training together (1 when absent)
+  devices?: string[]; // what each rank ran on
+}
+
+/** An evaluation: losses on `eval_iter` batches of each split after `step` optimizer steps. */
+export interface EvalRecord {
+  type: "eval";
+  epoch: number; // 1-based
+  step: number;
+  tokens_seen: number;
+  train_loss: number;
+  val_loss: number;
+  lr: number;
+  grad_norm?: number | null;
+  elapsed_s: number;
+  tokens_per_s: number;
+}
+
+/** The text sampled at an epoch's end. */
+export interface SampleRecord {
+  type: "sample";
+  epoch: number;
+  step: number;
+  text: string;
+}
+
+/** An epoch's end, after its checkpoint was written. */
+export interface EpochRecord {
+  type: "epoch";
+  epoch: number;
+  step: number;
+  tokens_seen: number;
+  elapsed_s: number;
+}
+
+/** The last line of a finished run. */
+export interface SummaryRecord {
+  type: "summary";
+  status: "finished";
+  steps: number;
+  tokens_seen: number;
+  final_train_loss: number | null;
+  final_val_loss: number | null;
+  best_val_loss: number | null;
+  elapsed_s: number;
+  tokens_per_s: number;
+}
+
+/** The last line of a run stopped by a signal or a step limit (a checkpoint was written). */
+export interface InterruptedRecord {
+  type: "interrupted";
+  step: number;
+  reason: string;
+}
+
+/** The last line of a run that failed. */
+export interface ErrorRecord {
+  type: "error";
+  step: number;
+  reason: string;
+}
+
+/** Any line of the schema. */
+export type LogRecord =
+  | HeaderRecord
+  | EvalRecord
+  | SampleRecord
+  | EpochRecord
+  | SummaryRecord
+  | InterruptedRecord
+  | ErrorRecord;
+
+/** Appends records to a run log; never rewrites what is there. */
 export class RunLog {
   private constructor(private file: Deno.FsFile, readonly path: string) {}
 
@@ -29,9 +116,9 @@ export class RunLog {
     return new RunLog(Deno.openSync(path, { append: true, create: true }), path);
   }
 
-  /** Appends `obj` as one line, in one write (a short write, which regular files do not do, is finished). */
-  write(obj: Record<string, unknown>): void {
-    const bytes = new TextEncoder().encode(JSON.stringify(obj) + "\n");
+  /** Appends `record` as one line, in one write (a short write, which regular files do not do, is finished). */
+  write(record: LogRecord): void {
+    const bytes = new TextEncoder().encode(JSON.stringify(record) + "\n");
     for (let off = 0; off < bytes.length;) off += this.file.writeSync(bytes.subarray(off));
   }
 
@@ -41,11 +128,22 @@ export class RunLog {
   }
 }
 
-/** A line of the log; `type` says which (header, eval, sample, epoch, summary, interrupted, error). */
-export type LogLine = Record<string, unknown> & { type: string };
+/**
+ * A line as read back: a record of the schema, whose fields a foreign or older writer may have left out, so
+ * readers check what they use (`Number(e.step)`, `typeof h.config`).
+ */
+export type LogLine = Record<string, unknown> & { type: LogRecord["type"] };
 
 /** The line types a reader knows; any other line is foreign and skipped. */
-export const LINE_TYPES = ["header", "eval", "sample", "epoch", "summary", "interrupted", "error"];
+export const LINE_TYPES: readonly LogRecord["type"][] = [
+  "header",
+  "eval",
+  "sample",
+  "epoch",
+  "summary",
+  "interrupted",
+  "error",
+];
 
 /**
  * How a run stands, judged from its log: `finished` (the last line other than sample/epoch is a summary),
