@@ -264,7 +264,7 @@ function scheduleChange(
  * legitimate resume) as long as the learning rates of the steps already done stay what they were: a cosine decay
  * or a warmup given as a fraction depends on the total number of steps, so there it is refused too.
  */
-function checkResumable(
+export function checkResumable(
   path: string,
   saved: Config,
   cfg: Config,

@@ -1,0 +1,192 @@
+/**
+ * Hand-off of a run to PyTorch DDP (`scaleout/torch/train_ddp.py` under torchrun): a directory that is at once a run
+ * directory of ours (its `checkpoint.safetensors` and `log.jsonl`, so `compare`, `eval`, `sample` and
+ * `train --resume` read it) and everything the PyTorch side needs to continue exactly: `handoff.json` (the resolved
+ * config, position, schedule, launch lines) and the token batches our own loop would consume next, as uint16.
+ */
+import type { Config } from "../config.ts";
+import { configHash } from "../config.ts";
+import { UserError } from "../errors.ts";
+import type { Batch, BatchLoader } from "../data/data.ts";
+import { checkpointPath, configDifferences, loadCheckpoint } from "../train/checkpoint.ts";
+import { checkResumable, lrSchedule, prepareData } from "./run.ts";
+
+/** Format tag of handoff.json. */
+export const HANDOFF_FORMAT = "gpt-ts-handoff/1";
+
+/** handoff.json: what the PyTorch script reads besides the checkpoint and the batch files. */
+export interface HandoffManifest {
+  format: string;
+  run: string;
+  config: Config;
+  config_hash: string;
+  /** Where the checkpoint stands (our TrainState). */
+  state: { epoch: number; batch: number; step: number; tokensSeen: number };
+  steps_per_epoch: number;
+  total_steps: number;
+  schedule: ReturnType<typeof lrSchedule>;
+  /** train.bin: `count` micro-batches of (2, batch_size, context) uint16 (inputs, targets), in the order of use. */
+  train: { file: string; count: number; batch_size: number; context: number };
+  /** Evaluation batches (text order, as calcLossLoader reads them): rows per batch, (2, rows, context) each. */
+  eval_train: { file: string; rows: number[] };
+  eval_val: { file: string; rows: number[] };
+  launch: Record<string, string>;
+}
+
+const SCRIPT = "scaleout/torch/train_ddp.py";
+
+/** The launch lines for a hand-off directory `dir` (single node, multi-node, Slurm, hand-started ranks). */
+export function launchLines(dir: string): Record<string, string> {
+  return {
+    torchrun: `torchrun --standalone --nproc_per_node=2 ${SCRIPT} ${dir}`,
+    multi_node: `torchrun --nnodes=2 --node_rank=$NODE_RANK --nproc_per_node=8 ` +
+      `--rdzv-backend=c10d --rdzv-endpoint=$HEAD_NODE:29500 ${SCRIPT} ${dir}`,
+    slurm: `srun --nodes=2 --ntasks-per-node=8 --gpus-per-task=1 bash -c ` +
+      `'MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1) MASTER_PORT=29500 ` +
+      `RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID python3 ${SCRIPT} ${dir}'`,
+    by_hand:
+      `for r in 0 1; do MASTER_ADDR=127.0.0.1 MASTER_PORT=29500 RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r ` +
+      `python3 ${SCRIPT} ${dir} & done; wait`,
+  };
+}
+
+/** Writes batches as uint16 (2, rows, T) each; an id that does not fit 16 bits is refused. */
+async function writeBatches(path: string, batches: Iterable<Batch>): Promise<number[]> {
+  const file = await Deno.open(path, { write: true, create: true, truncate: true });
+  const rows: number[] = [];
+  try {
+    for (const b of batches) {
+      const out = new Uint16Array(2 * b.inputs.length);
+      for (let i = 0; i < b.inputs.length; i++) {
+        if (b.inputs[i] > 0xffff || b.targets[i] > 0xffff) {
+          throw new UserError(`${path}: token id above 65535 cannot be stored as uint16`);
+        }
+        out[i] = b.inputs[i], out[b.inputs.length + i] = b.targets[i];
+      }
+      const bytes = new Uint8Array(out.buffer);
+      for (let n = 0; n < bytes.length;) n += await file.write(bytes.subarray(n));
+      rows.push(b.batchSize);
+    }
+  } finally {
+    file.close();
+  }
+  return rows;
+}
+
+/** The micro-batches the rest of the run consumes, epoch by epoch from the checkpoint's position (drop_last groups). */
+function* remainingBatches(
+  loader: BatchLoader,
+  state: { epoch: number; batch: number },
+  epochs: number,
+  k: number,
+): Generator<Batch> {
+  const used = Math.floor(loader.length / k) * k;
+  for (let e = state.epoch; e < epochs; e++) {
+    let i = e === state.epoch ? state.batch : 0;
+    for (const b of loader.batches(e, i)) {
+      if (i++ >= used) break;
+      yield b;
+    }
+  }
+}
+
+/**
+ * Packs run `cfg.name` (its latest checkpoint under `checkpointsDir`) into `out`. Refuses an `out` that already
+ * holds anything (a hand-off of another config is named as such), so nothing there is overwritten.
+ */
+export async function handoffRun(
+  cfg: Config,
+  out: string,
+  opts: { checkpointsDir?: string; print?: (s: string) => void } = {},
+): Promise<HandoffManifest> {
+  const print = opts.print ?? console.log;
+  const runDir = `${opts.checkpointsDir ?? "checkpoints"}/${cfg.name}`;
+  await refuseNonEmpty(out, cfg);
+  const src = checkpointPath(runDir);
+  const ckpt = await loadCheckpoint(src).catch((err) => {
+    if (err instanceof Deno.errors.NotFound) {
+      throw new UserError(`${src}: no checkpoint to hand off (train the run first)`);
+    }
+    throw err;
+  });
+  const data = await prepareData(cfg, { print });
+  const k = cfg.training.grad_accum_steps;
+  const stepsPerEpoch = Math.floor(data.trainLoader.length / k);
+  const totalSteps = cfg.training.epochs * stepsPerEpoch;
+  checkResumable(src, ckpt.meta.config, cfg, stepsPerEpoch, ckpt.meta.state.step);
+  const state = ckpt.meta.state;
+  const T = cfg.data.max_length ?? cfg.model.context_length;
+  const tmp = `${out}.tmp-${Deno.pid}`;
+  await Deno.mkdir(tmp, { recursive: true });
+  const trainRows = await writeBatches(
+    `${tmp}/train.bin`,
+    remainingBatches(data.trainLoader, state, cfg.training.epochs, k),
+  );
+  const manifest: HandoffManifest = {
+    format: HANDOFF_FORMAT,
+    run: cfg.name,
+    config: cfg,
+    config_hash: configHash(cfg),
+    state,
+    steps_per_epoch: stepsPerEpoch,
+    total_steps: totalSteps,
+    schedule: lrSchedule(cfg, totalSteps),
+    train: {
+      file: "train.bin",
+      count: trainRows.length,
+      batch_size: cfg.data.batch_size,
+      context: T,
+    },
+    eval_train: {
+      file: "eval_train.bin",
+      rows: await writeBatches(
+        `${tmp}/eval_train.bin`,
+        data.trainLoader.ordered(cfg.training.eval_iter),
+      ),
+    },
+    eval_val: {
+      file: "eval_val.bin",
+      rows: await writeBatches(
+        `${tmp}/eval_val.bin`,
+        data.valLoader.ordered(cfg.training.eval_iter),
+      ),
+    },
+    launch: launchLines(out),
+  };
+  await Deno.copyFile(src, `${tmp}/checkpoint.safetensors`);
+  await Deno.copyFile(`${runDir}/log.jsonl`, `${tmp}/log.jsonl`).catch(() => {});
+  await Deno.writeTextFile(`${tmp}/handoff.json`, JSON.stringify(manifest, null, 1) + "\n");
+  await Deno.writeTextFile(
+    `${tmp}/launch.sh`,
+    "# Continue this run under PyTorch DDP; pick one line (see README: When one machine is not enough)\n" +
+      Object.entries(manifest.launch).map(([k, v]) => `# ${k}:\n${v}\n`).join(""),
+  );
+  await Deno.remove(out).catch(() => {}); // an empty directory, checked above
+  await Deno.rename(tmp, out);
+  print(
+    `handed off ${cfg.name} at step ${state.step} (epoch ${state.epoch + 1}) to ${out}: ` +
+      `${trainRows.length} train batches to go; ${manifest.launch.torchrun}`,
+  );
+  return manifest;
+}
+
+async function refuseNonEmpty(out: string, cfg: Config): Promise<void> {
+  let entries: string[];
+  try {
+    entries = (await Array.fromAsync(Deno.readDir(out))).map((e) => e.name);
+  } catch {
+    return; // absent
+  }
+  if (entries.length === 0) return;
+  if (entries.includes("handoff.json")) {
+    const was = JSON.parse(await Deno.readTextFile(`${out}/handoff.json`)) as HandoffManifest;
+    const diff = was.config ? configDifferences(was.config, cfg) : ["not a hand-off manifest"];
+    if (diff.length > 0) {
+      throw new UserError(
+        `${out}/handoff.json: a hand-off of another config (${diff.slice(0, 3).join(", ")}); ` +
+          `choose another --out`,
+      );
+    }
+  }
+  throw new UserError(`${out}: not empty (an earlier hand-off?); choose another --out`);
+}
