@@ -8,7 +8,24 @@ import { loadExperiment } from "../lib/config.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { runTraining } from "../lib/runs/run.ts";
-import { pointAction, pointCommand, readSweep } from "../lib/runs/sweep.ts";
+import {
+  kubernetesIndexedJob,
+  pointAction,
+  pointCommand,
+  readSweep,
+  slurmArrayScript,
+} from "../lib/runs/sweep.ts";
+import { stringify as stringifyYaml } from "yaml";
+
+async function writeAtomic(path: string, text: string): Promise<void> {
+  const tmp = `${path}.tmp-${Deno.pid}`;
+  try {
+    await Deno.writeTextFile(tmp, text);
+    await Deno.rename(tmp, path);
+  } catch (err) {
+    throw new UserError(`${path}: cannot write (${(err as Error).message})`);
+  }
+}
 
 const USAGE = `usage: deno task train <experiment.yaml> [options]
 
@@ -21,6 +38,8 @@ options:
   --fresh            start over; an earlier run of the same name is moved aside, not deleted
   --auto-resume      skip the run if it finished, resume it if it has a checkpoint, else start it
   --print-commands   for a sweep file: print one self-contained command per point instead of running
+  --slurm-array f    for a sweep file: write a Slurm job-array script (sbatch f; SLURM_ARRAY_TASK_ID picks the point)
+  --k8s-job f        for a sweep file: write a Kubernetes Indexed Job manifest (kubectl apply -f f)
   --no-sweep         ignore the file's sweep: section (run the single config)
   -h, --help         show this help`;
 
@@ -32,6 +51,8 @@ await runTask(async () => {
     fresh: { type: "boolean", default: false },
     "auto-resume": { type: "boolean", default: false },
     "print-commands": { type: "boolean", default: false },
+    "slurm-array": { type: "string" },
+    "k8s-job": { type: "string" },
     "no-sweep": { type: "boolean", default: false },
   });
   if (!parsed) return;
@@ -51,8 +72,8 @@ await runTask(async () => {
 
   const points = values["no-sweep"] ? null : await readSweep(path);
   if (!points) {
-    if (values["print-commands"]) {
-      throw new UserError(`${path}: --print-commands needs a sweep: section`);
+    for (const flag of ["print-commands", "slurm-array", "k8s-job"] as const) {
+      if (values[flag]) throw new UserError(`${path}: --${flag} needs a sweep: section`);
     }
     const cfg = await loadExperiment(path, overrides);
     const action = values["auto-resume"] ? pointAction(`checkpoints/${cfg.name}`) : null;
@@ -67,6 +88,24 @@ await runTask(async () => {
 
   if (values["print-commands"]) {
     for (const p of points) console.log(pointCommand(path, p, overrides));
+    return;
+  }
+  if (values["slurm-array"] || values["k8s-job"]) {
+    if (values["slurm-array"]) {
+      await writeAtomic(values["slurm-array"], slurmArrayScript(path, points, overrides));
+      console.log(
+        `wrote ${values["slurm-array"]}: sbatch ${values["slurm-array"]} (${points.length} points)`,
+      );
+    }
+    if (values["k8s-job"]) {
+      const job = kubernetesIndexedJob(path, points, { extra: overrides });
+      await writeAtomic(values["k8s-job"], stringifyYaml(job));
+      console.log(
+        `wrote ${values["k8s-job"]}: kubectl apply -f ${
+          values["k8s-job"]
+        } (${points.length} points)`,
+      );
+    }
     return;
   }
   // Validate every point before running any, so a typo fails at once rather than after hours.

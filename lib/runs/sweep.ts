@@ -102,3 +102,79 @@ export function pointCommand(path: string, point: SweepPoint, extra: string[] = 
   return ["deno", "task", "train", path, "--no-sweep", "--auto-resume", ...sets].map(shellQuote)
     .join(" ");
 }
+
+/** A `case` over the sweep's points that sets CMD from an index variable (`SLURM_ARRAY_TASK_ID`, …). */
+function pointCase(path: string, points: SweepPoint[], extra: string[], indexVar: string): string {
+  const arms = points.map((p, i) => `  ${i}) CMD=${shellQuote(pointCommand(path, p, extra))} ;;`);
+  return [
+    `case "\${${indexVar}:?}" in`,
+    ...arms,
+    `  *) echo "no sweep point \${${indexVar}}" >&2; exit 2 ;;`,
+    "esac",
+    'echo "$CMD"',
+    'exec bash -c "$CMD"',
+  ].join("\n");
+}
+
+/**
+ * A Slurm job-array script for the sweep: `sbatch <file>` runs one array task per point (at most `parallel` at a
+ * time), each choosing its point by `SLURM_ARRAY_TASK_ID`; logs go to `sweep-<job>_<task>.out`.
+ */
+export function slurmArrayScript(
+  path: string,
+  points: SweepPoint[],
+  extra: string[] = [],
+  parallel = 4,
+): string {
+  return [
+    "#!/bin/bash",
+    `#SBATCH --job-name=${shellQuote(points[0]?.name.split(".")[0] ?? "sweep")}`,
+    `#SBATCH --array=0-${points.length - 1}%${parallel}`,
+    "#SBATCH --output=sweep-%A_%a.out",
+    "#SBATCH --ntasks=1",
+    "# Points of the sweep, one per array index; re-submitting skips finished ones (--auto-resume).",
+    "set -euo pipefail",
+    pointCase(path, points, extra, "SLURM_ARRAY_TASK_ID"),
+    "",
+  ].join("\n");
+}
+
+/**
+ * A Kubernetes Indexed Job (batch/v1, `completionMode: Indexed`) for the sweep: one completion per point, the
+ * point chosen by `JOB_COMPLETION_INDEX`; `image` must hold the project and Deno, `checkpoints/` should be a volume.
+ */
+export function kubernetesIndexedJob(
+  path: string,
+  points: SweepPoint[],
+  o: { extra?: string[]; image?: string; parallel?: number; name?: string } = {},
+): Record<string, unknown> {
+  const name = (o.name ?? points[0]?.name.split(".")[0] ?? "sweep").toLowerCase()
+    .replace(/[^a-z0-9-]/g, "-").slice(0, 50);
+  return {
+    apiVersion: "batch/v1",
+    kind: "Job",
+    metadata: { name: `${name}-sweep` },
+    spec: {
+      completionMode: "Indexed",
+      completions: points.length,
+      parallelism: Math.min(o.parallel ?? 4, points.length),
+      backoffLimit: points.length,
+      template: {
+        spec: {
+          restartPolicy: "Never",
+          containers: [{
+            name: "train",
+            image: o.image ?? "gpt-ts:latest",
+            workingDir: "/gpt-ts",
+            command: ["bash", "-c", pointCase(path, points, o.extra ?? [], "JOB_COMPLETION_INDEX")],
+            volumeMounts: [{ name: "checkpoints", mountPath: "/gpt-ts/checkpoints" }],
+          }],
+          volumes: [{
+            name: "checkpoints",
+            persistentVolumeClaim: { claimName: "gpt-ts-checkpoints" },
+          }],
+        },
+      },
+    },
+  };
+}
