@@ -112,6 +112,34 @@ Deno.test({
       for (let i = 0; i < p.data.length; i++) worst = Math.max(worst, Math.abs(p.data[i] - q[i]));
     }
     ok(worst <= 1e-4, `largest parameter difference ${worst}`); // golden_test.ts's CPU tolerance
+    const lossDiff = Math.max(
+      ...got.map((e, i) => Math.abs(Number(e.val_loss) - Number(want[i].val_loss))),
+    );
+    console.log(
+      JSON.stringify({ evals: got.length, max_val_loss_diff: lossDiff, max_param_diff: worst }),
+    );
+
+    const sets = [...TINY, "name=part", "training.epochs=2"].flatMap((s) => ["--set", s]);
+    const ckptArgs = [
+      "experiments/verdict-small.yaml",
+      "--checkpoint",
+      `${out}/checkpoint.safetensors`,
+      ...sets,
+    ];
+    const checks: [string, string[]][] = [
+      ["sample", ["--max-new-tokens", "5"]],
+      ["eval", ["--json", "--no-report"]],
+    ];
+    for (const [task, extra] of checks) {
+      const o = new Deno.Command(Deno.execPath(), {
+        args: taskArgs(task, [...ckptArgs, ...extra]),
+        stdout: "piped",
+        stderr: "piped",
+      })
+        .outputSync();
+      assertEquals(o.code, 0, `${task}: ${new TextDecoder().decode(o.stderr)}`);
+      ok(new TextDecoder().decode(o.stdout).trim().length > 0, task);
+    }
 
     const back = await runTraining(await config("part.ddp", 3), {
       ...quiet,
