@@ -10,6 +10,7 @@ import type { Config } from "../config.ts";
 import type { VerdictData } from "../data/data.ts";
 import { UserError } from "../errors.ts";
 import { GPTModel } from "../model/model.ts";
+import { preflight } from "../train/preflight.ts";
 import { acquireRunLock } from "./lock.ts";
 import { loggedLoop } from "./logged_loop.ts";
 import { loadResumable, lrSchedule, restoreOrInit, type Trainee } from "./restore.ts";
@@ -80,7 +81,8 @@ export async function runTraining(cfg: Config, opts: RunOptions = {}): Promise<R
  */
 async function trainUnlocked(cfg: Config, opts: RunOptions, lockPath: string): Promise<RunResult> {
   const print = opts.print ?? ((s: string) => console.log(s));
-  const dir = await checkRunDir(cfg, opts);
+  const dir = await checkRunDir(cfg, opts, print);
+  await preflight(cfg);
   const data = await prepareData(cfg, { progress: opts.progress, print });
   const stepsPerEpoch = stepsPerEpochOf(cfg, data);
   let ckpt: Checkpoint | null = opts.resume
