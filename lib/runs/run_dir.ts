@@ -21,6 +21,7 @@ export interface RunDir {
 export async function checkRunDir(
   cfg: Config,
   opts: { resume?: boolean; fresh?: boolean; checkpointsDir?: string },
+  print: (line: string) => void = () => {},
 ): Promise<RunDir> {
   const runDir = `${opts.checkpointsDir ?? "checkpoints"}/${cfg.name}`;
   const ckptPath = checkpointPath(runDir);
@@ -29,6 +30,11 @@ export async function checkRunDir(
     throw new UserError(`${ckptPath}: no checkpoint to resume from`);
   }
   const earlier = !opts.resume && await exists(runDir);
+  if (earlier && !opts.fresh && !hasCheckpoint && await endedInError(`${runDir}/log.jsonl`)) {
+    // A run that failed before its first checkpoint holds nothing to resume: it is moved aside, not in the way.
+    print(`${runDir}: the earlier run failed before its first checkpoint; starting over`);
+    return { runDir, ckptPath, earlier };
+  }
   if (earlier && !opts.fresh) {
     throw new UserError(
       `${runDir}: holds an earlier run; pass --resume to continue it, or --fresh to start over ` +
@@ -83,6 +89,16 @@ export async function openRunDir(
     resumed_from_step: start.resumedFromStep,
   });
   return log;
+}
+
+/** Whether the run log's last line is an `error` record (the run failed). */
+async function endedInError(logPath: string): Promise<boolean> {
+  try {
+    const lines = (await Deno.readTextFile(logPath)).trimEnd().split("\n");
+    return JSON.parse(lines[lines.length - 1]).type === "error";
+  } catch {
+    return false;
+  }
 }
 
 async function exists(path: string): Promise<boolean> {
