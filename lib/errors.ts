@@ -1,6 +1,6 @@
 /**
  * Errors meant for a person: one line naming the file, key and cause. Tasks print the message and exit 2, with no
- * stack trace. Anything else that escapes a task is a bug and keeps its stack.
+ * stack trace. Anything else that escapes a task is not the user's input: one line, exit 1.
  */
 export class UserError extends Error {
   /** Process exit code for this error (2: bad input; 130: interrupted). */
@@ -13,7 +13,9 @@ export class UserError extends Error {
 }
 
 /**
- * Runs a task's main function: a {@link UserError} prints its one line to stderr and exits with its code.
+ * Runs a task's main function: a {@link UserError} prints its one line to stderr and exits with its code; any
+ * other error (a kernel's exception, out of memory, a failed write) prints one line and exits 1, with its stack
+ * only when `GPT_DEBUG=1`.
  *
  * @example
  * await runTask(async () => { throw new UserError("experiments/x.yaml: model.n_heads: must divide emb_dim"); });
@@ -22,10 +24,22 @@ export async function runTask(main: () => Promise<void> | void): Promise<void> {
   try {
     await main();
   } catch (err) {
-    if (err instanceof UserError) {
+    if (err instanceof UserError && !(err.exitCode === 1 && debug())) {
       console.error(`error: ${err.message}`);
       Deno.exit(err.exitCode);
     }
-    throw err;
+    if (debug()) throw err;
+    const msg = (err instanceof Error ? err.message : String(err)).split("\n")[0];
+    console.error(`error: internal error (not your input): ${msg} (GPT_DEBUG=1 shows the stack)`);
+    Deno.exit(1);
+  }
+}
+
+/** `GPT_DEBUG=1`: let internal errors keep their stack (false where the task may not read the variable). */
+function debug(): boolean {
+  try {
+    return Deno.env.get("GPT_DEBUG") === "1";
+  } catch {
+    return false;
   }
 }

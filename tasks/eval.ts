@@ -9,6 +9,7 @@ import { loadExperiment } from "../lib/config.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { loadModel } from "../lib/train/load.ts";
+import { checkTokenizerFits } from "../lib/train/preflight.ts";
 import { evaluateLoaders, sampleTexts, writeReport } from "../lib/runs/report.ts";
 import { prepareData } from "../lib/runs/run.ts";
 
@@ -59,6 +60,7 @@ await runTask(async () => {
   const overrides = [...(values.set ?? [])];
   if (values.backend) overrides.push(`backend=${values.backend}`);
   const cfg = await loadExperiment(positionals[0], overrides);
+  checkTokenizerFits(cfg); // prompts and data are GPT-2 token ids
   const backend = await initBackend(cfg.backend);
   const { model, source } = await loadModel(cfg, {
     init: values.init,

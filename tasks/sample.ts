@@ -9,6 +9,7 @@ import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { generateCached } from "../lib/model/kvcache.ts";
 import { loadModel } from "../lib/train/load.ts";
+import { checkSampling, checkTokenizerFits } from "../lib/train/preflight.ts";
 import { TorchGenerator } from "../lib/model/rng.ts";
 import { textToTokenIds, tokenIdsToText } from "../lib/data/tokenizer.ts";
 
@@ -61,6 +62,7 @@ await runTask(async () => {
   const overrides = [...(v.set ?? [])];
   if (v.backend) overrides.push(`backend=${v.backend}`);
   const cfg = await loadExperiment(positionals[0], overrides);
+  checkTokenizerFits(cfg); // prompts and data are GPT-2 token ids
   let temperature = cfg.sampling.temperature;
   if (v.temperature !== undefined) {
     temperature = Number(v.temperature);
@@ -79,6 +81,7 @@ await runTask(async () => {
   if (v.init && v.checkpoint) {
     throw new UserError("sample: --init and --checkpoint exclude each other");
   }
+  checkSampling(cfg, { topK, eosId });
 
   await initBackend(cfg.backend);
   const { model, source } = await loadModel(cfg, { init: v.init, checkpoint: v.checkpoint });

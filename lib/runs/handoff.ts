@@ -9,7 +9,8 @@ import { configHash } from "../config.ts";
 import { UserError } from "../errors.ts";
 import type { Batch, BatchLoader } from "../data/data.ts";
 import { checkpointPath, configDifferences, loadCheckpoint } from "../train/checkpoint.ts";
-import { checkResumable, lrSchedule, prepareData } from "./run.ts";
+import { checkResumable, lrSchedule } from "./restore.ts";
+import { prepareData } from "./run_data.ts";
 
 /** Format tag of handoff.json. */
 export const HANDOFF_FORMAT = "gpt-ts-handoff/1";

@@ -455,7 +455,14 @@ export async function writeSafetensors(
     file?.close();
     await Deno.remove(tmp).catch(() => {});
     if (err instanceof TypeError) throw err; // the caller's bug, not the disk's
-    throw new UserError(`${path}: cannot write (${err instanceof Error ? err.message : err})`);
+    // A path the user named that cannot be written is bad input (2); a full or failing disk is not (1).
+    const theirs = err instanceof Deno.errors.NotFound ||
+      err instanceof Deno.errors.PermissionDenied ||
+      err instanceof Deno.errors.IsADirectory || err instanceof Deno.errors.NotADirectory;
+    throw new UserError(
+      `${path}: cannot write (${err instanceof Error ? err.message : err})`,
+      theirs ? 2 : 1,
+    );
   }
   await syncDir(path);
 }

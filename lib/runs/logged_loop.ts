@@ -1,0 +1,269 @@
+/**
+ * The logged loop of a run: `trainModelSimple` with the book's prints, a progress line, the run log's evaluations,
+ * samples and epochs, a checkpoint after every epoch and on a stop (Ctrl-C, SIGTERM, step limit), and the summary.
+ */
+import { saveCheckpoint } from "../train/checkpoint.ts";
+import { type Config, configHash } from "../config.ts";
+import type { VerdictData } from "../data/data.ts";
+import { UserError } from "../errors.ts";
+import { formatDuration, Progress } from "../progress.ts";
+import type { Trainee } from "./restore.ts";
+import type { RunLog } from "./runlog.ts";
+import { type StopSignal, watchSignals } from "./signals.ts";
+import type { LrSchedule } from "../train/schedule.ts";
+import { NonFiniteLossError, trainModelSimple, type TrainState } from "../train/train.ts";
+
+/** What the logged loop needs besides the trainee. */
+export interface LoopSetup {
+  cfg: Config;
+  data: VerdictData;
+  log: RunLog;
+  schedule: LrSchedule | null;
+  totalSteps: number;
+  ckptPath: string;
+  lockPath: string; // removed by a second Ctrl-C
+  savedStep: number | null; // step of the checkpoint on disk, if any
+  print: (line: string) => void;
+  progress?: boolean; // progress line on stderr; default true
+  stopAfterSteps?: number;
+}
+
+/** How the loop ended: finished all epochs or stopped, with the last evaluation's losses. */
+export interface LoopEnd {
+  finished: boolean;
+  trainLoss: number;
+  valLoss: number;
+  t0: number; // performance.now() at the loop's start
+}
+
+/** Whether every value of `params` is finite. */
+function allFinite(params: { data: Float32Array }[]): boolean {
+  for (const p of params) {
+    for (let i = 0; i < p.data.length; i++) if (!Number.isFinite(p.data[i])) return false;
+  }
+  return true;
+}
+
+/** Writes the trainee's checkpoint (`save`) and remembers the step of the last one written (`savedStep`). */
+function checkpointWriter(setup: LoopSetup, t: Trainee) {
+  const { cfg, data, ckptPath } = setup;
+  let savedStep = setup.savedStep;
+  const save = async () => {
+    const params = await t.model.toNamedParams();
+    // An update can overflow without the loss showing it yet: never replace a good checkpoint with a broken one.
+    if (!allFinite(params)) {
+      throw new NonFiniteLossError(`parameters became non-finite at step ${t.state.step}`);
+    }
+    try {
+      await saveCheckpoint(
+        ckptPath,
+        {
+          config: cfg,
+          configHash: configHash(cfg),
+          state: { ...t.state },
+          optimizer: { step: t.optimizer.step, lr: t.optimizer.lr },
+          dropoutRng: t.dropout.state,
+          savedAt: new Date().toISOString(),
+          data: {
+            source: data.source ?? cfg.data.path,
+            fingerprint: data.fingerprint ?? null,
+            epoch: t.state.epoch,
+            batch: t.state.batch,
+            batchesPerEpoch: data.trainLoader.length,
+          },
+        },
+        params,
+        await t.optimizer.stateTensors(),
+      );
+    } catch (err) {
+      if (err instanceof UserError) throw err;
+      throw new UserError(
+        `${ckptPath}: cannot write the checkpoint (${(err as Error).message}); ` +
+          `the previous one is unchanged`,
+      );
+    }
+    savedStep = t.state.step;
+  };
+  return { save, savedStep: () => savedStep };
+}
+
+/** The loop's clock, tokens per second since the start, and the last and best evaluated losses. */
+class LoopFigures {
+  readonly t0 = performance.now();
+  readonly startStep: number;
+  readonly startTokens: number;
+  lastTrain = NaN;
+  lastVal = NaN;
+  bestVal = Infinity;
+  lastGradNorm: number | null = null;
+
+  constructor(state: TrainState) {
+    this.startStep = state.step;
+    this.startTokens = state.tokensSeen;
+  }
+
+  elapsed(): number {
+    return (performance.now() - this.t0) / 1000;
+  }
+
+  tokensPerS(s: TrainState): number {
+    return (s.tokensSeen - this.startTokens) / this.elapsed();
+  }
+}
+
+/** The loop's callbacks: progress after each step, prints and log records on evaluations and epochs. */
+function loopCallbacks(
+  setup: LoopSetup,
+  t: Trainee,
+  fig: LoopFigures,
+  progress: Progress,
+  stop: StopSignal,
+  save: () => Promise<void>,
+) {
+  const { cfg, log, print } = setup;
+  return {
+    shouldStop: () =>
+      stop.requested() ||
+      (setup.stopAfterSteps !== undefined && t.state.step >= setup.stopAfterSteps),
+    onStep: (s: TrainState, loss: number, gradNorm: number | null) => {
+      fig.lastGradNorm = gradNorm;
+      if (setup.progress === false) return;
+      const rate = (s.step - fig.startStep) / fig.elapsed();
+      progress.update({
+        epoch: s.epoch + 1,
+        epochs: cfg.training.epochs,
+        step: s.step,
+        loss,
+        tokensPerS: fig.tokensPerS(s),
+        etaS: (setup.totalSteps - s.step) / rate,
+      });
+    },
+    onEval: (s: TrainState, trainLoss: number, valLoss: number) => {
+      for (const [what, v] of [["train", trainLoss], ["val", valLoss]] as const) {
+        if (!Number.isFinite(v)) {
+          throw new NonFiniteLossError(`${what} loss became ${v} at step ${s.step} (evaluation)`);
+        }
+      }
+      fig.lastTrain = trainLoss,
+        fig.lastVal = valLoss,
+        fig.bestVal = Math.min(fig.bestVal, valLoss);
+      progress.clear();
+      print(
+        `Ep ${s.epoch + 1} (Step ${String(s.step).padStart(6, "0")}): ` +
+          `Train loss ${trainLoss.toFixed(3)}, Val loss ${valLoss.toFixed(3)}`,
+      );
+      log.write({
+        type: "eval",
+        epoch: s.epoch + 1,
+        step: s.step,
+        tokens_seen: s.tokensSeen,
+        train_loss: trainLoss,
+        val_loss: valLoss,
+        lr: t.optimizer.lr,
+        grad_norm: fig.lastGradNorm,
+        elapsed_s: fig.elapsed(),
+        tokens_per_s: fig.tokensPerS(s),
+      });
+    },
+    onEpochEnd: async (s: TrainState, sample: string) => {
+      progress.clear();
+      print(sample);
+      log.write({ type: "sample", epoch: s.epoch, step: s.step, text: sample });
+      await save();
+      log.write({
+        type: "epoch",
+        epoch: s.epoch,
+        step: s.step,
+        tokens_seen: s.tokensSeen,
+        elapsed_s: fig.elapsed(),
+      });
+    },
+  };
+}
+
+/**
+ * Trains `t` to the end or until stopped, logging as it goes; a checkpoint is written on a stop. A non-finite loss
+ * or parameter ends the run with one line naming the last good checkpoint. Closes the log; on an error it also
+ * disposes the trainee.
+ */
+export async function loggedLoop(setup: LoopSetup, t: Trainee): Promise<LoopEnd> {
+  const { cfg, data, log } = setup;
+  const { save, savedStep } = checkpointWriter(setup, t);
+  const progress = new Progress(setup.totalSteps);
+  const fig = new LoopFigures(t.state);
+  const stop = await watchSignals(setup.lockPath);
+  let finished = false;
+  try {
+    finished = await trainModelSimple(
+      t.model,
+      data.trainLoader,
+      data.valLoader,
+      t.optimizer,
+      t.state,
+      {
+        numEpochs: cfg.training.epochs,
+        evalFreq: cfg.training.eval_freq,
+        evalIter: cfg.training.eval_iter,
+        startContext: cfg.training.start_context,
+        dropout: t.dropout,
+        schedule: setup.schedule,
+        maxGradNorm: cfg.training.max_grad_norm,
+        gradAccumSteps: cfg.training.grad_accum_steps,
+      },
+      loopCallbacks(setup, t, fig, progress, stop, save),
+    );
+    progress.clear();
+    if (!finished) await save();
+  } catch (err) {
+    progress.clear();
+    const reason = err instanceof Error ? err.message : String(err);
+    log.write({ type: "error", step: t.state.step, reason });
+    log.close();
+    t.optimizer.dispose();
+    t.model.dispose();
+    if (err instanceof NonFiniteLossError) {
+      const saved = savedStep();
+      throw new UserError(
+        `${cfg.name}: ${reason}; stopped, ` + (saved === null
+          ? "no checkpoint was written"
+          : `the last good checkpoint (step ${saved}) is kept in ${setup.ckptPath}`) +
+          ` (a smaller training.lr, or training.max_grad_norm, may help)`,
+      );
+    }
+    throw err;
+  } finally {
+    stop.close();
+  }
+  logEnd(setup, t.state, fig, finished ? null : stop.requested() ? "signal" : "step limit");
+  return { finished, trainLoss: fig.lastTrain, valLoss: fig.lastVal, t0: fig.t0 };
+}
+
+/** The run's last log record and print: the summary, or where it was interrupted (`stopped`: why) and how to go on. */
+function logEnd(setup: LoopSetup, state: TrainState, fig: LoopFigures, stopped: string | null) {
+  const { log, print } = setup;
+  if (stopped !== null) {
+    log.write({ type: "interrupted", step: state.step, reason: stopped });
+    print(
+      `interrupted at step ${state.step} (${stopped}); checkpoint written to ${setup.ckptPath}; ` +
+        `continue with --resume`,
+    );
+  } else {
+    log.write({
+      type: "summary",
+      status: "finished",
+      steps: state.step,
+      tokens_seen: state.tokensSeen,
+      final_train_loss: fig.lastTrain,
+      final_val_loss: fig.lastVal,
+      best_val_loss: fig.bestVal,
+      elapsed_s: fig.elapsed(),
+      tokens_per_s: fig.tokensPerS(state),
+    });
+    print(
+      `Training completed in ${formatDuration(fig.elapsed())} (${
+        fig.tokensPerS(state).toFixed(1)
+      } tokens/s).`,
+    );
+  }
+  log.close();
+}
