@@ -363,14 +363,45 @@ async function writeAtomic(path: string, bytes: Uint8Array) {
   await Deno.rename(tmp, path);
 }
 
-/**
- * Tokenizes a corpus (directory or glob of .txt files) into `o.shardDir`. Re-running with unchanged files and
- * settings does nothing; with some files changed, only those are tokenized again.
- */
-export async function prepareCorpus(source: string, o: PrepareOptions): Promise<PrepareResult> {
-  const t0 = performance.now();
-  const print = o.print ?? ((s: string) => console.error(s));
-  const shardTokens = o.shardTokens ?? DEFAULT_SHARD_TOKENS;
+/** A prepare's running counts and its progress line (MB/s, ETA) on stderr. */
+class PrepareTally {
+  tokenized = 0;
+  reused = 0;
+  doneBytes = 0;
+  tokenizedBytes = 0;
+  hits = 0;
+  misses = 0;
+  private lastShow = 0;
+
+  constructor(readonly t0: number, readonly totalBytes: number, readonly progress: boolean) {}
+
+  show(final = false) {
+    if (!this.progress) return;
+    const now = performance.now();
+    const tty = Deno.stderr.isTerminal();
+    if (!final && now - this.lastShow < (tty ? 500 : PROGRESS_LOG_MS)) return;
+    this.lastShow = now;
+    const { doneBytes, totalBytes } = this;
+    const s = (now - this.t0) / 1000, mbs = doneBytes / 1e6 / s;
+    const line = `prepare: ${(doneBytes / 1e6).toFixed(1)}/${(totalBytes / 1e6).toFixed(1)} MB, ` +
+      `${mbs.toFixed(1)} MB/s, ETA ${formatDuration((totalBytes - doneBytes) / 1e6 / mbs)}`;
+    if (tty) Deno.stderr.writeSync(new TextEncoder().encode(`\r${line}\x1b[K${final ? "\n" : ""}`));
+    else if (final || now - this.t0 > PROGRESS_LOG_MS) console.error(line);
+  }
+}
+
+/** What a prepare starts from: the corpus's files, their splits and sizes, and the previous index (if usable). */
+interface CorpusSurvey {
+  files: string[];
+  splits: SplitName[];
+  sizes: number[];
+  totalBytes: number;
+  old: ShardIndex | null;
+  oldBy: Map<string, SourceInfo>;
+}
+
+/** Lists the corpus's files, splits them by document, and reads the previous prepare's index. */
+function surveyCorpus(source: string, o: PrepareOptions): CorpusSurvey {
   const files = listSources(source);
   const base = corpusBase(source);
   const rel = (f: string) => base === "." ? f : f.slice(base.length + 1);
@@ -382,71 +413,113 @@ export async function prepareCorpus(source: string, o: PrepareOptions): Promise<
   const oldBy = new Map((old?.sources ?? []).map((s) => [s.path, s]));
   const sizes = files.map((f) => Deno.statSync(f).size);
   const totalBytes = sizes.reduce((a, b) => a + b, 0);
+  return { files, splits, sizes, totalBytes, old, oldBy };
+}
 
-  // Nothing changed: same settings, same files, same hashes.
+/** Whether nothing changed since the previous prepare: same settings, same files, same hashes. */
+async function unchanged(sv: CorpusSurvey, o: PrepareOptions, shardTokens: number) {
+  const { old, files, oldBy, sizes } = sv;
   if (
-    old && old.seed === o.seed && old.train_ratio === o.trainRatio &&
-    old.shard_tokens === shardTokens && old.sources.length === files.length &&
-    files.every((f, i) => oldBy.get(f)?.bytes === sizes[i])
-  ) {
-    let same = true;
-    for (const f of files) {
-      if ((await checkFile(f)).sha256 !== oldBy.get(f)!.sha256) {
-        same = false;
-        break;
-      }
-    }
-    if (same) {
-      return {
-        index: old,
-        upToDate: true,
-        tokenized: 0,
-        reused: files.length,
-        skipped: [],
-        bytes: totalBytes,
-        tokenizedBytes: 0,
-        seconds: (performance.now() - t0) / 1000,
-        cacheHitRate: NaN,
-      };
-    }
+    !(old && old.seed === o.seed && old.train_ratio === o.trainRatio &&
+      old.shard_tokens === shardTokens && old.sources.length === files.length &&
+      files.every((f, i) => oldBy.get(f)?.bytes === sizes[i]))
+  ) return false;
+  for (const f of files) {
+    if ((await checkFile(f)).sha256 !== oldBy.get(f)!.sha256) return false;
   }
+  return true;
+}
 
-  await Deno.mkdir(o.shardDir, { recursive: true });
-  const generation = (old?.generation ?? 0) + 1;
-  const writers = {
-    train: new ShardWriter(o.shardDir, "train", generation, shardTokens),
-    val: new ShardWriter(o.shardDir, "val", generation, shardTokens),
-  };
+/** A step applied in corpus order once its work (encoding, on a worker) is done. */
+type Step = Promise<() => Promise<void>>;
+
+/** The step that copies an unchanged file's ids from the previous shards (`from`, where it was `prev`). */
+function reuseStep(
+  shardDir: string,
+  from: ShardIndex,
+  prev: SourceInfo,
+  w: ShardWriter,
+  bytes: number,
+  record: (tokens: number) => void,
+  tally: PrepareTally,
+): Step {
+  return Promise.resolve(async () => {
+    const before = w.tokens;
+    try {
+      for (const ids of streamTokens(shardDir, from, prev.split, prev.offset, prev.tokens)) {
+        await w.append(ids);
+      }
+    } catch (err) {
+      throw new UserError(
+        `${shardDir}: the previous shards are damaged (${(err as Error).message}); ` +
+          `run prepare with --force`,
+      );
+    }
+    w.documents++;
+    record(w.tokens - before);
+    tally.reused++;
+    tally.doneBytes += bytes;
+    tally.show();
+  });
+}
+
+/** Queues the steps that encode a file piece by piece, then end it with `<|endoftext|>`. */
+async function queueEncoding(
+  path: string,
+  pool: WorkerPool,
+  w: ShardWriter,
+  record: (tokens: number) => void,
+  tally: PrepareTally,
+  queue: (step: Step) => Promise<void>,
+) {
+  let before = -1;
+  for await (const piece of textPieces(path)) {
+    const encoded = pool.run(piece.text);
+    await queue(encoded.then((e) => async () => {
+      if (before < 0) before = w.tokens;
+      await w.append(e.ids);
+      tally.hits += e.hits, tally.misses += e.misses;
+      tally.doneBytes += piece.bytes;
+      tally.tokenizedBytes += piece.bytes;
+      tally.show();
+    }));
+  }
+  await queue(Promise.resolve(async () => {
+    if (before < 0) before = w.tokens;
+    await w.append(EOT);
+    w.documents++;
+    record(w.tokens - before);
+    tally.tokenized++;
+  }));
+}
+
+/**
+ * Streams every usable file into its split's writer, in corpus order: unchanged files from the previous shards,
+ * the others encoded on the workers. Returns the index's source records and a line per skipped file.
+ */
+async function tokenizeSources(
+  sv: CorpusSurvey,
+  o: PrepareOptions,
+  writers: Record<SplitName, ShardWriter>,
+  tally: PrepareTally,
+  print: (line: string) => void,
+): Promise<{ sources: SourceInfo[]; skipped: string[] }> {
+  const { files, splits, sizes, old, oldBy } = sv;
   // Pieces, not files, are the unit of work: one big file keeps every worker busy.
   const pieces = files.reduce((n, _, i) => n + Math.ceil(sizes[i] / PIECE_CHARS), 0);
   const nWorkers = Math.max(1, Math.min(o.workers ?? navigator.hardwareConcurrency, pieces));
   const pool = new WorkerPool(nWorkers);
   const sources: SourceInfo[] = [];
   const skipped: string[] = [];
-  let tokenized = 0,
-    reused = 0,
-    doneBytes = 0,
-    tokenizedBytes = 0,
-    lastShow = 0,
-    hits = 0,
-    misses = 0;
-  const show = (final = false) => {
-    if (o.progress === false) return;
-    const now = performance.now();
-    const tty = Deno.stderr.isTerminal();
-    if (!final && now - lastShow < (tty ? 500 : PROGRESS_LOG_MS)) return;
-    lastShow = now;
-    const s = (now - t0) / 1000, mbs = doneBytes / 1e6 / s;
-    const line = `prepare: ${(doneBytes / 1e6).toFixed(1)}/${(totalBytes / 1e6).toFixed(1)} MB, ` +
-      `${mbs.toFixed(1)} MB/s, ETA ${formatDuration((totalBytes - doneBytes) / 1e6 / mbs)}`;
-    if (tty) Deno.stderr.writeSync(new TextEncoder().encode(`\r${line}\x1b[K${final ? "\n" : ""}`));
-    else if (final || now - t0 > PROGRESS_LOG_MS) console.error(line);
-  };
   // Steps applied strictly in corpus order; their work (encoding) runs ahead on the workers, at most
   // `lookahead` pieces (bounded memory).
-  const fifo: Promise<() => Promise<void>>[] = [];
+  const fifo: Step[] = [];
   const lookahead = 3 * nWorkers;
   const applyFront = async () => await (await fifo.shift()!)();
+  const queue = async (step: Step) => {
+    fifo.push(step);
+    while (fifo.length > lookahead) await applyFront();
+  };
   try {
     for (let i = 0; i < files.length; i++) {
       const path = files[i];
@@ -455,7 +528,7 @@ export async function prepareCorpus(source: string, o: PrepareOptions): Promise<
         const line = `${path}: skipped: ${check.skip}`;
         skipped.push(line);
         print(`warning: ${line}`);
-        doneBytes += check.bytes;
+        tally.doneBytes += check.bytes;
         continue;
       }
       const w = writers[splits[i]];
@@ -470,55 +543,25 @@ export async function prepareCorpus(source: string, o: PrepareOptions): Promise<
           tokens,
         });
       if (old && prev && prev.sha256 === check.sha256) {
-        const from = old;
-        fifo.push(Promise.resolve(async () => {
-          const before = w.tokens;
-          try {
-            for (
-              const ids of streamTokens(o.shardDir, from, prev.split, prev.offset, prev.tokens)
-            ) {
-              await w.append(ids);
-            }
-          } catch (err) {
-            throw new UserError(
-              `${o.shardDir}: the previous shards are damaged (${(err as Error).message}); ` +
-                `run prepare with --force`,
-            );
-          }
-          w.documents++;
-          record(w.tokens - before);
-          reused++;
-          doneBytes += check.bytes;
-          show();
-        }));
+        await queue(reuseStep(o.shardDir, old, prev, w, check.bytes, record, tally));
       } else {
-        let before = -1;
-        for await (const piece of textPieces(path)) {
-          const encoded = pool.run(piece.text);
-          fifo.push(encoded.then((e) => async () => {
-            if (before < 0) before = w.tokens;
-            await w.append(e.ids);
-            hits += e.hits, misses += e.misses;
-            doneBytes += piece.bytes;
-            tokenizedBytes += piece.bytes;
-            show();
-          }));
-          while (fifo.length > lookahead) await applyFront();
-        }
-        fifo.push(Promise.resolve(async () => {
-          if (before < 0) before = w.tokens;
-          await w.append(EOT);
-          w.documents++;
-          record(w.tokens - before);
-          tokenized++;
-        }));
+        await queueEncoding(path, pool, w, record, tally, queue);
       }
-      while (fifo.length > lookahead) await applyFront();
     }
     while (fifo.length > 0) await applyFront();
   } finally {
     pool.close();
   }
+  return { sources, skipped };
+}
+
+/** Refuses a prepare without usable text or with an empty split; writes each split's last shard. */
+async function closeSplits(
+  source: string,
+  writers: Record<SplitName, ShardWriter>,
+  sources: SourceInfo[],
+  skipped: string[],
+) {
   if (sources.length === 0) {
     throw new UserError(`${source}: data.path: no usable text (${skipped.length} files skipped)`);
   }
@@ -531,7 +574,21 @@ export async function prepareCorpus(source: string, o: PrepareOptions): Promise<
     }
     await writers[split].flush();
   }
-  show(true);
+}
+
+/** Writes the new index (tmp + rename), the step that makes the new shards the corpus's. */
+async function writeIndex(
+  o: PrepareOptions,
+  generation: number,
+  shardTokens: number,
+  sources: SourceInfo[],
+  writers: Record<SplitName, ShardWriter>,
+): Promise<ShardIndex> {
+  const splitOf = (w: ShardWriter) => ({
+    documents: w.documents,
+    tokens: w.tokens,
+    shards: w.shards,
+  });
   const index: ShardIndex = {
     version: INDEX_VERSION,
     tokenizer: TOKENIZER,
@@ -542,44 +599,76 @@ export async function prepareCorpus(source: string, o: PrepareOptions): Promise<
     train_ratio: o.trainRatio,
     shard_tokens: shardTokens,
     sources,
-    splits: {
-      train: {
-        documents: writers.train.documents,
-        tokens: writers.train.tokens,
-        shards: writers.train.shards,
-      },
-      val: {
-        documents: writers.val.documents,
-        tokens: writers.val.tokens,
-        shards: writers.val.shards,
-      },
-    },
+    splits: { train: splitOf(writers.train), val: splitOf(writers.val) },
     created_at: new Date().toISOString(),
   };
   await writeAtomic(
     `${o.shardDir}/${INDEX_FILE}`,
     new TextEncoder().encode(JSON.stringify(index, null, 1) + "\n"),
   );
-  // The new index is in place: shards of earlier generations and leftovers of killed runs go.
+  return index;
+}
+
+/** Once the new index is in place: removes shards of earlier generations and leftovers of killed runs. */
+async function removeStaleShards(shardDir: string, writers: Record<SplitName, ShardWriter>) {
   const keep = new Set(
     [INDEX_FILE, ...writers.train.shards, ...writers.val.shards].map((s) =>
       typeof s === "string" ? s : s.file
     ),
   );
-  for (const e of Deno.readDirSync(o.shardDir)) {
+  for (const e of Deno.readDirSync(shardDir)) {
     if (e.isFile && !keep.has(e.name) && /^(train|val)-g\d+-\d+\.bin|\.tmp-\d+$/.test(e.name)) {
-      await Deno.remove(`${o.shardDir}/${e.name}`);
+      await Deno.remove(`${shardDir}/${e.name}`);
     }
   }
+}
+
+/**
+ * Tokenizes a corpus (directory or glob of .txt files) into `o.shardDir`. Re-running with unchanged files and
+ * settings does nothing; with some files changed, only those are tokenized again. The phases: survey the corpus;
+ * stop when nothing changed; tokenize into new shards; close the splits; write the index; remove stale shards.
+ */
+export async function prepareCorpus(source: string, o: PrepareOptions): Promise<PrepareResult> {
+  const t0 = performance.now();
+  const print = o.print ?? ((s: string) => console.error(s));
+  const shardTokens = o.shardTokens ?? DEFAULT_SHARD_TOKENS;
+  const sv = surveyCorpus(source, o);
+  const seconds = () => (performance.now() - t0) / 1000;
+  if (sv.old && await unchanged(sv, o, shardTokens)) {
+    return {
+      index: sv.old,
+      upToDate: true,
+      tokenized: 0,
+      reused: sv.files.length,
+      skipped: [],
+      bytes: sv.totalBytes,
+      tokenizedBytes: 0,
+      seconds: seconds(),
+      cacheHitRate: NaN,
+    };
+  }
+
+  await Deno.mkdir(o.shardDir, { recursive: true });
+  const generation = (sv.old?.generation ?? 0) + 1;
+  const writers = {
+    train: new ShardWriter(o.shardDir, "train", generation, shardTokens),
+    val: new ShardWriter(o.shardDir, "val", generation, shardTokens),
+  };
+  const tally = new PrepareTally(t0, sv.totalBytes, o.progress !== false);
+  const { sources, skipped } = await tokenizeSources(sv, o, writers, tally, print);
+  await closeSplits(source, writers, sources, skipped);
+  tally.show(true);
+  const index = await writeIndex(o, generation, shardTokens, sources, writers);
+  await removeStaleShards(o.shardDir, writers);
   return {
     index,
     upToDate: false,
-    tokenized,
-    reused,
+    tokenized: tally.tokenized,
+    reused: tally.reused,
     skipped,
-    bytes: totalBytes,
-    tokenizedBytes,
-    seconds: (performance.now() - t0) / 1000,
-    cacheHitRate: hits / (hits + misses),
+    bytes: sv.totalBytes,
+    tokenizedBytes: tally.tokenizedBytes,
+    seconds: seconds(),
+    cacheHitRate: tally.hits / (tally.hits + tally.misses),
   };
 }
