@@ -1,0 +1,306 @@
+// The dashboard page: the run list, uPlot charts of the selected runs, the differing config keys, the samples,
+// and one EventSource for live lines. What tests read is on window.dash (state, charts, runs).
+"use strict";
+const $ = (s) => document.querySelector(s);
+const dash =
+  (globalThis.dash = { runs: [], data: {}, charts: {}, state: readState(), es: null, updates: 0 });
+
+function readState() {
+  const q = new URLSearchParams(location.search);
+  return {
+    runs: (q.get("runs") || "").split(",").filter(Boolean),
+    x: q.get("x") || "step",
+    smooth: q.has("smooth") ? Number(q.get("smooth")) : 0.6,
+    log: q.get("log") === "1",
+    filter: q.get("filter") || "",
+  };
+}
+function writeState() {
+  const s = dash.state, q = new URLSearchParams();
+  if (s.runs.length) q.set("runs", s.runs.join(","));
+  q.set("x", s.x), q.set("smooth", String(s.smooth));
+  if (s.log) q.set("log", "1");
+  if (s.filter) q.set("filter", s.filter);
+  history.replaceState(null, "", "?" + q);
+}
+
+/** A colour from the run's name, so it is the same on every load and whatever else is selected. */
+function colour(name, alpha = 1) {
+  let h = 2166136261;
+  for (const c of name) h = Math.imul(h ^ c.charCodeAt(0), 16777619);
+  return `hsla(${(h >>> 0) % 360}, 70%, 42%, ${alpha})`;
+}
+function globRe(g) {
+  if (!/[*?]/.test(g)) return { test: (n) => n.includes(g) };
+  return new RegExp(
+    "^" + g.replace(/[.+^${}()|[\]\\]/g, "\\$&").replaceAll("*", ".*").replaceAll("?", ".") + "$",
+  );
+}
+const fmt = (v, d) => (v === null || v === undefined ? "-" : Number(v).toFixed(d));
+const esc = (s) =>
+  String(s).replace(
+    /[&<>"]/g,
+    (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c],
+  );
+
+async function loadRuns() {
+  dash.runs = await (await fetch("/api/runs")).json();
+  const known = new Set(dash.runs.map((r) => r.name));
+  dash.state.runs = dash.state.runs.filter((n) => known.has(n));
+  if (!dash.state.runs.length) {
+    dash.state.runs = dash.runs.filter((r) => !r.warning).slice(0, 1).map((r) => r.name);
+  }
+  renderRuns();
+}
+
+function runRow(r) {
+  const on = dash.state.runs.includes(r.name);
+  const cells = r.warning && r.steps === undefined
+    ? `<td colspan="8" class="text">⚠ ${esc(r.warning)}</td>`
+    : `<td class="status-${r.status}">${r.status}</td><td>${
+      esc(r.backend ?? "-")
+    }</td><td>${r.steps}</td>` +
+      `<td>${r.tokens_seen}</td><td>${fmt(r.final_train_loss, 3)}</td><td>${
+        fmt(r.final_val_loss, 3)
+      }</td>` +
+      `<td>${fmt(r.best_val_loss, 3)}</td><td>${fmt(r.tokens_per_s, 0)}</td>`;
+  const warn = r.warning && r.steps !== undefined
+    ? `<tr class="warn" data-warning="${esc(r.name)}"><td></td><td colspan="9">⚠ ${
+      esc(r.warning)
+    }</td></tr>`
+    : "";
+  return `<tr class="run${r.warning ? " warn" : ""}" data-run="${esc(r.name)}" data-status="${
+    r.status ?? "unreadable"
+  }">` +
+    `<td><input type="checkbox" ${on ? "checked" : ""}></td>` +
+    `<td><span class="swatch" style="background:${colour(r.name)}"></span>${
+      esc(r.name)
+    }</td>${cells}</tr>${warn}`;
+}
+
+function renderRuns() {
+  const re = globRe(dash.state.filter);
+  const shown = dash.runs.filter((r) => !dash.state.filter || re.test(r.name));
+  const html = [];
+  let group = null;
+  for (const r of shown) {
+    if (r.group !== group && r.group) {
+      const n = shown.filter((s) => s.group === r.group).length;
+      html.push(
+        `<tr class="group" data-group="${
+          esc(r.group)
+        }"><td><input type="checkbox"></td><td colspan="9">${esc(r.group)}.* (${n} runs)</td></tr>`,
+      );
+    }
+    group = r.group;
+    html.push(runRow(r));
+  }
+  $("#runs tbody").innerHTML = html.join("") ||
+    `<tr><td colspan="10" class="empty">no runs</td></tr>`;
+}
+
+/** TensorBoard's debiased EMA: last = last·w + (1−w)·y, shown = last / (1 − wⁿ). */
+function smooth(ys, w) {
+  if (!w) return ys;
+  let last = 0, n = 0;
+  return ys.map((y) => {
+    if (y === null || !Number.isFinite(y)) return null;
+    last = last * w + (1 - w) * y, n++;
+    return last / (1 - w ** n);
+  });
+}
+
+async function loadRun(name) {
+  const d = await (await fetch(`/api/run?run=${encodeURIComponent(name)}`)).json();
+  dash.data[name] = d;
+}
+
+/** Applies live lines as readRunLog does: evals appended, a resumed header drops the evals past its step. */
+function applyLines(name, lines) {
+  const d = dash.data[name];
+  if (!d) return;
+  const s = d.series;
+  for (const l of lines) {
+    if (l.type === "header" && typeof l.resumed_from_step === "number") {
+      const keep = s.step.findIndex((v) => v > l.resumed_from_step);
+      if (keep >= 0) { for (const k of Object.keys(s)) s[k].length = keep; }
+      d.wall_base += d.wall_seg, d.wall_seg = 0;
+    } else if (l.type === "eval") {
+      s.step.push(l.step),
+        s.tokens.push(l.tokens_seen),
+        s.wall.push(d.wall_base + (l.elapsed_s ?? 0));
+      s.train.push(l.train_loss),
+        s.val.push(l.val_loss),
+        s.lr.push(l.lr ?? null),
+        s.grad_norm.push(l.grad_norm ?? null);
+      d.wall_seg = Math.max(d.wall_seg, l.elapsed_s ?? 0);
+    } else if (l.type === "sample") d.samples.push({ step: l.step, epoch: l.epoch, text: l.text });
+  }
+  dash.updates++;
+}
+
+/** One chart: for each run, `keys` as series (smoothed, the raw curve faint behind). */
+function drawChart(id, title, keys, logScale) {
+  const el = $(`#chart-${id}`);
+  const runs = dash.state.runs.filter((n) => dash.data[n]);
+  const tables = [], series = [{ label: dash.state.x }], meta = [];
+  for (const n of runs) {
+    const s = dash.data[n].series, x = s[dash.state.x];
+    if (!keys.some((k) => s[k].some((v) => v !== null))) continue;
+    for (const [k, dashed] of keys.map((k, i) => [k, i > 0])) {
+      const raw = s[k].map((v) => (logScale && !(v > 0) ? null : v));
+      tables.push([x, smooth(raw, dash.state.smooth)], [x, raw]);
+      series.push({
+        label: `${n} ${k}`,
+        stroke: colour(n),
+        width: 2,
+        dash: dashed ? [6, 4] : undefined,
+        spanGaps: true,
+      });
+      series.push({
+        label: `${n} ${k} (raw)`,
+        stroke: colour(n, 0.22),
+        width: 1,
+        dash: dashed ? [6, 4] : undefined,
+        spanGaps: true,
+      });
+      meta.push({ run: n, split: k, raw: false }, { run: n, split: k, raw: true });
+    }
+  }
+  dash.charts[id]?.destroy();
+  delete dash.charts[id];
+  if (!tables.length) {
+    el.innerHTML = `<div class="empty">${title}: not logged by the selected runs</div>`;
+    return;
+  }
+  el.innerHTML = "";
+  const data = uPlot.join(tables.map((t) => [Float64Array.from(t[0]), t[1]]));
+  const width = Math.max(300, el.clientWidth - 2);
+  const u = new uPlot(
+    {
+      title,
+      width,
+      height: id === "loss" ? 360 : 220,
+      scales: { x: { time: false }, y: { distr: logScale ? 3 : 1 } },
+      series,
+      cursor: { sync: { key: "runs" } },
+      legend: { live: true },
+      axes: [{
+        label: { step: "step", tokens: "tokens seen", wall: "wall time (s)" }[dash.state.x],
+      }, {}],
+    },
+    data,
+    el,
+  );
+  u.meta = meta;
+  dash.charts[id] = u;
+}
+
+function drawAll() {
+  drawChart("loss", "train and val loss (val dashed)", ["train", "val"], dash.state.log);
+  drawChart("lr", "learning rate", ["lr"], false);
+  drawChart("grad_norm", "gradient norm", ["grad_norm"], false);
+  document.body.dataset.drawn = String(++dash.draws || (dash.draws = 1));
+}
+
+async function renderDiff() {
+  const names = dash.state.runs;
+  if (names.length < 2) {
+    return ($("#diff").innerHTML = `<tr><td class="empty text">select two runs or more</td></tr>`);
+  }
+  const d =
+    await (await fetch("/api/diff?" + names.map((n) => "run=" + encodeURIComponent(n)).join("&")))
+      .json();
+  if (!d.keys?.length) {
+    return ($("#diff").innerHTML = `<tr><td class="empty text">the configs are the same</td></tr>`);
+  }
+  $("#diff").innerHTML =
+    `<tr><th>run</th>${d.keys.map((k) => `<th>${esc(k)}</th>`).join("")}</tr>` +
+    names.map((n) =>
+      `<tr><td class="text">${esc(n)}</td>${
+        d.values[n].map((v) => `<td>${esc(JSON.stringify(v))}</td>`).join("")
+      }</tr>`
+    ).join("");
+}
+
+function renderSamples() {
+  const out = [];
+  for (const n of dash.state.runs) {
+    for (const s of dash.data[n]?.samples ?? []) {
+      out.push(
+        `<div class="sample"><b style="color:${colour(n)}">${
+          esc(n)
+        }</b> step ${s.step} (epoch ${s.epoch}): ${esc(s.text)}</div>`,
+      );
+    }
+  }
+  $("#samples").innerHTML = out.join("") || `<div class="empty">no samples yet</div>`;
+}
+
+/** One EventSource for every selected run, starting at the byte sizes the page loaded. */
+function follow() {
+  dash.es?.close();
+  const names = dash.state.runs.filter((n) => dash.data[n]);
+  if (!names.length) return;
+  const q = names.map((n) => `run=${encodeURIComponent(n)}&from=${dash.data[n].size}`).join("&");
+  const es = (dash.es = new EventSource("/api/events?" + q));
+  es.onopen = () => ($("#live").dataset.live = "1", $("#live").textContent = "● live");
+  es.onerror = () => ($("#live").dataset.live = "0", $("#live").textContent = "○ reconnecting");
+  let pending = false;
+  es.addEventListener("lines", (ev) => {
+    const { run, lines } = JSON.parse(ev.data);
+    applyLines(run, lines);
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(() => (pending = false, drawAll(), renderSamples()));
+    if (lines.some((l) => l.type === "summary" || l.type === "interrupted" || l.type === "error")) {
+      loadRuns();
+    }
+  });
+}
+
+async function select() {
+  writeState();
+  await Promise.all(dash.state.runs.filter((n) => !dash.data[n]).map(loadRun));
+  drawAll(), renderSamples(), renderDiff(), follow();
+}
+
+$("#runs").addEventListener("change", (ev) => {
+  const tr = ev.target.closest("tr");
+  const names = tr.dataset.group
+    ? dash.runs.filter((r) => r.group === tr.dataset.group && !r.warning).map((r) => r.name)
+    : [tr.dataset.run];
+  const s = new Set(dash.state.runs);
+  for (const n of names) ev.target.checked ? s.add(n) : s.delete(n);
+  dash.state.runs = dash.runs.map((r) => r.name).filter((n) => s.has(n));
+  renderRuns(), select();
+});
+$("#filter").addEventListener(
+  "input",
+  (ev) => (dash.state.filter = ev.target.value, writeState(), renderRuns()),
+);
+$("#x").addEventListener(
+  "change",
+  (ev) => (dash.state.x = ev.target.value, writeState(), drawAll()),
+);
+$("#smooth").addEventListener("input", (ev) => {
+  dash.state.smooth = Number(ev.target.value),
+    $("#smooth-out").value = dash.state.smooth.toFixed(2);
+  writeState(), drawAll();
+});
+$("#log").addEventListener(
+  "change",
+  (ev) => (dash.state.log = ev.target.checked, writeState(), drawAll()),
+);
+
+(async () => {
+  const s = dash.state;
+  $("#filter").value = s.filter,
+    $("#x").value = s.x,
+    $("#smooth").value = s.smooth,
+    $("#log").checked = s.log;
+  $("#smooth-out").value = s.smooth.toFixed(2);
+  await loadRuns();
+  await select();
+  document.body.dataset.ready = "1";
+})();
