@@ -117,7 +117,17 @@ export class Browser {
       this.proc.kill("SIGTERM");
     } catch { /* already gone */ }
     await this.proc.status;
-    Deno.removeSync(this.dir, { recursive: true });
+    // Chromium's helper processes (crashpad, zygote) can still write into the profile for a moment after the
+    // browser process exits, so an early remove finds the directory not empty: retry for a while.
+    for (let attempt = 0;; attempt++) {
+      try {
+        Deno.removeSync(this.dir, { recursive: true });
+        return;
+      } catch (err) {
+        if (attempt >= 50) throw err;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
   }
 }
 
