@@ -14,7 +14,7 @@ import { generateTextSimple } from "../lib/model/generate.ts";
 import { loadHFGPT2 } from "../lib/weights/gpt2.ts";
 import { GPTModel } from "../lib/model/model.ts";
 import { trainStep } from "../lib/train/train.ts";
-import { loadBlas } from "../lib/backends/blas.ts";
+import { loadNativeBlas, useMatrixLibrary } from "../lib/backends/blas.ts";
 import { webgpuForTests } from "./_webgpu.ts";
 
 const FIXTURES = new URL("../../shared/fixtures/", import.meta.url);
@@ -27,8 +27,19 @@ function close(actual: number, expected: number, tol: number, what: string) {
   ok(Math.abs(actual - expected) <= tol, `${what}: ${actual} vs ${expected} (tolerance ${tol})`);
 }
 
-const backends: BackendName[] = ["cpu", "wasm"];
-if (loadBlas().ok) backends.unshift("blas" as BackendName);
+// "blas (wasm GEMM)": the blas backend on the portable WebAssembly GEMM, as on a machine without OpenBLAS.
+const PORTABLE = "blas (wasm GEMM)";
+const backends: string[] = [PORTABLE, "cpu", "wasm"];
+if (loadNativeBlas().ok) backends.unshift("blas");
+
+/** Activates `backend` (one of `backends`), with the blas backend's matrix library it names. */
+async function activate(backend: string): Promise<void> {
+  if (backend.startsWith("blas")) {
+    await initBackend("blas");
+    const lib = useMatrixLibrary(backend === PORTABLE ? "wasm" : "native");
+    ok(lib.ok, `${backend}: ${lib.ok ? "" : lib.reason}`);
+  } else await initBackend(backend as BackendName);
+}
 const webgpu = await webgpuForTests();
 backends.push("webgpu");
 
@@ -44,7 +55,7 @@ for (const backend of backends) {
     }`,
     ignore,
     fn: async () => {
-      await initBackend(backend);
+      await activate(backend);
       const model = new GPTModel(cfg, await loadHFGPT2(weights, cfg, { tieHead: "omit" }));
       ok(model.tiedHead);
       const x = tf.tensor2d(fx.input_ids, shape, "int32"),
@@ -73,7 +84,7 @@ for (const backend of backends) {
     }`,
     ignore,
     fn: async () => {
-      await initBackend(backend);
+      await activate(backend);
       const model = new GPTModel(cfg, await loadHFGPT2(weights, cfg, { tieHead: "copy" }));
       ok(!model.tiedHead);
       const optimizer = new AdamW(model.params, { lr: 4e-4, weightDecay: 0.1 });

@@ -1,6 +1,7 @@
 /**
- * The `blas` TF.js backend: the pure-JS cpu backend with its matrix products handed to OpenBLAS's `cblas_sgemm`
- * through Deno FFI. Every other kernel is the cpu backend's own, so tensors, memory and gradients behave exactly
+ * The `blas` TF.js backend: the pure-JS cpu backend with its matrix products handed to a `cblas_sgemm`: a native
+ * BLAS through Deno FFI (OpenBLAS, Accelerate) where one loads, else our WebAssembly SIMD GEMM on every thread
+ * (blas_lib.ts). Every other kernel is the cpu backend's own, so tensors, memory and gradients behave exactly
  * as on `cpu`; only `BatchMatMul` and `_FusedMatMul` (the forward products and every product of their gradients)
  * run at BLAS speed. Operands are the backend's Float32Arrays, passed to C without a copy. The single-pass JS
  * kernels of `fused_cpu.ts` replace the cpu backend's slow element-wise ones and add fused GELU, LayerNorm,
@@ -17,105 +18,49 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
 import { alloc, registerFusedCpuKernels } from "./fused_cpu.ts";
+import { isShared, parallelFor, setParallelism, type Sgemm, sharedF32 } from "./parallel.ts";
 import {
-  isShared,
-  parallelFor,
-  setParallelism,
-  setSgemm,
-  type Sgemm,
-  sharedF32,
-} from "./parallel.ts";
+  type BlasLib,
+  loadBlas,
+  type LoadBlasResult,
+  loadNativeBlas,
+  loadWasmBlas,
+  useForHeads,
+} from "./blas_lib.ts";
+
+export { type BlasLib, loadBlas, type LoadBlasResult, loadNativeBlas, loadWasmBlas };
 
 tf.env().set("IS_NODE", false); // silences tfjs's "install tfjs-node" banner
 
 /** The backend name `registerBlasBackend` registers. */
 export const BLAS_BACKEND = "blas";
 
-const I = "i32", F = "f32", P = "buffer";
-const SYMBOLS = {
-  // order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc
-  cblas_sgemm: { parameters: [I, I, I, I, I, I, F, P, I, P, I, F, P, I], result: "void" },
-} as const;
-
-const THREAD_SYMBOLS = {
-  openblas_set_num_threads: { parameters: ["i32"], result: "void" },
-  openblas_get_num_threads: { parameters: [], result: "i32" },
-} as const;
-
-/** The loaded BLAS: `cblas_sgemm`, plus OpenBLAS's thread control where the library has it. */
-export interface BlasLib {
-  sgemm: Deno.DynamicLibrary<typeof SYMBOLS>["symbols"]["cblas_sgemm"];
-  /** Sets OpenBLAS's thread count; undefined for other BLAS libraries. */
-  setNumThreads?: (n: number) => void;
-  /** OpenBLAS's current thread count; undefined for other BLAS libraries. */
-  getNumThreads?: () => number;
-}
-
-/** Result of {@link loadBlas}: the library and the path it came from, or a one-line reason. */
-export type LoadBlasResult =
-  | { ok: true; lib: BlasLib; name: string }
-  | { ok: false; reason: string };
-
-const CANDIDATES = Deno.build.os === "darwin"
-  ? ["/System/Library/Frameworks/Accelerate.framework/Accelerate"]
-  : ["libopenblas.so.0", "libopenblas.so", "/usr/lib/x86_64-linux-gnu/libopenblas.so.0"];
-
 const ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112;
 
-let loaded: LoadBlasResult | null = null;
+let active: BlasLib | null = null;
 
-function firstLine(err: unknown): string {
-  return String(err instanceof Error ? err.message : err).split("\n")[0];
+/** The matrix library the `blas` backend's kernels call now, or null before registration. */
+export function matrixLibrary(): BlasLib | null {
+  return active;
+}
+
+function lib(): BlasLib {
+  if (!active) throw new Error("blas backend: no matrix library selected");
+  return active;
 }
 
 /**
- * OpenBLAS's idle threads spin (sched_yield) for about 2^28 cycles after each product before they sleep, on the
- * cores where our helper Workers then run the JS kernels: the two share each core and both slow down. 2^4 cycles
- * lets them sleep at once (measured on our 2-core VM: the batch-2 step 5.4–6.1 s instead of 5.9–7.0 s with two JS
- * threads; no change with one). OpenBLAS reads the variable when it loads, so it is set before `dlopen`; a value
- * the user set is kept.
+ * Switches the `blas` backend's matrix library: "auto" as at registration (native where one loads, unless
+ * `GPT_BLAS=wasm`), "native" or "wasm" (tests and benchmarks run both in one process). Returns the library, or
+ * why it is not available (the current one is then kept).
  */
-function shortenThreadSpin(): void {
-  try {
-    if (setParallelism() > 1 && Deno.env.get("OPENBLAS_THREAD_TIMEOUT") === undefined) {
-      Deno.env.set("OPENBLAS_THREAD_TIMEOUT", "4");
-    }
-  } catch {
-    // no --allow-env: OpenBLAS's default
+export function useMatrixLibrary(kind: "auto" | "native" | "wasm"): LoadBlasResult {
+  const res = kind === "auto" ? loadBlas() : kind === "native" ? loadNativeBlas() : loadWasmBlas();
+  if (res.ok) {
+    active = res.lib;
+    useForHeads(res.lib);
   }
-}
-
-/**
- * Opens a CBLAS library (OpenBLAS on Linux, Accelerate on macOS) once per process. Never throws: when no
- * candidate loads, or `--allow-ffi` is missing, the result carries a one-line reason.
- */
-export function loadBlas(): LoadBlasResult {
-  if (loaded) return loaded;
-  shortenThreadSpin();
-  const errors: string[] = [];
-  for (const path of CANDIDATES) {
-    let dl: Deno.DynamicLibrary<typeof SYMBOLS>;
-    try {
-      dl = Deno.dlopen(path, SYMBOLS);
-    } catch (err) {
-      errors.push(`${path}: ${firstLine(err)}`);
-      if (err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied) {
-        break;
-      }
-      continue;
-    }
-    const lib: BlasLib = { sgemm: dl.symbols.cblas_sgemm };
-    try {
-      const threads = Deno.dlopen(path, THREAD_SYMBOLS).symbols;
-      lib.setNumThreads = (n) => threads.openblas_set_num_threads(n);
-      lib.getNumThreads = () => threads.openblas_get_num_threads();
-    } catch {
-      // Accelerate and reference CBLAS have no OpenBLAS thread control.
-    }
-    setSgemm(path, lib.sgemm as unknown as Sgemm);
-    return (loaded = { ok: true, lib, name: path });
-  }
-  return (loaded = { ok: false, reason: `no CBLAS library loaded (${errors.join("; ")})` });
+  return res;
 }
 
 type Info = tf.TensorInfo;
@@ -335,7 +280,7 @@ function gemm(
         if (d >= offB && outerB[d - offB] !== 1) ib += idx * sb[d - offB];
       }
     }
-    sgemmItem(blas.sgemm as unknown as Sgemm, items, A, ia, B, ib, c, i);
+    sgemmItem(blas.sgemm, items, A, ia, B, ib, c, i);
   }
   return { shape, values: c };
 }
@@ -453,13 +398,13 @@ function activate(
   }
 }
 
-function batchMatMulKernel(blas: BlasLib): KernelFn {
+function batchMatMulKernel(): KernelFn {
   const fallback = cpuKernel("BatchMatMul");
   return ({ inputs, backend, attrs }) => {
     const { a, b } = inputs as { a: Info; b: Info };
     if (a.dtype !== "float32" || b.dtype !== "float32") return fallback({ inputs, backend, attrs });
     const { transposeA, transposeB } = attrs as unknown as tf.BatchMatMulAttrs;
-    const { shape, values } = gemm(blas, backend, a, b, transposeA, transposeB);
+    const { shape, values } = gemm(lib(), backend, a, b, transposeA, transposeB);
     return backend.makeTensorInfo(shape, "float32", values);
   };
 }
@@ -485,7 +430,7 @@ export interface HeadsMatMulAttrs {
  * output (attention heads read and written in place in (B·T, C) activations, no transposes). The heads are shared
  * out between our threads with OpenBLAS on one thread each, as for the batched products in `gemm`.
  */
-function headsMatMulKernel(blas: BlasLib): KernelFn {
+function headsMatMulKernel(): KernelFn {
   return ({ inputs, backend, attrs }) => {
     const { a, b } = inputs as { a: Info; b: Info };
     const t = attrs as unknown as HeadsMatMulAttrs;
@@ -503,7 +448,7 @@ function headsMatMulKernel(blas: BlasLib): KernelFn {
       ...t.sc,
     ];
     sgemmOnEachThread(
-      blas,
+      lib(),
       [f32(backend, a), f32(backend, b), c],
       s,
       t.batch * t.heads,
@@ -513,7 +458,7 @@ function headsMatMulKernel(blas: BlasLib): KernelFn {
   };
 }
 
-function fusedMatMulKernel(blas: BlasLib): KernelFn {
+function fusedMatMulKernel(): KernelFn {
   const fallback = cpuKernel("_FusedMatMul");
   const add = cpuKernel("Add");
   return ({ inputs, backend, attrs }) => {
@@ -536,7 +481,7 @@ function fusedMatMulKernel(blas: BlasLib): KernelFn {
     );
     const seeded = bias ? fillBias(backend, bias, [...outer, M, N]) : null;
     const { shape, values } = gemm(
-      blas,
+      lib(),
       backend,
       a,
       b,
@@ -568,19 +513,21 @@ const REPLACED = ["BatchMatMul", "_FusedMatMul"];
  * `priority` is TF.js's backend priority (cpu has 1); the default 0 leaves the choice to the caller.
  */
 export function registerBlasBackend(priority = 0): { ok: boolean; reason: string } {
-  const res = loadBlas();
-  if (!res.ok) return { ok: false, reason: res.reason };
+  if (!active) {
+    const res = useMatrixLibrary("auto");
+    if (!res.ok) return { ok: false, reason: res.reason };
+  }
   if (tf.findBackendFactory(BLAS_BACKEND)) {
-    return { ok: true, reason: `already registered (${res.name})` };
+    return { ok: true, reason: `already registered (${lib().describe()})` };
   }
   tf.registerBackend(BLAS_BACKEND, () => new BlasBackend(), priority);
   for (const k of tf.getKernelsForBackend("cpu")) {
     if (!REPLACED.includes(k.kernelName)) tf.registerKernel({ ...k, backendName: BLAS_BACKEND });
   }
   const kernels: Record<string, KernelFn> = {
-    BatchMatMul: batchMatMulKernel(res.lib),
-    _FusedMatMul: fusedMatMulKernel(res.lib),
-    HeadsMatMul: headsMatMulKernel(res.lib),
+    BatchMatMul: batchMatMulKernel(),
+    _FusedMatMul: fusedMatMulKernel(),
+    HeadsMatMul: headsMatMulKernel(),
   };
   for (const [kernelName, fn] of Object.entries(kernels)) {
     tf.registerKernel({
@@ -590,5 +537,5 @@ export function registerBlasBackend(priority = 0): { ok: boolean; reason: string
     });
   }
   registerFusedCpuKernels(BLAS_BACKEND);
-  return { ok: true, reason: `cblas_sgemm from ${res.name}` };
+  return { ok: true, reason: lib().describe() };
 }

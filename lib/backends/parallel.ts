@@ -21,6 +21,7 @@ import {
   simdLayerNormGradX,
   simdSoftmaxCrossEntropy,
 } from "./simd.ts";
+import { gemmBlock, wasmSgemm } from "./gemm.ts";
 
 /** A typed array a kernel reads or writes; shared ones can be handed to Workers without a copy. */
 export type Arr = Float32Array | Float64Array | Int32Array;
@@ -160,13 +161,74 @@ export function setSgemm(path: string, fn: Sgemm): void {
   blasPath = path, sgemm = fn;
 }
 
+/** The library name {@link setSgemm} takes for the WebAssembly GEMM (gemm.ts), which every thread has built in. */
+export const WASM_GEMM = "wasm";
+
 function helperSgemm(): Sgemm {
   if (!sgemm) {
     if (!blasPath) throw new Error("sgemmHeads: no BLAS library was named");
-    sgemm = Deno.dlopen(blasPath, SGEMM_SYMBOLS).symbols.cblas_sgemm as unknown as Sgemm;
+    sgemm = blasPath === WASM_GEMM
+      ? wasmSgemm
+      : Deno.dlopen(blasPath, SGEMM_SYMBOLS).symbols.cblas_sgemm as unknown as Sgemm;
   }
   return sgemm;
 }
+
+/** Products smaller than this (M·N·K) stay on the calling thread in {@link parallelWasmSgemm}. */
+const WASM_SPLIT_MIN = 1 << 18;
+let wasmThreads = 8;
+
+/** Caps the threads {@link parallelWasmSgemm} uses (benchmarks compare 1 and 2); returns the cap in force. */
+export function setWasmGemmThreads(n?: number): number {
+  if (n !== undefined) wasmThreads = Math.max(1, Math.floor(n));
+  return Math.min(wasmThreads, threads ?? setParallelism());
+}
+
+/**
+ * `cblas_sgemm` in the WebAssembly GEMM on every thread: C is cut into blocks of 16 rows (or, for products with
+ * few rows such as sampling's, 64 columns) shared out between the helpers. Operands outside shared memory are
+ * copied there first (helpers cannot see the rest).
+ */
+export const parallelWasmSgemm: Sgemm = (
+  o,
+  tA,
+  tB,
+  M,
+  N,
+  K,
+  alpha,
+  A,
+  lda,
+  B,
+  ldb,
+  beta,
+  C,
+  ldc,
+) => {
+  const t = setWasmGemmThreads();
+  if (t <= 1 || M * N * K < WASM_SPLIT_MIN) {
+    return wasmSgemm(o, tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
+  const c = shared(C);
+  const byCols = M < 32 * t, unit = byCols ? 64 : 16;
+  const s = [
+    tA === 112 ? 1 : 0,
+    tB === 112 ? 1 : 0,
+    M,
+    N,
+    K,
+    alpha,
+    lda,
+    ldb,
+    beta,
+    ldc,
+    unit,
+    +byCols,
+  ];
+  const units = Math.ceil((byCols ? N : M) / unit);
+  parallelFor("gemmBlocks", [shared(A), shared(B), c], s, units, unit * (byCols ? M : N) * K);
+  if (c !== C) C.set(c);
+};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Dropout masks from one xoshiro128** stream, split across threads: its state transition is linear over GF(2), so
@@ -274,6 +336,31 @@ export const KERNELS: Record<string, RangeKernel> = {
         ldc,
       );
     }
+  },
+
+  /**
+   * [A, B, C]: blocks lo…hi of C = alpha·op(A)·op(B) + beta·C in the WebAssembly GEMM, a block being `unit` rows
+   * of C (byCols 0) or `unit` columns (byCols 1). s: [transA, transB, M, N, K, alpha, lda, ldb, beta, ldc, unit,
+   * byCols] (trans as 0/1).
+   */
+  gemmBlocks: ([A, B, C], [tA, tB, M, N, K, alpha, lda, ldb, beta, ldc, unit, byCols], lo, hi) => {
+    const g = {
+      transA: tA === 1,
+      transB: tB === 1,
+      M,
+      N,
+      K,
+      alpha,
+      A: A as Float32Array,
+      lda,
+      B: B as Float32Array,
+      ldb,
+      beta,
+      C: C as Float32Array,
+      ldc,
+    };
+    if (byCols) gemmBlock(g, 0, M, lo * unit, Math.min(N, hi * unit));
+    else gemmBlock(g, lo * unit, Math.min(M, hi * unit), 0, N);
   },
 
   /** [out] = value over elements. s: [value]. */
@@ -723,7 +810,7 @@ export function serveWorker(scope: {
       return;
     }
     const st = state!;
-    blasPath ??= d.lib;
+    if (d.lib !== blasPath) blasPath = d.lib, sgemm = null; // the caller switched libraries
     try {
       KERNELS[d.k](d.a, d.s, d.lo, d.hi, d.part);
     } catch {

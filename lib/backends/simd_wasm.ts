@@ -3,7 +3,7 @@
 /** SHA-256 of the kernels.c this module was built from (a test checks it is the current one). */
 export const SOURCE_SHA256 = "723e8d167cf675151212b15c8812967ced11b71df9dc55a31df06d886cb143d5";
 
-/** The module's bytes (7026), base64. */
+/** The module's bytes (7026 bytes), base64. */
 export const WASM_BASE64 = [
   "AGFzbQEAAAABTwhgAX8Bf2AEf39/fwBgBX9/f39/AGAGf39/f3x/AGAIf39/f39/f30AYAl/f39/f39/f30AYAh/f39/f39/",
   "fwBgDH9/f39/fX19fX19fQADCgkAAQIDBAQFBgcEBQFwAQEBBQMBABoGCQF/AUHwiOQACweMAQoGbWVtb3J5AgADYnVmAAAJ",

@@ -1,0 +1,172 @@
+/**
+ * The matrix library under the `blas` backend: a native CBLAS through Deno FFI (OpenBLAS on Linux and Windows,
+ * Accelerate on macOS) when one loads, else the WebAssembly SIMD GEMM of gemm.ts on every thread, which needs
+ * nothing installed. `GPT_BLAS=wasm` picks the WebAssembly GEMM even where a native library is present.
+ */
+import { gemmBuild, wasmSgemm } from "./gemm.ts";
+import {
+  parallelWasmSgemm,
+  setParallelism,
+  setSgemm,
+  setWasmGemmThreads,
+  type Sgemm,
+  WASM_GEMM,
+} from "./parallel.ts";
+
+const I = "i32", F = "f32", P = "buffer";
+const SYMBOLS = {
+  // order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc
+  cblas_sgemm: { parameters: [I, I, I, I, I, I, F, P, I, P, I, F, P, I], result: "void" },
+} as const;
+
+const OPENBLAS_SYMBOLS = {
+  openblas_set_num_threads: { parameters: ["i32"], result: "void" },
+  openblas_get_num_threads: { parameters: [], result: "i32" },
+  openblas_get_config: { parameters: [], result: "pointer" },
+} as const;
+
+/** A loaded matrix library: `cblas_sgemm` (row-major), its thread control, and what it is. */
+export interface BlasLib {
+  sgemm: Sgemm;
+  /** "native": a CBLAS through FFI; "wasm": the WebAssembly GEMM. */
+  kind: "native" | "wasm";
+  /** For the run header, e.g. "OpenBLAS 0.3.21, 2 threads" or "WebAssembly SIMD GEMM, relaxed FMA, 2 threads". */
+  describe(): string;
+  /** The name {@link setSgemm} takes: the library's path, or "wasm". */
+  name: string;
+  /** Sets the library's thread count; undefined for libraries without thread control (Accelerate). */
+  setNumThreads?: (n: number) => void;
+  /** The library's thread count; undefined for libraries without thread control. */
+  getNumThreads?: () => number;
+}
+
+/** Result of loading a library: the library, or a one-line reason. */
+export type LoadBlasResult = { ok: true; lib: BlasLib; name: string } | {
+  ok: false;
+  reason: string;
+};
+
+const CANDIDATES = Deno.build.os === "darwin"
+  ? ["/System/Library/Frameworks/Accelerate.framework/Accelerate"]
+  : Deno.build.os === "windows"
+  ? ["libopenblas.dll", "openblas.dll"]
+  : ["libopenblas.so.0", "libopenblas.so", "/usr/lib/x86_64-linux-gnu/libopenblas.so.0"];
+
+/** How to get the native library on this OS, for the header line where it did not load. */
+export const NATIVE_HINT = Deno.build.os === "windows"
+  ? "for faster training put OpenBLAS's libopenblas.dll on PATH"
+  : Deno.build.os === "darwin"
+  ? "Accelerate did not load"
+  : "for faster training: sudo apt-get install libopenblas0-pthread (Fedora: dnf install openblas)";
+
+function firstLine(err: unknown): string {
+  return String(err instanceof Error ? err.message : err).split("\n")[0];
+}
+
+function env(name: string): string | undefined {
+  try {
+    return Deno.env.get(name);
+  } catch {
+    return undefined; // no --allow-env
+  }
+}
+
+/**
+ * OpenBLAS's idle threads spin (sched_yield) for about 2^28 cycles after each product before they sleep, on the
+ * cores where our helper Workers then run the JS kernels: the two share each core and both slow down. 2^4 cycles
+ * lets them sleep at once (measured on our 2-core VM: the batch-2 step 5.4–6.1 s instead of 5.9–7.0 s with two JS
+ * threads; no change with one). OpenBLAS reads the variable when it loads, so it is set before `dlopen`; a value
+ * the user set is kept.
+ */
+function shortenThreadSpin(): void {
+  try {
+    if (setParallelism() > 1 && Deno.env.get("OPENBLAS_THREAD_TIMEOUT") === undefined) {
+      Deno.env.set("OPENBLAS_THREAD_TIMEOUT", "4");
+    }
+  } catch {
+    // no --allow-env: OpenBLAS's default
+  }
+}
+
+/** `lib` with OpenBLAS's thread control and its "OpenBLAS 0.3.21, 2 threads" description, where it is OpenBLAS. */
+function withOpenBlas(lib: BlasLib, path: string): BlasLib {
+  try {
+    const o = Deno.dlopen(path, OPENBLAS_SYMBOLS).symbols;
+    const ptr = o.openblas_get_config();
+    const config = ptr ? Deno.UnsafePointerView.getCString(ptr) : "OpenBLAS";
+    const version = config.split(" ").slice(0, 2).join(" ");
+    lib.setNumThreads = (n) => o.openblas_set_num_threads(n);
+    lib.getNumThreads = () => o.openblas_get_num_threads();
+    lib.describe = () => `${version}, ${o.openblas_get_num_threads()} threads`;
+  } catch {
+    // Accelerate and reference CBLAS have no OpenBLAS thread control.
+  }
+  return lib;
+}
+
+let native: LoadBlasResult | null = null;
+
+/** Opens a native CBLAS once per process. Never throws: when none loads, the result carries a one-line reason. */
+export function loadNativeBlas(): LoadBlasResult {
+  if (native) return native;
+  shortenThreadSpin();
+  const errors: string[] = [];
+  for (const path of CANDIDATES) {
+    let dl: Deno.DynamicLibrary<typeof SYMBOLS>;
+    try {
+      dl = Deno.dlopen(path, SYMBOLS);
+    } catch (err) {
+      errors.push(`${path}: ${firstLine(err)}`);
+      if (err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied) {
+        break;
+      }
+      continue;
+    }
+    const base: BlasLib = {
+      sgemm: dl.symbols.cblas_sgemm as unknown as Sgemm,
+      kind: "native",
+      name: path,
+      describe: () => path.split("/").pop()!,
+    };
+    return (native = { ok: true, lib: withOpenBlas(base, path), name: path });
+  }
+  return (native = { ok: false, reason: `no CBLAS library loaded (${errors.join("; ")})` });
+}
+
+let wasm: LoadBlasResult | null = null;
+
+/** The WebAssembly GEMM as a library; `ok: false` only where the runtime has no WebAssembly SIMD. */
+export function loadWasmBlas(): LoadBlasResult {
+  if (wasm) return wasm;
+  const build = gemmBuild();
+  if (!build) return (wasm = { ok: false, reason: "this runtime has no WebAssembly SIMD" });
+  const fma = build === "relaxed" ? "relaxed FMA" : "SIMD128, no FMA";
+  const lib: BlasLib = {
+    sgemm: parallelWasmSgemm,
+    kind: "wasm",
+    name: WASM_GEMM,
+    describe: () => `WebAssembly SIMD GEMM, ${fma}, ${setWasmGemmThreads()} threads`,
+    setNumThreads: (n) => setWasmGemmThreads(n),
+    getNumThreads: () => setWasmGemmThreads(),
+  };
+  return (wasm = { ok: true, lib, name: WASM_GEMM });
+}
+
+/**
+ * The library the `blas` backend uses: a native CBLAS where one loads (unless `GPT_BLAS=wasm`), else the
+ * WebAssembly GEMM, whose description then ends with how to get the native one.
+ */
+export function loadBlas(): LoadBlasResult {
+  if (env("GPT_BLAS") === "wasm") return loadWasmBlas();
+  const n = loadNativeBlas();
+  if (n.ok) return n;
+  const w = loadWasmBlas();
+  if (!w.ok) return { ok: false, reason: `${n.reason}; ${w.reason}` };
+  const describe = () => `${w.lib.describe()}; no native BLAS, ${NATIVE_HINT}`;
+  return { ...w, lib: { ...w.lib, describe } };
+}
+
+/** Makes `lib` the one `sgemmHeads` calls on every thread. */
+export function useForHeads(lib: BlasLib): void {
+  setSgemm(lib.name, lib.kind === "wasm" ? wasmSgemm : lib.sgemm);
+}
