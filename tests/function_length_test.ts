@@ -11,8 +11,9 @@ import ts from "typescript";
 const MAX_BODY_LINES = 80;
 
 /**
- * `path:name` of the functions allowed to be longer, each a numeric kernel whose loops share their indices and
- * scratch arrays: cut into pieces, each piece would need the whole loop nest's context to read.
+ * The functions allowed to be longer, as {@link longFunctions} names them (`lib/x.ts:Class.method`), each a
+ * numeric kernel whose loops share their indices and scratch arrays: cut into pieces, each piece would need the
+ * whole loop nest's context to read.
  */
 const ALLOWED = new Set<string>([]);
 
