@@ -9,7 +9,7 @@ import { runTraining } from "../lib/runs/run.ts";
 import { listRuns, runDir, startDashboard } from "../lib/runs/dashboard/server.ts";
 import { compareRuns } from "../lib/runs/compare.ts";
 import { Browser, findChromium } from "./_chromium.ts";
-import { ensureVerdict, tempDir } from "./_helpers.ts";
+import { ensureVerdict, tempDir, TINY_RUN } from "./_helpers.ts";
 
 const CHROMIUM = findChromium();
 if (!CHROMIUM) {
@@ -17,11 +17,7 @@ if (!CHROMIUM) {
 }
 
 const TINY = [
-  "model.context_length=32",
-  "model.emb_dim=32",
-  "model.n_heads=2",
-  "model.n_layers=1",
-  "data.batch_size=16",
+  ...TINY_RUN,
   "training.epochs=2",
   "training.eval_freq=3",
   "training.eval_iter=1",
