@@ -9,7 +9,7 @@ import { listRuns, runLog } from "./runs.ts";
 /** How often the followed logs' sizes are looked at (Deno.watchFs misses events on some mounts). */
 const LINES_MS = 400;
 /** How often the run list is looked at; a changed row reaches the page within this plus a read. */
-const ROWS_MS = 1000;
+const ROWS_MS = 500;
 const PING_MS = 15_000;
 
 /**
