@@ -176,6 +176,18 @@ Deno.test({
         `document.querySelector('tr.run[data-run="${A}"]').cells[4].textContent === "${from + 1}"`,
         5000,
       );
+      // a log replaced by a shorter one (a fresh start) is drawn again from its start
+      const logB = `${dir}/${B}/log.jsonl`;
+      const fresh = Deno.readTextFileSync(logB).split("\n").slice(0, 3).join("\n") + "\n";
+      Deno.writeTextFileSync(`${logB}.tmp`, fresh);
+      Deno.renameSync(`${logB}.tmp`, logB);
+      const freshSteps = compareRuns([logB]).logs[0].evals.map((e) => e.step);
+      await browser.waitFor(
+        `JSON.stringify(dash.data[${JSON.stringify(B)}].series.step) === ${
+          JSON.stringify(JSON.stringify(freshSteps))
+        }`,
+        5000,
+      );
       ok(
         await browser.eval(
           "!!window.dash && performance.getEntriesByType('navigation').length === 1",
