@@ -54,6 +54,11 @@ export class Browser {
     return b;
   }
 
+  /** The browser process's id (its renderers and helpers are its descendants). */
+  get pid(): number {
+    return this.proc.pid;
+  }
+
   /** Sends one CDP command and returns its result (throws on a protocol error). */
   send(method: string, params: Record<string, unknown> = {}): Promise<Record<string, unknown>> {
     const id = ++this.id;

@@ -117,3 +117,15 @@ export const TINY_GPT = [
   "model.n_layers=2",
   "model.qkv_bias=true",
 ];
+
+/**
+ * `--set` overrides that shrink verdict-small.yaml to a 1-layer, 32-wide GPT over 32 tokens in batches of 16: a
+ * whole run in seconds. Tests add their epochs and evaluation settings.
+ */
+export const TINY_RUN = [
+  "model.context_length=32",
+  "model.emb_dim=32",
+  "model.n_heads=2",
+  "model.n_layers=1",
+  "data.batch_size=16",
+];

@@ -4,14 +4,10 @@
  * project directory changed.
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { loadExperiment } from "../lib/config.ts";
-import { runTraining } from "../lib/runs/run.ts";
 import { writeSafetensors } from "../lib/weights/safetensors.ts";
-import { ensureVerdict } from "./_helpers.ts";
+import { fileStates, TINY_YAML as TINY, tinyProject, trainIn, writeFiles } from "./_cases.ts";
 
 const TRAIN = new URL("../tasks/train.ts", import.meta.url).pathname;
-const TINY =
-  "model: {context_length: 32, emb_dim: 32, n_heads: 2, n_layers: 1}\ntraining: {epochs: 1}\n";
 
 /** [name, files to write first, train args, expected start of the error line]. */
 type Case = [string, Record<string, string | Uint8Array>, string[], string];
@@ -195,45 +191,24 @@ const CASES: Case[] = [
   ],
 ];
 
-async function snapshot(dir: string): Promise<Map<string, string>> {
-  const out = new Map<string, string>();
-  const walk = async (d: string) => {
-    for await (const e of Deno.readDir(d)) {
-      const p = `${d}/${e.name}`;
-      if (e.isDirectory) await walk(p);
-      else {
-        const st = await Deno.stat(p);
-        out.set(p.slice(dir.length), `${st.size}:${st.mtime?.getTime()}`);
-      }
-    }
-  };
-  await walk(dir);
-  return out;
+/** Every file of the project directory with its size and modification time. */
+function snapshot(dir: string): Promise<Map<string, string>> {
+  return fileStates(dir, async (p) => {
+    const st = await Deno.stat(p);
+    return `${st.size}:${st.mtime?.getTime()}`;
+  });
 }
 
 Deno.test(`${CASES.length} bad inputs: exit 2, one error line, nothing on disk changed`, async () => {
-  const dir = await Deno.makeTempDir();
-  await Deno.mkdir(`${dir}/data`);
-  await Deno.copyFile(await ensureVerdict(), `${dir}/data/the-verdict.txt`);
   // A finished tiny run, for the cases about existing runs and checkpoints.
-  await Deno.writeTextFile(`${dir}/done.yaml`, TINY);
-  const cwd = Deno.cwd();
-  Deno.chdir(dir);
-  try {
-    await runTraining(await loadExperiment("done.yaml"), { print: () => {}, progress: false });
-  } finally {
-    Deno.chdir(cwd);
-  }
+  const dir = await tinyProject("done");
+  await trainIn(dir, "done.yaml");
   await Deno.mkdir(`${dir}/checkpoints/foreign`, { recursive: true });
   await writeSafetensors(`${dir}/checkpoints/foreign/checkpoint.safetensors`, [
     { name: "w", shape: [2], data: new Float32Array([1, 2]) },
   ]);
   for (const [name, files, args, expected] of CASES) {
-    for (const [path, content] of Object.entries(files)) {
-      await Deno.mkdir(`${dir}/${path}`.replace(/\/[^/]+$/, ""), { recursive: true });
-      if (typeof content === "string") await Deno.writeTextFile(`${dir}/${path}`, content);
-      else await Deno.writeFile(`${dir}/${path}`, content);
-    }
+    await writeFiles(dir, files);
     const before = await snapshot(dir);
     const out = await new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", TRAIN, ...args],
@@ -253,10 +228,7 @@ Deno.test(`${CASES.length} bad inputs: exit 2, one error line, nothing on disk c
 });
 
 Deno.test("an unwritable checkpoints directory (a file in its place) is one error line", async () => {
-  const dir = await Deno.makeTempDir();
-  await Deno.mkdir(`${dir}/data`);
-  await Deno.copyFile(await ensureVerdict(), `${dir}/data/the-verdict.txt`);
-  await Deno.writeTextFile(`${dir}/x.yaml`, TINY);
+  const dir = await tinyProject("x");
   await Deno.writeTextFile(`${dir}/checkpoints`, "not a directory");
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", TRAIN, "x.yaml"],

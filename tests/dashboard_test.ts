@@ -6,10 +6,10 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { loadExperiment } from "../lib/config.ts";
 import { runTraining } from "../lib/runs/run.ts";
-import { listRuns, runDir, startDashboard } from "../lib/runs/dashboard/server.ts";
+import { listRuns, runDir, runLog, startDashboard } from "../lib/runs/dashboard/server.ts";
 import { compareRuns } from "../lib/runs/compare.ts";
 import { Browser, findChromium } from "./_chromium.ts";
-import { ensureVerdict, tempDir } from "./_helpers.ts";
+import { ensureVerdict, tempDir, TINY_RUN } from "./_helpers.ts";
 
 const CHROMIUM = findChromium();
 if (!CHROMIUM) {
@@ -17,11 +17,7 @@ if (!CHROMIUM) {
 }
 
 const TINY = [
-  "model.context_length=32",
-  "model.emb_dim=32",
-  "model.n_heads=2",
-  "model.n_layers=1",
-  "data.batch_size=16",
+  ...TINY_RUN,
   "training.epochs=2",
   "training.eval_freq=3",
   "training.eval_iter=1",
@@ -42,10 +38,26 @@ async function fixture(): Promise<string> {
   }
   Deno.mkdirSync(`${dir}/foreign`);
   Deno.writeTextFileSync(`${dir}/foreign/log.jsonl`, 'not json\n{"type":"other"}\n');
+  // a real log with a line that is not JSON in the middle
+  const lines = Deno.readTextFileSync(`${dir}/tiny-sweep.lr=0.001/log.jsonl`).split("\n");
+  Deno.mkdirSync(`${dir}/malformed`);
+  Deno.writeTextFileSync(
+    `${dir}/malformed/log.jsonl`,
+    [...lines.slice(0, 3), "{oops", ...lines.slice(3)].join("\n"),
+  );
   const outside = tempDir();
-  Deno.writeTextFileSync(`${outside}/log.jsonl`, "{}\n");
+  Deno.writeTextFileSync(`${outside}/log.jsonl`, lines.join("\n"));
   Deno.symlinkSync(outside, `${dir}/escape`);
+  Deno.mkdirSync(`${dir}/sneaky`);
+  Deno.symlinkSync(`${outside}/log.jsonl`, `${dir}/sneaky/log.jsonl`);
   return dir;
+}
+
+/** Appends text to a log in one write, as RunLog does. */
+function append(path: string, text: string) {
+  const f = Deno.openSync(path, { append: true });
+  f.writeSync(new TextEncoder().encode(text));
+  f.close();
 }
 
 const A = "tiny-sweep.lr=0.004", B = "tiny-sweep.lr=0.001";
@@ -64,25 +76,33 @@ Deno.test({
       await browser.waitFor("document.body.dataset.ready === '1'");
 
       // the run list: both trained runs as compare sees them, grouped as one sweep; the foreign log as a warning
-      const rows = await browser.eval<{ run: string; status: string; cells: string[] }[]>(
-        `[...document.querySelectorAll("tr.run")].map((tr) => ({ run: tr.dataset.run, status: tr.dataset.status,
-          cells: [...tr.cells].map((c) => c.textContent) }))`,
-      );
-      assertEquals(rows.map((r) => r.run), ["foreign", B, A]);
+      // in its row, the malformed one with its figures and a warning row; no symlink out of the directory
+      const rows = () =>
+        browser.eval<{ run: string; status: string; cells: string[] }[]>(
+          `[...document.querySelectorAll("tr.run")].map((tr) => ({ run: tr.dataset.run,
+            status: tr.dataset.status, cells: [...tr.cells].map((c) => c.textContent) }))`,
+        );
+      const row = async (name: string) => (await rows()).find((r) => r.run === name)!;
+      assertEquals((await rows()).map((r) => r.run), ["foreign", "malformed", B, A]);
       const { rows: cmp } = compareRuns([`${dir}/${A}/log.jsonl`]);
-      const a = rows.find((r) => r.run === A)!;
+      const a = await row(A);
       assertEquals(a.status, "finished");
       assertEquals(a.cells[4], String(cmp[0].steps));
       assertEquals(a.cells[7], cmp[0].final_val_loss!.toFixed(3));
+      const foreign = await row("foreign");
+      assertEquals(foreign.status, "unreadable");
+      ok(foreign.cells[2].includes("skipped 2 unreadable lines"), foreign.cells[2]);
+      ok(foreign.cells[2].includes("no header line"), foreign.cells[2]);
+      const malformed = await row("malformed");
+      assertEquals(malformed.cells[4], (await row(B)).cells[4], "a bad line does not hide the run");
       const warning = await browser.eval<string>(
-        `document.querySelector('tr[data-warning="foreign"]').textContent`,
+        `document.querySelector('tr[data-warning="malformed"]').textContent`,
       );
-      ok(warning.includes("skipped 2 unreadable lines"), warning);
+      ok(warning.includes("skipped 1 unreadable line (first: line 4)"), warning);
       assertEquals(
         await browser.eval(`document.querySelector("tr.group").dataset.group`),
         "tiny-sweep",
       );
-      ok(!rows.some((r) => r.run === "escape"), "the symlink out of the directory is not listed");
 
       // one loss series per run and split (plus each one's faint raw curve)
       const meta = await browser.eval<{ run: string; split: string; raw: boolean }[]>(
@@ -95,7 +115,9 @@ Deno.test({
       assertEquals(await browser.eval("dash.charts.loss.series.length"), 1 + meta.length);
       ok(await browser.eval("dash.charts.lr.meta.length === 4"), "lr is charted for both runs");
 
-      // a new eval line reaches the open page without a reload; a half-written line waits for its newline
+      // a new eval line reaches the open page's chart and A's row without a reload (A runs again: its last line
+      // is an eval, not a summary); a half-written line waits for its newline
+      const log = `${dir}/${A}/log.jsonl`;
       const steps = () => browser.eval<number[]>("Array.from(dash.charts.loss.data[0])");
       const before = await steps();
       const line = JSON.stringify({
@@ -110,17 +132,63 @@ Deno.test({
         elapsed_s: 50,
         tokens_per_s: 100,
       });
-      const f = Deno.openSync(`${dir}/${A}/log.jsonl`, { append: true });
-      f.writeSync(new TextEncoder().encode(line.slice(0, 20)));
-      await new Promise((r) => setTimeout(r, 1200));
+      append(log, line.slice(0, 20));
+      await new Promise((r) => setTimeout(r, 1500));
       assertEquals(await steps(), before, "a truncated line is held back");
-      f.writeSync(new TextEncoder().encode(line.slice(20) + "\n"));
-      f.close();
+      assertEquals((await row(A)).cells.slice(2, 8), a.cells.slice(2, 8), "and so is the row");
+      append(log, line.slice(20) + "\n");
       await browser.waitFor("Array.from(dash.charts.loss.data[0]).includes(999)", 5000);
+      await browser.waitFor(
+        `document.querySelector('tr.run[data-run="${A}"]').cells[4].textContent === "999"`,
+        5000,
+      );
+      const live = await row(A);
+      assertEquals(live.status, "running");
+      assertEquals(live.cells.slice(4, 7), ["999", String(999 * 512), "1.500"]);
+      assertEquals(live.cells[7], "2.500");
+
+      // the run finishes while the page is open: its row turns from running to finished
+      append(log, JSON.stringify({ ...cmp[0], type: "summary", status: "finished" }) + "\n");
+      await browser.waitFor(
+        `document.querySelector('tr.run[data-run="${A}"]').dataset.status === "finished"`,
+        5000,
+      );
+
+      // a resumed run's second header: the evals past its step go, as compare drops them
+      const header = Deno.readTextFileSync(log).split("\n")[0];
+      const from = Number(compareRuns([log]).logs[0].evals[1].step);
+      append(
+        log,
+        JSON.stringify({ ...JSON.parse(header), resumed_from_step: from }) + "\n" +
+          line.replace('"step":999', `"step":${from + 1}`) + "\n",
+      );
+      await browser.waitFor(`!dash.data[${JSON.stringify(A)}].series.step.includes(999)`, 5000);
+      const resumed = compareRuns([log]);
+      assertEquals(
+        await browser.eval(`dash.data[${JSON.stringify(A)}].series.step`),
+        resumed.logs[0].evals.map((e) => e.step),
+      );
+      await browser.waitFor(
+        `document.querySelector('tr.run[data-run="${A}"]').cells[4].textContent === "${from + 1}"`,
+        5000,
+      );
+      // a log replaced by a shorter one (a fresh start) is drawn again from its start
+      const logB = `${dir}/${B}/log.jsonl`;
+      const fresh = Deno.readTextFileSync(logB).split("\n").slice(0, 3).join("\n") + "\n";
+      Deno.writeTextFileSync(`${logB}.tmp`, fresh);
+      Deno.renameSync(`${logB}.tmp`, logB);
+      const freshSteps = compareRuns([logB]).logs[0].evals.map((e) => e.step);
+      await browser.waitFor(
+        `JSON.stringify(dash.data[${JSON.stringify(B)}].series.step) === ${
+          JSON.stringify(JSON.stringify(freshSteps))
+        }`,
+        5000,
+      );
       ok(
         await browser.eval(
           "!!window.dash && performance.getEntriesByType('navigation').length === 1",
         ),
+        "no reload",
       );
 
       // smoothing: at 0 the drawn curve is the raw one; at 0.9 it is not, and the raw one stays behind it
@@ -150,6 +218,27 @@ Deno.test({
       assertEquals(await browser.eval("dash.charts.loss.scales.y.distr"), 1);
       await browser.eval(`document.querySelector("#log").click()`);
       assertEquals(await browser.eval("dash.charts.loss.scales.y.distr"), 3);
+
+      // a link reopens the same view, each run in the colour it had, whatever else is selected
+      const colours = () =>
+        browser.eval<Record<string, string>>(
+          "Object.fromEntries(dash.charts.loss.meta.map((m) => [m.run, m.colour]))",
+        );
+      const was = await colours(), href = await browser.eval<string>("location.href");
+      ok(was[A] !== was[B], "one colour per run");
+      await browser.goto("about:blank");
+      await browser.goto(href);
+      await browser.waitFor("document.body.dataset.ready === '1'");
+      assertEquals(
+        await browser.eval(`[dash.state.runs, dash.state.smooth, dash.state.log,
+          document.querySelector("#smooth").value, document.querySelector("#log").checked,
+          dash.charts.loss.scales.y.distr]`),
+        [[A, B], 0.9, true, "0.9", true, 3],
+      );
+      assertEquals(await colours(), was);
+      await browser.goto(`${dash.url}?runs=${encodeURIComponent(A)}`);
+      await browser.waitFor("document.body.dataset.ready === '1'");
+      assertEquals(await colours(), { [A]: was[A] });
     } finally {
       await browser.close();
       await dash.shutdown();
@@ -164,17 +253,22 @@ Deno.test("dashboard: paths outside the checkpoints directory are refused", asyn
   Deno.writeTextFileSync(`${dir}/log.jsonl`, "");
   Deno.symlinkSync(`${dir}/inner/run`, `${dir}/inner/link`);
   Deno.symlinkSync(dir, `${dir}/inner/up`);
+  Deno.mkdirSync(`${dir}/inner/sneaky`);
+  Deno.symlinkSync(`${dir}/log.jsonl`, `${dir}/inner/sneaky/log.jsonl`);
   const root = `${dir}/inner`;
   ok(runDir(root, "run"));
   ok(runDir(root, "link"), "a symlink inside the directory is fine");
   for (const bad of ["..", "../inner/run", "up", "run/../..", ".", ""]) {
     assertEquals(runDir(root, bad), null, bad);
   }
+  assertEquals(runLog(root, "sneaky"), null, "a log that is a symlink out of the directory");
   assertEquals(listRuns(root).map((r) => r.name), ["link", "run"]);
 
   const dash = startDashboard(root, { port: 0 });
   try {
-    for (const q of ["run=..", "run=../log.jsonl", "run=up", "run=%2e%2e%2Finner%2Frun"]) {
+    for (
+      const q of ["run=..", "run=../log.jsonl", "run=up", "run=%2e%2e%2Finner%2Frun", "run=sneaky"]
+    ) {
       const r = await fetch(`${dash.url}api/run?${q}`);
       assertEquals(r.status, 404, q);
       ok((await r.json()).error.includes("not a run"), q);

@@ -4,16 +4,12 @@
  * naming the file or key, no stack trace, and the checkpoints directory byte for byte unchanged.
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { loadExperiment } from "../lib/config.ts";
 import { INDEX_FILE, INDEX_VERSION, TOKENIZER } from "../lib/data/shards.ts";
-import { runTraining } from "../lib/runs/run.ts";
-import { ensureVerdict } from "./_helpers.ts";
+import { fileStates, TINY_YAML as TINY, tinyProject, trainIn, writeFiles } from "./_cases.ts";
 
 const task = (name: string) => new URL(`../tasks/${name}.ts`, import.meta.url).pathname;
 const FIXTURES = new URL("../../shared/fixtures/", import.meta.url).pathname;
-/** The tiny model of bad_input_test.ts, and the GPT-2 fixture's shape (context 32, width 32, 2 layers). */
-const TINY =
-  "model: {context_length: 32, emb_dim: 32, n_heads: 2, n_layers: 1}\ntraining: {epochs: 1}\n";
+/** The GPT-2 fixture's shape (context 32, width 32, 2 layers). */
 const GPT2_TINY =
   "model: {context_length: 32, emb_dim: 32, n_heads: 2, n_layers: 2, qkv_bias: true}\n" +
   "training: {epochs: 1}\n";
@@ -188,42 +184,19 @@ const CASES: Case[] = [
 ];
 
 /** Every file under `dir` with its bytes, as text for a readable diff. */
-async function contents(dir: string): Promise<Map<string, string>> {
-  const out = new Map<string, string>();
-  const walk = async (d: string) => {
-    for await (const e of Deno.readDir(d)) {
-      const p = `${d}/${e.name}`;
-      if (e.isDirectory) await walk(p);
-      else {
-        const bytes = await Deno.readFile(p);
-        const hash = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
-        out.set(p.slice(dir.length), Array.from(hash, (b) => b.toString(16)).join(""));
-      }
-    }
-  };
-  await walk(dir);
-  return out;
+function contents(dir: string): Promise<Map<string, string>> {
+  return fileStates(dir, async (p) => {
+    const hash = new Uint8Array(await crypto.subtle.digest("SHA-256", await Deno.readFile(p)));
+    return Array.from(hash, (b) => b.toString(16)).join("");
+  });
 }
 
 Deno.test(`${CASES.length} bad inputs met by the model, every task: exit 2, one line, checkpoints unchanged`, async () => {
-  const dir = await Deno.makeTempDir();
-  await Deno.mkdir(`${dir}/data`);
-  await Deno.copyFile(await ensureVerdict(), `${dir}/data/the-verdict.txt`);
-  await Deno.writeTextFile(`${dir}/done.yaml`, TINY);
-  const cwd = Deno.cwd();
-  Deno.chdir(dir);
-  try {
-    await runTraining(await loadExperiment("done.yaml"), { print: () => {}, progress: false });
-  } finally {
-    Deno.chdir(cwd);
-  }
+  const dir = await tinyProject("done");
+  await trainIn(dir, "done.yaml");
   const failures: string[] = [];
   for (const [name, taskName, files, args, expected] of CASES) {
-    for (const [path, content] of Object.entries(files)) {
-      await Deno.mkdir(`${dir}/${path}`.replace(/\/[^/]+$/, ""), { recursive: true });
-      if (typeof content === "string") await Deno.writeTextFile(`${dir}/${path}`, content);
-      else await Deno.writeFile(`${dir}/${path}`, content);
-    }
+    await writeFiles(dir, files);
     const before = await contents(`${dir}/checkpoints`);
     const out = await new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", task(taskName), ...args],
@@ -269,17 +242,8 @@ function lastLogLine(path: string): Record<string, unknown> {
 }
 
 Deno.test("a write failing mid-run: exit 1, one line, the log says why, the last checkpoint kept, no blocking dir", async () => {
-  const dir = await Deno.makeTempDir();
-  await Deno.mkdir(`${dir}/data`);
-  await Deno.copyFile(await ensureVerdict(), `${dir}/data/the-verdict.txt`);
-  await Deno.writeTextFile(`${dir}/r.yaml`, TINY);
-  const cwd = Deno.cwd();
-  Deno.chdir(dir);
-  try {
-    await runTraining(await loadExperiment("r.yaml"), { print: () => {}, progress: false });
-  } finally {
-    Deno.chdir(cwd);
-  }
+  const dir = await tinyProject("r");
+  await trainIn(dir, "r.yaml");
   const ckpt = `${dir}/checkpoints/r/checkpoint.safetensors`;
   const good = await Deno.readFile(ckpt);
 
@@ -313,15 +277,6 @@ Deno.test("a write failing mid-run: exit 1, one line, the log says why, the last
     debug.code !== 0 && debug.err.some((l) => /\bat .*\.[jt]s:\d+/.test(l)),
     "GPT_DEBUG=1 keeps the stack",
   );
-  Deno.chdir(dir);
-  try {
-    const again = await runTraining(await loadExperiment("f.yaml"), {
-      print: () => {},
-      progress: false,
-    });
-    assertEquals(again.status, "finished");
-  } finally {
-    Deno.chdir(cwd);
-  }
+  assertEquals((await trainIn(dir, "f.yaml")).status, "finished");
   ok(Deno.statSync(`${dir}/checkpoints/f/checkpoint.safetensors`).isFile);
 });

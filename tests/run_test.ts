@@ -7,14 +7,10 @@ import { loadCheckpoint } from "../lib/train/checkpoint.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
-import { ensureVerdict } from "./_helpers.ts";
+import { ensureVerdict, TINY_RUN } from "./_helpers.ts";
 
 const TINY = [
-  "model.context_length=32",
-  "model.emb_dim=32",
-  "model.n_heads=2",
-  "model.n_layers=1",
-  "data.batch_size=16",
+  ...TINY_RUN,
   "training.epochs=3",
   "training.lr=0.004",
   "training.eval_freq=3",

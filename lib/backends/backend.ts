@@ -66,7 +66,18 @@ export async function initBackend(
   memory?: { cfg: ModelConfig; batchSize: number; params: number },
 ): Promise<BackendChoice> {
   const need = memory ? estimateTrainingBytes(memory.cfg, memory.batchSize, memory.params) : 0;
-  const gib = (b: number) => (b / 1024 ** 3).toFixed(1);
+  return requested === "auto" ? await autoBackend(need) : await explicitBackend(requested, need);
+}
+
+function gib(bytes: number): string {
+  return (bytes / 1024 ** 3).toFixed(1);
+}
+
+/** A backend named in the config, or a UserError saying why it is not available. */
+async function explicitBackend(
+  requested: Exclude<BackendName, "auto">,
+  need: number,
+): Promise<BackendChoice> {
   switch (requested) {
     case "blas": {
       const res = registerBlasBackend();
@@ -104,58 +115,60 @@ export async function initBackend(
       if (!res.ok) throw new UserError(`backend tensorflow: not available: ${res.reason}`);
       return { name: "tensorflow", reason: `requested; ${res.detail}` };
     }
-    case "auto": {
-      let tfNote = "tensorflow: no NVIDIA GPU visible";
-      if (nvidiaGpuVisible()) {
-        const res = await loadTensorflow(true);
-        if (res.ok) {
-          return { name: "tensorflow", reason: `auto: NVIDIA GPU visible; ${res.detail}` };
-        }
-        tfNote = `tensorflow: ${res.reason}`;
-      }
-      const gpu = hardwareGpuPossible()
-        ? await probeWebGPU()
-        : "no GPU device node (/dev/dri/renderD*, /dev/nvidia0)";
-      let gpuNote = typeof gpu === "string"
-        ? `webgpu: ${gpu}`
-        : `webgpu: only the software adapter ${gpu.description}`;
-      if (typeof gpu !== "string" && !gpu.fallback) {
-        const err = await activateWebGPU(gpu);
-        if (!err) {
-          return { name: "webgpu", reason: `auto: hardware WebGPU adapter ${gpu.description}` };
-        }
-        gpuNote = `webgpu: adapter ${gpu.description} failed: ${err}`;
-      }
-      const noGpu = `no GPU: ${tfNote}; ${gpuNote}`;
-      const blas = registerBlasBackend();
-      if (blas.ok && await tf.setBackend(BLAS_BACKEND)) {
-        return { name: "blas", reason: `auto: ${noGpu}; fastest CPU path (${blas.reason})` };
-      }
-      if (need <= WASM_HEAP_BYTES * 0.85) {
-        const err = await tryWasm();
-        if (!err) {
-          return {
-            name: "wasm",
-            reason: `auto: ${noGpu}; no BLAS (${blas.reason}); wasm fits: training needs ~${
-              gib(need)
-            } GiB of its 4 GiB heap`,
-          };
-        }
-        await tf.setBackend("cpu");
-        return {
-          name: "cpu",
-          reason: `auto: ${noGpu}; no BLAS (${blas.reason}); wasm failed to load (${err})`,
-        };
-      }
-      await tf.setBackend("cpu");
+  }
+}
+
+/** `auto`'s choice for training that needs about `need` bytes (see {@link initBackend}). */
+async function autoBackend(need: number): Promise<BackendChoice> {
+  let tfNote = "tensorflow: no NVIDIA GPU visible";
+  if (nvidiaGpuVisible()) {
+    const res = await loadTensorflow(true);
+    if (res.ok) {
+      return { name: "tensorflow", reason: `auto: NVIDIA GPU visible; ${res.detail}` };
+    }
+    tfNote = `tensorflow: ${res.reason}`;
+  }
+  const gpu = hardwareGpuPossible()
+    ? await probeWebGPU()
+    : "no GPU device node (/dev/dri/renderD*, /dev/nvidia0)";
+  let gpuNote = typeof gpu === "string"
+    ? `webgpu: ${gpu}`
+    : `webgpu: only the software adapter ${gpu.description}`;
+  if (typeof gpu !== "string" && !gpu.fallback) {
+    const err = await activateWebGPU(gpu);
+    if (!err) {
+      return { name: "webgpu", reason: `auto: hardware WebGPU adapter ${gpu.description}` };
+    }
+    gpuNote = `webgpu: adapter ${gpu.description} failed: ${err}`;
+  }
+  const noGpu = `no GPU: ${tfNote}; ${gpuNote}`;
+  const blas = registerBlasBackend();
+  if (blas.ok && await tf.setBackend(BLAS_BACKEND)) {
+    return { name: "blas", reason: `auto: ${noGpu}; fastest CPU path (${blas.reason})` };
+  }
+  if (need <= WASM_HEAP_BYTES * 0.85) {
+    const err = await tryWasm();
+    if (!err) {
       return {
-        name: "cpu",
-        reason: `auto: ${noGpu}; no BLAS (${blas.reason}); training needs ~${
+        name: "wasm",
+        reason: `auto: ${noGpu}; no BLAS (${blas.reason}); wasm fits: training needs ~${
           gib(need)
-        } GiB, more than wasm's 4 GiB heap`,
+        } GiB of its 4 GiB heap`,
       };
     }
+    await tf.setBackend("cpu");
+    return {
+      name: "cpu",
+      reason: `auto: ${noGpu}; no BLAS (${blas.reason}); wasm failed to load (${err})`,
+    };
   }
+  await tf.setBackend("cpu");
+  return {
+    name: "cpu",
+    reason: `auto: ${noGpu}; no BLAS (${blas.reason}); training needs ~${
+      gib(need)
+    } GiB, more than wasm's 4 GiB heap`,
+  };
 }
 
 /**

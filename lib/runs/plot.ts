@@ -150,17 +150,31 @@ function legendRows(series: Series[], colors: string[]): LegendRow[] {
 const DASH = ` stroke-dasharray="7 4"`;
 const f1 = (v: number) => v.toFixed(1);
 
-/**
- * A standalone SVG document: title, axes with round ticks, grid, one `<path>` per series (none for a series with
- * no finite point), an optional secondary x axis on top, and a legend on the right.
- *
- * @example
- * Deno.writeTextFileSync("loss.svg", lineChartSVG({
- *   title: "Loss", xLabel: "Tokens seen", yLabel: "Loss",
- *   series: [{ label: "train", points: [[0, 11], [512, 9]] }, { label: "val", points: [[0, 11], [512, 10]], dash: true }],
- * }));
- */
-export function lineChartSVG(spec: ChartSpec): string {
+/** Where a chart's parts go: size, margins, plot area, data ranges and the scales onto it, legend rows. */
+interface ChartFrame {
+  W: number;
+  H: number;
+  m: { l: number; r: number; t: number; b: number };
+  pw: number;
+  ph: number;
+  x0: number;
+  x1: number;
+  sx: (x: number) => number;
+  y0: number;
+  y1: number;
+  sy: (y: number) => number;
+  colors: string[];
+  rows: LegendRow[];
+  legendW: number;
+  labelChars: number;
+}
+
+function finite(p: [number, number]): boolean {
+  return Number.isFinite(p[0]) && Number.isFinite(p[1]);
+}
+
+/** Lays a chart out: the legend's width sets the right margin, the finite points set the ranges. */
+function chartFrame(spec: ChartSpec): ChartFrame {
   const colors = spec.series.map((s, i) => s.color ?? PALETTE[i % PALETTE.length]);
   const rows = legendRows(spec.series, colors);
   const labelChars = Math.floor((MAX_LEGEND_PX - 40) / CHAR_PX);
@@ -174,7 +188,6 @@ export function lineChartSVG(spec: ChartSpec): string {
   const H = Math.max(spec.height ?? 440, m.t + m.b + rows.length * ROW_PX + GAP_PX + 8);
   const pw = W - m.l - m.r, ph = H - m.t - m.b;
 
-  const finite = (p: [number, number]) => Number.isFinite(p[0]) && Number.isFinite(p[1]);
   const pts = spec.series.flatMap((s) => s.points.filter(finite));
   const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
   let [x0, x1] = xs.length ? [Math.min(...xs), Math.max(...xs)] : [0, 1];
@@ -186,19 +199,15 @@ export function lineChartSVG(spec: ChartSpec): string {
   [y0, y1] = [y0 - pad, y1 + pad];
   const sx = (x: number) => m.l + ((x - x0) / (x1 - x0)) * pw;
   const sy = (y: number) => m.t + (1 - (y - y0) / (y1 - y0)) * ph;
+  return { W, H, m, pw, ph, x0, x1, sx, y0, y1, sy, colors, rows, legendW, labelChars };
+}
 
-  const out: string[] = [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" ` +
-    `font-family="Helvetica, Arial, sans-serif" font-size="${FONT_PX}">`,
-    `<title>${escapeXml(spec.title)}</title>`,
-    `<rect width="${W}" height="${H}" fill="white"/>`,
-    `<text x="${f1(m.l + pw / 2)}" y="22" text-anchor="middle" font-size="15" font-weight="bold">` +
-    `${escapeXml(spec.title)}</text>`,
-  ];
-
-  // grid and tick labels
-  const xTicks = niceTicks(x0, x1, Math.max(2, Math.floor(pw / 90)));
-  const yTicks = niceTicks(y0, y1, Math.max(2, Math.floor(ph / 50)));
+/** The grid, tick labels, plot border and axis labels. */
+function axesSVG(spec: ChartSpec, f: ChartFrame): string[] {
+  const { m, pw, ph, H, sx, sy } = f;
+  const out: string[] = [];
+  const xTicks = niceTicks(f.x0, f.x1, Math.max(2, Math.floor(pw / 90)));
+  const yTicks = niceTicks(f.y0, f.y1, Math.max(2, Math.floor(ph / 50)));
   const xScale = Math.max(...xTicks.map(Math.abs)), yScale = Math.max(...yTicks.map(Math.abs));
   for (const v of xTicks) {
     const x = f1(sx(v));
@@ -222,21 +231,32 @@ export function lineChartSVG(spec: ChartSpec): string {
     `<text transform="translate(18 ${f1(m.t + ph / 2)}) rotate(-90)" text-anchor="middle">` +
       `${escapeXml(spec.yLabel)}</text>`,
   );
+  return out;
+}
 
-  if (spec.secondaryX) {
-    const ticks = spec.secondaryX.ticks.filter(([x]) => x >= x0 && x <= x1)
-      .sort((a, b) => a[0] - b[0]);
-    for (const [v, label] of thinTicks(ticks, sx)) {
-      const x = f1(sx(v));
-      out.push(`<line x1="${x}" y1="${m.t}" x2="${x}" y2="${m.t - 5}" stroke="#333"/>`);
-      out.push(`<text x="${x}" y="${m.t - 9}" text-anchor="middle">${escapeXml(label)}</text>`);
-    }
-    out.push(
-      `<text x="${f1(m.l + pw / 2)}" y="${m.t - 30}" text-anchor="middle">` +
-        `${escapeXml(spec.secondaryX.label)}</text>`,
-    );
+/** The secondary x axis along the top (e.g. tokens seen), when the spec has one. */
+function secondaryAxisSVG(spec: ChartSpec, f: ChartFrame): string[] {
+  if (!spec.secondaryX) return [];
+  const { m, pw, sx, x0, x1 } = f;
+  const out: string[] = [];
+  const ticks = spec.secondaryX.ticks.filter(([x]) => x >= x0 && x <= x1)
+    .sort((a, b) => a[0] - b[0]);
+  for (const [v, label] of thinTicks(ticks, sx)) {
+    const x = f1(sx(v));
+    out.push(`<line x1="${x}" y1="${m.t}" x2="${x}" y2="${m.t - 5}" stroke="#333"/>`);
+    out.push(`<text x="${x}" y="${m.t - 9}" text-anchor="middle">${escapeXml(label)}</text>`);
   }
+  out.push(
+    `<text x="${f1(m.l + pw / 2)}" y="${m.t - 30}" text-anchor="middle">` +
+      `${escapeXml(spec.secondaryX.label)}</text>`,
+  );
+  return out;
+}
 
+/** One path per series, broken where a point is not finite. */
+function seriesSVG(spec: ChartSpec, f: ChartFrame): string[] {
+  const { sx, sy, colors } = f;
+  const out: string[] = [];
   spec.series.forEach((s, i) => {
     let d = "", pen = false, n = 0;
     for (const p of s.points) {
@@ -257,7 +277,13 @@ export function lineChartSVG(spec: ChartSpec): string {
         }</title></path>`,
     );
   });
+  return out;
+}
 
+/** The legend at the right: a line and label per series, group headings in grey. */
+function legendSVG(f: ChartFrame): string[] {
+  const { W, m, legendW, labelChars, rows } = f;
+  const out: string[] = [];
   const lx = W - legendW - 4;
   let y = m.t + 10 - ROW_PX;
   for (const r of rows) {
@@ -274,6 +300,33 @@ export function lineChartSVG(spec: ChartSpec): string {
         `${label === r.label ? "" : `<title>${escapeXml(r.label)}</title>`}</text>`,
     );
   }
-  out.push("</svg>");
-  return out.join("\n") + "\n";
+  return out;
+}
+
+/**
+ * A standalone SVG document: title, axes with round ticks, grid, one `<path>` per series (none for a series with
+ * no finite point), an optional secondary x axis on top, and a legend on the right.
+ *
+ * @example
+ * Deno.writeTextFileSync("loss.svg", lineChartSVG({
+ *   title: "Loss", xLabel: "Tokens seen", yLabel: "Loss",
+ *   series: [{ label: "train", points: [[0, 11], [512, 9]] }, { label: "val", points: [[0, 11], [512, 10]], dash: true }],
+ * }));
+ */
+export function lineChartSVG(spec: ChartSpec): string {
+  const f = chartFrame(spec);
+  const { W, H, m, pw } = f;
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" ` +
+    `font-family="Helvetica, Arial, sans-serif" font-size="${FONT_PX}">`,
+    `<title>${escapeXml(spec.title)}</title>`,
+    `<rect width="${W}" height="${H}" fill="white"/>`,
+    `<text x="${f1(m.l + pw / 2)}" y="22" text-anchor="middle" font-size="15" font-weight="bold">` +
+    `${escapeXml(spec.title)}</text>`,
+    ...axesSVG(spec, f),
+    ...secondaryAxisSVG(spec, f),
+    ...seriesSVG(spec, f),
+    ...legendSVG(f),
+    "</svg>",
+  ].join("\n") + "\n";
 }

@@ -119,24 +119,8 @@ function fenced(text: string): string {
 
 const f3 = (x: unknown) => typeof x === "number" && Number.isFinite(x) ? x.toFixed(3) : "–";
 
-/**
- * Writes report.md, report.json and loss.svg into `runDir`. Reads the run's log as it is (a run still in progress
- * or a truncated last line is fine); without a log the report says there is no curve.
- */
-export async function writeReport(
-  runDir: string,
-  cfg: Config,
-  params: number,
-  figures: EvalFigures,
-  samples: string[],
-): Promise<{ md: string; json: string; svg: string | null; warnings: string[] }> {
-  try {
-    await Deno.mkdir(runDir, { recursive: true });
-  } catch (err) {
-    throw new UserError(
-      `${runDir}: cannot create the report's directory (${(err as Error).message})`,
-    );
-  }
+/** The run's log if there is one (none: evaluated without training, e.g. --init), with its warnings. */
+function readLogOf(runDir: string): { log: RunLogData | null; warnings: string[] } {
   let log: RunLogData | null = null;
   const warnings: string[] = [];
   try {
@@ -145,18 +129,20 @@ export async function writeReport(
   } catch (err) { // no log: evaluated without training (e.g. --init)
     if (!(err as Error).message.endsWith("no such run log")) warnings.push((err as Error).message);
   }
+  return { log, warnings };
+}
+
+/** report.json's record: the evaluation's figures, the log's final and best losses, the samples. */
+function reportJson(
+  cfg: Config,
+  params: number,
+  figures: EvalFigures,
+  samples: string[],
+  log: RunLogData | null,
+) {
   const evals = log?.evals ?? [];
   const best = (k: string) => evals.length ? Math.min(...evals.map((e) => Number(e[k]))) : null;
-  const svg = log ? lossCurveSVG(log, cfg.name) : null;
-  const svgPath = svg ? `${runDir}/loss.svg` : null;
-  if (svg && svgPath) {
-    try {
-      await writeAtomic(svgPath, svg);
-    } catch (err) {
-      throw new UserError(`${svgPath}: cannot write the loss curve (${(err as Error).message})`);
-    }
-  }
-  const json = {
+  return {
     experiment: cfg.name,
     status: log?.status ?? "no run log",
     params,
@@ -175,8 +161,19 @@ export async function writeReport(
     samples,
     written_at: new Date().toISOString(),
   };
+}
+
+/** report.md: the model, data and training in a paragraph, the losses in a table, the curve, the samples. */
+function reportMarkdown(
+  cfg: Config,
+  params: number,
+  figures: EvalFigures,
+  samples: string[],
+  json: ReturnType<typeof reportJson>,
+  curve: { svg: boolean; log: boolean },
+): string {
   const m = cfg.model;
-  const md = [
+  return [
     `# ${cfg.name}`,
     "",
     `Model: ${m.n_layers} layers × ${m.n_heads} heads, emb ${m.emb_dim}, context ${m.context_length}, ` +
@@ -207,10 +204,10 @@ export async function writeReport(
       ]
       : []),
     "",
-    svg
+    curve.svg
       ? "![Training and validation loss](loss.svg)"
       : `No loss curve: ${
-        log ? "the run log has no evaluations yet" : "this experiment has no run log"
+        curve.log ? "the run log has no evaluations yet" : "this experiment has no run log"
       }.`,
     "",
     `## Samples (temperature ${cfg.sampling.temperature}, top-k ${cfg.sampling.top_k ?? "none"}, ` +
@@ -218,6 +215,41 @@ export async function writeReport(
     "",
     ...samples.map(fenced),
   ].join("\n");
+}
+
+/**
+ * Writes report.md, report.json and loss.svg into `runDir`. Reads the run's log as it is (a run still in progress
+ * or a truncated last line is fine); without a log the report says there is no curve.
+ */
+export async function writeReport(
+  runDir: string,
+  cfg: Config,
+  params: number,
+  figures: EvalFigures,
+  samples: string[],
+): Promise<{ md: string; json: string; svg: string | null; warnings: string[] }> {
+  try {
+    await Deno.mkdir(runDir, { recursive: true });
+  } catch (err) {
+    throw new UserError(
+      `${runDir}: cannot create the report's directory (${(err as Error).message})`,
+    );
+  }
+  const { log, warnings } = readLogOf(runDir);
+  const svg = log ? lossCurveSVG(log, cfg.name) : null;
+  const svgPath = svg ? `${runDir}/loss.svg` : null;
+  if (svg && svgPath) {
+    try {
+      await writeAtomic(svgPath, svg);
+    } catch (err) {
+      throw new UserError(`${svgPath}: cannot write the loss curve (${(err as Error).message})`);
+    }
+  }
+  const json = reportJson(cfg, params, figures, samples, log);
+  const md = reportMarkdown(cfg, params, figures, samples, json, {
+    svg: Boolean(svg),
+    log: log !== null,
+  });
   try {
     await writeAtomic(`${runDir}/report.json`, JSON.stringify(json, null, 2) + "\n");
     await writeAtomic(`${runDir}/report.md`, md);

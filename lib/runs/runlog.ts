@@ -191,6 +191,19 @@ export function readRunLog(path: string, now = Date.now()): RunLogData {
     }
     throw new UserError(`${path}: cannot read (${err instanceof Error ? err.message : err})`);
   }
+  return parseRunLog(path, text, mtime, now);
+}
+
+/**
+ * {@link readRunLog} on text already read (`mtime`: the file's modification time in milliseconds), for a reader
+ * that must know which bytes it parsed, such as the dashboard's live stream.
+ */
+export function parseRunLog(
+  path: string,
+  text: string,
+  mtime: number,
+  now = Date.now(),
+): RunLogData {
   const lines: LogLine[] = [];
   const bad: number[] = [];
   text.split("\n").forEach((raw, i) => {

@@ -2,8 +2,15 @@
 // and one EventSource for live lines. What tests read is on window.dash (state, charts, runs).
 "use strict";
 const $ = (s) => document.querySelector(s);
-const dash =
-  (globalThis.dash = { runs: [], data: {}, charts: {}, state: readState(), es: null, updates: 0 });
+const dash = (globalThis.dash = {
+  runs: [],
+  data: {},
+  charts: {},
+  state: readState(),
+  es: null,
+  updates: 0,
+  rowUpdates: 0,
+});
 
 function readState() {
   const q = new URLSearchParams(location.search);
@@ -115,15 +122,22 @@ async function loadRun(name) {
   dash.data[name] = d;
 }
 
-/** Applies live lines as readRunLog does: evals appended, a resumed header drops the evals past its step. */
-function applyLines(name, lines) {
+/** Applies live lines as readRunLog does: evals appended, a resumed run's header drops the evals past its step. */
+function applyLines(name, lines, reset) {
   const d = dash.data[name];
   if (!d) return;
   const s = d.series;
+  if (reset) { // the log was replaced: its lines come again from the start
+    for (const k of Object.keys(s)) s[k].length = 0;
+    d.samples.length = 0, d.headers = 0, d.wall_base = 0, d.wall_seg = 0;
+  }
   for (const l of lines) {
-    if (l.type === "header" && typeof l.resumed_from_step === "number") {
-      const keep = s.step.findIndex((v) => v > l.resumed_from_step);
-      if (keep >= 0) { for (const k of Object.keys(s)) s[k].length = keep; }
+    if (l.type === "header") {
+      if (d.headers++) {
+        const from = typeof l.resumed_from_step === "number" ? l.resumed_from_step : 0;
+        const keep = s.step.map((v, i) => (v > from ? -1 : i)).filter((i) => i >= 0);
+        for (const k of Object.keys(s)) s[k] = keep.map((i) => s[k][i]);
+      }
       d.wall_base += d.wall_seg, d.wall_seg = 0;
     } else if (l.type === "eval") {
       s.step.push(l.step),
@@ -137,6 +151,28 @@ function applyLines(name, lines) {
     } else if (l.type === "sample") d.samples.push({ step: l.step, epoch: l.epoch, text: l.text });
   }
   dash.updates++;
+}
+
+/** Takes the run list's changed rows from the live stream; `names` is the whole list, in order. */
+function applyRows({ names, rows }) {
+  const byName = new Map(dash.runs.map((r) => [r.name, r]));
+  let full = names.length !== dash.runs.length || names.some((n, i) => dash.runs[i].name !== n);
+  for (const r of rows) {
+    const old = byName.get(r.name);
+    if (!old || old.group !== r.group) full = true;
+    byName.set(r.name, r);
+  }
+  dash.runs = names.map((n) => byName.get(n));
+  if (full) renderRuns();
+  else {
+    for (const r of rows) {
+      const tr = $(`tr.run[data-run="${CSS.escape(r.name)}"]`);
+      if (!tr) continue; // filtered out
+      $(`tr[data-warning="${CSS.escape(r.name)}"]`)?.remove();
+      tr.outerHTML = runRow(r);
+    }
+  }
+  dash.rowUpdates++;
 }
 
 /** One chart: for each run, `keys` as series (smoothed, the raw curve faint behind). */
@@ -164,7 +200,10 @@ function drawChart(id, title, keys, logScale) {
         dash: dashed ? [6, 4] : undefined,
         spanGaps: true,
       });
-      meta.push({ run: n, split: k, raw: false }, { run: n, split: k, raw: true });
+      meta.push(
+        { run: n, split: k, raw: false, colour: colour(n) },
+        { run: n, split: k, raw: true, colour: colour(n, 0.22) },
+      );
     }
   }
   dash.charts[id]?.destroy();
@@ -237,26 +276,23 @@ function renderSamples() {
   $("#samples").innerHTML = out.join("") || `<div class="empty">no samples yet</div>`;
 }
 
-/** One EventSource for every selected run, starting at the byte sizes the page loaded. */
+/** One EventSource: the selected runs' lines from the byte sizes the page loaded, and the run list's rows. */
 function follow() {
   dash.es?.close();
   const names = dash.state.runs.filter((n) => dash.data[n]);
-  if (!names.length) return;
   const q = names.map((n) => `run=${encodeURIComponent(n)}&from=${dash.data[n].size}`).join("&");
   const es = (dash.es = new EventSource("/api/events?" + q));
   es.onopen = () => ($("#live").dataset.live = "1", $("#live").textContent = "● live");
   es.onerror = () => ($("#live").dataset.live = "0", $("#live").textContent = "○ reconnecting");
   let pending = false;
   es.addEventListener("lines", (ev) => {
-    const { run, lines } = JSON.parse(ev.data);
-    applyLines(run, lines);
+    const { run, lines, reset } = JSON.parse(ev.data);
+    applyLines(run, lines, reset);
     if (pending) return;
     pending = true;
     requestAnimationFrame(() => (pending = false, drawAll(), renderSamples()));
-    if (lines.some((l) => l.type === "summary" || l.type === "interrupted" || l.type === "error")) {
-      loadRuns();
-    }
   });
+  es.addEventListener("rows", (ev) => applyRows(JSON.parse(ev.data)));
 }
 
 async function select() {
