@@ -1,7 +1,8 @@
 /**
  * `deno task bench [--quick] [--no-torch] [--steps n] [--experiment path]`: speed of the chapter-5 workload, one
  * JSON line per case: train step (batch 2 and 8), eval forward, greedy sampling of 25 tokens — median seconds,
- * tokens/s, peak RSS of the case's own process, backend. With Python + torch installed, the same train step in
+ * tokens/s, peak RSS of the case's own process, backend and matrix library: each case runs on the native BLAS (where
+ * one loads) and on the WebAssembly GEMM, whose lines get `ratio_vs_native` (its tokens/s ÷ the native's). With Python + torch installed, the same train step in
  * PyTorch (bench/torch_step.py) at both thread settings; the faster one is PyTorch's figure and our train-step lines
  * get `ratio_vs_pytorch` (ours tokens/s ÷ PyTorch's). PyTorch gets one process per setting (up to four at batch 2);
  * our train step gets `--repeats` processes (default 2) and, like PyTorch, keeps the fastest (`runs_median_s` lists
@@ -15,6 +16,7 @@ import * as tf from "@tensorflow/tfjs-core";
 import { parseArgs } from "node:util";
 import { AdamW } from "../lib/train/adamw.ts";
 import { initBackend } from "../lib/backends/backend.ts";
+import { loadNativeBlas, matrixLibrary } from "../lib/backends/blas.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { generateCached } from "../lib/model/kvcache.ts";
 import { initGPTParams } from "../lib/model/init.ts";
@@ -126,6 +128,7 @@ async function runCase(name: string, batch: number): Promise<Record<string, unkn
     case: name,
     impl: "ours",
     backend: backend.name,
+    matrix_library: backend.name === "blas" ? matrixLibrary()?.describe() ?? null : null,
     batch,
     tokens,
     median_s: s,
@@ -342,13 +345,27 @@ if (!values["no-data"]) {
     Deno.exit(0);
   }
 }
-for (
-  const [name, batch] of [["train_step", 2], ["train_step", 8], ["eval_forward", 2], [
-    "sample_25_tokens",
-    1,
-  ]] as const
-) {
+// Each case on the native BLAS where one loads, then on the WebAssembly GEMM (GPT_BLAS=wasm), one after the other.
+const matrixLibs = loadNativeBlas().ok ? ["native", "wasm"] : ["wasm"];
+const CASES = [["train_step", 2], ["train_step", 8], ["eval_forward", 2], [
+  "sample_25_tokens",
+  1,
+]] as const;
+for (const [name, batch] of CASES) {
   if (values.quick && batch === 8) continue;
+  for (const lib of matrixLibs) {
+    const best = await bestOf(name, batch, lib === "wasm" ? { GPT_BLAS: "wasm" } : {});
+    if (best) ours.push(best);
+    else console.log(JSON.stringify({ case: name, batch, matrix_lib: lib, error: "case failed" }));
+  }
+}
+
+function isWasm(r: Record<string, unknown>): boolean {
+  return String(r.matrix_library ?? "").startsWith("WebAssembly");
+}
+
+/** The fastest of the case's processes (several for the train step), with every run's median. */
+async function bestOf(name: string, batch: number, env: Record<string, string>) {
   const runs: Record<string, unknown>[] = [];
   const repeats = name === "train_step" ? Math.max(1, Number(values.repeats) || 1) : 1;
   for (let i = 0; i < repeats; i++) {
@@ -362,15 +379,13 @@ for (
       name,
       "--batch",
       String(batch),
-    ], { GLIBC_TUNABLES: MALLOC_HUGE });
+    ], { GLIBC_TUNABLES: MALLOC_HUGE, ...env });
     if (r) runs.push(r);
   }
   const best = runs.toSorted((x, y) => Number(x.median_s) - Number(y.median_s))[0];
-  if (!best) console.log(JSON.stringify({ case: name, batch, error: "case failed" }));
-  else {
-    const all = repeats > 1 ? { runs_median_s: runs.map((r) => r.median_s) } : {};
-    ours.push({ ...best, ...all, glibc_tunables: MALLOC_HUGE });
-  }
+  if (!best) return null;
+  const all = repeats > 1 ? { runs_median_s: runs.map((r) => r.median_s) } : {};
+  return { ...best, ...all, glibc_tunables: MALLOC_HUGE };
 }
 
 const torchBest: Record<string, Record<string, unknown>> = {};
@@ -416,6 +431,10 @@ if (!values["no-torch"]) {
 for (const r of ours) {
   const t = r.case === "train_step" ? torchBest[Number(r.batch)] : undefined;
   if (t) r.ratio_vs_pytorch = Number(r.tokens_per_s) / Number(t.tokens_per_s);
+  const nativeLine = ours.find((o) =>
+    o.case === r.case && o.batch === r.batch && o !== r && !isWasm(o) && isWasm(r)
+  );
+  if (nativeLine) r.ratio_vs_native = Number(r.tokens_per_s) / Number(nativeLine.tokens_per_s);
   console.log(JSON.stringify(r));
 }
 for (const t of Object.values(torchBest)) console.log(JSON.stringify(t));

@@ -1,13 +1,21 @@
 /**
  * GFLOP/s of the `blas` backend on the matrix products of one chapter-5 training step (GPT-124M, batch 2 × 256
- * tokens), forward and backward, at 1 and 2 OpenBLAS threads; and the cpu backend on one small shape for scale.
- * Prints one JSON line per measurement.
+ * tokens), forward and backward, at 1 and 2 threads of each matrix library: the native BLAS (OpenBLAS) where one
+ * loads, then the WebAssembly GEMM (relaxed FMA where the runtime has it; `GPT_GEMM_SIMD=plain` for the SIMD128
+ * build); and the cpu backend on one small shape for scale. Prints one JSON line per measurement.
  *
  *   deno run -A bench/matmul.ts [--reps 5]
  */
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
-import { BLAS_BACKEND, loadBlas, registerBlasBackend } from "../lib/backends/blas.ts";
+import {
+  BLAS_BACKEND,
+  type BlasLib,
+  registerBlasBackend,
+  useMatrixLibrary,
+} from "../lib/backends/blas.ts";
+import { gemmBuild } from "../lib/backends/gemm.ts";
+import { holdHelpers, readyHelpers } from "../lib/backends/parallel.ts";
 
 const N = 512, C = 768, F = 3072, V = 50257, BH = 24, T = 256, D = 64;
 const reps = Number(Deno.args[Deno.args.indexOf("--reps") + 1] || 5);
@@ -73,36 +81,55 @@ if (!reg.ok) {
   console.log(JSON.stringify({ error: reg.reason }));
   Deno.exit(1);
 }
-const blas = loadBlas();
-const lib = blas.ok ? blas.lib : null;
-console.log(JSON.stringify({
-  library: reg.reason,
-  OPENBLAS_NUM_THREADS: Deno.env.get("OPENBLAS_NUM_THREADS") ?? null,
-  threadsAtStart: lib?.getNumThreads?.() ?? null,
-}));
-
 await tf.setBackend(BLAS_BACKEND);
-const perStep: Record<number, number> = {};
-for (const threads of [1, 2]) {
-  lib?.setNumThreads?.(threads);
-  let stepSeconds = 0;
-  for (const c of CASES) {
-    const s = time(c, c.a.includes(V) || c.b.includes(V) ? Math.min(reps, 3) : reps);
-    stepSeconds += s * c.perStep;
-    console.log(JSON.stringify({
-      backend: BLAS_BACKEND,
-      threads,
-      case: c.name,
-      a: c.a,
-      b: c.b,
-      transposeA: c.tA,
-      transposeB: c.tB,
-      ms: +(s * 1000).toFixed(2),
-      gflops: +(flops(c) / s / 1e9).toFixed(1),
-    }));
+await readyHelpers(); // the WebAssembly GEMM's second thread is a helper Worker
+const perStep: Record<string, Record<number, number>> = {};
+await holdHelpers(async () => {
+  for (const kind of ["native", "wasm"] as const) {
+    await Promise.resolve(); // between libraries: let the helpers' messages run
+    const res = useMatrixLibrary(kind);
+    if (!res.ok) {
+      console.log(JSON.stringify({ library: kind, skipped: res.reason }));
+      continue;
+    }
+    perStep[kind] = timeLibrary(kind, res.lib);
   }
-  perStep[threads] = stepSeconds;
-  console.log(JSON.stringify({ threads, matmulSecondsPerStep: +stepSeconds.toFixed(3) }));
+});
+
+/** Every case at 1 and 2 threads of `lib`; returns the step's matrix-product seconds per thread count. */
+function timeLibrary(kind: string, lib: BlasLib): Record<number, number> {
+  console.log(JSON.stringify({
+    library: kind,
+    description: lib.describe(),
+    build: kind === "wasm" ? gemmBuild() : null,
+    OPENBLAS_NUM_THREADS: Deno.env.get("OPENBLAS_NUM_THREADS") ?? null,
+    threadsAtStart: lib.getNumThreads?.() ?? null,
+  }));
+  const seconds: Record<number, number> = {};
+  const start = lib.getNumThreads?.();
+  for (const threads of [1, 2]) {
+    lib.setNumThreads?.(threads);
+    let stepSeconds = 0;
+    for (const c of CASES) {
+      const s = time(c, c.a.includes(V) || c.b.includes(V) ? Math.min(reps, 3) : reps);
+      stepSeconds += s * c.perStep;
+      console.log(JSON.stringify({
+        library: kind,
+        threads,
+        case: c.name,
+        a: c.a,
+        b: c.b,
+        transposeA: c.tA,
+        transposeB: c.tB,
+        ms: +(s * 1000).toFixed(2),
+        gflops: +(flops(c) / s / 1e9).toFixed(1),
+      }));
+    }
+    seconds[threads] = +stepSeconds.toFixed(3);
+    console.log(JSON.stringify({ library: kind, threads, matmulSecondsPerStep: seconds[threads] }));
+  }
+  if (start !== undefined) lib.setNumThreads?.(start);
+  return seconds;
 }
 
 await tf.setBackend("cpu");
@@ -123,5 +150,4 @@ console.log(
     gflops: +(flops(small) / s / 1e9).toFixed(2),
   }),
 );
-const best = perStep[1] <= perStep[2] ? 1 : 2;
-console.log(JSON.stringify({ fastestThreads: best, matmulSecondsPerStep: perStep }));
+console.log(JSON.stringify({ matmulSecondsPerStep: perStep }));

@@ -173,6 +173,7 @@ Deno.test({
   sanitizeResources: false,
   sanitizeOps: false,
   fn: async () => {
+    const threadsBefore = setParallelism();
     setParallelism(2);
     ok(await readyHelpers() === 1, "the helper Worker starts");
     try {
@@ -212,7 +213,7 @@ Deno.test({
       }
     } finally {
       setWasmGemmThreads(8);
-      setParallelism(Math.min(8, navigator.hardwareConcurrency ?? 1));
+      setParallelism(threadsBefore);
     }
   },
 });
@@ -271,9 +272,9 @@ Deno.test({
       const header = readRunLog(`${dir}/portable/log.jsonl`).header!;
       ok(
         /WebAssembly SIMD GEMM, (relaxed FMA|SIMD128, no FMA), \d+ threads/.test(
-          header.backend_reason,
+          String(header.backend_reason),
         ),
-        header.backend_reason,
+        String(header.backend_reason),
       );
     } finally {
       useMatrixLibrary("auto");
