@@ -4,7 +4,7 @@
  * loads, then the WebAssembly GEMM (relaxed FMA where the runtime has it; `GPT_GEMM_SIMD=plain` for the SIMD128
  * build); and the cpu backend on one small shape for scale. Prints one JSON line per measurement.
  *
- *   deno run -A bench/matmul.ts [--reps 5]
+ *   deno run -A bench/matmul.ts [--reps 5] [--lib native|wasm]
  */
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
@@ -19,6 +19,8 @@ import { holdHelpers, readyHelpers } from "../lib/backends/parallel.ts";
 
 const N = 512, C = 768, F = 3072, V = 50257, BH = 24, T = 256, D = 64;
 const reps = Number(Deno.args[Deno.args.indexOf("--reps") + 1] || 5);
+const only = Deno.args.includes("--lib") ? Deno.args[Deno.args.indexOf("--lib") + 1] : null;
+const LIBS = (["native", "wasm"] as const).filter((l) => only === null || l === only);
 
 interface Case {
   name: string;
@@ -85,7 +87,7 @@ await tf.setBackend(BLAS_BACKEND);
 await readyHelpers(); // the WebAssembly GEMM's second thread is a helper Worker
 const perStep: Record<string, Record<number, number>> = {};
 await holdHelpers(async () => {
-  for (const kind of ["native", "wasm"] as const) {
+  for (const kind of LIBS) {
     await Promise.resolve(); // between libraries: let the helpers' messages run
     const res = useMatrixLibrary(kind);
     if (!res.ok) {
