@@ -55,6 +55,18 @@ static inline f4 madd(f4 a, f4 b, f4 c) {
 #endif
 }
 
+/** d[q * ldd + r] = s[r * ld + q] for r, q < 4: a 4 x 4 transpose in registers. */
+static void transpose_4x4(const float *s, int ld, float *d, int ldd) {
+  const f4 r0 = wasm_v128_load(s), r1 = wasm_v128_load(s + ld);
+  const f4 r2 = wasm_v128_load(s + 2 * ld), r3 = wasm_v128_load(s + 3 * ld);
+  const f4 t0 = wasm_i32x4_shuffle(r0, r1, 0, 4, 1, 5), t1 = wasm_i32x4_shuffle(r0, r1, 2, 6, 3, 7);
+  const f4 t2 = wasm_i32x4_shuffle(r2, r3, 0, 4, 1, 5), t3 = wasm_i32x4_shuffle(r2, r3, 2, 6, 3, 7);
+  wasm_v128_store(d, wasm_i64x2_shuffle(t0, t2, 0, 2));
+  wasm_v128_store(d + ldd, wasm_i64x2_shuffle(t0, t2, 1, 3));
+  wasm_v128_store(d + 2 * ldd, wasm_i64x2_shuffle(t1, t3, 0, 2));
+  wasm_v128_store(d + 3 * ldd, wasm_i64x2_shuffle(t1, t3, 1, 3));
+}
+
 /**
  * Packs the staged slice of op(B), kc x nc, into NR-wide panels (k-major inside each, zero-padded on the right).
  * Staged as rows of op(B) (kc x nc) when tb is 0, as its columns (nc x kc) when tb is 1.
@@ -71,7 +83,14 @@ __attribute__((export_name("pack_b"))) void pack_b(int tb, int kc, int nc) {
       }
       continue;
     }
-    for (int p = 0; p < kc; p++) {
+    int p = 0;
+    if (tb && nr == NR) {
+      for (; p + 4 <= kc; p += 4, d += 4 * NR) {
+        transpose_4x4(STAGE_B + j * kc + p, kc, d, NR);
+        transpose_4x4(STAGE_B + (j + 4) * kc + p, kc, d + 4, NR);
+      }
+    }
+    for (; p < kc; p++) {
       for (int jj = 0; jj < NR; jj++) {
         *d++ = jj >= nr ? 0.0f : tb ? STAGE_B[(j + jj) * kc + p] : STAGE_B[p * nc + j + jj];
       }
@@ -87,7 +106,16 @@ __attribute__((export_name("pack_a"))) void pack_a(int ta, int mc, int kc, float
   float *d = PACK_A;
   for (int i = 0; i < mc; i += MR) {
     const int mr = mc - i < MR ? mc - i : MR;
-    for (int p = 0; p < kc; p++) {
+    int p = 0;
+#if MR == 4
+    if (!ta && mr == MR && alpha == 1.0f) {
+      for (; p + 4 <= kc; p += 4, d += 4 * MR) transpose_4x4(STAGE_A + i * kc + p, kc, d, MR);
+    }
+    if (ta && mr == MR && alpha == 1.0f) {
+      for (; p < kc; p++, d += MR) wasm_v128_store(d, wasm_v128_load(STAGE_A + p * mc + i));
+    }
+#endif
+    for (; p < kc; p++) {
       for (int ii = 0; ii < MR; ii++) {
         const float v = ii >= mr ? 0.0f : ta ? STAGE_A[p * mc + i + ii] : STAGE_A[(i + ii) * kc + p];
         *d++ = alpha == 1.0f ? v : alpha * v;
