@@ -10,9 +10,7 @@
 
 #include <wasm_simd128.h>
 
-#ifndef MR
-#define MR 4
-#endif
+#define MR 4  /* the micro-kernel and the A-panel transposes are written for 4 rows */
 #define NR 8
 #define KC 256
 #define NC 512
@@ -107,14 +105,12 @@ __attribute__((export_name("pack_a"))) void pack_a(int ta, int mc, int kc, float
   for (int i = 0; i < mc; i += MR) {
     const int mr = mc - i < MR ? mc - i : MR;
     int p = 0;
-#if MR == 4
     if (!ta && mr == MR && alpha == 1.0f) {
       for (; p + 4 <= kc; p += 4, d += 4 * MR) transpose_4x4(STAGE_A + i * kc + p, kc, d, MR);
     }
     if (ta && mr == MR && alpha == 1.0f) {
       for (; p < kc; p++, d += MR) wasm_v128_store(d, wasm_v128_load(STAGE_A + p * mc + i));
     }
-#endif
     for (; p < kc; p++) {
       for (int ii = 0; ii < MR; ii++) {
         const float v = ii >= mr ? 0.0f : ta ? STAGE_A[p * mc + i + ii] : STAGE_A[(i + ii) * kc + p];
@@ -126,7 +122,6 @@ __attribute__((export_name("pack_a"))) void pack_a(int ta, int mc, int kc, float
 
 /** c (MR x NR, row stride ldc) += packed A panel x packed B panel over kc. */
 static void micro(const float *a, const float *b, int kc, float *c, int ldc) {
-#if MR == 4
   f4 c00 = wasm_v128_load(c), c01 = wasm_v128_load(c + 4);
   f4 c10 = wasm_v128_load(c + ldc), c11 = wasm_v128_load(c + ldc + 4);
   f4 c20 = wasm_v128_load(c + 2 * ldc), c21 = wasm_v128_load(c + 2 * ldc + 4);
@@ -146,37 +141,6 @@ static void micro(const float *a, const float *b, int kc, float *c, int ldc) {
   wasm_v128_store(c + ldc, c10), wasm_v128_store(c + ldc + 4, c11);
   wasm_v128_store(c + 2 * ldc, c20), wasm_v128_store(c + 2 * ldc + 4, c21);
   wasm_v128_store(c + 3 * ldc, c30), wasm_v128_store(c + 3 * ldc + 4, c31);
-#elif MR == 6
-  f4 c00 = wasm_v128_load(c), c01 = wasm_v128_load(c + 4);
-  f4 c10 = wasm_v128_load(c + ldc), c11 = wasm_v128_load(c + ldc + 4);
-  f4 c20 = wasm_v128_load(c + 2 * ldc), c21 = wasm_v128_load(c + 2 * ldc + 4);
-  f4 c30 = wasm_v128_load(c + 3 * ldc), c31 = wasm_v128_load(c + 3 * ldc + 4);
-  f4 c40 = wasm_v128_load(c + 4 * ldc), c41 = wasm_v128_load(c + 4 * ldc + 4);
-  f4 c50 = wasm_v128_load(c + 5 * ldc), c51 = wasm_v128_load(c + 5 * ldc + 4);
-  for (int p = 0; p < kc; p++, a += MR, b += NR) {
-    const f4 b0 = wasm_v128_load(b), b1 = wasm_v128_load(b + 4);
-    f4 x = wasm_v128_load32_splat(a);
-    c00 = madd(x, b0, c00), c01 = madd(x, b1, c01);
-    x = wasm_v128_load32_splat(a + 1);
-    c10 = madd(x, b0, c10), c11 = madd(x, b1, c11);
-    x = wasm_v128_load32_splat(a + 2);
-    c20 = madd(x, b0, c20), c21 = madd(x, b1, c21);
-    x = wasm_v128_load32_splat(a + 3);
-    c30 = madd(x, b0, c30), c31 = madd(x, b1, c31);
-    x = wasm_v128_load32_splat(a + 4);
-    c40 = madd(x, b0, c40), c41 = madd(x, b1, c41);
-    x = wasm_v128_load32_splat(a + 5);
-    c50 = madd(x, b0, c50), c51 = madd(x, b1, c51);
-  }
-  wasm_v128_store(c, c00), wasm_v128_store(c + 4, c01);
-  wasm_v128_store(c + ldc, c10), wasm_v128_store(c + ldc + 4, c11);
-  wasm_v128_store(c + 2 * ldc, c20), wasm_v128_store(c + 2 * ldc + 4, c21);
-  wasm_v128_store(c + 3 * ldc, c30), wasm_v128_store(c + 3 * ldc + 4, c31);
-  wasm_v128_store(c + 4 * ldc, c40), wasm_v128_store(c + 4 * ldc + 4, c41);
-  wasm_v128_store(c + 5 * ldc, c50), wasm_v128_store(c + 5 * ldc + 4, c51);
-#else
-#error "MR must be 4 or 6"
-#endif
 }
 
 /**
