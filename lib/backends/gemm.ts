@@ -8,6 +8,7 @@
  * build; `GPT_GEMM_SIMD=plain` forces the latter. Results do not depend on how C is split between threads.
  */
 import { GEMM_PLAIN_BASE64, GEMM_RELAXED_BASE64, SOURCE_SHA256 } from "./gemm_wasm.ts";
+import type { Sgemm } from "./parallel.ts";
 
 /** SHA-256 of the gemm.c the generated module was built from (tests compare it with the source). */
 export const GEMM_BUILT_FROM = SOURCE_SHA256;
@@ -206,36 +207,8 @@ const TRANS = 112;
  * `cblas_sgemm` (row-major only; `order` is ignored) on this thread: the same signature as the native one, so
  * callers of a BLAS take either.
  */
-export function wasmSgemm(
-  _order: number,
-  transA: number,
-  transB: number,
-  M: number,
-  N: number,
-  K: number,
-  alpha: number,
-  A: Float32Array,
-  lda: number,
-  B: Float32Array,
-  ldb: number,
-  beta: number,
-  C: Float32Array,
-  ldc: number,
-): void {
+export const wasmSgemm: Sgemm = (_o, tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) => {
   if (M === 0 || N === 0) return;
-  gemmBlock({
-    transA: transA === TRANS,
-    transB: transB === TRANS,
-    M,
-    N,
-    K,
-    alpha,
-    A,
-    lda,
-    B,
-    ldb,
-    beta,
-    C,
-    ldc,
-  });
-}
+  const transA = tA === TRANS, transB = tB === TRANS;
+  gemmBlock({ transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc });
+};
