@@ -10,14 +10,9 @@ import {
   setSgemm,
   setWasmGemmThreads,
   type Sgemm,
+  SGEMM_SYMBOLS,
   WASM_GEMM,
 } from "./parallel.ts";
-
-const I = "i32", F = "f32", P = "buffer";
-const SYMBOLS = {
-  // order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc
-  cblas_sgemm: { parameters: [I, I, I, I, I, I, F, P, I, P, I, F, P, I], result: "void" },
-} as const;
 
 const OPENBLAS_SYMBOLS = {
   openblas_set_num_threads: { parameters: ["i32"], result: "void" },
@@ -112,9 +107,9 @@ export function loadNativeBlas(): LoadBlasResult {
   shortenThreadSpin();
   const errors: string[] = [];
   for (const path of CANDIDATES) {
-    let dl: Deno.DynamicLibrary<typeof SYMBOLS>;
+    let dl: Deno.DynamicLibrary<typeof SGEMM_SYMBOLS>;
     try {
-      dl = Deno.dlopen(path, SYMBOLS);
+      dl = Deno.dlopen(path, SGEMM_SYMBOLS);
     } catch (err) {
       errors.push(`${path}: ${firstLine(err)}`);
       if (err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied) {

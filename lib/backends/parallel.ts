@@ -112,7 +112,8 @@ function binaryRun(
 // product with two threads as with one, so each thread takes a share of the heads with OpenBLAS on one thread
 // (`sgemmHeads`).
 
-const SGEMM_SYMBOLS = {
+/** `cblas_sgemm` for Deno.dlopen: order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc. */
+export const SGEMM_SYMBOLS = {
   cblas_sgemm: {
     parameters: [
       "i32",
