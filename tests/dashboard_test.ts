@@ -563,7 +563,7 @@ Deno.test({
     const held: Deno.Conn[] = [];
     try {
       await page(), await page(); // warm: what a first visit loads and compiles
-      const idle = rssKb(dash.proc.pid);
+      const idle = await rssKb(dash.proc.pid);
       const opened = await Promise.all(
         Array.from({ length: 500 }, () => holdGet(dash.port, "/api/events?run=run")),
       );
@@ -572,7 +572,7 @@ Deno.test({
       const cap = Math.min(LIMITS.streamsPerClient, LIMITS.streams);
       assertEquals([count(200), count(503)], [cap, 500 - cap]);
       await page(); // a normal client while all 500 connections are held
-      const busy = rssKb(dash.proc.pid);
+      const busy = await rssKb(dash.proc.pid);
       ok(busy <= 2 * idle, `RSS ${busy} KiB with 500 connections, ${idle} KiB idle`);
     } finally {
       for (const c of held) c.close();
