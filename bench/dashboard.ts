@@ -91,7 +91,7 @@ async function screenshot(out: string) {
     stopAfterSteps: 120,
   });
   while (!(await Deno.stat(`${dir}/verdict-small/log.jsonl`).catch(() => null))) {
-    await new Promise((r) => setTimeout(r, 20)); // until the run's first line is there (it trains in this process)
+    await new Promise((r) => setTimeout(r, 20)); // until the run (in this process) logs its first line
   }
   const dash = startDashboard(dir, { port: 0 });
   const browser = await Browser.launch(chromium!, 1500, 1000);
@@ -134,7 +134,7 @@ async function load() {
   const dir = Deno.makeTempDirSync({ prefix: "gpt-ts-dash-" });
   for (const n of ["a", "b", "c"]) writeRunLog(dir, `sweep.lr=${n}`, 200, 4e-4, ["a sample"]);
   const dash = await spawnDashboard(["--port", "0", dir]);
-  const pid = dash.proc.pid, mb = async () => +((await rssKb(pid)) / 1024).toFixed(1);
+  const pid = dash.proc.pid, mb = async () => +((await rssKb(pid) ?? NaN) / 1024).toFixed(1);
   const page = [
     "",
     "app.js",

@@ -135,10 +135,16 @@ export async function holdGet(
 
 /**
  * The resident set size of process `pid` in KiB, from `ps` (Deno lets only --allow-all read another process's
- * /proc files; the test task has --allow-run).
+ * /proc files; the test task has --allow-run); null where `ps` (Debian's procps) is not installed.
  */
-export async function rssKb(pid: number): Promise<number> {
-  const out = await new Deno.Command("ps", { args: ["-o", "rss=", "-p", String(pid)] }).output();
+export async function rssKb(pid: number): Promise<number | null> {
+  let out;
+  try {
+    out = await new Deno.Command("ps", { args: ["-o", "rss=", "-p", String(pid)] }).output();
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return null;
+    throw err;
+  }
   const kb = Number(new TextDecoder().decode(out.stdout).trim());
   if (!out.success || !(kb > 0)) throw new Error(`ps -o rss= -p ${pid}: no such process`);
   return kb;
