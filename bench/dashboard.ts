@@ -48,7 +48,7 @@ async function measure(label: string, dir: string, runs: string[], evals: number
   const browser = await Browser.launch(chromium!);
   const t0 = performance.now();
   await browser.goto(`${dash.url}?runs=${encodeURIComponent(runs.join(","))}`);
-  await browser.waitFor("document.body.dataset.ready === '1'", 120_000);
+  await browser.waitFor("document.body.dataset.ready === '1'");
   const loadMs = performance.now() - t0;
   const m = await browser.metrics();
   const step = evals + 1, name = JSON.stringify(runs[0]);
@@ -63,7 +63,6 @@ async function measure(label: string, dir: string, runs: string[], evals: number
   await browser.waitFor(
     `dash.data[${name}].series.step.at(-1) === ${step} && document.querySelector(
       'tr.run[data-run=' + JSON.stringify(${name}) + ']').cells[4].textContent === "${step}"`,
-    30_000,
   );
   console.log(JSON.stringify({
     case: label,
@@ -109,7 +108,7 @@ async function screenshot(out: string) {
   const last = await browser.eval("dash.data['verdict-small'].series.tokens.at(-1)");
   Deno.writeFileSync(out, await browser.screenshot());
   await run;
-  await browser.waitFor(`${row}.dataset.status !== "running"`, 10_000);
+  await browser.waitFor(`${row}.dataset.status !== "running"`);
   console.log(JSON.stringify({
     screenshot: out,
     row_at_screenshot: cells.slice(2),
