@@ -715,3 +715,25 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "dashboard: a page refused past the request rate says so (Chromium)",
+  ignore: !CHROMIUM,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const dash = startDashboard(smallDir(), { port: 0, limits: { ratePerS: 0, burst: 1 } });
+    const browser = await Browser.launch(CHROMIUM!);
+    try {
+      await browser.goto(`${dash.url}?runs=run`); // /api/runs passes, /api/run is one too many
+      await browser.waitFor(`document.querySelector("#live").dataset.live === "refused"`);
+      assertEquals(
+        await browser.eval(`document.querySelector("#live").textContent`),
+        "○ 429: too many requests: slow down",
+      );
+    } finally {
+      await browser.close();
+      await dash.shutdown();
+    }
+  },
+});

@@ -50,8 +50,17 @@ const esc = (s) =>
     (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c],
   );
 
+/** JSON from the server; a refusal (429 past the request rate, 401 without the token) is said on the page. */
+async function getJson(url) {
+  const r = await fetch(url);
+  if (r.ok || r.headers.get("content-type") === "application/json") return r.json();
+  const why = (await r.text()).trim() || r.statusText;
+  $("#live").dataset.live = "refused", $("#live").textContent = `○ ${r.status}: ${why}`;
+  throw new Error(`${url}: ${r.status} ${why}`);
+}
+
 async function loadRuns() {
-  dash.runs = await (await fetch("/api/runs")).json();
+  dash.runs = await getJson("/api/runs");
   const known = new Set(dash.runs.map((r) => r.name));
   dash.state.runs = dash.state.runs.filter((n) => known.has(n));
   if (!dash.state.runs.length) {
@@ -126,7 +135,7 @@ function smooth(ys, w) {
 }
 
 async function loadRun(name) {
-  const d = await (await fetch(`/api/run?run=${encodeURIComponent(name)}`)).json();
+  const d = await getJson(`/api/run?run=${encodeURIComponent(name)}`);
   dash.data[name] = d;
 }
 
@@ -258,9 +267,9 @@ async function renderDiff() {
   if (names.length < 2) {
     return ($("#diff").innerHTML = `<tr><td class="empty text">select two runs or more</td></tr>`);
   }
-  const d =
-    await (await fetch("/api/diff?" + names.map((n) => "run=" + encodeURIComponent(n)).join("&")))
-      .json();
+  const d = await getJson(
+    "/api/diff?" + names.map((n) => "run=" + encodeURIComponent(n)).join("&"),
+  );
   if (!d.keys?.length) {
     return ($("#diff").innerHTML = `<tr><td class="empty text">the configs are the same</td></tr>`);
   }
