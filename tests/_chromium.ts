@@ -17,15 +17,25 @@ export function findChromium(): string | null {
 export class Browser {
   private id = 0;
   private pending = new Map<number, (msg: Record<string, unknown>) => void>();
+  private listeners: { method: string; cb: (params: Record<string, unknown>) => void }[] = [];
   private constructor(private proc: Deno.ChildProcess, private ws: WebSocket, private dir: string) {
     ws.onmessage = (ev) => {
       const msg = JSON.parse(ev.data);
       if (msg.id !== undefined) this.pending.get(msg.id)?.(msg), this.pending.delete(msg.id);
+      else for (const l of this.listeners) if (l.method === msg.method) l.cb(msg.params);
     };
   }
 
-  /** Starts headless Chromium (flags that also work as root) and attaches to a blank page. */
-  static async launch(bin: string, width = 1400, height = 1000): Promise<Browser> {
+  /**
+   * Starts headless Chromium (flags that also work as root, nothing fetched from the network of its own) and
+   * attaches to a blank page; `extraArgs` e.g. `--host-resolver-rules=MAP name 127.0.0.1`.
+   */
+  static async launch(
+    bin: string,
+    width = 1400,
+    height = 1000,
+    extraArgs: string[] = [],
+  ): Promise<Browser> {
     const dir = Deno.makeTempDirSync({ prefix: "gpt-ts-chromium-" });
     const proc = new Deno.Command(bin, {
       args: [
@@ -34,7 +44,11 @@ export class Browser {
         "--disable-gpu",
         "--no-first-run",
         "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
         `--user-data-dir=${dir}`,
+        ...extraArgs,
         "--remote-debugging-port=0",
         `--window-size=${width},${height}`,
         "about:blank",
@@ -52,6 +66,11 @@ export class Browser {
     await b.send("Page.enable");
     await b.send("Performance.enable");
     return b;
+  }
+
+  /** Calls `cb` with the params of every CDP event `method` (e.g. `Network.responseReceived`) from now on. */
+  on(method: string, cb: (params: Record<string, unknown>) => void): void {
+    this.listeners.push({ method, cb });
   }
 
   /** The browser process's id (its renderers and helpers are its descendants). */
@@ -91,14 +110,23 @@ export class Browser {
     return (r.result as { value: T }).value;
   }
 
-  /** Waits until `expression` is truthy in the page; throws after `timeoutMs`. */
-  async waitFor(expression: string, timeoutMs = 10_000): Promise<void> {
+  /**
+   * Waits until `expression` is truthy in the page: it is looked at inside the page every few milliseconds (and
+   * again in each new document after a navigation), so the wait ends with the event itself, whatever the
+   * machine's speed. `timeoutMs` is only a guard against a hang.
+   */
+  async waitFor(expression: string, timeoutMs = HANG_GUARD_MS): Promise<void> {
     const end = Date.now() + timeoutMs;
     while (Date.now() < end) {
-      if (await this.eval(`!!(${expression})`).catch(() => false)) return;
-      await new Promise((r) => setTimeout(r, 50));
+      const left = Math.max(1, end - Date.now());
+      const seen = await this.eval(`new Promise((done) => {
+        const end = performance.now() + Math.min(${left}, 2000);
+        const look = () => { let v = false; try { v = !!(${expression}); } catch { /* not yet */ }
+          if (v || performance.now() > end) done(v); else setTimeout(look, 10); };
+        look(); })`).catch(() => false); // a navigation drops the context: look again in the new one
+      if (seen) return;
     }
-    throw new Error(`timed out waiting for ${expression}`);
+    throw new Error(`waited ${timeoutMs / 1000} s (hang guard) for ${expression}`);
   }
 
   /** A PNG screenshot of the viewport. */
@@ -122,19 +150,23 @@ export class Browser {
       this.proc.kill("SIGTERM");
     } catch { /* already gone */ }
     await this.proc.status;
-    // Chromium's helper processes (crashpad, zygote) can still write into the profile for a moment after the
-    // browser process exits, so an early remove finds the directory not empty: retry for a while.
-    for (let attempt = 0;; attempt++) {
+    // Chromium's helper processes (crashpad, zygote) can still write into the profile after the browser process
+    // exits, so a remove can find the directory not empty: try again until it is gone (a guard against a hang).
+    const end = Date.now() + HANG_GUARD_MS;
+    for (;;) {
       try {
         Deno.removeSync(this.dir, { recursive: true });
         return;
       } catch (err) {
-        if (attempt >= 50) throw err;
-        await new Promise((r) => setTimeout(r, 100));
+        if (Date.now() > end) throw err;
+        await new Promise((r) => setTimeout(r, 20));
       }
     }
   }
 }
+
+/** How long a wait may last before it counts as a hang (generous: a loaded 2-core machine is slow). */
+export const HANG_GUARD_MS = 180_000;
 
 /** Reads Chromium's stderr up to `DevTools listening on ws://…`, then keeps draining it. */
 async function devtoolsUrl(stderr: ReadableStream<Uint8Array>): Promise<string> {

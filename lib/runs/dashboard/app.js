@@ -50,8 +50,17 @@ const esc = (s) =>
     (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c],
   );
 
+/** JSON from the server; a refusal (429 past the request rate, 401 without the token) is said on the page. */
+async function getJson(url) {
+  const r = await fetch(url);
+  if (r.ok || r.headers.get("content-type") === "application/json") return r.json();
+  const why = (await r.text()).trim() || r.statusText;
+  $("#live").dataset.live = "refused", $("#live").textContent = `○ ${r.status}: ${why}`;
+  throw new Error(`${url}: ${r.status} ${why}`);
+}
+
 async function loadRuns() {
-  dash.runs = await (await fetch("/api/runs")).json();
+  dash.runs = await getJson("/api/runs");
   const known = new Set(dash.runs.map((r) => r.name));
   dash.state.runs = dash.state.runs.filter((n) => known.has(n));
   if (!dash.state.runs.length) {
@@ -80,7 +89,7 @@ function runRow(r) {
     r.status ?? "unreadable"
   }">` +
     `<td><input type="checkbox" ${on ? "checked" : ""}></td>` +
-    `<td><span class="swatch" style="background:${colour(r.name)}"></span>${
+    `<td><span class="swatch" data-swatch="${esc(r.name)}"></span>${
       esc(r.name)
     }</td>${cells}</tr>${warn}`;
 }
@@ -104,6 +113,14 @@ function renderRuns() {
   }
   $("#runs tbody").innerHTML = html.join("") ||
     `<tr><td colspan="10" class="empty">no runs</td></tr>`;
+  paintSwatches();
+}
+
+/** Colours the run list's swatches (through the DOM: the page's CSP allows no inline style attributes). */
+function paintSwatches() {
+  for (const el of document.querySelectorAll(".swatch[data-swatch]")) {
+    el.style.background = colour(el.dataset.swatch);
+  }
 }
 
 /** TensorBoard's debiased EMA: last = last·w + (1−w)·y, shown = last / (1 − wⁿ). */
@@ -118,7 +135,7 @@ function smooth(ys, w) {
 }
 
 async function loadRun(name) {
-  const d = await (await fetch(`/api/run?run=${encodeURIComponent(name)}`)).json();
+  const d = await getJson(`/api/run?run=${encodeURIComponent(name)}`);
   dash.data[name] = d;
 }
 
@@ -171,12 +188,16 @@ function applyRows({ names, rows }) {
       $(`tr[data-warning="${CSS.escape(r.name)}"]`)?.remove();
       tr.outerHTML = runRow(r);
     }
+    paintSwatches();
   }
   dash.rowUpdates++;
 }
 
-/** One chart: for each run, `keys` as series (smoothed, the raw curve faint behind). */
-function drawChart(id, title, keys, logScale) {
+/**
+ * One chart: for each run, `keys` as series; `smoothed` (the losses, which are noisy) draws each smoothed with
+ * the raw curve faint behind, otherwise (a schedule, a norm) each is drawn raw, once.
+ */
+function drawChart(id, title, keys, logScale, smoothed) {
   const el = $(`#chart-${id}`);
   const runs = dash.state.runs.filter((n) => dash.data[n]);
   const tables = [], series = [{ label: dash.state.x }], meta = [];
@@ -185,25 +206,20 @@ function drawChart(id, title, keys, logScale) {
     if (!keys.some((k) => s[k].some((v) => v !== null))) continue;
     for (const [k, dashed] of keys.map((k, i) => [k, i > 0])) {
       const raw = s[k].map((v) => (logScale && !(v > 0) ? null : v));
-      tables.push([x, smooth(raw, dash.state.smooth)], [x, raw]);
-      series.push({
-        label: `${n} ${k}`,
-        stroke: colour(n),
-        width: 2,
+      const line = (label, stroke, width) => ({
+        label,
+        stroke,
+        width,
         dash: dashed ? [6, 4] : undefined,
         spanGaps: true,
       });
-      series.push({
-        label: `${n} ${k} (raw)`,
-        stroke: colour(n, 0.22),
-        width: 1,
-        dash: dashed ? [6, 4] : undefined,
-        spanGaps: true,
-      });
-      meta.push(
-        { run: n, split: k, raw: false, colour: colour(n) },
-        { run: n, split: k, raw: true, colour: colour(n, 0.22) },
-      );
+      tables.push([x, smoothed ? smooth(raw, dash.state.smooth) : raw]);
+      series.push(line(`${n} ${k}`, colour(n), 2));
+      meta.push({ run: n, split: k, raw: !smoothed, colour: colour(n) });
+      if (!smoothed) continue;
+      tables.push([x, raw]);
+      series.push(line(`${n} ${k} (raw)`, colour(n, 0.22), 1));
+      meta.push({ run: n, split: k, raw: true, colour: colour(n, 0.22) });
     }
   }
   dash.charts[id]?.destroy();
@@ -226,7 +242,7 @@ function drawChart(id, title, keys, logScale) {
       legend: { live: true },
       axes: [{
         label: { step: "step", tokens: "tokens seen", wall: "wall time (s)" }[dash.state.x],
-      }, {}],
+      }, { size: 60, values: (_u, ticks) => ticks.map(tick) }],
     },
     data,
     el,
@@ -235,10 +251,14 @@ function drawChart(id, title, keys, logScale) {
   dash.charts[id] = u;
 }
 
+/** A y-axis label: small values (a learning rate) in exponent form, not rounded to 0. */
+const tick = (v) =>
+  v === null ? "" : v !== 0 && Math.abs(v) < 1e-3 ? v.toExponential(2) : String(+v.toPrecision(4));
+
 function drawAll() {
-  drawChart("loss", "train and val loss (val dashed)", ["train", "val"], dash.state.log);
-  drawChart("lr", "learning rate", ["lr"], false);
-  drawChart("grad_norm", "gradient norm", ["grad_norm"], false);
+  drawChart("loss", "train and val loss (val dashed)", ["train", "val"], dash.state.log, true);
+  drawChart("lr", "learning rate", ["lr"], false, false);
+  drawChart("grad_norm", "gradient norm", ["grad_norm"], false, false);
   document.body.dataset.drawn = String(++dash.draws || (dash.draws = 1));
 }
 
@@ -247,9 +267,9 @@ async function renderDiff() {
   if (names.length < 2) {
     return ($("#diff").innerHTML = `<tr><td class="empty text">select two runs or more</td></tr>`);
   }
-  const d =
-    await (await fetch("/api/diff?" + names.map((n) => "run=" + encodeURIComponent(n)).join("&")))
-      .json();
+  const d = await getJson(
+    "/api/diff?" + names.map((n) => "run=" + encodeURIComponent(n)).join("&"),
+  );
   if (!d.keys?.length) {
     return ($("#diff").innerHTML = `<tr><td class="empty text">the configs are the same</td></tr>`);
   }
@@ -262,18 +282,24 @@ async function renderDiff() {
     ).join("");
 }
 
+/** The samples, built as DOM nodes whose text is set as text: what training wrote never runs as HTML. */
 function renderSamples() {
   const out = [];
+  const el = (tag, cls, text) => {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  };
   for (const n of dash.state.runs) {
     for (const s of dash.data[n]?.samples ?? []) {
-      out.push(
-        `<div class="sample"><b style="color:${colour(n)}">${
-          esc(n)
-        }</b> step ${s.step} (epoch ${s.epoch}): ${esc(s.text)}</div>`,
-      );
+      const div = el("div", "sample"), name = el("b", "", n);
+      name.style.color = colour(n);
+      div.append(name, ` step ${s.step} (epoch ${s.epoch}): `, el("span", "text", String(s.text)));
+      out.push(div);
     }
   }
-  $("#samples").innerHTML = out.join("") || `<div class="empty">no samples yet</div>`;
+  $("#samples").replaceChildren(...(out.length ? out : [el("div", "empty", "no samples yet")]));
 }
 
 /** One EventSource: the selected runs' lines from the byte sizes the page loaded, and the run list's rows. */
@@ -283,7 +309,12 @@ function follow() {
   const q = names.map((n) => `run=${encodeURIComponent(n)}&from=${dash.data[n].size}`).join("&");
   const es = (dash.es = new EventSource("/api/events?" + q));
   es.onopen = () => ($("#live").dataset.live = "1", $("#live").textContent = "● live");
-  es.onerror = () => ($("#live").dataset.live = "0", $("#live").textContent = "○ reconnecting");
+  es.onerror = () => {
+    // closed: the server refused the stream (too many live views open); otherwise the browser retries
+    const refused = es.readyState === EventSource.CLOSED;
+    $("#live").dataset.live = refused ? "refused" : "0";
+    $("#live").textContent = refused ? "○ not live: too many views open" : "○ reconnecting";
+  };
   let pending = false;
   es.addEventListener("lines", (ev) => {
     const { run, lines, reset } = JSON.parse(ev.data);

@@ -4,7 +4,7 @@
  * Only complete lines are read: a line still being written waits until its newline is there.
  */
 import { diffConfigs, runConfig, type RunRow, summarizeRun } from "../compare.ts";
-import { type LogLine, parseRunLog, readRunLog, RUNNING_WINDOW_S } from "../runlog.ts";
+import { type LogLine, parseRunLog, RUNNING_WINDOW_S } from "../runlog.ts";
 
 /** The most points one curve is served with; longer logs are thinned evenly (the last point always kept). */
 export const MAX_POINTS = 2000;
@@ -90,15 +90,15 @@ function runRow(name: string, path: string, throttle = 0): DashboardRun {
   let row: DashboardRun;
   try {
     const { text } = readComplete(path);
-    const log = parseRunLog(path, text, mtime, now);
+    const log = parseRunLog(`${name}/log.jsonl`, text, mtime, now); // named relative to the directory
     if (!log.header) {
       const why = "no header line: not a gpt-ts run log";
       row = { name, group: null, warning: log.warnings[0] ? `${log.warnings[0]}; ${why}` : why };
     } else {
       row = { ...summarizeRun(log), name, group: null, warning: log.warnings[0] ?? null };
     }
-  } catch (err) {
-    row = { name, group: null, warning: err instanceof Error ? err.message : `${err}` };
+  } catch {
+    row = { name, group: null, warning: `${name}/log.jsonl: cannot read` };
   }
   rows.set(key, { size: st.size, mtime, at: now, cost: Date.now() - now, row });
   return row;
@@ -140,11 +140,11 @@ export function thin<T>(xs: T[], max = MAX_POINTS): T[] {
 /**
  * One run's curves as columns (step, tokens seen, wall seconds summed over segments, train/val loss, lr,
  * grad_norm), thinned to {@link MAX_POINTS}, its samples, config, how many headers it has, and the bytes read
- * (complete lines only: where the live stream starts).
+ * (complete lines only: where the live stream starts). `name`: the run's name, which its warnings carry.
  */
-export function runSeries(path: string) {
+export function runSeries(path: string, name = path.split("/").at(-2) ?? path) {
   const { text, size, mtime } = readComplete(path);
-  const log = parseRunLog(path, text, mtime);
+  const log = parseRunLog(`${name}/log.jsonl`, text, mtime);
   // wall time: each segment's elapsed_s counts from its header
   let base = 0, segMax = 0;
   const wallOf = new Map<LogLine, number>();
@@ -178,7 +178,10 @@ export function runSeries(path: string) {
 
 /** The config keys that differ between runs, each run's value of each (compare's `differs`). */
 export function configDiff(dir: string, names: string[]) {
-  const logs = names.map((n) => readRunLog(runLog(dir, n)!));
+  const logs = names.map((n) => {
+    const { text, mtime } = readComplete(runLog(dir, n)!);
+    return parseRunLog(`${n}/log.jsonl`, text, mtime);
+  });
   const cfgs = logs.map(runConfig);
   const keys = diffConfigs(cfgs.filter((c) => c !== null));
   const flat = (o: unknown, p = "", out: Record<string, unknown> = {}) => {
