@@ -79,8 +79,8 @@ prepare() {
   done
   local verdict=data/the-verdict.txt
   [ -f $verdict ] || verdict=$SHARED/data/the-verdict.txt
-  cp "$verdict" "$CARRY/the-verdict.txt" || die "prepare: no The Verdict at data/ or $SHARED/data/"
-  for f in $FIXTURES; do cp "$SHARED/fixtures/$f" "$CARRY/fixtures/$f" || die "prepare: fixture $f missing"; done
+  install -m 644 "$verdict" "$CARRY/the-verdict.txt" || die "prepare: no The Verdict at data/ or $SHARED/data/"
+  for f in $FIXTURES; do install -m 644 "$SHARED/fixtures/$f" "$CARRY/fixtures/$f" || die "prepare: fixture $f missing"; done
   check
 }
 
@@ -157,6 +157,7 @@ run() {
   fi
   local gpu icds
   gpu=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -1)
+  command -v nvidia-smi >/dev/null || gpu="nvidia-smi not found"
   icds=$(ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>/dev/null | grep json | tr '\n' ' ')
   emit "\"part\":\"setup\",\"seconds\":$((SECONDS - t0)),\"host_cpus\":$(nproc),\"deno\":$(jstr "$(deno --version | head -1)"),\"nvidia_smi\":$(jstr "$gpu"),\"vulkan_icds\":$(jstr "${icds:-${VK_DRIVER_FILES:-none}}")"
   # bench/gpu.ts keeps its own per-part timeouts inside the budget; this outer one is the guard if it hangs.

@@ -178,12 +178,18 @@ report("tensorflow", await sub(deno, ["run", "-A", here("./gpu.ts"), "--part", "
 const cores = String(navigator.hardwareConcurrency);
 const cfgPath = await Deno.makeTempFile({ suffix: ".json" });
 await Deno.writeTextFile(cfgPath, JSON.stringify(await loadExperiment(values.experiment!)));
+/** The first python3 that imports torch (the GPU machine's PATH has one; Debian's python3-torch is /usr/bin's). */
+async function torchPython(): Promise<string> {
+  for (const py of ["python3", "/usr/bin/python3"]) {
+    const r = await new Deno.Command(py, { args: ["-c", "import torch"], stderr: "null" }).output()
+      .catch(() => null);
+    if (r?.success) return py;
+  }
+  return "python3"; // its part reports the import error
+}
+const python = values["no-torch"] ? "" : await torchPython();
 const torch = (batch: number) =>
-  sub(
-    "python3",
-    [here("./torch_step.py"), cfgPath, String(batch), values.steps!, cores, "cuda"],
-    120,
-  );
+  sub(python, [here("./torch_step.py"), cfgPath, String(batch), values.steps!, cores, "cuda"], 120);
 const results: Record<string, Json | null> = {};
 for (const batch of BATCHES) {
   results[`webgpu b${batch}`] = report(`webgpu b${batch}`, await benchStep("webgpu", batch, 120));
