@@ -67,6 +67,7 @@ interface Ran {
   /** Why it failed: the timeout, or the first error line of its stderr. */
   err: string;
   stdout: string;
+  stderr: string;
 }
 
 /**
@@ -75,7 +76,9 @@ interface Ran {
  */
 async function sub(cmd: string, args: string[], capS: number, env: Record<string, string> = {}) {
   const limitS = Math.min(capS, deadline - performance.now() / 1000 - 5);
-  if (limitS < 10) return { lines: [], ok: false, err: "skipped: time budget spent", stdout: "" };
+  if (limitS < 10) {
+    return { lines: [], ok: false, err: "skipped: time budget spent", stdout: "", stderr: "" };
+  }
   let child: Deno.ChildProcess;
   try {
     child = new Deno.Command(cmd, {
@@ -85,7 +88,8 @@ async function sub(cmd: string, args: string[], capS: number, env: Record<string
       stderr: "piped",
     }).spawn();
   } catch (e) {
-    return { lines: [], ok: false, err: String(e instanceof Error ? e.message : e), stdout: "" };
+    const err = String(e instanceof Error ? e.message : e);
+    return { lines: [], ok: false, err, stdout: "", stderr: "" };
   }
   const kill = (sig: Deno.Signal) => {
     try {
@@ -111,15 +115,23 @@ async function sub(cmd: string, args: string[], capS: number, env: Record<string
       return [];
     }
   });
-  const errLines = new TextDecoder().decode(out.stderr).trim().split("\n");
+  const stderr = new TextDecoder().decode(out.stderr).trim();
+  const errLines = stderr.split("\n");
   const err = timedOut
     ? `timed out after ${Math.round(limitS)} s`
     : errLines.find((l) => /^(error|\w*Error)\b/.test(l)) ?? errLines.slice(-2).join(" | ");
-  return { lines, ok: out.success && !timedOut, err, stdout } satisfies Ran;
+  return { lines, ok: out.success && !timedOut, err, stdout, stderr } satisfies Ran;
+}
+
+/** The end of a part's error output, to stderr (bench/gpu-run.sh keeps it in $OUT/gpu-run.log). */
+function logStderr(part: string, r: Ran) {
+  const tail = r.stderr.split("\n").filter((l) => l.trim()).slice(-20);
+  if (tail.length) console.error(tail.map((l) => `[${part}] ${l}`).join("\n"));
 }
 
 /** Prints the part's result: its last JSON line, or an error with the steps it finished. */
 function report(part: string, r: Ran): Json | null {
+  logStderr(part, r);
   const last = r.lines.at(-1);
   if (r.ok && last) {
     print({ part, ...last });
@@ -160,12 +172,15 @@ const golden = await sub(deno, [
   ...["test", "--no-check", "--cached-only", "--unstable-webgpu", "-A"],
   ...["--filter", "on webgpu", here("../tests/golden_test.ts")],
 ], 150);
+logStderr("golden", golden);
+const tally = golden.stdout.match(/\d+ passed \| \d+ failed/)?.[0] ?? "no test result";
 const ignored = /\b0 passed\b/.test(golden.stdout) || /\b[1-9]\d* ignored/.test(golden.stdout);
 print({
   part: "golden",
   check: "golden gpt2-tiny on webgpu",
   ok: golden.ok && !ignored,
   detail: golden.ok ? (ignored ? "ignored: no WebGPU adapter" : "passed") : [
+    tally,
     golden.err,
     ...golden.stdout.split("\n").filter((l) => /error|FAILED|tolerance/.test(l)).slice(0, 3),
   ].join(" | "),
