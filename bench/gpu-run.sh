@@ -18,7 +18,9 @@ set -uo pipefail
 CARRY=${GPU_CARRY:-.gpu-carry}
 LIMIT_BYTES=$((64 * 1024 * 1024))
 COMMAND_MAX=2000
-DEBS="libvulkan1 libopenblas0-pthread libgfortran5 libquadmath0"
+# The Vulkan loader and the GL dispatch libraries NVIDIA's Vulkan driver links (the device notes' list), and
+# OpenBLAS with its Fortran runtime for the CPU part.
+DEBS="libvulkan1 libglvnd0 libglx0 libegl1 libgl1 libopengl0 libgles2 libopenblas0-pthread libgfortran5 libquadmath0"
 FIXTURES="gpt2-tiny.json gpt2-tiny.safetensors"
 SHARED=${GPT_SHARED_DIR:-../shared}
 
@@ -136,14 +138,15 @@ unpack() {
   for d in "$CARRY"/debs/*.deb; do dpkg -x "$d" "$WORK/root" || return 1; done
   local lib="$WORK/root/usr/lib/x86_64-linux-gnu"
   export LD_LIBRARY_PATH="$lib:$lib/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  # The NVIDIA Vulkan driver's manifest, where the loader's default folders lack one (containers).
-  local icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-  if [ -f $icd ] && ! ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1; then
-    export VK_DRIVER_FILES=$icd VK_ICD_FILENAMES=$icd
-  fi
+  # NVIDIA's Vulkan and EGL manifests, where the loaders' default folders lack them (containers).
+  local nv=/usr/local/nvidia/share icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+  if [ -f $icd ] && ! ls /usr/share/vulkan/icd.d/nvidia* /usr/local/share/vulkan/icd.d/nvidia* /etc/vulkan/icd.d/nvidia* >/dev/null 2>&1
+  then export VK_DRIVER_FILES=$icd VK_ICD_FILENAMES=$icd; fi
+  [ -f $nv/glvnd/egl_vendor.d/10_nvidia.json ] &&
+    export __EGL_VENDOR_LIBRARY_FILENAMES=$nv/glvnd/egl_vendor.d/10_nvidia.json
   export PATH="$WORK:$PATH" DENO_DIR="$WORK/deno-dir" DENO_NO_UPDATE_CHECK=1 NO_COLOR=1
   export GPT_FIXTURES_DIR="$PWD/$CARRY/fixtures" PYTHONUNBUFFERED=1
-  mkdir -p data && cp -n "$CARRY/the-verdict.txt" data/the-verdict.txt
+  mkdir -p data && { [ -f data/the-verdict.txt ] || cp "$CARRY/the-verdict.txt" data/the-verdict.txt; }
 }
 
 run() {

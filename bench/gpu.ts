@@ -187,7 +187,10 @@ print({
 });
 
 // 3. The tensorflow backend: only where tfjs-node-gpu was installed and carried.
-report("tensorflow", await sub(deno, ["run", "-A", here("./gpu.ts"), "--part", "tensorflow"], 60));
+report(
+  "tensorflow",
+  await sub(deno, ["run", "--cached-only", "-A", here("./gpu.ts"), "--part", "tensorflow"], 60),
+);
 
 // 4. The training step: webgpu, the blas backend on every core, PyTorch on CUDA; batch 2 first for each.
 const cores = String(navigator.hardwareConcurrency);
