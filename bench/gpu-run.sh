@@ -153,6 +153,7 @@ run() {
   local t0=$SECONDS budget=${GPU_RUN_BUDGET_S:-450}
   OUT=${OUT:-$(mktemp -d)}
   mkdir -p "$OUT"
+  trap 'rm -rf "${WORK:-}"' EXIT # the unpacked Deno and libraries (150 MB); node_modules stays
   : >"$OUT/gpu.jsonl"
   if ! unpack >>"$OUT/gpu-run.log" 2>&1; then
     emit "\"part\":\"setup\",\"error\":$(jstr "unpacking $CARRY failed: $(tail -1 "$OUT/gpu-run.log")")"
