@@ -84,6 +84,7 @@ async function runCase(name: string, batch: number): Promise<Record<string, unkn
     Int32Array.from(rng.rand(batch * T), (u) => Math.floor(u * cfg.model.vocab_size));
   const b = { inputs: ids(), targets: ids(), batchSize: batch, maxLength: T };
   const times: number[] = [];
+  const losses: number[] = []; // train_step: the loss of every step, warm-up included (same seed on every backend)
   let tokens = batch * T;
   if (name === "train_step") {
     const opt = new AdamW(model.params, {
@@ -94,12 +95,16 @@ async function runCase(name: string, batch: number): Promise<Record<string, unkn
     const last = [...model.params.values()].at(-1)!;
     for (let i = 0; i <= steps; i++) {
       const t0 = performance.now();
-      await trainStep(model, opt, b, drop);
+      const { loss } = await trainStep(model, opt, b, drop);
       // GPU backends queue AdamW's updates: a read of an updated value waits until the queue has run them.
       const settled = tf.tidy(() => tf.sum(tf.slice(tf.reshape(last, [-1]), 0, 1)));
       await settled.data();
       settled.dispose();
-      if (i > 0) times.push((performance.now() - t0) / 1000);
+      const seconds = (performance.now() - t0) / 1000;
+      if (i > 0) times.push(seconds);
+      losses.push(loss);
+      // One line per step, before the result line: what bench/gpu.ts keeps of a case it had to stop.
+      console.log(JSON.stringify({ case: "train_step_progress", step: i, seconds, loss }));
     }
   } else if (name === "eval_forward") {
     for (let i = 0; i <= steps; i++) {
@@ -135,6 +140,7 @@ async function runCase(name: string, batch: number): Promise<Record<string, unkn
     tokens_per_s: tokens / s,
     peak_rss_mb: peakRssMb(),
     steps,
+    ...(losses.length ? { losses } : {}),
   };
 }
 

@@ -129,3 +129,14 @@ export const TINY_RUN = [
   "model.n_layers=1",
   "data.batch_size=16",
 ];
+
+/**
+ * The folder of the shared PyTorch fixtures: `GPT_FIXTURES_DIR` when set (bench/gpu-run.sh carries them to a
+ * machine without ../shared), else ../shared/fixtures beside the checkout.
+ */
+export function fixturesDir(): URL {
+  const dir = Deno.env.get("GPT_FIXTURES_DIR");
+  return dir
+    ? new URL(dir.replace(/\/?$/, "/"), `file://${Deno.cwd()}/`) // relative to the working directory
+    : new URL("../../shared/fixtures/", import.meta.url);
+}

@@ -16,8 +16,9 @@ import { GPTModel } from "../lib/model/model.ts";
 import { trainStep } from "../lib/train/train.ts";
 import { loadNativeBlas, useMatrixLibrary } from "../lib/backends/blas.ts";
 import { webgpuForTests } from "./_webgpu.ts";
+import { fixturesDir } from "./_helpers.ts";
 
-const FIXTURES = new URL("../../shared/fixtures/", import.meta.url);
+const FIXTURES = fixturesDir();
 const fx = JSON.parse(await Deno.readTextFile(new URL("gpt2-tiny.json", FIXTURES)));
 const weights = new URL("gpt2-tiny.safetensors", FIXTURES).pathname;
 const cfg: ModelConfig = fx.config;
