@@ -5,14 +5,8 @@
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { GEMM_BUILT_FROM, type GemmArgs, gemmBlock, useGemmBuild } from "../lib/backends/gemm.ts";
-import {
-  parallelWasmSgemm,
-  readyHelpers,
-  setParallelism,
-  setWasmGemmThreads,
-  sharedF32,
-  splitCalls,
-} from "../lib/backends/parallel.ts";
+import { parallelWasmSgemm, setWasmGemmThreads } from "../lib/backends/gemm_split.ts";
+import { readyHelpers, setParallelism, sharedF32, splitCalls } from "../lib/backends/pool.ts";
 import { loadNativeBlas, useMatrixLibrary } from "../lib/backends/blas.ts";
 import { initBackend } from "../lib/backends/backend.ts";
 import { loadExperiment } from "../lib/config.ts";

@@ -18,7 +18,9 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
 import { alloc, registerFusedCpuKernels } from "./fused_cpu.ts";
-import { isShared, parallelFor, setParallelism, type Sgemm, sharedF32 } from "./parallel.ts";
+import { isShared, parallelFor, setParallelism, sharedF32 } from "./pool.ts";
+import type { Sgemm } from "./cblas.ts";
+import "./gemm_split.ts"; // registers "sgemmHeads"
 import {
   type BlasLib,
   loadBlas,
@@ -184,7 +186,7 @@ export class BlasBackend extends MathBackendCPU {
 
 /**
  * The storage of float32 tensor `t` as a Float32Array in shared memory, so that helper Workers can update it in
- * place (see parallel.ts): on a {@link BlasBackend} the storage moves there once (one copy; the tensor keeps its
+ * place (see pool.ts): on a {@link BlasBackend} the storage moves there once (one copy; the tensor keeps its
  * values), elsewhere (other backends, other dtypes) null.
  */
 export function sharedHostView(t: tf.Tensor): Float32Array | null {

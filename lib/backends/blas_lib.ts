@@ -4,15 +4,9 @@
  * nothing installed. `GPT_BLAS=wasm` picks the WebAssembly GEMM even where a native library is present.
  */
 import { gemmBuild, wasmSgemm } from "./gemm.ts";
-import {
-  parallelWasmSgemm,
-  setParallelism,
-  setSgemm,
-  setWasmGemmThreads,
-  type Sgemm,
-  SGEMM_SYMBOLS,
-  WASM_GEMM,
-} from "./parallel.ts";
+import { type Sgemm, SGEMM_SYMBOLS } from "./cblas.ts";
+import { parallelWasmSgemm, setSgemm, setWasmGemmThreads, WASM_GEMM } from "./gemm_split.ts";
+import { setParallelism } from "./pool.ts";
 
 const OPENBLAS_SYMBOLS = {
   openblas_set_num_threads: { parameters: ["i32"], result: "void" },

@@ -8,7 +8,7 @@
  * build; `GPT_GEMM_SIMD=plain` forces the latter. Results do not depend on how C is split between threads.
  */
 import { GEMM_PLAIN_BASE64, GEMM_RELAXED_BASE64, SOURCE_SHA256 } from "./gemm_wasm.ts";
-import type { Sgemm } from "./parallel.ts";
+import type { Sgemm } from "./cblas.ts";
 
 /** SHA-256 of the gemm.c the generated module was built from (tests compare it with the source). */
 export const GEMM_BUILT_FROM = SOURCE_SHA256;
