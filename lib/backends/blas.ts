@@ -252,6 +252,13 @@ function gemm(
   const tA = transA ? TRANS : NO_TRANS, tB = transB ? TRANS : NO_TRANS;
   if (batch === 0 || M === 0 || N === 0) return { shape, values: c };
 
+  if (batchB === 1 && !transA && batch * M === 1 && blas.sgemv) {
+    // One row (sampling with the KV cache): a matrix-vector product streams B once, without packing it.
+    if (beta === 0) c.fill(0); // sgemv's beta = 0 need not overwrite NaN
+    if (transB) blas.sgemv(ROW_MAJOR, NO_TRANS, N, K, 1, B, ldb, A, 1, beta, c, 1);
+    else blas.sgemv(ROW_MAJOR, TRANS, K, N, 1, B, ldb, A, 1, beta, c, 1);
+    return { shape, values: c };
+  }
   if (batchB === 1 && !transA) {
     // Stacked rows of A against one B: a single (batch·M, K) × (K, N) product.
     blas.sgemm(ROW_MAJOR, tA, tB, batch * M, N, K, 1, A, lda, B, ldb, beta, c, N);

@@ -2,10 +2,11 @@
  * Matrix products on every thread of the pool (pool.ts). Batches of products (attention heads) go to
  * `sgemmHeads`: OpenBLAS spends as long on one head's small product with two threads as with one, so each thread
  * takes a share of the heads with OpenBLAS on one thread. The WebAssembly GEMM, which has no threads of its own,
- * splits one product's C into blocks shared out between the threads (`parallelWasmSgemm`).
+ * splits one product's C into blocks shared out between the threads (`parallelWasmSgemm`), and a one-row product's
+ * output into ranges of rows of B (`parallelWasmSgemv`).
  */
-import { gemmBlock, wasmSgemm } from "./gemm.ts";
-import { type Sgemm, SGEMM_SYMBOLS } from "./cblas.ts";
+import { gemmBlock, gemvBlock, gemvFits, wasmSgemm, wasmSgemv } from "./gemm.ts";
+import { type Sgemm, SGEMM_SYMBOLS, type Sgemv } from "./cblas.ts";
 import {
   helperSetting,
   parallelFor,
@@ -100,6 +101,24 @@ export const parallelWasmSgemm: Sgemm = (
   if (c !== C) C.set(c);
 };
 
+/** One-row products with fewer multiply-adds than this (M·N) stay on the calling thread in {@link parallelWasmSgemv}. */
+const WASM_GEMV_SPLIT_MIN = 1 << 16;
+
+/**
+ * `cblas_sgemv` in the WebAssembly GEMM on every thread: y = A·x (A's rows contiguous, as the weights of x·Wᵀ are)
+ * is cut into ranges of A's rows shared out between the helpers, each streaming its own part of A. Transposed
+ * products and rows too long for the module go to {@link wasmSgemv} on the calling thread.
+ */
+export const parallelWasmSgemv: Sgemv = (o, tr, M, N, alpha, A, lda, X, incX, beta, Y, incY) => {
+  const t = setWasmGemmThreads();
+  if (
+    t <= 1 || tr !== 111 || incX !== 1 || incY !== 1 || M * N < WASM_GEMV_SPLIT_MIN || !gemvFits(N)
+  ) return wasmSgemv(o, tr, M, N, alpha, A, lda, X, incX, beta, Y, incY);
+  const y = shared(Y);
+  parallelFor("gemvRows", [shared(A), shared(X), y], [M, N, alpha, lda, beta], M, N);
+  if (y !== Y) Y.set(y);
+};
+
 /** The kernels of the matrix products, by name (see {@link registerKernels}). */
 const GEMM_KERNELS: Record<string, RangeKernel> = {
   /**
@@ -157,6 +176,12 @@ const GEMM_KERNELS: Record<string, RangeKernel> = {
     };
     if (byCols) gemmBlock(g, 0, M, lo * unit, Math.min(N, hi * unit));
     else gemmBlock(g, lo * unit, Math.min(M, hi * unit), 0, N);
+  },
+
+  /** [B, x, y]: rows lo…hi of y = alpha·B·x + beta·y, B's rows K long. s: [N, K, alpha, ldb, beta] (N: B's rows). */
+  gemvRows: ([B, x, y], [N, K, alpha, ldb, beta], lo, hi) => {
+    const f = (a: unknown) => a as Float32Array;
+    gemvBlock({ N, K, alpha, B: f(B), ldb, x: f(x), beta, y: f(y) }, lo, hi);
   },
 };
 
