@@ -226,10 +226,13 @@ export interface GemvArgs {
   y: Float32Array;
 }
 
-/** Rows of B staged per `gemv_rows` call (a multiple of 8), or 0 where x or 8 rows do not fit the staging arrays. */
+/** Rows `gemv_rows` takes at once: a call's row count is a multiple of it, except in the last call. */
+const GEMV_ROWS = 16;
+
+/** Rows of B staged per `gemv_rows` call, or 0 where x or {@link GEMV_ROWS} rows do not fit the staging arrays. */
 function gemvBlockRows(m: Module, K: number): number {
   if (K > m.MC * m.KC) return 0;
-  return Math.floor((m.KC * m.NC) / K / 8) * 8;
+  return Math.floor((m.KC * m.NC) / K / GEMV_ROWS) * GEMV_ROWS;
 }
 
 /** True where {@link gemvBlock} takes rows of length K (else the product goes through {@link gemmBlock}). */
@@ -251,9 +254,9 @@ export function gemvBlock(v: GemvArgs, r0 = 0, r1 = v.N): void {
   x.set(v.x.subarray(0, K));
   if (v.alpha !== 1) { for (let p = 0; p < K; p++) x[p] *= v.alpha; // as pack_a scales A
    }
-  const cap = m.SLAB_ROWS * m.NC - 8;
+  const cap = m.SLAB_ROWS * m.NC - GEMV_ROWS;
   for (let s0 = r0; s0 < r1; s0 += cap) {
-    const s1 = Math.min(r1, s0 + cap), padded = Math.ceil((s1 - s0) / 8) * 8;
+    const s1 = Math.min(r1, s0 + cap), padded = Math.ceil((s1 - s0) / GEMV_ROWS) * GEMV_ROWS;
     if (v.beta === 0) m.x.scale_slab(padded, 0);
     else {
       m.mem.set(y.subarray(s0, s1), m.slab);

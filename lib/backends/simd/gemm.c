@@ -183,23 +183,30 @@ static inline f4 dot4x1(const float *x, const float *r, int k, f4 acc) {
 
 /**
  * One-row products (y = alpha x op(B), op(B) = Bᵀ stored as rows): slab[row0 + j] += x . row j of the n staged rows
- * of STAGE_B (each k long), x (alpha already applied) in STAGE_A, for j < n rounded up to 8 (rows past n are
- * read from the staging array and their sums dropped by the caller, so n must be a multiple of 8 except in a
+ * of STAGE_B (each k long), x (alpha already applied) in STAGE_A, for j < n rounded up to 16 (rows past n are
+ * read from the staging array and their sums dropped by the caller, so n must be a multiple of 16 except in a
  * call's last block). Each sum runs over k in order with one multiply-add per k, as in the GEMM: the same bits as
  * a product of one row through `macro`.
  */
 __attribute__((export_name("gemv_rows"))) void gemv_rows(int n, int k, int row0) {
   const float *x = STAGE_A;
-  for (int j = 0; j < n; j += 8) {
+  for (int j = 0; j < n; j += 16) {
     const float *r = STAGE_B + j * k;
     float *c = SLAB + row0 + j;
     f4 a0 = wasm_v128_load(c), a1 = wasm_v128_load(c + 4);
+    f4 a2 = wasm_v128_load(c + 8), a3 = wasm_v128_load(c + 12);
     int p = 0;
     for (; p + 4 <= k; p += 4) {
       a0 = dot4x4(x + p, r + p, k, a0);
       a1 = dot4x4(x + p, r + 4 * k + p, k, a1);
+      a2 = dot4x4(x + p, r + 8 * k + p, k, a2);
+      a3 = dot4x4(x + p, r + 12 * k + p, k, a3);
     }
-    for (; p < k; p++) a0 = dot4x1(x + p, r + p, k, a0), a1 = dot4x1(x + p, r + 4 * k + p, k, a1);
+    for (; p < k; p++) {
+      a0 = dot4x1(x + p, r + p, k, a0), a1 = dot4x1(x + p, r + 4 * k + p, k, a1);
+      a2 = dot4x1(x + p, r + 8 * k + p, k, a2), a3 = dot4x1(x + p, r + 12 * k + p, k, a3);
+    }
     wasm_v128_store(c, a0), wasm_v128_store(c + 4, a1);
+    wasm_v128_store(c + 8, a2), wasm_v128_store(c + 12, a3);
   }
 }
