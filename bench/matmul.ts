@@ -15,7 +15,7 @@ import {
   useMatrixLibrary,
 } from "../lib/backends/blas.ts";
 import { gemmBuild } from "../lib/backends/gemm.ts";
-import { holdHelpers, readyHelpers } from "../lib/backends/parallel.ts";
+import { holdHelpers, readyHelpers } from "../lib/backends/pool.ts";
 
 const N = 512, C = 768, F = 3072, V = 50257, BH = 24, T = 256, D = 64;
 const reps = Number(Deno.args[Deno.args.indexOf("--reps") + 1] || 5);

@@ -7,6 +7,7 @@ import {
   type BlasBackend,
   loadBlas,
   registerBlasBackend,
+  useMatrixLibrary,
 } from "../lib/backends/blas.ts";
 
 const blas = registerBlasBackend();
@@ -85,6 +86,30 @@ Deno.test({
         const b = { shape: tB ? [N, K] : [K, N], seed: 2 };
         await sameAsCpu([a, b], (x, y) => tf.matMul(x, y, tA, tB));
       }
+    }
+  },
+});
+
+Deno.test({
+  name: "blas one-row matMul (sampling's matrix-vector products) matches cpu on both libraries",
+  ...opts,
+  fn: async () => {
+    try {
+      for (const kind of ["native", "wasm"] as const) {
+        if (!useMatrixLibrary(kind).ok) continue;
+        for (const [K, N] of [[768, 1031], [53, 29]]) {
+          for (const tB of [false, true]) {
+            const b = { shape: tB ? [N, K] : [K, N], seed: 2 };
+            await sameAsCpu([{ shape: [1, K], seed: 1 }, b], (x, y) => tf.matMul(x, y, false, tB));
+            await sameAsCpu(
+              [{ shape: [1, 1, K], seed: 3 }, b, { shape: [N], seed: 4 }],
+              (x, y, c) => tf.fused.matMul({ a: x, b: y, transposeB: tB, bias: c }),
+            );
+          }
+        }
+      }
+    } finally {
+      useMatrixLibrary("auto");
     }
   },
 });

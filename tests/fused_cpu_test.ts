@@ -10,7 +10,7 @@ import {
   fusedGelu,
   fusedLayerNorm,
 } from "../lib/backends/fused_cpu.ts";
-import { readyHelpers, splitCalls } from "../lib/backends/parallel.ts";
+import { readyHelpers, splitCalls } from "../lib/backends/pool.ts";
 
 const blas = registerBlasBackend();
 if (!blas.ok) console.warn(`fused_cpu_test: kernel tests skipped: ${blas.reason}`);

@@ -7,12 +7,16 @@ import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { GEMM_BUILT_FROM, type GemmArgs, gemmBlock, useGemmBuild } from "../lib/backends/gemm.ts";
 import {
   parallelWasmSgemm,
+  parallelWasmSgemv,
+  setWasmGemmThreads,
+} from "../lib/backends/gemm_split.ts";
+import {
+  holdHelpers,
   readyHelpers,
   setParallelism,
-  setWasmGemmThreads,
   sharedF32,
   splitCalls,
-} from "../lib/backends/parallel.ts";
+} from "../lib/backends/pool.ts";
 import { loadNativeBlas, useMatrixLibrary } from "../lib/backends/blas.ts";
 import { initBackend } from "../lib/backends/backend.ts";
 import { loadExperiment } from "../lib/config.ts";
@@ -214,6 +218,82 @@ Deno.test({
     } finally {
       setWasmGemmThreads(8);
       setParallelism(threadsBefore);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "a one-row product through the GEMV equals the GEMM's bit for bit, on 1 and 2 threads, both builds",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const threadsBefore = setParallelism();
+    setParallelism(2);
+    ok(await readyHelpers() === 1, "the helper Worker starts");
+    // Held open: building the operands can outlast the helper's idle timeout.
+    await holdHelpers(async () => {
+      const helpersBuild = useGemmBuild("auto"); // the helper's module: its default build
+      for (const build of ["relaxed", "plain"] as const) {
+        if (!useGemmBuild(build)) continue;
+        // [N, K, pad, alpha, beta]: GPT-2's head and MLP shapes, an odd tail, a padded B, alpha and beta.
+        for (
+          const [N, K, pad, alpha, beta] of [[5003, 768, 0, 1, 0], [1031, 3072, 0, 1, 1], [
+            77,
+            13,
+            3,
+            0.5,
+            1.5,
+          ]]
+        ) {
+          const g = { ...product(1, N, K, false, true, N + K, pad), alpha, beta };
+          const want = g.C.slice();
+          gemmBlock({ ...g, C: want });
+          const A = sharedF32(g.B.length), x = sharedF32(K);
+          A.set(g.B), x.set(g.A.subarray(0, K));
+          const run = (t: number) => {
+            setWasmGemmThreads(t);
+            const y = sharedF32(N);
+            y.set(g.C.subarray(0, N));
+            parallelWasmSgemv(101, 111, N, K, alpha, A, g.ldb, x, 1, beta, y, 1);
+            return y;
+          };
+          const one = run(1), before = splitCalls(), two = run(2);
+          ok(N * K < 1 << 16 || splitCalls() > before, `${N}×${K}: the product was split`);
+          assertEquals(one, want.subarray(0, N), `${build} ${N}×${K}, 1 thread`);
+          if (build === helpersBuild) {
+            assertEquals(two, want.subarray(0, N), `${build} ${N}×${K}, 2 threads`);
+          }
+        }
+        // Transposed (y = x·A, A's columns strided): the one-row GEMM, the same bits.
+        const g = product(1, 300, 200, false, false, 5);
+        const want = g.C.slice();
+        gemmBlock({ ...g, C: want });
+        const y = g.C.slice(0, 300);
+        parallelWasmSgemv(101, 112, 200, 300, 1, g.B, g.ldb, g.A, 1, 0, y, 1);
+        assertEquals(y, want.subarray(0, 300), `${build} transposed`);
+      }
+    }).finally(() => {
+      useGemmBuild("auto");
+      setWasmGemmThreads(8);
+      setParallelism(threadsBefore);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "OpenBLAS's sgemv agrees with the double-precision reference on one-row products, both layouts",
+  ...noNative,
+  fn: () => {
+    const sgemv = native.ok ? native.lib.sgemv : null;
+    ok(sgemv, "OpenBLAS exports cblas_sgemv");
+    for (const tB of [true, false]) {
+      const g = { ...product(1, 1001, 770, false, tB, 11, 2), beta: 0.5 };
+      const y = g.C.slice(0, g.N), want = reference(g);
+      if (tB) sgemv(101, 111, g.N, g.K, 1, g.B, g.ldb, g.A, 1, g.beta, y, 1);
+      else sgemv(101, 112, g.K, g.N, 1, g.B, g.ldb, g.A, 1, g.beta, y, 1);
+      assertNear({ ...g, ldc: g.N }, y, want, `sgemv transB ${tB}`);
     }
   },
 });

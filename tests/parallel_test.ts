@@ -1,9 +1,9 @@
 /**
- * The JS kernels split across helper Workers (lib/backends/parallel.ts, on by default with one thread per core)
+ * The JS kernels split across helper Workers (lib/backends/pool.ts, on by default with one thread per core)
  * give bit for bit the numbers of one thread: a GPT training step (loss, gradients through every fused kernel,
  * AdamW) from the same parameters ends at identical parameters either way.
  */
-import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
+import { deepStrictEqual as assertEquals, ok, throws } from "node:assert/strict";
 import { AdamW } from "../lib/train/adamw.ts";
 import { initBackend } from "../lib/backends/backend.ts";
 import { loadExperiment } from "../lib/config.ts";
@@ -16,11 +16,12 @@ import { trainStep } from "../lib/train/train.ts";
 import { loadBlas } from "../lib/backends/blas.ts";
 import {
   DEFAULT_MIN_WORK,
+  parallelFor,
   readyHelpers,
   setParallelism,
   sharedF32,
   splitCalls,
-} from "../lib/backends/parallel.ts";
+} from "../lib/backends/pool.ts";
 
 Deno.test({
   name: "a training step on 2 threads equals one on 1 thread, bit for bit (blas)",
@@ -80,4 +81,10 @@ Deno.test("dropout masks drawn on 2 threads are one thread's masks, and the gene
   } finally {
     setParallelism(threadsBefore, DEFAULT_MIN_WORK);
   }
+});
+
+Deno.test("the pool knows no kernel: it imports nothing and names an unregistered kernel in its error", () => {
+  const src = Deno.readTextFileSync(new URL("../lib/backends/pool.ts", import.meta.url));
+  assertEquals(src.match(/^import .*$/gm), null);
+  throws(() => parallelFor("noSuchKernel", [], [], 1), /no kernel named "noSuchKernel"/);
 });

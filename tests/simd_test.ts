@@ -1,10 +1,10 @@
 /**
  * The WebAssembly SIMD kernels (lib/backends/simd.ts) against the JS loops they replace: same kernels of
- * parallel.ts run once with the module and once without, on seeded data with the shapes of a GPT step and the
+ * kernels.ts run once with the module and once without, on seeded data with the shapes of a GPT step and the
  * awkward cases (rows not a multiple of 4, several chunks, extreme inputs).
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { KERNELS } from "../lib/backends/parallel.ts";
+import { KERNELS } from "../lib/backends/kernels.ts";
 import { BUILT_FROM, useSimd } from "../lib/backends/simd.ts";
 import { sourceSha256 } from "../tasks/build_wasm.ts";
 

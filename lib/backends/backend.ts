@@ -8,7 +8,7 @@ import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
 import type { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
 import { BLAS_BACKEND, registerBlasBackend } from "./blas.ts";
 import { alloc } from "./fused_cpu.ts";
-import { holdHelpers } from "./parallel.ts";
+import { holdHelpers } from "./pool.ts";
 import { loadTensorflow, nvidiaGpuVisible } from "./tensorflow.ts";
 import {
   activateWebGPU,

@@ -18,7 +18,9 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
 import { alloc, registerFusedCpuKernels } from "./fused_cpu.ts";
-import { isShared, parallelFor, setParallelism, type Sgemm, sharedF32 } from "./parallel.ts";
+import { isShared, parallelFor, setParallelism, sharedF32 } from "./pool.ts";
+import type { Sgemm } from "./cblas.ts";
+import "./gemm_split.ts"; // registers "sgemmHeads"
 import {
   type BlasLib,
   loadBlas,
@@ -184,7 +186,7 @@ export class BlasBackend extends MathBackendCPU {
 
 /**
  * The storage of float32 tensor `t` as a Float32Array in shared memory, so that helper Workers can update it in
- * place (see parallel.ts): on a {@link BlasBackend} the storage moves there once (one copy; the tensor keeps its
+ * place (see pool.ts): on a {@link BlasBackend} the storage moves there once (one copy; the tensor keeps its
  * values), elsewhere (other backends, other dtypes) null.
  */
 export function sharedHostView(t: tf.Tensor): Float32Array | null {
@@ -250,6 +252,13 @@ function gemm(
   const tA = transA ? TRANS : NO_TRANS, tB = transB ? TRANS : NO_TRANS;
   if (batch === 0 || M === 0 || N === 0) return { shape, values: c };
 
+  if (batchB === 1 && !transA && batch * M === 1 && blas.sgemv) {
+    // One row (sampling with the KV cache): a matrix-vector product streams B once, without packing it.
+    if (beta === 0) c.fill(0); // sgemv's beta = 0 need not overwrite NaN
+    if (transB) blas.sgemv(ROW_MAJOR, NO_TRANS, N, K, 1, B, ldb, A, 1, beta, c, 1);
+    else blas.sgemv(ROW_MAJOR, TRANS, K, N, 1, B, ldb, A, 1, beta, c, 1);
+    return { shape, values: c };
+  }
   if (batchB === 1 && !transA) {
     // Stacked rows of A against one B: a single (batch·M, K) × (K, N) product.
     blas.sgemm(ROW_MAJOR, tA, tB, batch * M, N, K, 1, A, lda, B, ldb, beta, c, N);

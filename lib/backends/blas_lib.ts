@@ -4,15 +4,15 @@
  * nothing installed. `GPT_BLAS=wasm` picks the WebAssembly GEMM even where a native library is present.
  */
 import { gemmBuild, wasmSgemm } from "./gemm.ts";
+import { type Sgemm, SGEMM_SYMBOLS, type Sgemv, SGEMV_SYMBOLS } from "./cblas.ts";
 import {
   parallelWasmSgemm,
-  setParallelism,
+  parallelWasmSgemv,
   setSgemm,
   setWasmGemmThreads,
-  type Sgemm,
-  SGEMM_SYMBOLS,
   WASM_GEMM,
-} from "./parallel.ts";
+} from "./gemm_split.ts";
+import { setParallelism } from "./pool.ts";
 
 const OPENBLAS_SYMBOLS = {
   openblas_set_num_threads: { parameters: ["i32"], result: "void" },
@@ -23,6 +23,8 @@ const OPENBLAS_SYMBOLS = {
 /** A loaded matrix library: `cblas_sgemm` (row-major), its thread control, and what it is. */
 export interface BlasLib {
   sgemm: Sgemm;
+  /** `cblas_sgemv` for one-row products (sampling with the KV cache), or null where the library lacks it. */
+  sgemv: Sgemv | null;
   /** "native": a CBLAS through FFI; "wasm": the WebAssembly GEMM. */
   kind: "native" | "wasm";
   /** For the run header, e.g. "OpenBLAS 0.3.21, 2 threads" or "WebAssembly SIMD GEMM, relaxed FMA, 2 threads". */
@@ -99,6 +101,15 @@ function withOpenBlas(lib: BlasLib, path: string): BlasLib {
   return lib;
 }
 
+/** The library's `cblas_sgemv`, or null where it has none (one-row products then go through sgemm). */
+function openSgemv(path: string): Sgemv | null {
+  try {
+    return Deno.dlopen(path, SGEMV_SYMBOLS).symbols.cblas_sgemv as unknown as Sgemv;
+  } catch {
+    return null;
+  }
+}
+
 let native: LoadBlasResult | null = null;
 
 /** Opens a native CBLAS once per process. Never throws: when none loads, the result carries a one-line reason. */
@@ -119,6 +130,7 @@ export function loadNativeBlas(): LoadBlasResult {
     }
     const base: BlasLib = {
       sgemm: dl.symbols.cblas_sgemm as unknown as Sgemm,
+      sgemv: openSgemv(path),
       kind: "native",
       name: path,
       describe: () => path.split("/").pop()!,
@@ -138,6 +150,7 @@ export function loadWasmBlas(): LoadBlasResult {
   const fma = build === "relaxed" ? "relaxed FMA" : "SIMD128, no FMA";
   const lib: BlasLib = {
     sgemm: parallelWasmSgemm,
+    sgemv: parallelWasmSgemv,
     kind: "wasm",
     name: WASM_GEMM,
     describe: () => `WebAssembly SIMD GEMM, ${fma}, ${setWasmGemmThreads()} threads`,

@@ -14,16 +14,8 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import type { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
-import {
-  fastExp,
-  fastTanh,
-  KERNELS,
-  OP,
-  parallelFor,
-  shared,
-  sharedF32,
-  softmaxRow,
-} from "./parallel.ts";
+import { fastExp, fastTanh, KERNELS, OP, softmaxRow } from "./kernels.ts";
+import { parallelFor, shared, sharedF32 } from "./pool.ts";
 
 export { fastExp };
 

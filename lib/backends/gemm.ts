@@ -8,7 +8,7 @@
  * build; `GPT_GEMM_SIMD=plain` forces the latter. Results do not depend on how C is split between threads.
  */
 import { GEMM_PLAIN_BASE64, GEMM_RELAXED_BASE64, SOURCE_SHA256 } from "./gemm_wasm.ts";
-import type { Sgemm } from "./parallel.ts";
+import type { Sgemm, Sgemv } from "./cblas.ts";
 
 /** SHA-256 of the gemm.c the generated module was built from (tests compare it with the source). */
 export const GEMM_BUILT_FROM = SOURCE_SHA256;
@@ -19,6 +19,7 @@ interface Exports {
   pack_b(tb: number, kc: number, nc: number): void;
   macro(mc: number, nc: number, kc: number, row0: number, ldc: number): void;
   scale_slab(n: number, beta: number): void;
+  gemv_rows(n: number, k: number, row0: number): void;
 }
 
 /** One thread's module: its exports, its memory as floats, and the block sizes gemm.c was built with. */
@@ -211,4 +212,77 @@ export const wasmSgemm: Sgemm = (_o, tA, tB, M, N, K, alpha, A, lda, B, ldb, bet
   if (M === 0 || N === 0) return;
   const transA = tA === TRANS, transB = tB === TRANS;
   gemmBlock({ transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc });
+};
+
+/** A one-row product y = alpha·x·Bᵀ + beta·y: B has N rows of K (row stride ldb), x has K values, y has N. */
+export interface GemvArgs {
+  N: number;
+  K: number;
+  alpha: number;
+  B: Float32Array;
+  ldb: number;
+  x: Float32Array;
+  beta: number;
+  y: Float32Array;
+}
+
+/** Rows `gemv_rows` takes at once: a call's row count is a multiple of it, except in the last call. */
+const GEMV_ROWS = 16;
+
+/** Rows of B staged per `gemv_rows` call, or 0 where x or {@link GEMV_ROWS} rows do not fit the staging arrays. */
+function gemvBlockRows(m: Module, K: number): number {
+  if (K > m.MC * m.KC) return 0;
+  return Math.floor((m.KC * m.NC) / K / GEMV_ROWS) * GEMV_ROWS;
+}
+
+/** True where {@link gemvBlock} takes rows of length K (else the product goes through {@link gemmBlock}). */
+export function gemvFits(K: number): boolean {
+  const m = gemmModule();
+  return m !== null && gemvBlockRows(m, K) > 0;
+}
+
+/**
+ * y[r0:r1] = alpha·B[r0:r1]·x + beta·y[r0:r1] on this thread: rows of B are copied in whole (no packing) and each
+ * y[j] sums its K products in order with one multiply-add each, so the bits are those {@link gemmBlock} gives for
+ * the product x·Bᵀ of one row, whatever the split. Needs {@link gemvFits}(K).
+ */
+export function gemvBlock(v: GemvArgs, r0 = 0, r1 = v.N): void {
+  const m = gemmModule();
+  const block = m ? gemvBlockRows(m, v.K) : 0;
+  if (!m || block === 0) throw new Error(`gemvBlock: rows of ${v.K} do not fit the module`);
+  const { K, B, ldb, y } = v, x = m.mem.subarray(m.stageA, m.stageA + K);
+  x.set(v.x.subarray(0, K));
+  if (v.alpha !== 1) { for (let p = 0; p < K; p++) x[p] *= v.alpha; // as pack_a scales A
+   }
+  const cap = m.SLAB_ROWS * m.NC - GEMV_ROWS;
+  for (let s0 = r0; s0 < r1; s0 += cap) {
+    const s1 = Math.min(r1, s0 + cap), padded = Math.ceil((s1 - s0) / GEMV_ROWS) * GEMV_ROWS;
+    if (v.beta === 0) m.x.scale_slab(padded, 0);
+    else {
+      m.mem.set(y.subarray(s0, s1), m.slab);
+      if (v.beta !== 1) m.x.scale_slab(padded, v.beta);
+    }
+    for (let j = s0; j < s1; j += block) {
+      const rows = Math.min(block, s1 - j);
+      if (ldb === K) m.mem.set(B.subarray(j * K, (j + rows) * K), m.stageB);
+      else {
+        for (let i = 0; i < rows; i++) {
+          m.mem.set(B.subarray((j + i) * ldb, (j + i) * ldb + K), m.stageB + i * K);
+        }
+      }
+      m.x.gemv_rows(rows, K, j - s0);
+    }
+    y.set(m.mem.subarray(m.slab, m.slab + s1 - s0), s0);
+  }
+}
+
+/**
+ * `cblas_sgemv` (row-major, unit strides) on this thread. Without transposition (y = A·x, A's rows contiguous)
+ * through {@link gemvBlock}; transposed, or rows too long for it, as the one-row product of {@link wasmSgemm}.
+ */
+export const wasmSgemv: Sgemv = (_o, trans, M, N, alpha, A, lda, X, incX, beta, Y, incY) => {
+  if (incX !== 1 || incY !== 1) throw new Error("wasmSgemv: only unit strides");
+  if (trans === TRANS) return wasmSgemm(101, 111, 111, 1, N, M, alpha, X, M, A, lda, beta, Y, N);
+  if (!gemvFits(N)) return wasmSgemm(101, 111, TRANS, 1, M, N, alpha, X, N, A, lda, beta, Y, M);
+  gemvBlock({ N: M, K: N, alpha, B: A, ldb: lda, x: X, beta, y: Y });
 };

@@ -1,5 +1,10 @@
 /// <reference lib="deno.worker" />
-/** Entry of the helper Workers of parallel.ts: runs the ranges of kernels the main thread posts. */
-import { serveWorker } from "./parallel.ts";
+/**
+ * Entry of the pool's helper Workers (pool.ts): loads every module that registers kernels, then runs the ranges
+ * of kernels the main thread posts.
+ */
+import { serveWorker } from "./pool.ts";
+import "./kernels.ts";
+import "./gemm_split.ts";
 
 serveWorker(self);

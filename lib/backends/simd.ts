@@ -1,5 +1,5 @@
 /**
- * WebAssembly SIMD versions of the hot row and element kernels of parallel.ts (GELU, LayerNorm, causal softmax,
+ * WebAssembly SIMD versions of the hot row and element kernels of kernels.ts (GELU, LayerNorm, causal softmax,
  * the cross-entropy's softmax and their gradients): V8 runs the JS loops one double at a time, 6–20 ns per
  * element here, the SIMD ones (simd/kernels.c) four floats at a time at a few ns per element, copies included.
  *
@@ -309,7 +309,7 @@ export function simdLayerNormGradX(
 /** Floats per AdamW chunk: its four arrays stay in the L2 cache between the copies and the kernel. */
 const ADAM_CHUNK = 16384;
 
-/** One AdamW step over parameters [lo, hi) in place. c: [β1, 1−β1, β2, 1−β2, decay, s, e] as in parallel.ts. */
+/** One AdamW step over parameters [lo, hi) in place. c: [β1, 1−β1, β2, 1−β2, decay, s, e] as in kernels.ts. */
 export function simdAdamW(
   P: Arr,
   G: Arr,

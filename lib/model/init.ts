@@ -6,7 +6,7 @@
 import type { ModelConfig } from "../config.ts";
 import type { NamedParam } from "./params.ts";
 import type { TorchGenerator } from "./rng.ts";
-import { sharedF32 } from "../backends/parallel.ts";
+import { sharedF32 } from "../backends/pool.ts";
 
 /** `nn.Embedding(rows, cols)`: weight ~ N(0, 1). */
 function embedding(name: string, rows: number, cols: number, rng: TorchGenerator): NamedParam {

@@ -5,7 +5,8 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { hostView, tensorStorage } from "../backends/backend.ts";
-import { parallelFor, shared } from "../backends/parallel.ts";
+import { parallelFor, shared } from "../backends/pool.ts";
+import "../backends/kernels.ts"; // registers "dropoutMask"
 import {
   fusedCrossEntropy,
   fusedEmbedding,

@@ -7,7 +7,8 @@
 import * as tf from "@tensorflow/tfjs-core";
 import { hostView } from "../backends/backend.ts";
 import { sharedHostView } from "../backends/blas.ts";
-import { parallelFor, sharedF32 } from "../backends/parallel.ts";
+import { parallelFor, sharedF32 } from "../backends/pool.ts";
+import "../backends/kernels.ts"; // registers "adamw"
 import type { NamedParam } from "../model/params.ts";
 
 /** Hyper-parameters of {@link AdamW}; defaults are PyTorch's except the book's lr and weight decay. */
@@ -19,7 +20,7 @@ export interface AdamWOptions {
   eps?: number;
 }
 
-/** A zero variable; on CPU-side backends its storage is shared memory (see parallel.ts). */
+/** A zero variable; on CPU-side backends its storage is shared memory (see pool.ts). */
 function zeros(shape: number[]): tf.Variable {
   const t = tf.tensor(sharedF32(shape.reduce((a, b) => a * b, 1)), shape, "float32");
   const v = tf.variable(t, false);

@@ -6,7 +6,7 @@
  * tied to the token embedding.
  */
 import type { ModelConfig } from "../config.ts";
-import { sharedF32 } from "../backends/parallel.ts";
+import { sharedF32 } from "../backends/pool.ts";
 import { UserError } from "../errors.ts";
 import type { NamedParam } from "../model/params.ts";
 import {

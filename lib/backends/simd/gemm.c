@@ -162,3 +162,51 @@ __attribute__((export_name("scale_slab"))) void scale_slab(int n, float beta) {
     *p = beta == 0.0f ? wasm_f32x4_splat(0.0f) : wasm_f32x4_mul(*p, s);
   }
 }
+
+/** acc += x[p..p+3] x the 4 rows r[0..3] at p..p+3 (row stride k), one k at a time in order, as `micro` does. */
+static inline f4 dot4x4(const float *x, const float *r, int k, f4 acc) {
+  const f4 r0 = wasm_v128_load(r), r1 = wasm_v128_load(r + k);
+  const f4 r2 = wasm_v128_load(r + 2 * k), r3 = wasm_v128_load(r + 3 * k);
+  const f4 t0 = wasm_i32x4_shuffle(r0, r1, 0, 4, 1, 5), t1 = wasm_i32x4_shuffle(r0, r1, 2, 6, 3, 7);
+  const f4 t2 = wasm_i32x4_shuffle(r2, r3, 0, 4, 1, 5), t3 = wasm_i32x4_shuffle(r2, r3, 2, 6, 3, 7);
+  acc = madd(wasm_v128_load32_splat(x), wasm_i64x2_shuffle(t0, t2, 0, 2), acc);
+  acc = madd(wasm_v128_load32_splat(x + 1), wasm_i64x2_shuffle(t0, t2, 1, 3), acc);
+  acc = madd(wasm_v128_load32_splat(x + 2), wasm_i64x2_shuffle(t1, t3, 0, 2), acc);
+  return madd(wasm_v128_load32_splat(x + 3), wasm_i64x2_shuffle(t1, t3, 1, 3), acc);
+}
+
+/** acc += x[p] x the 4 rows r[0..3] at p (row stride k). */
+static inline f4 dot4x1(const float *x, const float *r, int k, f4 acc) {
+  const f4 col = wasm_f32x4_make(r[0], r[k], r[2 * k], r[3 * k]);
+  return madd(wasm_v128_load32_splat(x), col, acc);
+}
+
+/**
+ * One-row products (y = alpha x op(B), op(B) = Bᵀ stored as rows): slab[row0 + j] += x . row j of the n staged rows
+ * of STAGE_B (each k long), x (alpha already applied) in STAGE_A, for j < n rounded up to 16 (rows past n are
+ * read from the staging array and their sums dropped by the caller, so n must be a multiple of 16 except in a
+ * call's last block). Each sum runs over k in order with one multiply-add per k, as in the GEMM: the same bits as
+ * a product of one row through `macro`.
+ */
+__attribute__((export_name("gemv_rows"))) void gemv_rows(int n, int k, int row0) {
+  const float *x = STAGE_A;
+  for (int j = 0; j < n; j += 16) {
+    const float *r = STAGE_B + j * k;
+    float *c = SLAB + row0 + j;
+    f4 a0 = wasm_v128_load(c), a1 = wasm_v128_load(c + 4);
+    f4 a2 = wasm_v128_load(c + 8), a3 = wasm_v128_load(c + 12);
+    int p = 0;
+    for (; p + 4 <= k; p += 4) {
+      a0 = dot4x4(x + p, r + p, k, a0);
+      a1 = dot4x4(x + p, r + 4 * k + p, k, a1);
+      a2 = dot4x4(x + p, r + 8 * k + p, k, a2);
+      a3 = dot4x4(x + p, r + 12 * k + p, k, a3);
+    }
+    for (; p < k; p++) {
+      a0 = dot4x1(x + p, r + p, k, a0), a1 = dot4x1(x + p, r + 4 * k + p, k, a1);
+      a2 = dot4x1(x + p, r + 8 * k + p, k, a2), a3 = dot4x1(x + p, r + 12 * k + p, k, a3);
+    }
+    wasm_v128_store(c, a0), wasm_v128_store(c + 4, a1);
+    wasm_v128_store(c + 8, a2), wasm_v128_store(c + 12, a3);
+  }
+}

@@ -1,0 +1,188 @@
+/**
+ * Matrix products on every thread of the pool (pool.ts). Batches of products (attention heads) go to
+ * `sgemmHeads`: OpenBLAS spends as long on one head's small product with two threads as with one, so each thread
+ * takes a share of the heads with OpenBLAS on one thread. The WebAssembly GEMM, which has no threads of its own,
+ * splits one product's C into blocks shared out between the threads (`parallelWasmSgemm`), and a one-row product's
+ * output into ranges of rows of B (`parallelWasmSgemv`).
+ */
+import { gemmBlock, gemvBlock, gemvFits, wasmSgemm, wasmSgemv } from "./gemm.ts";
+import { type Sgemm, SGEMM_SYMBOLS, type Sgemv } from "./cblas.ts";
+import {
+  helperSetting,
+  parallelFor,
+  type RangeKernel,
+  registerKernels,
+  setHelperSetting,
+  setParallelism,
+  shared,
+} from "./pool.ts";
+
+/** The helper setting that names the library the blas backend loaded; helpers open it themselves for `sgemmHeads`. */
+const BLAS_SETTING = "blas";
+let sgemm: Sgemm | null = null;
+/** The library `sgemm` belongs to on this thread. */
+let opened: string | null = null;
+
+/** Called by the blas backend once it has loaded `path`: `sgemmHeads` calls `fn` here, and the library in helpers. */
+export function setSgemm(path: string, fn: Sgemm): void {
+  setHelperSetting(BLAS_SETTING, path);
+  opened = path, sgemm = fn;
+}
+
+/** The library name {@link setSgemm} takes for the WebAssembly GEMM (gemm.ts), which every thread has built in. */
+export const WASM_GEMM = "wasm";
+
+/** This thread's `cblas_sgemm` of the library the caller named (a helper opens it on first use, or on a switch). */
+function helperSgemm(): Sgemm {
+  const path = helperSetting(BLAS_SETTING);
+  if (!sgemm || opened !== path) {
+    if (!path) throw new Error("sgemmHeads: no BLAS library was named");
+    sgemm = path === WASM_GEMM
+      ? wasmSgemm
+      : Deno.dlopen(path, SGEMM_SYMBOLS).symbols.cblas_sgemm as unknown as Sgemm;
+    opened = path;
+  }
+  return sgemm;
+}
+
+/** Products smaller than this (M·N·K) stay on the calling thread in {@link parallelWasmSgemm}. */
+const WASM_SPLIT_MIN = 1 << 18;
+let wasmThreads = 8;
+
+/** Caps the threads {@link parallelWasmSgemm} uses (benchmarks compare 1 and 2); returns the cap in force. */
+export function setWasmGemmThreads(n?: number): number {
+  if (n !== undefined) wasmThreads = Math.max(1, Math.floor(n));
+  return Math.min(wasmThreads, setParallelism());
+}
+
+/**
+ * `cblas_sgemm` in the WebAssembly GEMM on every thread: C is cut into blocks of 16 rows (or, for products with
+ * few rows such as sampling's, 64 columns) shared out between the helpers. Operands outside shared memory are
+ * copied there first (helpers cannot see the rest).
+ */
+export const parallelWasmSgemm: Sgemm = (
+  o,
+  tA,
+  tB,
+  M,
+  N,
+  K,
+  alpha,
+  A,
+  lda,
+  B,
+  ldb,
+  beta,
+  C,
+  ldc,
+) => {
+  const t = setWasmGemmThreads();
+  if (t <= 1 || M * N * K < WASM_SPLIT_MIN) {
+    return wasmSgemm(o, tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
+  const c = shared(C);
+  const byCols = M < 32 * t, unit = byCols ? 64 : 16;
+  const s = [
+    tA === 112 ? 1 : 0,
+    tB === 112 ? 1 : 0,
+    M,
+    N,
+    K,
+    alpha,
+    lda,
+    ldb,
+    beta,
+    ldc,
+    unit,
+    +byCols,
+  ];
+  const units = Math.ceil((byCols ? N : M) / unit);
+  parallelFor("gemmBlocks", [shared(A), shared(B), c], s, units, unit * (byCols ? M : N) * K);
+  if (c !== C) C.set(c);
+};
+
+/** One-row products with fewer multiply-adds than this (M·N) stay on the calling thread in {@link parallelWasmSgemv}. */
+const WASM_GEMV_SPLIT_MIN = 1 << 16;
+
+/**
+ * `cblas_sgemv` in the WebAssembly GEMM on every thread: y = A·x (A's rows contiguous, as the weights of x·Wᵀ are)
+ * is cut into ranges of A's rows shared out between the helpers, each streaming its own part of A. Transposed
+ * products and rows too long for the module go to {@link wasmSgemv} on the calling thread.
+ */
+export const parallelWasmSgemv: Sgemv = (o, tr, M, N, alpha, A, lda, X, incX, beta, Y, incY) => {
+  const t = setWasmGemmThreads();
+  if (
+    t <= 1 || tr !== 111 || incX !== 1 || incY !== 1 || M * N < WASM_GEMV_SPLIT_MIN || !gemvFits(N)
+  ) return wasmSgemv(o, tr, M, N, alpha, A, lda, X, incX, beta, Y, incY);
+  const y = shared(Y);
+  parallelFor("gemvRows", [shared(A), shared(X), y], [M, N, alpha, lda, beta], M, N);
+  if (y !== Y) Y.set(y);
+};
+
+/** The kernels of the matrix products, by name (see {@link registerKernels}). */
+const GEMM_KERNELS: Record<string, RangeKernel> = {
+  /**
+   * [A, B, C]: C_i = op(A_i)·op(B_i) + beta·C_i for items i = (b, h) of a batch of (items / H)·H, where X_i starts
+   * at b·sXb + h·sXh with leading dimension ldX: strided views, e.g. one attention head's (T, D) columns of a
+   * (B·T, C) activation, or (H = 1) the blocks of a contiguous batch, items.
+   * s: [H, transA, transB, M, N, K, beta, sAb, sAh, lda, sBb, sBh, ldb, sCb, sCh, ldc] (trans as CBLAS codes).
+   */
+  sgemmHeads: ([A, B, C], s, lo, hi) => {
+    const f = helperSgemm();
+    const [H, tA, tB, M, N, K, beta, sAb, sAh, lda, sBb, sBh, ldb, sCb, sCh, ldc] = s;
+    for (let i = lo; i < hi; i++) {
+      const b = Math.floor(i / H), h = i - b * H;
+      const a = (A as Float32Array).subarray(b * sAb + h * sAh);
+      const bb = (B as Float32Array).subarray(b * sBb + h * sBh);
+      f(
+        101,
+        tA,
+        tB,
+        M,
+        N,
+        K,
+        1,
+        a,
+        lda,
+        bb,
+        ldb,
+        beta,
+        (C as Float32Array).subarray(b * sCb + h * sCh),
+        ldc,
+      );
+    }
+  },
+
+  /**
+   * [A, B, C]: blocks lo…hi of C = alpha·op(A)·op(B) + beta·C in the WebAssembly GEMM, a block being `unit` rows
+   * of C (byCols 0) or `unit` columns (byCols 1). s: [transA, transB, M, N, K, alpha, lda, ldb, beta, ldc, unit,
+   * byCols] (trans as 0/1).
+   */
+  gemmBlocks: ([A, B, C], [tA, tB, M, N, K, alpha, lda, ldb, beta, ldc, unit, byCols], lo, hi) => {
+    const g = {
+      transA: tA === 1,
+      transB: tB === 1,
+      M,
+      N,
+      K,
+      alpha,
+      A: A as Float32Array,
+      lda,
+      B: B as Float32Array,
+      ldb,
+      beta,
+      C: C as Float32Array,
+      ldc,
+    };
+    if (byCols) gemmBlock(g, 0, M, lo * unit, Math.min(N, hi * unit));
+    else gemmBlock(g, lo * unit, Math.min(M, hi * unit), 0, N);
+  },
+
+  /** [B, x, y]: rows lo…hi of y = alpha·B·x + beta·y, B's rows K long. s: [N, K, alpha, ldb, beta] (N: B's rows). */
+  gemvRows: ([B, x, y], [N, K, alpha, ldb, beta], lo, hi) => {
+    const f = (a: unknown) => a as Float32Array;
+    gemvBlock({ N, K, alpha, B: f(B), ldb, x: f(x), beta, y: f(y) }, lo, hi);
+  },
+};
+
+registerKernels(GEMM_KERNELS);
