@@ -42,9 +42,6 @@ import {
   sourceFormat,
   textBlocks,
 } from "./formats.ts";
-import { END_OF_TEXT_ID } from "./tokenizer.ts";
-
-const EOT = new Uint16Array([END_OF_TEXT_ID]);
 
 /** Tokens per shard unless the config says otherwise: 2 MB files. */
 export const DEFAULT_SHARD_TOKENS = 1_000_000;
@@ -526,6 +523,11 @@ async function unchanged(sv: CorpusSurvey, o: PrepareOptions, shardTokens: numbe
 /** A step applied in corpus order once its work (encoding, on a worker) is done. */
 type Step = Promise<() => Promise<void>>;
 
+/** A step with no work to wait for: bookkeeping applied in its place in the order. */
+function syncStep(apply: () => void): Step {
+  return Promise.resolve(() => Promise.resolve(apply()));
+}
+
 /** What a unit's stream holds: text, the end of a document, or ready token ids (nanoGPT). */
 type Item = string | typeof DOC_END | Uint16Array;
 
@@ -559,7 +561,7 @@ const SPLITS = ["train", "val"] as const;
 
 /** The step that records, once a unit's steps are applied, what it added to each split (from `before`). */
 function recordStep(u: Unit, c: EncodeContext, before: Record<SplitName, number[]>) {
-  return Promise.resolve(async () => {
+  return syncStep(() => {
     for (const split of SPLITS) {
       const w = c.writers[split];
       const [tokens, documents] = [w.tokens - before[split][0], w.documents - before[split][1]];
@@ -580,7 +582,7 @@ function recordStep(u: Unit, c: EncodeContext, before: Record<SplitName, number[
 
 /** The step that notes where each split stands before a unit's steps (for {@link recordStep}). */
 function beginStep(c: EncodeContext, before: Record<SplitName, number[]>): Step {
-  return Promise.resolve(async () => {
+  return syncStep(() => {
     for (const s of SPLITS) before[s] = [c.writers[s].tokens, c.writers[s].documents];
   });
 }
@@ -674,7 +676,7 @@ async function queueEncoding(u: Unit, c: EncodeContext) {
   end();
   for (const s of SPLITS) await drain(s, true);
   if (u.format === "bin") {
-    await c.queue(Promise.resolve(async () => void writers[split].documents++));
+    await c.queue(syncStep(() => void writers[split].documents++));
   }
   await c.queue(recordStep(u, c, before));
 }
@@ -772,13 +774,13 @@ async function tokenizeSources(
       }
       const found = { marked: false };
       let encoded = false, fileStart = 0;
-      await queue(Promise.resolve(async () => void (fileStart = tally.doneBytes)));
+      await queue(syncStep(() => void (fileStart = tally.doneBytes)));
       for (const u of await unitsOf(i, check, c, found)) {
         const prev = reusable(u, c);
         if (prev) await queueReuse(u, prev, c);
         else await queueEncoding(u, c), encoded = true;
       }
-      await queue(Promise.resolve(async () => {
+      await queue(syncStep(() => {
         if (found.marked) gutenberg++;
         encoded ? tally.tokenized++ : tally.reused++;
         tally.tokenizedBytes += encoded ? fileStart + check.bytes - tally.doneBytes : 0;
