@@ -362,6 +362,7 @@ export interface PrepareResult {
   upToDate: boolean; // nothing changed: the shards were kept
   tokenized: number; // files encoded this time
   reused: number; // unchanged files read back from the old shards
+  reusedParts: number; // unchanged files and Parquet row groups read back (a changed Parquet file keeps its others)
   skipped: string[]; // one line per file left out
   gutenberg: number; // text files that had Project Gutenberg markers (with stripGutenberg)
   bytes: number; // source bytes, all files
@@ -423,6 +424,7 @@ async function writeAtomic(path: string, bytes: Uint8Array) {
 class PrepareTally {
   tokenized = 0;
   reused = 0;
+  reusedParts = 0;
   doneBytes = 0;
   tokenizedBytes = 0;
   hits = 0;
@@ -618,6 +620,7 @@ async function queueReuse(u: Unit, prev: SourceInfo[], c: EncodeContext) {
       w.documents += p.documents ?? 1;
     }));
   }
+  await c.queue(syncStep(() => void c.tally.reusedParts++));
   await c.queue(recordStep(u, c, before));
 }
 
@@ -892,12 +895,13 @@ export async function prepareCorpus(source: string, o: PrepareOptions): Promise<
   const result = { bytes: sv.totalBytes, skipped: [] as string[], gutenberg: 0 };
   if (sv.old && await unchanged(sv, o, shardTokens)) {
     const n = sv.files.length;
-    return {
+    return { // nothing to do
       ...result,
       index: sv.old,
       upToDate: true,
       tokenized: 0,
       reused: n,
+      reusedParts: sv.old.sources.length,
       tokenizedBytes: 0,
       seconds: seconds(),
       cacheHitRate: NaN,
@@ -928,6 +932,7 @@ export async function prepareCorpus(source: string, o: PrepareOptions): Promise<
     upToDate: false,
     tokenized: tally.tokenized,
     reused: tally.reused,
+    reusedParts: tally.reusedParts,
     skipped: r.skipped,
     gutenberg: r.gutenberg,
     tokenizedBytes: tally.tokenizedBytes,
