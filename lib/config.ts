@@ -20,7 +20,7 @@ export interface ModelConfig {
 
 /** Where the text comes from and how it becomes batches (section 2.6, 5.1). */
 export interface DataConfig {
-  path: string; // one text file (the book), a directory or glob of .txt files, or a prepared shard directory
+  path: string; // one text file (the book); a corpus: a directory, glob or file of .txt/.jsonl/.parquet (.gz, .zst), nanoGPT's .bin; or shards
   url: string | null; // downloaded to `path` when the file is missing (one text file only)
   train_ratio: number; // one file: first floor(ratio * chars) characters train; a corpus: fraction of documents
   shards: string | null; // where `deno task prepare` writes a corpus's shards (null: <corpus dir>.shards)

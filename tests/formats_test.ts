@@ -7,7 +7,13 @@
 import { deepStrictEqual as assertEquals, ok, rejects } from "node:assert/strict";
 import { DuckDBInstance } from "@duckdb/node-api";
 import { loadExperiment } from "../lib/config.ts";
-import { documentDraw, prepareCorpus, type PrepareOptions } from "../lib/data/corpus.ts";
+import {
+  dataSourceKind,
+  defaultShardDir,
+  documentDraw,
+  prepareCorpus,
+  type PrepareOptions,
+} from "../lib/data/corpus.ts";
 import { UserError } from "../lib/errors.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
@@ -137,6 +143,11 @@ Deno.test({
     const r = await prepareCorpus(`${tmp}/${f}/*.jsonl.*`, opts(`${tmp}/${f}.shards`));
     assertEquals(streams(`${tmp}/${f}.shards`, r.index), expected, f);
   }
+  // One compressed file is a corpus of its own, its shards beside it.
+  assertEquals(dataSourceKind(`${tmp}/gz/docs.jsonl.gz`), "corpus");
+  assertEquals(defaultShardDir(`${tmp}/gz/docs.jsonl.gz`), `${tmp}/gz/docs.shards`);
+  const one = await prepareCorpus(`${tmp}/gz/docs.jsonl.gz`, opts(`${tmp}/gz/docs.shards`));
+  assertEquals(streams(`${tmp}/gz/docs.shards`, one.index), expected);
   const zst = await prepareCorpus(`${tmp}/zst/*.txt.zst`, {
     ...opts(`${tmp}/txtzst.shards`),
     splitOnEot: true,

@@ -1,6 +1,7 @@
 /**
- * Your own corpus: a directory or glob of `.txt` files, one document each, tokenized once into shards
- * (lib/data/shards.ts) by `deno task prepare`. Documents are split into train and val by document, deterministically
+ * Your own corpus: a directory, glob or file of text (one document per file, or per `<|endoftext|>`-separated part),
+ * JSON Lines and Parquet (one document per line or row) files, also gzip- or zstd-compressed (lib/data/formats.ts),
+ * or nanoGPT's train.bin and val.bin, tokenized once into shards (lib/data/shards.ts) by `deno task prepare`. Documents are split into train and val by document, deterministically
  * from the seed; each document's ids are followed by `<|endoftext|>`, so a split's stream is its documents joined
  * with `<|endoftext|>` as in the book's section 2.4.
  *
@@ -63,12 +64,23 @@ export function dataSourceKind(path: string): DataSourceKind {
   } catch {
     return "text"; // missing: the book's file, downloaded from data.url
   }
-  if (!st.isDirectory) return "text";
+  if (!st.isDirectory) return isOneFileCorpus(path) ? "corpus" : "text";
   return isShardDir(path) ? "shards" : "corpus";
 }
 
-/** The directory a corpus lives in: the directory itself, or a glob's part before its first wildcard. */
+/** A single file that is a corpus of its own: one not read as the book's text (Parquet, JSONL, compressed). */
+function isOneFileCorpus(path: string): boolean {
+  if (isGlob(path) || !(sourceFormat(path) !== "text" || isCompressed(path))) return false;
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
+/** The directory a corpus lives in: the directory itself, a file's directory, or a glob's part before its first wildcard. */
 export function corpusBase(path: string): string {
+  if (isOneFileCorpus(path)) return path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : ".";
   if (!isGlob(path)) return path.replace(/\/+$/, "") || ".";
   const parts = path.split("/");
   const first = parts.findIndex(isGlob);
@@ -77,6 +89,9 @@ export function corpusBase(path: string): string {
 
 /** Where prepare writes a corpus's shards when `data.shards` is null: `<corpus dir>.shards`. */
 export function defaultShardDir(path: string): string {
+  if (isOneFileCorpus(path)) {
+    return `${path.replace(/\.(gz|zst)$/, "").replace(/\.\w+$/, "")}.shards`;
+  }
   const base = corpusBase(path);
   return base === "." ? "corpus.shards" : `${base}.shards`;
 }
@@ -123,6 +138,7 @@ function isNanoGptDir(dir: string): boolean {
 export function listSources(path: string): string[] {
   const base = corpusBase(path);
   if (!isGlob(path) && isNanoGptDir(base)) return [`${base}/train.bin`, `${base}/val.bin`];
+  if (isOneFileCorpus(path)) return [path];
   const all: string[] = [];
   try {
     walk(base, all);
