@@ -8,7 +8,9 @@
  * our train step gets `--repeats` processes (default 2) and, like PyTorch, keeps the fastest (`runs_median_s` lists
  * them all): on a noisy VM one process can be 20 % slower than the next. Two data lines: `tokenize` (MB/s of
  * `prepare` on every core over a generated corpus of --corpus-mb MB, default 200) and `loader` (train windows/s
- * streamed from its shards), each with peak RSS; --data-only runs just those, --no-data skips them.
+ * streamed from its shards), each with peak RSS, then one `prepare` line per corpus form (--formats, default all of
+ * Parquet, JSONL, .jsonl.gz/.zst, .txt.gz/.zst and nanoGPT's .bin) holding the same text, with its MB/s of text and
+ * `ratio_vs_txt`; --data-only runs just those, --no-data skips them.
  * `--stream-gtokens n` adds a `stream` line: every window of n billion tokens of shards streamed once, with RSS
  * sampled along the way (it writes 2n GB to bench/out/ the first time). Timings live here, never in tests.
  */
@@ -50,6 +52,7 @@ const { values } = parseArgs({
     batch: { type: "string", default: "2" },
     "corpus-mb": { type: "string", default: "200" },
     "data-only": { type: "boolean", default: false },
+    formats: { type: "string", default: "parquet,jsonl,jsonl.gz,jsonl.zst,txt.gz,txt.zst,bin" },
     "no-data": { type: "boolean", default: false },
     "stream-gtokens": { type: "string", default: "0" },
     repeats: { type: "string", default: "2" }, // processes per train-step case; the fastest counts
@@ -302,9 +305,109 @@ async function runDataCase(name: string, corpus: string): Promise<Record<string,
   };
 }
 
+/** The corpus forms beside `.txt` that the `prepare` lines time (--formats), each holding the same text. */
+const FORMATS = values.formats!.split(",").filter((f) => f);
+
+async function run(cmd: string, ...args: string[]) {
+  const out = await new Deno.Command(cmd, { args, stderr: "inherit" }).output();
+  if (!out.success) throw new Error(`${cmd} ${args.join(" ")} failed`);
+}
+
+/**
+ * The text corpus `dir` in each of {@link FORMATS}, written once under `<dir>-formats/<format>`: JSON Lines with
+ * each paragraph a document, Parquet of those (DuckDB, zstd), gzip and zstd (their CLIs) of both, and nanoGPT's
+ * train.bin / val.bin from the text's shards (the `tokenize` case's output).
+ */
+async function formatCorpora(dir: string): Promise<string> {
+  const out = `${dir}-formats`;
+  // JSON Lines is also the source of the compressed JSONL and of Parquet.
+  const wanted = (f: string) =>
+    FORMATS.includes(f) ||
+    f === "jsonl" && FORMATS.some((x) => x.startsWith("jsonl.") || x === "parquet");
+  const done = async (f: string) =>
+    !wanted(f) || await Deno.stat(`${out}/${f}/.done`).then(() => true, () => false);
+  const files = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(".txt"))
+    .sort();
+  const each = async (f: string, make: (name: string) => Promise<void>) => {
+    if (await done(f)) return;
+    await Deno.mkdir(`${out}/${f}`, { recursive: true });
+    for (const name of files) await make(name.replace(/\.txt$/, ""));
+    await Deno.writeTextFile(`${out}/${f}/.done`, "");
+  };
+  await each("jsonl", async (n) => {
+    const paras = (await Deno.readTextFile(`${dir}/${n}.txt`)).split("\n\n");
+    await Deno.writeTextFile(
+      `${out}/jsonl/${n}.jsonl`,
+      paras.map((text) => JSON.stringify({ text })).join("\n") + "\n",
+    );
+  });
+  for (const [f, src, ext] of [["jsonl.gz", `${out}/jsonl`, "jsonl"], ["txt.gz", dir, "txt"]]) {
+    await each(
+      f,
+      (n) => run("sh", "-c", `gzip -c ${src}/${n}.${ext} > ${out}/${f}/${n}.${ext}.gz`),
+    );
+  }
+  for (const [f, src, ext] of [["jsonl.zst", `${out}/jsonl`, "jsonl"], ["txt.zst", dir, "txt"]]) {
+    await each(
+      f,
+      (n) => run("zstd", "-q", "-f", `${src}/${n}.${ext}`, "-o", `${out}/${f}/${n}.${ext}.zst`),
+    );
+  }
+  if (!await done("parquet")) {
+    const { DuckDBInstance } = await import("@duckdb/node-api");
+    const c = await (await DuckDBInstance.create(":memory:")).connect();
+    await Deno.mkdir(`${out}/parquet`, { recursive: true });
+    for (const n of files.map((f) => f.replace(/\.txt$/, ""))) {
+      await c.run(
+        `COPY (SELECT text FROM read_json('${out}/jsonl/${n}.jsonl', format = 'newline_delimited')) ` +
+          `TO '${out}/parquet/${n}.parquet' (FORMAT parquet, COMPRESSION zstd)`,
+      );
+    }
+    await Deno.writeTextFile(`${out}/parquet/.done`, "");
+  }
+  const shards = `${dir}.shards`, index = readIndex(shards);
+  if (!FORMATS.includes("bin")) return out;
+  await Deno.mkdir(`${out}/bin`, { recursive: true });
+  for (const split of ["train", "val"] as const) {
+    using f = await Deno.open(`${out}/bin/${split}.bin`, {
+      write: true,
+      create: true,
+      truncate: true,
+    });
+    for (const s of index.splits[split].shards) {
+      await f.write(await Deno.readFile(`${shards}/${s.file}`));
+    }
+  }
+  return out;
+}
+
+/** One `prepare` line: MB/s of the corpus's text (the same in every form) through prepare, and peak RSS. */
+async function prepareCase(dir: string, textMb: number): Promise<Record<string, unknown>> {
+  const r = await prepareCorpus(dir, {
+    shardDir: `${dir}.shards`,
+    seed: 123,
+    trainRatio: 0.9,
+    force: true,
+    progress: false,
+    print: () => {},
+  });
+  return {
+    case: "prepare",
+    format: dir.split("/").at(-1),
+    text_mb: textMb,
+    file_mb: r.bytes / 1e6,
+    tokens: r.index.splits.train.tokens + r.index.splits.val.tokens,
+    seconds: r.seconds,
+    mb_per_s: textMb / r.seconds,
+    peak_rss_mb: peakRssMb(),
+  };
+}
+
 if (values.case) {
   const r = values.case === "stream"
     ? streamCase(values.experiment!)
+    : values.case === "prepare"
+    ? await prepareCase(values.experiment!, Number(values["corpus-mb"]))
     : values.case === "tokenize" || values.case === "loader"
     ? await runDataCase(values.case, values.experiment!)
     : await runCase(values.case, Number(values.batch));
@@ -339,6 +442,24 @@ if (!values["no-data"]) {
   for (const name of ["tokenize", "loader"]) {
     const r = await sub(Deno.execPath(), [...self, "--experiment", corpus, "--case", name]);
     dataLines.push(r ?? { case: name, error: "case failed" });
+  }
+  const txt = dataLines[0];
+  const forms = await formatCorpora(corpus);
+  for (const f of FORMATS) {
+    const args = [
+      "--experiment",
+      `${forms}/${f}`,
+      "--case",
+      "prepare",
+      "--corpus-mb",
+      String(txt.mb),
+    ];
+    const r = await sub(Deno.execPath(), [...self, ...args]) ??
+      { case: "prepare", format: f, error: "case failed" };
+    if (typeof r.mb_per_s === "number" && typeof txt.mb_per_s === "number") {
+      r.ratio_vs_txt = r.mb_per_s / txt.mb_per_s;
+    }
+    dataLines.push(r);
   }
   const gtokens = Number(values["stream-gtokens"]);
   if (gtokens > 0) {

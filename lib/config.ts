@@ -20,12 +20,15 @@ export interface ModelConfig {
 
 /** Where the text comes from and how it becomes batches (section 2.6, 5.1). */
 export interface DataConfig {
-  path: string; // one text file (the book), a directory or glob of .txt files, or a prepared shard directory
+  path: string; // one text file (the book); a corpus: a directory, glob or file of .txt/.jsonl/.parquet (.gz, .zst), nanoGPT's .bin; or shards
   url: string | null; // downloaded to `path` when the file is missing (one text file only)
   train_ratio: number; // one file: first floor(ratio * chars) characters train; a corpus: fraction of documents
   shards: string | null; // where `deno task prepare` writes a corpus's shards (null: <corpus dir>.shards)
   shard_tokens: number; // tokens per shard file (uint16 ids: 2 bytes each)
   shuffle_shards: number; // shards whose windows the train loader mixes at a time (memory: this many shards)
+  text_field: string; // the column (Parquet) or field (JSONL) that holds each document's text
+  split_on_eot: boolean; // `<|endoftext|>` written in a text file ends a document (TinyStories' one big file)
+  strip_gutenberg: boolean; // drop Project Gutenberg licence headers and footers (by their *** markers)
   batch_size: number;
   stride: number | null; // null: stride = the window length (no overlap)
   max_length: number | null; // tokens per window; null: model.context_length
@@ -98,6 +101,9 @@ export const DEFAULTS: Config = {
     shards: null,
     shard_tokens: 1_000_000, // 2 MB per shard
     shuffle_shards: 4, // a streaming train loader holds 4 shards (8 MB) and shuffles their windows together
+    text_field: "text", // Hugging Face datasets' usual column
+    split_on_eot: false,
+    strip_gutenberg: false,
     batch_size: 2,
     stride: null,
     max_length: null,
@@ -173,6 +179,9 @@ const SCHEMA: Record<string, Check | Record<string, Check>> = {
     shards: nullable(str),
     shard_tokens: positiveInt,
     shuffle_shards: positiveInt,
+    text_field: str,
+    split_on_eot: bool,
+    strip_gutenberg: bool,
     batch_size: positiveInt,
     stride: nullable(positiveInt),
     max_length: nullable(positiveInt),

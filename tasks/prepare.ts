@@ -1,6 +1,7 @@
 /**
  * `deno task prepare <experiment.yaml> [--force] [--workers n] [--set key=value …]`: tokenizes the experiment's
- * corpus (data.path: a directory or glob of .txt files) once into uint16 shards plus index.json under data.shards
+ * corpus (data.path: a directory or glob of text, JSON Lines and Parquet files, or nanoGPT's
+ * train.bin and val.bin) once into uint16 shards plus index.json under data.shards
  * (default <corpus dir>.shards). Re-running skips unchanged files. Exit codes: 0 done, 2 bad input.
  */
 import { dataSourceKind, prepareCorpus } from "../lib/data/corpus.ts";
@@ -11,7 +12,8 @@ import { shardDirOf } from "../lib/runs/run.ts";
 
 const USAGE = `usage: deno task prepare <experiment.yaml> [options]
 
-Tokenizes the experiment's corpus (data.path: a directory or glob of .txt files, one document each) into
+Tokenizes the experiment's corpus (data.path: a directory or glob of .txt, .jsonl, .parquet files, also
+.txt.gz/.zst and .jsonl.gz/.zst, or a directory with nanoGPT's train.bin and val.bin) into
 shards of uint16 GPT-2 token ids plus index.json in data.shards, split into train and val by document.
 
 options:
@@ -45,7 +47,7 @@ await runTask(async () => {
       `${
         positionals[0]
       }: data.path: ${cfg.data.path} is one text file, which train reads directly; ` +
-        `prepare takes a directory or glob of .txt files`,
+        `prepare takes a directory or glob of corpus files`,
     );
   }
   if (kind === "shards") return console.log(`${cfg.data.path}: already a prepared shard directory`);
@@ -55,6 +57,9 @@ await runTask(async () => {
     seed: cfg.training.seed,
     trainRatio: cfg.data.train_ratio,
     shardTokens: cfg.data.shard_tokens,
+    textField: cfg.data.text_field,
+    splitOnEot: cfg.data.split_on_eot,
+    stripGutenberg: cfg.data.strip_gutenberg,
     workers,
     force: values.force,
   });
@@ -67,7 +72,10 @@ await runTask(async () => {
         `${(r.tokenizedBytes / 1e6 / r.seconds).toFixed(1)} MB/s, ${
           (100 * r.cacheHitRate).toFixed(1)
         } % of words from the cache), ` +
-        `${r.reused} unchanged, ${r.skipped.length} skipped, in ${r.seconds.toFixed(1)} s`,
+        `${r.reused} unchanged, ${r.skipped.length} skipped, in ${r.seconds.toFixed(1)} s` +
+        (cfg.data.strip_gutenberg
+          ? `; ${r.gutenberg} had Project Gutenberg headers, stripped`
+          : ""),
     );
   }
   console.log(

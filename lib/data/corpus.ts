@@ -1,6 +1,7 @@
 /**
- * Your own corpus: a directory or glob of `.txt` files, one document each, tokenized once into shards
- * (lib/data/shards.ts) by `deno task prepare`. Documents are split into train and val by document, deterministically
+ * Your own corpus: a directory, glob or file of text (one document per file, or per `<|endoftext|>`-separated part),
+ * JSON Lines and Parquet (one document per line or row) files, also gzip- or zstd-compressed (lib/data/formats.ts),
+ * or nanoGPT's train.bin and val.bin, tokenized once into shards (lib/data/shards.ts) by `deno task prepare`. Documents are split into train and val by document, deterministically
  * from the seed; each document's ids are followed by `<|endoftext|>`, so a split's stream is its documents joined
  * with `<|endoftext|>` as in the book's section 2.4.
  *
@@ -13,6 +14,8 @@ import { splitmix32 } from "./data.ts";
 import { UserError } from "../errors.ts";
 import { formatDuration } from "../progress.ts";
 import {
+  type CorpusOptions,
+  type FileRecord,
   GPT2_VOCAB_SIZE,
   INDEX_FILE,
   INDEX_VERSION,
@@ -26,9 +29,20 @@ import {
   TOKENIZER,
 } from "./shards.ts";
 import { CachedBpe } from "./bpe.ts";
-import { END_OF_TEXT_ID } from "./tokenizer.ts";
-
-const EOT = new Uint16Array([END_OF_TEXT_ID]);
+import { DOC_END, EOT_TEXT, splitOnEot, stripGutenberg } from "./documents.ts";
+import {
+  byteBlocks,
+  checkIds,
+  isCompressed,
+  jsonlDocuments,
+  openParquet,
+  type ReadCount,
+  rowGroups,
+  rowGroupTexts,
+  type SourceFormat,
+  sourceFormat,
+  textBlocks,
+} from "./formats.ts";
 
 /** Tokens per shard unless the config says otherwise: 2 MB files. */
 export const DEFAULT_SHARD_TOKENS = 1_000_000;
@@ -50,12 +64,23 @@ export function dataSourceKind(path: string): DataSourceKind {
   } catch {
     return "text"; // missing: the book's file, downloaded from data.url
   }
-  if (!st.isDirectory) return "text";
+  if (!st.isDirectory) return isOneFileCorpus(path) ? "corpus" : "text";
   return isShardDir(path) ? "shards" : "corpus";
 }
 
-/** The directory a corpus lives in: the directory itself, or a glob's part before its first wildcard. */
+/** A single file that is a corpus of its own: one not read as the book's text (Parquet, JSONL, compressed). */
+function isOneFileCorpus(path: string): boolean {
+  if (isGlob(path) || !(sourceFormat(path) !== "text" || isCompressed(path))) return false;
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
+/** The directory a corpus lives in: the directory itself, a file's directory, or a glob's part before its first wildcard. */
 export function corpusBase(path: string): string {
+  if (isOneFileCorpus(path)) return path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : ".";
   if (!isGlob(path)) return path.replace(/\/+$/, "") || ".";
   const parts = path.split("/");
   const first = parts.findIndex(isGlob);
@@ -64,6 +89,9 @@ export function corpusBase(path: string): string {
 
 /** Where prepare writes a corpus's shards when `data.shards` is null: `<corpus dir>.shards`. */
 export function defaultShardDir(path: string): string {
+  if (isOneFileCorpus(path)) {
+    return `${path.replace(/\.(gz|zst)$/, "").replace(/\.\w+$/, "")}.shards`;
+  }
   const base = corpusBase(path);
   return base === "." ? "corpus.shards" : `${base}.shards`;
 }
@@ -91,22 +119,40 @@ function walk(dir: string, out: string[]) {
   }
 }
 
+/** Files a directory contributes: text and JSON Lines (also .gz, .zst) and Parquet, at any depth. */
+const CORPUS_FILE = /\.(?:(?:txt|jsonl|json|ndjson)(?:\.gz|\.zst)?|parquet)$/;
+
+/** Whether a directory holds nanoGPT's prepared `train.bin` and `val.bin`. */
+function isNanoGptDir(dir: string): boolean {
+  try {
+    return Deno.statSync(`${dir}/train.bin`).isFile && Deno.statSync(`${dir}/val.bin`).isFile;
+  } catch {
+    return false;
+  }
+}
+
 /**
- * The source files of a corpus, sorted: every `.txt` under a directory (any depth), or every file a glob matches.
- * Throws a UserError when there is none.
+ * The source files of a corpus, sorted: a nanoGPT directory's `train.bin` and `val.bin`; every text, JSON Lines
+ * and Parquet file under a directory (any depth); or every file a glob matches. Throws a UserError when there is none.
  */
 export function listSources(path: string): string[] {
   const base = corpusBase(path);
+  if (!isGlob(path) && isNanoGptDir(base)) return [`${base}/train.bin`, `${base}/val.bin`];
+  if (isOneFileCorpus(path)) return [path];
   const all: string[] = [];
   try {
     walk(base, all);
   } catch {
     throw new UserError(`${path}: data.path: cannot read the directory ${base}`);
   }
-  const match = isGlob(path) ? globToRegExp(path.replace(/^\.\//, "")) : /\.txt$/;
+  const match = isGlob(path) ? globToRegExp(path.replace(/^\.\//, "")) : CORPUS_FILE;
   const files = all.filter((f) => match.test(f.replace(/^\.\//, ""))).sort();
   if (files.length === 0) {
-    throw new UserError(`${path}: data.path: no ${isGlob(path) ? "file matches" : ".txt files"}`);
+    throw new UserError(
+      `${path}: data.path: no ${
+        isGlob(path) ? "file matches" : ".txt, .jsonl, .parquet (or .gz, .zst) files"
+      }`,
+    );
   }
   return files;
 }
@@ -116,6 +162,11 @@ function fnv1a(s: string): number {
   let h = 0x811c9dc5;
   for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
   return h >>> 0;
+}
+
+/** A document's uniform draw in [0, 1) from the seed and its name: below the train ratio, it trains. */
+export function documentDraw(name: string, seed: number): number {
+  return splitmix32((Math.imul(seed, 0x9e3779b1) ^ fnv1a(name)) >>> 0)();
 }
 
 /**
@@ -128,7 +179,7 @@ export function splitDocuments(
   seed: number,
   trainRatio: number,
 ): SplitName[] {
-  const u = names.map((n) => splitmix32((Math.imul(seed, 0x9e3779b1) ^ fnv1a(n)) >>> 0)());
+  const u = names.map((n) => documentDraw(n, seed));
   const split = u.map((x): SplitName => x < trainRatio ? "train" : "val");
   if (names.length >= 2) {
     const argBy = (better: (a: number, b: number) => boolean) =>
@@ -178,8 +229,8 @@ async function readBlocks(path: string, onBlock: (b: Uint8Array) => Promise<void
   }
 }
 
-/** First pass over a source, streamed: SHA-256, and the checks (empty, NUL bytes, UTF-8, only whitespace). */
-async function checkFile(path: string): Promise<FileCheck> {
+/** First pass over a plain text file, streamed: SHA-256, and the checks (empty, NUL bytes, UTF-8, only whitespace). */
+async function checkTextFile(path: string): Promise<FileCheck> {
   const hash = createHash("sha256");
   const decoder = new TextDecoder("utf-8", { fatal: true });
   let bytes = 0, binary = false, utf8 = true, text = false;
@@ -210,28 +261,42 @@ async function checkFile(path: string): Promise<FileCheck> {
   return r;
 }
 
-/** Second pass: the file's text in pieces of about {@link PIECE_CHARS}, cut only where {@link safeCut} allows. */
-async function* textPieces(path: string): AsyncGenerator<{ text: string; bytes: number }> {
-  const decoder = new TextDecoder("utf-8");
-  let carry = "", carryBytes = 0;
-  using file = await Deno.open(path);
-  const buf = new Uint8Array(READ_BYTES);
-  for (;;) {
-    const n = await file.read(buf);
-    if (n === null) break;
-    carry += decoder.decode(buf.subarray(0, n), { stream: true });
-    carryBytes += n;
-    while (carry.length > PIECE_CHARS) {
-      const cut = safeCut(carry.slice(0, PIECE_CHARS * 2), PIECE_CHARS >> 1);
-      if (cut < 0) break; // no safe cut yet: keep reading
-      const text = carry.slice(0, cut);
-      const bytes = Math.round(carryBytes * cut / carry.length);
-      yield { text, bytes };
-      carry = carry.slice(cut), carryBytes -= bytes;
-    }
+/** Whole little-endian uint16 ids of a nanoGPT .bin, block by block (a block's odd last byte carried over). */
+async function* binIds(path: string, read: ReadCount): AsyncGenerator<Uint16Array> {
+  let carry = new Uint8Array(0);
+  for await (const b of byteBlocks(path, read)) {
+    const all = carry.length ? new Uint8Array([...carry, ...b]) : b;
+    const even = all.length & ~1;
+    yield new Uint16Array(all.slice(0, even).buffer);
+    carry = all.slice(even);
   }
-  carry += decoder.decode();
-  if (carry.length > 0) yield { text: carry, bytes: carryBytes };
+}
+
+/**
+ * First pass over a source file: SHA-256 of its bytes and, by format, its checks: plain text as
+ * {@link checkTextFile}; a nanoGPT .bin's size even and ids inside GPT-2's vocabulary (a UserError if not).
+ */
+async function checkFile(path: string, format: SourceFormat): Promise<FileCheck> {
+  if (format === "text" && !isCompressed(path)) return await checkTextFile(path);
+  const hash = createHash("sha256");
+  let tokens = 0;
+  const read = { bytes: 0 };
+  if (format === "bin") {
+    const size = Deno.statSync(path).size;
+    if (size % 2) throw new UserError(`${path}: ${size} bytes, an odd size for uint16 token ids`);
+    for await (const ids of binIds(path, read)) {
+      checkIds(path, ids, tokens, GPT2_VOCAB_SIZE);
+      hash.update(new Uint8Array(ids.buffer));
+      tokens += ids.length;
+    }
+  } else {
+    await readBlocks(path, (b) => {
+      read.bytes += b.length;
+      hash.update(b);
+    });
+  }
+  const r = { bytes: read.bytes, sha256: hash.digest("hex") };
+  return read.bytes === 0 ? { ...r, skip: "empty file" } : r;
 }
 
 let bpe: CachedBpe | null = null;
@@ -296,6 +361,12 @@ export interface PrepareOptions {
   shardTokens?: number;
   workers?: number; // default: every core
   force?: boolean; // re-tokenize every file
+  /** The Parquet column or JSON field of each document's text; default `text`. */
+  textField?: string;
+  /** `<|endoftext|>` in a text file ends a document (each then drawn into train or val on its own). */
+  splitOnEot?: boolean;
+  /** Drop Project Gutenberg headers and footers from text files. */
+  stripGutenberg?: boolean;
   /** Warnings and the final summary; default console.error. */
   print?: (line: string) => void;
   progress?: boolean; // MB/s and ETA on stderr; default true
@@ -307,7 +378,9 @@ export interface PrepareResult {
   upToDate: boolean; // nothing changed: the shards were kept
   tokenized: number; // files encoded this time
   reused: number; // unchanged files read back from the old shards
+  reusedParts: number; // unchanged files and Parquet row groups read back (a changed Parquet file keeps its others)
   skipped: string[]; // one line per file left out
+  gutenberg: number; // text files that had Project Gutenberg markers (with stripGutenberg)
   bytes: number; // source bytes, all files
   tokenizedBytes: number;
   seconds: number;
@@ -367,6 +440,7 @@ async function writeAtomic(path: string, bytes: Uint8Array) {
 class PrepareTally {
   tokenized = 0;
   reused = 0;
+  reusedParts = 0;
   doneBytes = 0;
   tokenizedBytes = 0;
   hits = 0;
@@ -390,42 +464,76 @@ class PrepareTally {
   }
 }
 
-/** What a prepare starts from: the corpus's files, their splits and sizes, and the previous index (if usable). */
+/** The prepare settings that change what a file's tokens are: reuse needs them unchanged. */
+function readOptions(o: PrepareOptions): CorpusOptions {
+  return {
+    text_field: o.textField ?? "text",
+    split_on_eot: o.splitOnEot ?? false,
+    strip_gutenberg: o.stripGutenberg ?? false,
+  };
+}
+
+/** What a prepare starts from: the corpus's files, their formats, sizes and splits, and the previous index. */
 interface CorpusSurvey {
   files: string[];
-  splits: SplitName[];
+  formats: SourceFormat[];
+  /** Per file: its split when it is one document (a text file, drawn over the names of such files), else null. */
+  splits: (SplitName | null)[];
+  names: string[]; // paths relative to the corpus
   sizes: number[];
   totalBytes: number;
   old: ShardIndex | null;
-  oldBy: Map<string, SourceInfo>;
+  /** The previous index's records by unit key (file, or file#row group), when its read options are today's. */
+  oldBy: Map<string, SourceInfo[]>;
 }
 
-/** Lists the corpus's files, splits them by document, and reads the previous prepare's index. */
-function surveyCorpus(source: string, o: PrepareOptions): CorpusSurvey {
+const unitKey = (s: { path: string; row_group?: number }) =>
+  s.row_group === undefined ? s.path : `${s.path}#${s.row_group}`;
+
+/** Lists the corpus's files, checks Parquet columns and .bin sizes up front, and reads the previous index. */
+async function surveyCorpus(source: string, o: PrepareOptions): Promise<CorpusSurvey> {
   const files = listSources(source);
   const base = corpusBase(source);
-  const rel = (f: string) => base === "." ? f : f.slice(base.length + 1);
-  const splits = splitDocuments(files.map(rel), o.seed, o.trainRatio);
+  const names = files.map((f) => base === "." ? f : f.slice(base.length + 1));
+  const formats = files.map(sourceFormat);
+  for (const [i, f] of files.entries()) {
+    if (formats[i] === "parquet") await openParquet(f, readOptions(o).text_field);
+  }
+  const single = (i: number) => formats[i] === "text" && !o.splitOnEot;
+  const drawn = splitDocuments(names.filter((_, i) => single(i)), o.seed, o.trainRatio);
+  const splits = files.map((f, i): SplitName | null =>
+    formats[i] === "bin"
+      ? (f.endsWith("train.bin") ? "train" : "val")
+      : single(i)
+      ? drawn.shift()!
+      : null
+  );
   let old: ShardIndex | null = null;
   try {
     if (!o.force && isShardDir(o.shardDir)) old = readIndex(o.shardDir);
   } catch { /* another tokenizer or format: tokenize everything again */ }
-  const oldBy = new Map((old?.sources ?? []).map((s) => [s.path, s]));
+  const sameRead = JSON.stringify(old?.options ?? readOptions({} as PrepareOptions)) ===
+    JSON.stringify(readOptions(o));
+  const oldBy = new Map<string, SourceInfo[]>();
+  for (const s of sameRead ? old?.sources ?? [] : []) {
+    oldBy.set(unitKey(s), [...oldBy.get(unitKey(s)) ?? [], s]);
+  }
   const sizes = files.map((f) => Deno.statSync(f).size);
   const totalBytes = sizes.reduce((a, b) => a + b, 0);
-  return { files, splits, sizes, totalBytes, old, oldBy };
+  return { files, formats, splits, names, sizes, totalBytes, old, oldBy };
 }
 
 /** Whether nothing changed since the previous prepare: same settings, same files, same hashes. */
 async function unchanged(sv: CorpusSurvey, o: PrepareOptions, shardTokens: number) {
-  const { old, files, oldBy, sizes } = sv;
+  const { old, files, sizes } = sv;
   if (
-    !(old && old.seed === o.seed && old.train_ratio === o.trainRatio &&
-      old.shard_tokens === shardTokens && old.sources.length === files.length &&
-      files.every((f, i) => oldBy.get(f)?.bytes === sizes[i]))
+    !(old?.files && old.seed === o.seed && old.train_ratio === o.trainRatio &&
+      old.shard_tokens === shardTokens && old.files.length === files.length &&
+      JSON.stringify(old.options) === JSON.stringify(readOptions(o)) &&
+      files.every((f, i) => old.files![i].path === f && old.files![i].bytes === sizes[i]))
   ) return false;
-  for (const f of files) {
-    if ((await checkFile(f)).sha256 !== oldBy.get(f)!.sha256) return false;
+  for (const [i, f] of files.entries()) {
+    if ((await checkFile(f, sv.formats[i])).sha256 !== old.files[i].sha256) return false;
   }
   return true;
 }
@@ -433,69 +541,221 @@ async function unchanged(sv: CorpusSurvey, o: PrepareOptions, shardTokens: numbe
 /** A step applied in corpus order once its work (encoding, on a worker) is done. */
 type Step = Promise<() => Promise<void>>;
 
-/** The step that copies an unchanged file's ids from the previous shards (`from`, where it was `prev`). */
-function reuseStep(
-  shardDir: string,
-  from: ShardIndex,
-  prev: SourceInfo,
-  w: ShardWriter,
-  bytes: number,
-  record: (tokens: number) => void,
-  tally: PrepareTally,
-): Step {
-  return Promise.resolve(async () => {
-    const before = w.tokens;
-    try {
-      for (const ids of streamTokens(shardDir, from, prev.split, prev.offset, prev.tokens)) {
-        await w.append(ids);
-      }
-    } catch (err) {
-      throw new UserError(
-        `${shardDir}: the previous shards are damaged (${(err as Error).message}); ` +
-          `run prepare with --force`,
-      );
+/** A step with no work to wait for: bookkeeping applied in its place in the order. */
+function syncStep(apply: () => void): Step {
+  return Promise.resolve(() => Promise.resolve(apply()));
+}
+
+/** What a unit's stream holds: text, the end of a document, or ready token ids (nanoGPT). */
+type Item = string | typeof DOC_END | Uint16Array;
+
+/** What prepare tokenizes or reuses as a whole: a file, or one row group of a Parquet file. */
+interface Unit {
+  path: string;
+  rowGroup?: number;
+  bytes: number;
+  sha256: string;
+  /** A one-document file's split, or a .bin's; null: each document is drawn by its name. */
+  split: SplitName | null;
+  /** Names of its documents for the draw: `<path without format extensions>#<record number>`. */
+  stem: string;
+  first: number; // record number of its first document in the file
+  items: (read: ReadCount) => AsyncIterable<Item>;
+  format: SourceFormat;
+}
+
+/** What every unit's steps share: the writers, the workers, the counts, the queue, the records. */
+interface EncodeContext {
+  o: PrepareOptions;
+  sv: CorpusSurvey;
+  writers: Record<SplitName, ShardWriter>;
+  pool: WorkerPool;
+  tally: PrepareTally;
+  queue: (step: Step) => Promise<void>;
+  sources: SourceInfo[];
+}
+
+const SPLITS = ["train", "val"] as const;
+
+/** The step that records, once a unit's steps are applied, what it added to each split (from `before`). */
+function recordStep(u: Unit, c: EncodeContext, before: Record<SplitName, number[]>) {
+  return syncStep(() => {
+    for (const split of SPLITS) {
+      const w = c.writers[split];
+      const [tokens, documents] = [w.tokens - before[split][0], w.documents - before[split][1]];
+      if (tokens === 0) continue;
+      c.sources.push({
+        path: u.path,
+        ...(u.rowGroup === undefined ? {} : { row_group: u.rowGroup }),
+        bytes: u.bytes,
+        sha256: u.sha256,
+        split,
+        offset: w.tokens - tokens,
+        tokens,
+        ...(u.split !== null && u.format === "text" ? {} : { documents }),
+      });
     }
-    w.documents++;
-    record(w.tokens - before);
-    tally.reused++;
-    tally.doneBytes += bytes;
-    tally.show();
   });
 }
 
-/** Queues the steps that encode a file piece by piece, then end it with `<|endoftext|>`. */
-async function queueEncoding(
-  path: string,
-  pool: WorkerPool,
-  w: ShardWriter,
-  record: (tokens: number) => void,
-  tally: PrepareTally,
-  queue: (step: Step) => Promise<void>,
-) {
-  let before = -1;
-  for await (const piece of textPieces(path)) {
-    const encoded = pool.run(piece.text);
-    await queue(encoded.then((e) => async () => {
-      if (before < 0) before = w.tokens;
-      await w.append(e.ids);
-      tally.hits += e.hits, tally.misses += e.misses;
-      tally.doneBytes += piece.bytes;
-      tally.tokenizedBytes += piece.bytes;
-      tally.show();
+/** The step that notes where each split stands before a unit's steps (for {@link recordStep}). */
+function beginStep(c: EncodeContext, before: Record<SplitName, number[]>): Step {
+  return syncStep(() => {
+    for (const s of SPLITS) before[s] = [c.writers[s].tokens, c.writers[s].documents];
+  });
+}
+
+/** The previous records of a unit whose ids can be copied: same bytes, and the same draw for a drawn unit. */
+function reusable(u: Unit, c: EncodeContext): SourceInfo[] | null {
+  const { old, oldBy } = c.sv;
+  const prev = oldBy.get(unitKey({ path: u.path, row_group: u.rowGroup }));
+  if (!old || !prev || prev.some((p) => p.sha256 !== u.sha256)) return null;
+  if (u.split === null && (old.seed !== c.o.seed || old.train_ratio !== c.o.trainRatio)) {
+    return null;
+  }
+  return prev;
+}
+
+/** Queues the steps that copy an unchanged unit's ids from the previous shards. */
+async function queueReuse(u: Unit, prev: SourceInfo[], c: EncodeContext) {
+  const before = { train: [0, 0], val: [0, 0] };
+  await c.queue(beginStep(c, before));
+  for (const p of prev) {
+    await c.queue(Promise.resolve(async () => {
+      const w = c.writers[u.split ?? p.split];
+      try {
+        for (const ids of streamTokens(c.o.shardDir, c.sv.old!, p.split, p.offset, p.tokens)) {
+          await w.append(ids);
+        }
+      } catch (err) {
+        throw new UserError(
+          `${c.o.shardDir}: the previous shards are damaged (${(err as Error).message}); ` +
+            `run prepare with --force`,
+        );
+      }
+      w.documents += p.documents ?? 1;
     }));
   }
-  await queue(Promise.resolve(async () => {
-    if (before < 0) before = w.tokens;
-    await w.append(EOT);
-    w.documents++;
-    record(w.tokens - before);
-    tally.tokenized++;
-  }));
+  await c.queue(syncStep(() => void c.tally.reusedParts++));
+  await c.queue(recordStep(u, c, before));
+}
+
+/** Queues the steps that encode a unit: its documents, each followed by `<|endoftext|>`, in pieces per split. */
+async function queueEncoding(u: Unit, c: EncodeContext) {
+  const { writers, pool, tally } = c;
+  const pending = { train: { text: "", docs: 0 }, val: { text: "", docs: 0 } };
+  const read = { bytes: 0 };
+  let counted = 0;
+  const send = async (split: SplitName, text: string) => {
+    const w = writers[split], docs = pending[split].docs, bytes = read.bytes - counted;
+    pending[split].docs = 0, counted = read.bytes;
+    await c.queue(
+      pool.run(text).then((e) => async () => {
+        await w.append(e.ids);
+        w.documents += docs;
+        tally.hits += e.hits, tally.misses += e.misses;
+        tally.doneBytes += bytes, tally.tokenizedBytes += bytes;
+        tally.show();
+      }),
+    );
+  };
+  const drain = async (split: SplitName, all: boolean) => {
+    const p = pending[split];
+    while (p.text.length > PIECE_CHARS) {
+      const cut = safeCut(p.text.slice(0, PIECE_CHARS * 2), PIECE_CHARS >> 1);
+      if (cut < 0) break; // no safe cut yet: keep reading
+      const text = p.text.slice(0, cut);
+      p.text = p.text.slice(cut);
+      await send(split, text);
+    }
+    if (all && p.text) await send(split, p.text), p.text = "";
+  };
+  const before = { train: [0, 0], val: [0, 0] };
+  await c.queue(beginStep(c, before));
+  const draw = (n: number): SplitName =>
+    u.split ?? (documentDraw(`${u.stem}#${n}`, c.o.seed) < c.o.trainRatio ? "train" : "val");
+  let n = u.first, split = draw(n), open = false;
+  const end = () => {
+    if (open) pending[split].text += EOT_TEXT, pending[split].docs++;
+    open = false;
+  };
+  for await (const item of u.items(read)) {
+    if (item instanceof Uint16Array) {
+      await c.queue(Promise.resolve(() => writers[split].append(item)));
+    } else if (item === DOC_END) {
+      end();
+      await drain(split, false);
+      split = draw(++n);
+    } else if (item.length > 0) {
+      open = true;
+      pending[split].text += item;
+      await drain(split, false);
+    }
+  }
+  end();
+  for (const s of SPLITS) await drain(s, true);
+  if (u.format === "bin") {
+    await c.queue(syncStep(() => void writers[split].documents++));
+  }
+  await c.queue(recordStep(u, c, before));
+}
+
+/** The units of one source file: itself, or (Parquet) its row groups; text read through the document filters. */
+async function unitsOf(i: number, check: FileCheck, c: EncodeContext, found: { marked: boolean }) {
+  const { files, formats, splits, names } = c.sv;
+  const path = files[i], format = formats[i], field = readOptions(c.o).text_field;
+  const stem = names[i].replace(/\.(gz|zst)$/, "").replace(
+    /\.(txt|jsonl|json|ndjson|parquet)$/,
+    "",
+  );
+  const unit = {
+    path,
+    bytes: check.bytes,
+    sha256: check.sha256,
+    split: splits[i],
+    stem,
+    first: 0,
+    format,
+  };
+  if (format === "parquet") {
+    const src = await openParquet(path, field);
+    return (await rowGroups(src)).map((rg): Unit => ({
+      ...unit,
+      rowGroup: rg.index,
+      bytes: rg.bytes,
+      sha256: rg.sha256,
+      first: rg.rowStart,
+      items: async function* (read) {
+        const texts = await rowGroupTexts(src, rg);
+        read.bytes += rg.bytes;
+        for (const t of texts) {
+          yield t;
+          yield DOC_END;
+        }
+      },
+    }));
+  }
+  const items = async function* (read: ReadCount): AsyncGenerator<Item> {
+    if (format === "bin") return yield* binIds(path, read);
+    if (format === "jsonl") {
+      for await (const t of jsonlDocuments(path, field, read)) {
+        yield t;
+        yield DOC_END;
+      }
+      return;
+    }
+    let text: AsyncIterable<string> = textBlocks(path, read, isCompressed(path));
+    if (c.o.stripGutenberg) text = stripGutenberg(text, found);
+    if (c.o.splitOnEot) return yield* splitOnEot(text);
+    yield* text;
+  };
+  return [{ ...unit, items }];
 }
 
 /**
- * Streams every usable file into its split's writer, in corpus order: unchanged files from the previous shards,
- * the others encoded on the workers. Returns the index's source records and a line per skipped file.
+ * Streams every usable file into the split writers, in corpus order: unchanged units (files, Parquet row groups)
+ * from the previous shards, the others encoded on the workers. Returns the index's source and file records, a line
+ * per skipped file, and how many files had Project Gutenberg markers.
  */
 async function tokenizeSources(
   sv: CorpusSurvey,
@@ -503,14 +763,12 @@ async function tokenizeSources(
   writers: Record<SplitName, ShardWriter>,
   tally: PrepareTally,
   print: (line: string) => void,
-): Promise<{ sources: SourceInfo[]; skipped: string[] }> {
-  const { files, splits, sizes, old, oldBy } = sv;
+) {
   // Pieces, not files, are the unit of work: one big file keeps every worker busy.
-  const pieces = files.reduce((n, _, i) => n + Math.ceil(sizes[i] / PIECE_CHARS), 0);
+  const pieces = sv.sizes.reduce((n, size) => n + Math.ceil(size / PIECE_CHARS), 0);
   const nWorkers = Math.max(1, Math.min(o.workers ?? navigator.hardwareConcurrency, pieces));
   const pool = new WorkerPool(nWorkers);
-  const sources: SourceInfo[] = [];
-  const skipped: string[] = [];
+  const skipped: string[] = [], files: FileRecord[] = [];
   // Steps applied strictly in corpus order; their work (encoding) runs ahead on the workers, at most
   // `lookahead` pieces (bounded memory).
   const fifo: Step[] = [];
@@ -520,10 +778,12 @@ async function tokenizeSources(
     fifo.push(step);
     while (fifo.length > lookahead) await applyFront();
   };
+  const c: EncodeContext = { o, sv, writers, pool, tally, queue, sources: [] };
+  let gutenberg = 0;
   try {
-    for (let i = 0; i < files.length; i++) {
-      const path = files[i];
-      const check = await checkFile(path);
+    for (const [i, path] of sv.files.entries()) {
+      const check = await checkFile(path, sv.formats[i]);
+      files.push({ path, bytes: check.bytes, sha256: check.sha256 });
       if (check.skip) {
         const line = `${path}: skipped: ${check.skip}`;
         skipped.push(line);
@@ -531,28 +791,27 @@ async function tokenizeSources(
         tally.doneBytes += check.bytes;
         continue;
       }
-      const w = writers[splits[i]];
-      const prev = oldBy.get(path);
-      const record = (tokens: number) =>
-        sources.push({
-          path,
-          bytes: check.bytes,
-          sha256: check.sha256,
-          split: splits[i],
-          offset: w.tokens - tokens,
-          tokens,
-        });
-      if (old && prev && prev.sha256 === check.sha256) {
-        await queue(reuseStep(o.shardDir, old, prev, w, check.bytes, record, tally));
-      } else {
-        await queueEncoding(path, pool, w, record, tally, queue);
+      const found = { marked: false };
+      let encoded = false, fileStart = 0;
+      await queue(syncStep(() => void (fileStart = tally.doneBytes)));
+      for (const u of await unitsOf(i, check, c, found)) {
+        const prev = reusable(u, c);
+        if (prev) await queueReuse(u, prev, c);
+        else await queueEncoding(u, c), encoded = true;
       }
+      await queue(syncStep(() => {
+        if (found.marked) gutenberg++;
+        encoded ? tally.tokenized++ : tally.reused++;
+        tally.tokenizedBytes += encoded ? fileStart + check.bytes - tally.doneBytes : 0;
+        tally.doneBytes = fileStart + check.bytes;
+        tally.show();
+      }));
     }
     while (fifo.length > 0) await applyFront();
   } finally {
     pool.close();
   }
-  return { sources, skipped };
+  return { sources: c.sources, files, skipped, gutenberg };
 }
 
 /** Refuses a prepare without usable text or with an empty split; writes each split's last shard. */
@@ -582,6 +841,7 @@ async function writeIndex(
   generation: number,
   shardTokens: number,
   sources: SourceInfo[],
+  files: FileRecord[],
   writers: Record<SplitName, ShardWriter>,
 ): Promise<ShardIndex> {
   const splitOf = (w: ShardWriter) => ({
@@ -598,6 +858,8 @@ async function writeIndex(
     seed: o.seed,
     train_ratio: o.trainRatio,
     shard_tokens: shardTokens,
+    options: readOptions(o),
+    files,
     sources,
     splits: { train: splitOf(writers.train), val: splitOf(writers.val) },
     created_at: new Date().toISOString(),
@@ -623,31 +885,45 @@ async function removeStaleShards(shardDir: string, writers: Record<SplitName, Sh
   }
 }
 
+/** After a failed prepare: removes the shards it wrote (and the directory if it made it), so nothing is left. */
+async function discardGeneration(shardDir: string, generation: number, made: boolean) {
+  for (const e of Deno.readDirSync(shardDir)) {
+    if (new RegExp(`^(train|val)-g${generation}-\\d+\\.bin$|\\.tmp-${Deno.pid}$`).test(e.name)) {
+      await Deno.remove(`${shardDir}/${e.name}`);
+    }
+  }
+  if (made) await Deno.remove(shardDir).catch(() => {});
+}
+
 /**
- * Tokenizes a corpus (directory or glob of .txt files) into `o.shardDir`. Re-running with unchanged files and
- * settings does nothing; with some files changed, only those are tokenized again. The phases: survey the corpus;
- * stop when nothing changed; tokenize into new shards; close the splits; write the index; remove stale shards.
+ * Tokenizes a corpus (a directory or glob of text, JSON Lines and Parquet files, or nanoGPT's train.bin and
+ * val.bin) into `o.shardDir`. Re-running with unchanged files and settings does nothing; with some files changed,
+ * only those (for Parquet, only the changed row groups) are tokenized again. The phases: survey the corpus; stop
+ * when nothing changed; tokenize into new shards; close the splits; write the index; remove stale shards. Bad input
+ * is a UserError that leaves the shard directory as it was.
  */
 export async function prepareCorpus(source: string, o: PrepareOptions): Promise<PrepareResult> {
   const t0 = performance.now();
   const print = o.print ?? ((s: string) => console.error(s));
   const shardTokens = o.shardTokens ?? DEFAULT_SHARD_TOKENS;
-  const sv = surveyCorpus(source, o);
+  const sv = await surveyCorpus(source, o);
   const seconds = () => (performance.now() - t0) / 1000;
+  const result = { bytes: sv.totalBytes, skipped: [] as string[], gutenberg: 0 };
   if (sv.old && await unchanged(sv, o, shardTokens)) {
-    return {
+    const n = sv.files.length;
+    return { // nothing to do
+      ...result,
       index: sv.old,
       upToDate: true,
       tokenized: 0,
-      reused: sv.files.length,
-      skipped: [],
-      bytes: sv.totalBytes,
+      reused: n,
+      reusedParts: sv.old.sources.length,
       tokenizedBytes: 0,
       seconds: seconds(),
       cacheHitRate: NaN,
     };
   }
-
+  const made = !isShardDir(o.shardDir) && !(await Deno.stat(o.shardDir).catch(() => null));
   await Deno.mkdir(o.shardDir, { recursive: true });
   const generation = (sv.old?.generation ?? 0) + 1;
   const writers = {
@@ -655,18 +931,26 @@ export async function prepareCorpus(source: string, o: PrepareOptions): Promise<
     val: new ShardWriter(o.shardDir, "val", generation, shardTokens),
   };
   const tally = new PrepareTally(t0, sv.totalBytes, o.progress !== false);
-  const { sources, skipped } = await tokenizeSources(sv, o, writers, tally, print);
-  await closeSplits(source, writers, sources, skipped);
-  tally.show(true);
-  const index = await writeIndex(o, generation, shardTokens, sources, writers);
+  let index: ShardIndex, r: Awaited<ReturnType<typeof tokenizeSources>>;
+  try {
+    r = await tokenizeSources(sv, o, writers, tally, print);
+    await closeSplits(source, writers, r.sources, r.skipped);
+    tally.show(true);
+    index = await writeIndex(o, generation, shardTokens, r.sources, r.files, writers);
+  } catch (err) {
+    await discardGeneration(o.shardDir, generation, made);
+    throw err;
+  }
   await removeStaleShards(o.shardDir, writers);
   return {
+    ...result,
     index,
     upToDate: false,
     tokenized: tally.tokenized,
     reused: tally.reused,
-    skipped,
-    bytes: sv.totalBytes,
+    reusedParts: tally.reusedParts,
+    skipped: r.skipped,
+    gutenberg: r.gutenberg,
     tokenizedBytes: tally.tokenizedBytes,
     seconds: seconds(),
     cacheHitRate: tally.hits / (tally.hits + tally.misses),

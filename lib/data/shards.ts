@@ -40,14 +40,33 @@ export interface ShardInfo {
   tokens: number;
 }
 
-/** One source text file (a document) of the corpus. */
+/**
+ * What one source file (or one Parquet row group) put into one split: a plain text file is one document; a JSON
+ * Lines or Parquet file, or a text file split on `<|endoftext|>`, has a record per split its documents went to.
+ */
 export interface SourceInfo {
+  path: string;
+  row_group?: number; // Parquet: the row group (its reuse unit)
+  bytes: number; // of the file, or of the row group's text column
+  sha256: string; // of the same bytes
+  split: SplitName;
+  offset: number; // first token in its split's stream
+  tokens: number; // its documents' ids, each followed by one <|endoftext|>
+  documents?: number; // when not one
+}
+
+/** A source file as the last prepare saw it (skipped ones too): unchanged files make a prepare a no-op. */
+export interface FileRecord {
   path: string;
   bytes: number;
   sha256: string;
-  split: SplitName;
-  offset: number; // first token in its split's stream
-  tokens: number; // its ids followed by one <|endoftext|>
+}
+
+/** The prepare settings that decide what a file's tokens are. */
+export interface CorpusOptions {
+  text_field: string;
+  split_on_eot: boolean;
+  strip_gutenberg: boolean;
 }
 
 /** `index.json`: what was tokenized, how, and where each split's tokens are. */
@@ -60,7 +79,9 @@ export interface ShardIndex {
   seed: number; // split seed (training.seed)
   train_ratio: number; // fraction of documents (not characters) that train
   shard_tokens: number; // tokens per shard (the last of a split may hold fewer)
-  sources: SourceInfo[]; // sorted by path; skipped files are not listed
+  options?: CorpusOptions; // absent in indexes of text-only prepares before Parquet and JSON Lines
+  files?: FileRecord[];
+  sources: SourceInfo[]; // in corpus order; skipped files are not listed
   splits: Record<SplitName, { documents: number; tokens: number; shards: ShardInfo[] }>;
   created_at: string;
 }

@@ -88,6 +88,9 @@ export async function prepareData(
       seed: cfg.training.seed,
       trainRatio: cfg.data.train_ratio,
       shardTokens: cfg.data.shard_tokens,
+      textField: cfg.data.text_field,
+      splitOnEot: cfg.data.split_on_eot,
+      stripGutenberg: cfg.data.strip_gutenberg,
       progress: opts.progress,
       print: opts.print,
     });

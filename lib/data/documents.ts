@@ -1,0 +1,77 @@
+/**
+ * Documents inside a text stream: `<|endoftext|>` as a boundary (`data.split_on_eot`, TinyStories' one big file) and
+ * Project Gutenberg's licence header and footer cut off by their `*** START OF … ***` / `*** END OF … ***` lines
+ * (`data.strip_gutenberg`). Both work on a stream of text blocks with flat memory.
+ */
+
+/** Marks the end of a document in a stream of text blocks. */
+export const DOC_END: unique symbol = Symbol("end of document");
+
+/** The text `<|endoftext|>` that GPT-2's tokenizer reads as its special token. */
+export const EOT_TEXT = "<|endoftext|>";
+
+/** The text blocks of a stream with `<|endoftext|>` turned into {@link DOC_END} (a marker split by a block too). */
+export async function* splitOnEot(
+  blocks: AsyncIterable<string>,
+): AsyncGenerator<string | typeof DOC_END> {
+  let carry = "";
+  for await (const b of blocks) {
+    carry += b;
+    for (let at = carry.indexOf(EOT_TEXT); at >= 0; at = carry.indexOf(EOT_TEXT)) {
+      if (at > 0) yield carry.slice(0, at);
+      yield DOC_END;
+      carry = carry.slice(at + EOT_TEXT.length);
+    }
+    // Keep what could be the start of a marker split across blocks.
+    const keep = Math.min(carry.length, EOT_TEXT.length - 1);
+    if (carry.length > keep) {
+      yield carry.slice(0, carry.length - keep);
+      carry = carry.slice(carry.length - keep);
+    }
+  }
+  if (carry) yield carry;
+}
+
+const GUTENBERG_START = /^\*{3} ?START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK[^\n]*\n/im;
+const GUTENBERG_END = /^\*{3} ?END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK/im;
+/** Characters searched for the start marker: Gutenberg's headers are a few kB; a file without one is kept whole. */
+const GUTENBERG_HEAD_CHARS = 1 << 20;
+/** Characters held back while looking for the end marker (longer than the marker's first line part). */
+const HOLD_BACK = 256;
+
+/**
+ * The text blocks of a stream without Project Gutenberg's header (up to and with the START line) and footer (from
+ * the END line on). Sets `found.marked` when either marker was there; a stream without them passes whole.
+ */
+export async function* stripGutenberg(
+  blocks: AsyncIterable<string>,
+  found: { marked: boolean },
+): AsyncGenerator<string> {
+  let head: string | null = "", carry = "";
+  for await (const b of blocks) {
+    if (head !== null) {
+      head += b;
+      const m = GUTENBERG_START.exec(head);
+      if (!m && head.length < GUTENBERG_HEAD_CHARS) continue;
+      if (m) found.marked = true;
+      carry = m ? head.slice(m.index + m[0].length) : head;
+      head = null;
+    } else carry += b;
+    const end = GUTENBERG_END.exec(carry);
+    if (end) {
+      found.marked = true;
+      if (end.index > 0) yield carry.slice(0, end.index);
+      return;
+    }
+    if (carry.length > HOLD_BACK) {
+      yield carry.slice(0, carry.length - HOLD_BACK);
+      carry = carry.slice(carry.length - HOLD_BACK);
+    }
+  }
+  if (head !== null) {
+    const end = GUTENBERG_END.exec(head);
+    if (end) found.marked = true;
+    carry = end ? head.slice(0, end.index) : head;
+  }
+  if (carry) yield carry;
+}
