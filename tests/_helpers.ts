@@ -129,3 +129,31 @@ export const TINY_RUN = [
   "model.n_layers=1",
   "data.batch_size=16",
 ];
+
+/**
+ * Reads from the FIFO at `path`, where `child` is writing a file that would otherwise be a temporary file (a test
+ * makes the FIFO there before the child starts), until `bytes` or more have come: the child is then in the middle
+ * of that write, blocked on the rest, so a signal sent now finds it there however fast the machine. Throws
+ * `failure()` if the child exits first. The caller closes the returned file once the child is gone.
+ */
+export async function readFromFifo(
+  path: string,
+  child: Deno.ChildProcess,
+  bytes: number,
+  failure: () => string,
+): Promise<Deno.FsFile> {
+  // Read and write: the open never blocks, the writer's open goes through, and no read ever sees an end of file.
+  const pipe = await Deno.open(path, { read: true, write: true });
+  const exited = child.status.then(() => null);
+  const buf = new Uint8Array(1 << 16);
+  for (let got = 0; got < bytes;) {
+    const n = await Promise.race([pipe.read(buf), exited]);
+    if (n === null) {
+      await pipe.write(new Uint8Array(1)); // ends the read still pending
+      pipe.close();
+      throw new Error(`exited before writing ${bytes} bytes (${got} came): ${failure()}`);
+    }
+    got += n;
+  }
+  return pipe;
+}

@@ -21,7 +21,7 @@ import { UserError } from "../lib/errors.ts";
 import { acquireRunLock } from "../lib/runs/lock.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
-import { ensureVerdict } from "./_helpers.ts";
+import { ensureVerdict, readFromFifo } from "./_helpers.ts";
 
 const TRAIN = new URL("../tasks/train.ts", import.meta.url).pathname;
 // deno.json's train task: the worker that watches signals, the lock and the cleanup must live with these.
@@ -138,20 +138,7 @@ const train = (dir: string, args: string[]) => start(dir, args).finish();
  */
 async function readFromWrite(p: ReturnType<typeof start>, bytes: number): Promise<Deno.FsFile> {
   await p.until(/\S/); // its shell has made the FIFO and exec'd the trainer, which prints
-  // Read and write: the open never blocks, the writer's open goes through, and no read ever sees an end of file.
-  const pipe = await Deno.open(p.tmp, { read: true, write: true });
-  const exited = p.child.status.then(() => null);
-  const buf = new Uint8Array(1 << 16);
-  for (let got = 0; got < bytes;) {
-    const n = await guard(Promise.race([pipe.read(buf), exited]), () => `no write; ${p.tell()}`);
-    if (n === null) {
-      await pipe.write(new Uint8Array(1)); // ends the read still pending
-      pipe.close();
-      throw new Error(`exited before its checkpoint write (${got} bytes read); ${p.tell()}`);
-    }
-    got += n;
-  }
-  return pipe;
+  return await guard(readFromFifo(p.tmp, p.child, bytes, p.tell), () => `no write; ${p.tell()}`);
 }
 
 Deno.test("Ctrl-C stops mid-epoch, checkpoints, exits 130; the lock refuses a second trainer; SIGTERM, a second Ctrl-C and leftovers are handled; --resume finishes", async () => {
