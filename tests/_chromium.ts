@@ -91,8 +91,11 @@ export class Browser {
     return (r.result as { value: T }).value;
   }
 
-  /** Waits until `expression` is truthy in the page; throws after `timeoutMs`. */
-  async waitFor(expression: string, timeoutMs = 10_000): Promise<void> {
+  /**
+   * Waits until `expression` is truthy in the page; throws after `timeoutMs`, a guard against a hang (a page
+   * that never gets there), not a speed goal: the default leaves a slow or loaded machine minutes.
+   */
+  async waitFor(expression: string, timeoutMs = 300_000): Promise<void> {
     const end = Date.now() + timeoutMs;
     while (Date.now() < end) {
       if (await this.eval(`!!(${expression})`).catch(() => false)) return;
@@ -122,14 +125,15 @@ export class Browser {
       this.proc.kill("SIGTERM");
     } catch { /* already gone */ }
     await this.proc.status;
-    // Chromium's helper processes (crashpad, zygote) can still write into the profile for a moment after the
-    // browser process exits, so an early remove finds the directory not empty: retry for a while.
+    // Chromium's helper processes (crashpad, zygote) can still write into the profile after the browser process
+    // exits, so an early remove finds the directory not empty: retry until they are done (3000 tries, 5 minutes,
+    // only guard against a hang).
     for (let attempt = 0;; attempt++) {
       try {
         Deno.removeSync(this.dir, { recursive: true });
         return;
       } catch (err) {
-        if (attempt >= 50) throw err;
+        if (attempt >= 3000) throw err;
         await new Promise((r) => setTimeout(r, 100));
       }
     }
