@@ -149,7 +149,10 @@ export async function readFromFifo(
   for (let got = 0; got < bytes;) {
     const n = await Promise.race([pipe.read(buf), exited]);
     if (n === null) {
-      await pipe.write(new Uint8Array(1)); // ends the read still pending
+      // A byte from another handle ends the read still pending (ops on one file wait for each other).
+      const end = await Deno.open(path, { write: true });
+      await end.write(new Uint8Array(1));
+      end.close();
       pipe.close();
       throw new Error(`exited before writing ${bytes} bytes (${got} came): ${failure()}`);
     }
