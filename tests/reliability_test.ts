@@ -38,7 +38,7 @@ const PERMISSIONS = [
 // GPU does not quietly test another one.
 const MODEL = "backend: blas\nmodel: {context_length: 32, emb_dim: 32, n_heads: 2, n_layers: 1}\n";
 /** How long a wait may last before the test calls it a hang (no assertion depends on it). */
-const HANG_MS = 300_000;
+const HANG_MS = 600_000;
 
 /** A temp project: r.yaml and data/the-verdict.txt. */
 async function project(yaml: string): Promise<string> {
