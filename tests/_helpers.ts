@@ -140,3 +140,34 @@ export function fixturesDir(): URL {
     ? new URL(dir.replace(/\/?$/, "/"), `file://${Deno.cwd()}/`) // relative to the working directory
     : new URL("../../shared/fixtures/", import.meta.url);
 }
+
+/**
+ * Reads from the FIFO at `path`, where `child` is writing a file that would otherwise be a temporary file (a test
+ * makes the FIFO there before the child starts), until `bytes` or more have come: the child is then in the middle
+ * of that write, blocked on the rest, so a signal sent now finds it there however fast the machine. Throws
+ * `failure()` if the child exits first. The caller closes the returned file once the child is gone.
+ */
+export async function readFromFifo(
+  path: string,
+  child: Deno.ChildProcess,
+  bytes: number,
+  failure: () => string,
+): Promise<Deno.FsFile> {
+  // Read and write: the open never blocks, the writer's open goes through, and no read ever sees an end of file.
+  const pipe = await Deno.open(path, { read: true, write: true });
+  const exited = child.status.then(() => null);
+  const buf = new Uint8Array(1 << 16);
+  for (let got = 0; got < bytes;) {
+    const n = await Promise.race([pipe.read(buf), exited]);
+    if (n === null) {
+      // A byte from another handle ends the read still pending (ops on one file wait for each other).
+      const end = await Deno.open(path, { write: true });
+      await end.write(new Uint8Array(1));
+      end.close();
+      pipe.close();
+      throw new Error(`exited before writing ${bytes} bytes (${got} came): ${failure()}`);
+    }
+    got += n;
+  }
+  return pipe;
+}

@@ -20,7 +20,7 @@ import { prepareData, runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { createShardLoaders, readIndex, readStream, ShardLoader } from "../lib/data/shards.ts";
 import { textToTokenIds, tokenIdsToText } from "../lib/data/tokenizer.ts";
-import { buildCorpus, ensureVerdict, generatedText } from "./_helpers.ts";
+import { buildCorpus, ensureVerdict, generatedText, readFromFifo } from "./_helpers.ts";
 
 const quiet = { print: () => {}, progress: false };
 const split = { trainRatio: 0.8, batchSize: 2, contextLength: 32, stride: 32, seed: 123 };
@@ -301,10 +301,20 @@ Deno.test("an interrupted prepare (killed mid-way) leaves no index and no shard 
   const tmp = await Deno.makeTempDir();
   await Deno.mkdir(`${tmp}/c`);
   for (let i = 0; i < 4; i++) {
-    await Deno.writeTextFile(`${tmp}/c/big-${i}.txt`, generatedText(i, 600_000));
+    await Deno.writeTextFile(`${tmp}/c/big-${i}.txt`, generatedText(i, 60_000));
   }
-  const child = new Deno.Command(Deno.execPath(), {
+  // The kill comes at a moment of the prepare's own progress, drawn in advance: once its k-th shard is in place
+  // (k = 1 to 3 of about 15), or in the middle of writing the index. A FIFO at the index's temporary path, made by
+  // the shell before it execs the prepare (same pid), holds the index write until the test reads it: the prepare
+  // cannot finish before it is killed, however fast the machine.
+  const fifo = `${tmp}/s/index.json.tmp-`;
+  const child = new Deno.Command("sh", {
     args: [
+      "-c",
+      'mkdir -p "${1%/*}" && mkfifo "$1$$" && echo ready && shift && exec "$@"',
+      "sh",
+      fifo,
+      Deno.execPath(),
       "run",
       "-A",
       "tasks/prepare.ts",
@@ -314,19 +324,35 @@ Deno.test("an interrupted prepare (killed mid-way) leaves no index and no shard 
       "--set",
       `data.shards=${tmp}/s`,
       "--set",
-      "data.shard_tokens=50000",
+      "data.shard_tokens=20000",
     ],
-    stdout: "null",
+    stdout: "piped",
     stderr: "null",
   }).spawn();
-  const t0 = Date.now();
-  while (Date.now() - t0 < 60_000) {
-    const names = await Array.fromAsync(Deno.readDir(`${tmp}/s`)).catch(() => []);
-    if (names.some((e) => e.name.endsWith(".bin"))) break;
-    await new Promise((r) => setTimeout(r, 20));
+  const stdout = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  assertEquals((await stdout.read()).value?.trim(), "ready");
+  const drained = (async () => {
+    while (!(await stdout.read()).done) { /* the prepare's own prints */ }
+  })();
+  const shards = 1 + Math.floor(Math.random() * 4); // 4: the index
+  let pipe: Deno.FsFile | null = null, exited = false;
+  child.status.then(() => exited = true);
+  if (shards === 4) {
+    pipe = await readFromFifo(`${fifo}${child.pid}`, child, 1, () => "prepare ended");
+  } else {
+    for (let waited = 0;; waited += 20) {
+      const names = await Array.fromAsync(Deno.readDir(`${tmp}/s`));
+      if (names.filter((e) => e.name.endsWith(".bin")).length >= shards) break;
+      ok(!exited, `prepare ended before its shard ${shards}`);
+      ok(waited < 300_000, `no ${shards} shards after 5 minutes`); // a hang guard, not a speed test
+      await new Promise((r) => setTimeout(r, 20));
+    }
   }
   child.kill("SIGKILL");
-  await child.status;
+  assertEquals((await child.status).signal, "SIGKILL");
+  await drained;
+  pipe?.close();
+  await Deno.remove(`${fifo}${child.pid}`); // the test's FIFO (a prepare removes only files it could have left)
   throws(() => readIndex(`${tmp}/s`), userError(/no shard index; run deno task prepare first/));
   // A later prepare finishes and removes what the killed one left.
   const r = await prepareCorpus(`${tmp}/c`, {

@@ -28,6 +28,19 @@ Deno.test("download-gpt2: resumes a cut download, checks the SHA-256, refuses a 
   const sha = createHash("sha256").update(bytes).digest("hex");
   let etag = sha, cutAt: number | null = Math.floor(bytes.length * 0.4);
   const ranges: (string | null)[] = [];
+  const dir = await Deno.makeTempDir();
+  const out = `${dir}/models/gpt2-355m/model.safetensors`;
+  /** Resolves when the client's .part file holds `n` bytes (polled; after 5 minutes it is a hang). */
+  const untilPartHas = async (n: number) => {
+    for (
+      let waited = 0;
+      (await Deno.stat(`${out}.part`).catch(() => null))?.size !== n;
+      waited += 10
+    ) {
+      if (waited > 300_000) throw new Error(`hang: the client never wrote ${n} bytes`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  };
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, (req) => {
     if (new URL(req.url).pathname !== PATH) return new Response("not found", { status: 404 });
     if (req.method === "HEAD") {
@@ -51,15 +64,14 @@ Deno.test("download-gpt2: resumes a cut download, checks the SHA-256, refuses a 
           c.close();
         } else {
           c.enqueue(body.subarray(0, cut));
-          setTimeout(() => c.error(new Error("connection reset")), 50);
+          // The connection drops once the client has those bytes on disk (waiting for that, not for a time).
+          untilPartHas(cut).then(() => c.error(new Error("connection reset")));
         }
       },
     });
     return new Response(stream, { status: range ? 206 : 200, headers });
   });
   const endpoint = `http://127.0.0.1:${server.addr.port}`;
-  const dir = await Deno.makeTempDir();
-  const out = `${dir}/models/gpt2-355m/model.safetensors`;
   try {
     // 1. The connection drops at 40%: one error line, the part file kept, nothing at the final path.
     const first = await download(dir, endpoint, "355m");
