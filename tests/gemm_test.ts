@@ -232,7 +232,7 @@ Deno.test({
     setParallelism(2);
     ok(await readyHelpers() === 1, "the helper Worker starts");
     // Held open: building the operands can outlast the helper's idle timeout.
-    await holdHelpers(async () => {
+    await holdHelpers(() => {
       const helpersBuild = useGemmBuild("auto"); // the helper's module: its default build
       for (const build of ["relaxed", "plain"] as const) {
         if (!useGemmBuild(build)) continue;

@@ -241,7 +241,7 @@ export async function readyHelpers(timeoutMs = 30_000): Promise<number> {
  * largest BLAS products take longer than that) they would close and the next kernel would find them starting
  * again, and run on one thread. Holds nest; once none is left, idle helpers close after IDLE_MS as before.
  */
-export async function holdHelpers<T>(f: () => Promise<T>): Promise<T> {
+export async function holdHelpers<T>(f: () => T | Promise<T>): Promise<T> {
   Atomics.add(hold, 0, 1);
   try {
     return await f();
