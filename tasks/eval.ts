@@ -7,6 +7,7 @@ import { initBackend } from "../lib/backends/backend.ts";
 import { dataSourceKind } from "../lib/data/corpus.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
+import { countOf } from "../lib/progress.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { loadModel } from "../lib/train/load.ts";
 import { checkTokenizerFits } from "../lib/train/preflight.ts";
@@ -32,8 +33,6 @@ options:
   --no-report        do not write report.md / report.json / loss.svg
   --set key=value    override a config key (repeatable); --backend name as --set backend=name
   -h, --help         show this help`;
-
-const batches = (n: number) => `${n} ${n === 1 ? "batch" : "batches"}`;
 
 await runTask(async () => {
   const parsed = parseTaskArgs("eval", USAGE, {
@@ -82,12 +81,12 @@ await runTask(async () => {
     console.log(
       `Training loss: ${figures.train_loss.toFixed(5)} (perplexity ${
         figures.train_perplexity.toFixed(1)
-      }; ${batches(figures.batches.train)}, ${figures.tokens.train} tokens)`,
+      }; ${countOf(figures.batches.train, "batch")}, ${figures.tokens.train} tokens)`,
     );
     console.log(
       `Validation loss: ${figures.val_loss.toFixed(5)} (perplexity ${
         figures.val_perplexity.toFixed(1)
-      }; ${batches(figures.batches.val)}, ${figures.tokens.val} tokens)`,
+      }; ${countOf(figures.batches.val, "batch")}, ${figures.tokens.val} tokens)`,
     );
   }
   // The untrained model has no run to report on: --init only prints (and leaves checkpoints/<name>/ alone).

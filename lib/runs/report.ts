@@ -13,6 +13,7 @@ import { lineChartSVG } from "./plot.ts";
 import { TorchGenerator } from "../model/rng.ts";
 import { readRunLog, type RunLogData } from "./runlog.ts";
 import { diffConfigs, runConfig } from "./compare.ts";
+import { countOf } from "../progress.ts";
 import { textToTokenIds, tokenIdsToText } from "../data/tokenizer.ts";
 
 /** The figures `deno task eval --json` prints. */
@@ -212,8 +213,8 @@ function reportMarkdown(
       params.toLocaleString("en-US")
     } ` +
     `parameters. Data: ${run.data.path}, train ratio ${run.data.train_ratio}, batch ${run.data.batch_size}. ` +
-    `Training: ${run.training.epochs} epoch${
-      run.training.epochs === 1 ? "" : "s"
+    `Training: ${
+      countOf(run.training.epochs, "epoch")
     }, lr ${run.training.lr}, weight decay ${run.training.weight_decay}, ` +
     `seed ${run.training.seed}. Settings from the ${json.config_from}.`,
     ...(differs.length
