@@ -298,3 +298,14 @@ Deno.test("issue 28.5: eval --help's --num-batches line says which batches each 
   // a corpus: spread evenly over the split (lib/data/shards.ts ShardLoader.ordered)
   ok(/spread evenly over a corpus/.test(help), help);
 });
+
+Deno.test("issue 28.6's sibling: prepare on a data.path that does not exist names it as missing", async () => {
+  const dir = await Deno.makeTempDir();
+  await Deno.writeTextFile(`${dir}/c.yaml`, "data: {path: data/corpus-small}\n");
+  const r = await task("prepare", dir, "c.yaml");
+  assertEquals(r.code, 2);
+  assertEquals(r.err, [
+    "error: c.yaml: data.path: data/corpus-small: no such file or directory (prepare takes a directory " +
+    "or glob of .txt files)",
+  ]);
+});
