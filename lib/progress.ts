@@ -13,6 +13,12 @@ export function formatDuration(s: number): string {
   return `${sec}s`;
 }
 
+/** A count with its noun, singular for one: `1 batch`, `9 batches`, `1 epoch`. */
+export function countOf(n: number, noun: string): string {
+  if (n === 1) return `1 ${noun}`;
+  return `${n} ${noun}${/(s|sh|ch|x)$/.test(noun) ? "es" : "s"}`;
+}
+
 export class Progress {
   private readonly tty = Deno.stderr.isTerminal();
   private lastPrint = 0;

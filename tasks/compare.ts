@@ -8,9 +8,8 @@ import {
   compareRuns,
   compareSVG,
   formatTable,
-  isSortKey,
   resolveRunLogs,
-  SORT_KEYS,
+  resolveSortKey,
   sortRows,
 } from "../lib/runs/compare.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
@@ -22,15 +21,16 @@ A run is a run name (checkpoints/<name>/), a run directory, a log.jsonl path, an
 every point of its sweep), or a glob such as 'verdict-lr-sweep.*' (quoted; * and ? in the last component).
 
 options:
-  --sort key    a column, best first: ${SORT_KEYS.join(", ")},
-                or a differing config key such as training.lr (default best_val_loss)
+  --sort key    a column of the table, best first: run, steps, tokens, train, val, "best train",
+                "best val" (or best_val), "val ppl", tok/s, wall, status; a field of --json such as
+                best_val_loss; or a differing config key such as training.lr (default "best val")
   --json        print the rows as one JSON array (schema: RunRow in lib/runs/compare.ts)
   --out file    write every run's train (solid) and val (dashed) loss against tokens seen to an SVG file
   -h, --help    show this help`;
 
 await runTask(async () => {
   const parsed = parseTaskArgs("compare", USAGE, {
-    sort: { type: "string", default: "best_val_loss" },
+    sort: { type: "string", default: "best val" },
     json: { type: "boolean", default: false },
     out: { type: "string" },
   });
@@ -41,13 +41,7 @@ await runTask(async () => {
   const resolved = await resolveRunLogs(positionals);
   const { logs, rows, warnings } = compareRuns(resolved.paths);
   for (const w of [...resolved.warnings, ...warnings]) console.error(`warning: ${w}`);
-  if (!isSortKey(rows, values.sort)) {
-    throw new UserError(
-      `compare: --sort ${values.sort}: not a column; use one of ${SORT_KEYS.join(", ")}` +
-        " or a config key that differs between the runs",
-    );
-  }
-  const sorted = sortRows(rows, values.sort);
+  const sorted = sortRows(rows, resolveSortKey(rows, values.sort));
   console.log(values.json ? JSON.stringify(sorted, null, 2) : formatTable(sorted));
 
   if (values.out) {

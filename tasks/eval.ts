@@ -1,12 +1,13 @@
 /**
  * `deno task eval <experiment.yaml> [--num-batches n] [--json] [--init] [--checkpoint path] [--no-report]`:
  * train/val loss and perplexity of the experiment's checkpoint (or, with --init, of the seeded untrained model),
- * and checkpoints/<name>/report.md + report.json + loss.svg.
+ * and, for a checkpoint, checkpoints/<name>/report.md + report.json + loss.svg.
  */
 import { initBackend } from "../lib/backends/backend.ts";
 import { dataSourceKind } from "../lib/data/corpus.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
+import { countOf } from "../lib/progress.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { loadModel } from "../lib/train/load.ts";
 import { checkTokenizerFits } from "../lib/train/preflight.ts";
@@ -18,13 +19,16 @@ const CORPUS_EVAL_BATCHES = 50;
 
 const USAGE = `usage: deno task eval <experiment.yaml> [options]
 
-Evaluates the experiment's latest checkpoint on its train and val loaders and writes checkpoints/<name>/report.md.
+Evaluates the experiment's latest checkpoint on its train and val loaders and writes checkpoints/<name>/report.md,
+report.json (with three samples) and loss.svg.
 
 options:
-  --num-batches n    evaluate the first n batches of each loader (default: all for one text file,
+  --num-batches n    n batches of each split: the first n of one text file (the book's calc_loss_loader),
+                     n spread evenly over a corpus's split (default: all for one text file,
                      ${CORPUS_EVAL_BATCHES} for a corpus)
   --json             print the figures as one JSON line
-  --init             evaluate the seeded untrained model (training.seed) instead of a checkpoint
+  --init             evaluate the seeded untrained model (training.seed) instead of a checkpoint;
+                     writes no report (there is no run to report on)
   --checkpoint path  evaluate this checkpoint file
   --no-report        do not write report.md / report.json / loss.svg
   --set key=value    override a config key (repeatable); --backend name as --set backend=name
@@ -77,15 +81,16 @@ await runTask(async () => {
     console.log(
       `Training loss: ${figures.train_loss.toFixed(5)} (perplexity ${
         figures.train_perplexity.toFixed(1)
-      }; ${figures.batches.train} batches, ${figures.tokens.train} tokens)`,
+      }; ${countOf(figures.batches.train, "batch")}, ${figures.tokens.train} tokens)`,
     );
     console.log(
       `Validation loss: ${figures.val_loss.toFixed(5)} (perplexity ${
         figures.val_perplexity.toFixed(1)
-      }; ${figures.batches.val} batches, ${figures.tokens.val} tokens)`,
+      }; ${countOf(figures.batches.val, "batch")}, ${figures.tokens.val} tokens)`,
     );
   }
-  if (!values["no-report"]) {
+  // The untrained model has no run to report on: --init only prints (and leaves checkpoints/<name>/ alone).
+  if (!values["no-report"] && !values.init) {
     const written = await writeReport(
       `checkpoints/${cfg.name}`,
       cfg,
@@ -94,7 +99,8 @@ await runTask(async () => {
       await sampleTexts(model, cfg),
     );
     for (const w of written.warnings) console.error(`warning: ${w}`);
-    if (!values.json) console.log(`wrote ${written.md}`);
+    const files = [written.md, written.json, ...(written.svg ? [written.svg] : [])];
+    if (!values.json) console.log(`wrote ${files.join(", ")}`);
   }
   model.dispose();
 });

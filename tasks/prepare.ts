@@ -42,6 +42,20 @@ await runTask(async () => {
   }
   const cfg = await loadExperiment(positionals[0], values.set ?? []);
   const kind = dataSourceKind(cfg.data.path);
+  let missing = false;
+  try {
+    await Deno.stat(cfg.data.path);
+  } catch {
+    missing = kind === "text";
+  }
+  if (missing) {
+    throw new UserError(
+      `${
+        positionals[0]
+      }: data.path: ${cfg.data.path}: no such file or directory (prepare takes a ` +
+        `directory or glob of .txt files)`,
+    );
+  }
   if (kind === "text") {
     throw new UserError(
       `${

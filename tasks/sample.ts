@@ -82,12 +82,18 @@ await runTask(async () => {
     throw new UserError("sample: --init and --checkpoint exclude each other");
   }
   checkSampling(cfg, { topK, eosId });
+  if (v.prompt === "") {
+    // The book's generate continues a context of at least one token; nothing to continue is the user's input.
+    throw new UserError(`sample: --prompt "": empty; give at least one word to continue`);
+  }
 
   await initBackend(cfg.backend);
   const { model, source } = await loadModel(cfg, { init: v.init, checkpoint: v.checkpoint });
-  console.error(
-    `${cfg.name}: ${source}; temperature ${temperature}, top-k ${topK ?? "none"}, seed ${seed}`,
-  );
+  // Greedy decoding (temperature 0) takes the argmax: top-k and the seed change nothing, so they are not shown.
+  const settings = temperature === 0
+    ? "temperature 0 (greedy)"
+    : `temperature ${temperature}, top-k ${topK ?? "none"}, seed ${seed}`;
+  console.error(`${cfg.name}: ${source}; ${settings}`);
   let prompt = textToTokenIds(v.prompt ?? cfg.training.start_context);
   const ctx = model.cfg.context_length;
   if (prompt.length > ctx) {

@@ -371,3 +371,30 @@ Deno.test("sweep: grid expansion, run names from the varied values, commands, sk
   writeLog(`${dir}/runs`, "p", 0.001, [[9, 9]], true);
   assertEquals(pointAction(`${dir}/runs/p`), "skip");
 });
+
+Deno.test("compare --sort takes the table's column headings, and a near miss gets a did-you-mean", async () => {
+  const dir = await Deno.makeTempDir();
+  writeLog(dir, "a", 0.001, [[9, 9.5], [7, 8.0]], true); // best val 8.0, final val 8.0
+  writeLog(dir, "b", 0.002, [[8, 7.5], [6, 9.0]], true); // best val 7.5, final val 9.0
+  const order = (...sort: string[]) => {
+    const res = compareTask(dir, `${dir}/a`, `${dir}/b`, "--json", ...sort);
+    assertEquals([res.code, res.stderr], [0, ""], sort.join(" "));
+    return JSON.parse(res.stdout).map((r: RunRow) => r.name).join("");
+  };
+  assertEquals(order(), "ba"); // the default: best val
+  for (const key of ["val", "final_val_loss"]) assertEquals(order("--sort", key), "ab", key);
+  for (const key of ["best val", "best_val", "best-val", "best_val_loss"]) {
+    assertEquals(order("--sort", key), "ba", key);
+  }
+  assertEquals(order("--sort", "train"), "ba");
+  assertEquals(order("--sort", "training.lr"), "ab");
+  const near = compareTask(dir, `${dir}/a`, `${dir}/b`, "--sort", "bestval");
+  assertEquals(near.code, 2);
+  const line = near.stderr.trim();
+  ok(!line.includes("\n"), line);
+  ok(
+    line.startsWith('error: compare: --sort bestval: not a column; did you mean "best val"?'),
+    line,
+  );
+  ok(line.includes("tok/s") && line.includes("training.lr"), line);
+});

@@ -133,7 +133,7 @@ Deno.test("deno task sample/eval: no checkpoint is one line; --init evaluates, s
   ok(bad.err[0].startsWith("error: sample: --top-k x"), bad.err[0]);
   await rejects(Deno.stat(`${dir}/checkpoints`)); // nothing written
 
-  // eval --init --json: one JSON line; the report says there is no curve.
+  // eval --init --json: one JSON line, and nothing written (no run to report on).
   const ev = await task("eval", dir, "x.yaml", "--init", "--json", "--num-batches", "1");
   assertEquals(ev.code, 0, ev.err.join("\n"));
   const lines = ev.stdout.trim().split("\n");
@@ -156,8 +156,7 @@ Deno.test("deno task sample/eval: no checkpoint is one line; --init evaluates, s
   ok(Math.abs(fig.train_loss - Math.log(50257)) < 0.5, String(fig.train_loss)); // untrained ≈ ln V
   ok(Math.abs(fig.train_perplexity - Math.exp(fig.train_loss)) < 1e-6 * fig.train_perplexity);
   assertEquals(fig.source, "untrained, seed 123");
-  const md = await Deno.readTextFile(`${dir}/checkpoints/x/report.md`);
-  ok(md.includes("No loss curve: this experiment has no run log."), md);
+  await rejects(Deno.stat(`${dir}/checkpoints`));
 
   // sample --init: the streamed text is the decoded output of the book's generate for that seed.
   const cfg = await loadExperiment(`${dir}/x.yaml`);
@@ -198,4 +197,115 @@ Deno.test("deno task sample/eval: no checkpoint is one line; --init evaluates, s
   ok(cr.err.some((l) => l.includes("keeping its last 32")), cr.err.join("\n"));
   assertEquals(cr.stdout, greedy + "\n");
   model.dispose();
+});
+
+Deno.test("issue 28.1: eval, sample and export without training leave checkpoints/<name>/ that train starts in", async () => {
+  const dir = await Deno.makeTempDir();
+  await Deno.mkdir(`${dir}/data`);
+  await Deno.copyFile(await ensureVerdict(), `${dir}/data/the-verdict.txt`);
+  await Deno.writeTextFile(`${dir}/x.yaml`, TINY_YAML);
+  const ev = await task("eval", dir, "x.yaml", "--init", "--num-batches", "1");
+  assertEquals(ev.code, 0, ev.err.join("\n"));
+  ok(ev.stdout.includes("(perplexity") && ev.stdout.includes("; 1 batch,"), ev.stdout);
+  const sa = await task("sample", dir, "x.yaml", "--init", "--max-new-tokens", "2");
+  assertEquals(sa.code, 0, sa.err.join("\n"));
+  const ex = await task("export", dir, "x.yaml", "--init");
+  assertEquals(ex.code, 0, ex.err.join("\n"));
+  await Deno.stat(`${dir}/checkpoints/x/hf/model.safetensors`);
+  // The user's own file in the directory (a report, notes) is not a run either, and stays where it is.
+  await Deno.writeTextFile(`${dir}/checkpoints/x/report.md`, "mine\n");
+
+  const cfg = await loadExperiment(`${dir}/x.yaml`, [
+    "data.batch_size=16",
+    "training.epochs=1",
+    "backend=auto", // the YAML's cpu backend is slow to train
+  ]);
+  const lines: string[] = [];
+  const r = await runTraining(cfg, {
+    checkpointsDir: `${dir}/checkpoints`,
+    print: (l) => lines.push(l),
+    progress: false,
+  });
+  ok(r, "trained");
+  assertEquals(
+    [...Deno.readDirSync(`${dir}/checkpoints`)].map((e) => e.name).filter((n) => n !== "x.lock"),
+    ["x"],
+    "nothing moved aside",
+  );
+  ok(lines.some((l) => l.includes("holds no earlier run")), lines.join("\n"));
+  assertEquals(await Deno.readTextFile(`${dir}/checkpoints/x/report.md`), "mine\n");
+  assertEquals(readRunLog(`${dir}/checkpoints/x/log.jsonl`).status, "finished");
+});
+
+Deno.test("issue 28.3: the report shows the run's own settings from its log header and names what eval overrode", async () => {
+  await ensureVerdict();
+  const dir = await Deno.makeTempDir();
+  const trained = await loadExperiment("experiments/verdict-small.yaml", [
+    ...TINY,
+    "data.batch_size=16",
+    "training.epochs=1",
+    "training.lr=0.005",
+    "name=lr",
+  ]);
+  await runTraining(trained, { checkpointsDir: dir, print: () => {}, progress: false });
+  // eval names the run but not its override: the experiment's lr is the YAML's 0.002
+  const cfg = await loadExperiment("experiments/verdict-small.yaml", [
+    ...TINY,
+    "data.batch_size=16",
+    "name=lr",
+  ]);
+  await initBackend(cfg.backend);
+  const { model, source } = await loadModel(cfg, { checkpointsDir: dir });
+  const fig = await evaluateLoaders(model, await prepareData(cfg), source, 1);
+  const out = await writeReport(`${dir}/lr`, cfg, model.numParams(), fig, []);
+  model.dispose();
+  const md = await Deno.readTextFile(out.md);
+  ok(md.includes("Training: 1 epoch, lr 0.005, weight decay 0.1"), md);
+  ok(md.includes("training.lr 0.002 (the run: 0.005)"), md);
+  const json = JSON.parse(await Deno.readTextFile(out.json));
+  assertEquals(json.config.training.lr, 0.005);
+  assertEquals(json.config_from, "run log header");
+  assertEquals(json.eval_config_differs["training.lr"], { run: 0.005, eval: 0.002 });
+});
+
+Deno.test('issue 28.2 and 28.6: sample --prompt "" and a missing --checkpoint are one line each, exit 2', async () => {
+  const dir = await Deno.makeTempDir();
+  await Deno.mkdir(`${dir}/data`);
+  await Deno.copyFile(await ensureVerdict(), `${dir}/data/the-verdict.txt`);
+  await Deno.writeTextFile(`${dir}/x.yaml`, TINY_YAML);
+  const empty = await task("sample", dir, "x.yaml", "--init", "--prompt", "");
+  assertEquals([empty.code, empty.err.length], [2, 1], empty.err.join("\n"));
+  ok(empty.err[0].startsWith('error: sample: --prompt "": empty'), empty.err[0]);
+  for (const name of ["sample", "eval", "export"]) {
+    const r = await task(name, dir, "x.yaml", "--checkpoint", "checkpoints/nothere.safetensors");
+    assertEquals(r.code, 2, r.err.join("\n"));
+    assertEquals(r.err, ["error: checkpoints/nothere.safetensors: --checkpoint: no such file"]);
+  }
+  await rejects(Deno.stat(`${dir}/checkpoints`)); // nothing written
+  // Greedy decoding: the header names no top-k or seed, which would change nothing.
+  const greedy = await task("sample", dir, "x.yaml", "--init", "--temperature", "0");
+  assertEquals(greedy.code, 0, greedy.err.join("\n"));
+  assertEquals(greedy.err, ["x: untrained, seed 123; temperature 0 (greedy)"]);
+});
+
+Deno.test("issue 28.5: eval --help's --num-batches line says which batches each kind of data gives", async () => {
+  const r = await task("eval", ".", "--help");
+  assertEquals(r.code, 0);
+  const help = r.stdout.slice(r.stdout.indexOf("--num-batches"), r.stdout.indexOf("--json"));
+  ok(!help.includes("evaluate the first n batches of each loader"), help);
+  // one text file: the first n batches in text order (the book's calc_loss_loader)
+  ok(/first n of one text file/.test(help), help);
+  // a corpus: spread evenly over the split (lib/data/shards.ts ShardLoader.ordered)
+  ok(/spread evenly over a corpus/.test(help), help);
+});
+
+Deno.test("issue 28.6's sibling: prepare on a data.path that does not exist names it as missing", async () => {
+  const dir = await Deno.makeTempDir();
+  await Deno.writeTextFile(`${dir}/c.yaml`, "data: {path: data/corpus-small}\n");
+  const r = await task("prepare", dir, "c.yaml");
+  assertEquals(r.code, 2);
+  assertEquals(r.err, [
+    "error: c.yaml: data.path: data/corpus-small: no such file or directory (prepare takes a directory " +
+    "or glob of .txt files)",
+  ]);
 });

@@ -159,3 +159,19 @@ Deno.test("nice ticks are round, inside the range, and about as many as asked", 
   );
   assertEquals([0, 2000, 10000].map((v) => formatTick(v, 10000)), ["0", "2k", "10k"]); // one unit per axis
 });
+
+Deno.test("the legend prints a sweep's base once, but never cuts a run name that another one extends", () => {
+  const legend = (...names: string[]) => {
+    const series: Series[] = names.flatMap((group, i) => [
+      { label: "train", group, points: curve(5, 3 + i), color: PALETTE[i] },
+      { label: "val", group, points: curve(5, 4 + i), color: PALETTE[i], dash: true },
+    ]);
+    const svg = lineChartSVG({ title: "t", xLabel: "x", yLabel: "y", series });
+    return [...svg.matchAll(/<text [^>]*>([^<]*)<\/text>/g)].map((m) => m[1]);
+  };
+  const run = legend("verdict-small", "verdict-small-lr5e-3");
+  ok(run.includes("verdict-small") && run.includes("verdict-small-lr5e-3"), run.join(" | "));
+  ok(!run.includes("verdict-*") && !run.includes("small"), run.join(" | "));
+  const sweep = legend("verdict-lr-sweep.lr=0.001", "verdict-lr-sweep.lr=0.01");
+  ok(sweep.includes("verdict-lr-sweep.*") && sweep.includes("lr=0.001"), sweep.join(" | "));
+});

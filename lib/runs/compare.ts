@@ -2,7 +2,7 @@
  * Comparing runs through their JSONL logs: which config keys differ, how far each run got, its final and best
  * losses, speed and status; a table for the terminal, JSON for scripts, and one SVG with every run's curves.
  */
-import { loadExperiment } from "../config.ts";
+import { closest, loadExperiment } from "../config.ts";
 import { UserError } from "../errors.ts";
 import { lineChartSVG, PALETTE, type Series } from "./plot.ts";
 import { formatDuration } from "../progress.ts";
@@ -167,6 +167,42 @@ export function summarizeRun(log: RunLogData, diffKeys: string[] = []): RunRow {
 /** Whether `key` names a column of these rows: one of {@link SORT_KEYS} or a differing config key. */
 export function isSortKey(rows: RunRow[], key: string): boolean {
   return (SORT_KEYS as readonly string[]).includes(key) || rows.some((r) => key in r.differs);
+}
+
+/** The table's column headings (see {@link formatTable}) → the row field they show. */
+export const COLUMN_KEYS: Record<string, (typeof SORT_KEYS)[number]> = {
+  run: "name",
+  steps: "steps",
+  tokens: "tokens_seen",
+  train: "final_train_loss",
+  val: "final_val_loss",
+  "best train": "best_train_loss",
+  "best val": "best_val_loss",
+  "val ppl": "val_perplexity",
+  "tok/s": "tokens_per_s",
+  wall: "wall_s",
+  status: "status",
+};
+
+/**
+ * The row field `--sort key` means: a column heading as the table prints it (`best val`, `best_val` or `best-val`),
+ * a field of `--json` (`best_val_loss`), or a differing config key. Anything else is a UserError with the nearest
+ * heading or key.
+ */
+export function resolveSortKey(rows: RunRow[], key: string): string {
+  if (isSortKey(rows, key)) return key;
+  const heading = key.trim().toLowerCase().replace(/[_-]/g, " ");
+  if (heading in COLUMN_KEYS) return COLUMN_KEYS[heading];
+  const differing = [...new Set(rows.flatMap((r) => Object.keys(r.differs)))];
+  const near = closest(heading, Object.keys(COLUMN_KEYS)) ??
+    closest(key, [...SORT_KEYS, ...differing]);
+  const columns = Object.keys(COLUMN_KEYS).map((c) => c.includes(" ") ? `"${c}"` : c).join(", ");
+  throw new UserError(
+    `compare: --sort ${key}: not a column${
+      near ? `; did you mean ${near.includes(" ") ? `"${near}"` : near}?` : ""
+    }` +
+      ` (columns: ${columns}${differing.length ? `, ${differing.join(", ")}` : ""})`,
+  );
 }
 
 /**

@@ -106,11 +106,16 @@ interface LegendRow {
   gap?: boolean; // space above: the style key after the runs
 }
 
-/** The common start of the labels, cut after a separator, when it is worth printing once as a heading. */
+/**
+ * The common start of the labels, cut after a separator, when it is worth printing once as a heading: a sweep's
+ * base name. Not when one label is the whole common start (`verdict-small` beside `verdict-small-lr5e-3`: a run
+ * and its variant, whose names would be cut mid-name).
+ */
 function commonPrefix(labels: string[]): string {
   if (labels.length < 2) return "";
   let p = labels[0];
   for (const l of labels) while (!l.startsWith(p)) p = p.slice(0, -1);
+  if (labels.includes(p)) return "";
   // cut after the last separator that is not inside a number (the "." of "lr=0.001")
   let cut = 0;
   for (let i = 0; i < p.length; i++) {

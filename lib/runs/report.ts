@@ -12,6 +12,8 @@ import type { GPTModel } from "../model/model.ts";
 import { lineChartSVG } from "./plot.ts";
 import { TorchGenerator } from "../model/rng.ts";
 import { readRunLog, type RunLogData } from "./runlog.ts";
+import { diffConfigs, runConfig } from "./compare.ts";
+import { countOf } from "../progress.ts";
 import { textToTokenIds, tokenIdsToText } from "../data/tokenizer.ts";
 
 /** The figures `deno task eval --json` prints. */
@@ -132,7 +134,31 @@ function readLogOf(runDir: string): { log: RunLogData | null; warnings: string[]
   return { log, warnings };
 }
 
-/** report.json's record: the evaluation's figures, the log's final and best losses, the samples. */
+/** A config key's value in a nested record (`training.lr`). */
+function valueAt(cfg: unknown, key: string): unknown {
+  return key.split(".").reduce<unknown>((o, k) => (o as Record<string, unknown>)?.[k], cfg);
+}
+
+/**
+ * The settings a report describes: the run's own, from its log's last header (what it trained with, whatever the
+ * YAML says now), else the experiment's; and the keys where the experiment given to eval differs from the run's.
+ */
+export function reportSettings(cfg: Config, log: RunLogData | null): {
+  config: Config;
+  from: "run log header" | "experiment";
+  differs: Record<string, { run: unknown; eval: unknown }>;
+} {
+  const own = log ? runConfig(log) : null;
+  if (!own || !["model", "data", "training"].every((k) => own[k] && typeof own[k] === "object")) {
+    return { config: cfg, from: "experiment", differs: {} };
+  }
+  const differs = Object.fromEntries(
+    diffConfigs([own, cfg]).map((k) => [k, { run: valueAt(own, k), eval: valueAt(cfg, k) }]),
+  );
+  return { config: own as unknown as Config, from: "run log header", differs };
+}
+
+/** report.json's record: the run's settings, the evaluation's figures, the log's final and best losses, samples. */
 function reportJson(
   cfg: Config,
   params: number,
@@ -142,11 +168,14 @@ function reportJson(
 ) {
   const evals = log?.evals ?? [];
   const best = (k: string) => evals.length ? Math.min(...evals.map((e) => Number(e[k]))) : null;
+  const settings = reportSettings(cfg, log);
   return {
     experiment: cfg.name,
     status: log?.status ?? "no run log",
     params,
-    config: cfg,
+    config: settings.config,
+    config_from: settings.from,
+    eval_config_differs: settings.differs,
     eval: figures,
     log: log
       ? {
@@ -172,7 +201,10 @@ function reportMarkdown(
   json: ReturnType<typeof reportJson>,
   curve: { svg: boolean; log: boolean },
 ): string {
-  const m = cfg.model;
+  const run = json.config, m = run.model;
+  const differs = Object.entries(json.eval_config_differs).map(([k, v]) =>
+    `${k} ${JSON.stringify(v.eval)} (the run: ${JSON.stringify(v.run)})`
+  );
   return [
     `# ${cfg.name}`,
     "",
@@ -180,9 +212,19 @@ function reportMarkdown(
     `vocab ${m.vocab_size}, dropout ${m.drop_rate}, qkv bias ${m.qkv_bias}; ${
       params.toLocaleString("en-US")
     } ` +
-    `parameters. Data: ${cfg.data.path}, train ratio ${cfg.data.train_ratio}, batch ${cfg.data.batch_size}. ` +
-    `Training: ${cfg.training.epochs} epochs, lr ${cfg.training.lr}, weight decay ${cfg.training.weight_decay}, ` +
-    `seed ${cfg.training.seed}.`,
+    `parameters. Data: ${run.data.path}, train ratio ${run.data.train_ratio}, batch ${run.data.batch_size}. ` +
+    `Training: ${
+      countOf(run.training.epochs, "epoch")
+    }, lr ${run.training.lr}, weight decay ${run.training.weight_decay}, ` +
+    `seed ${run.training.seed}. Settings from the ${json.config_from}.`,
+    ...(differs.length
+      ? [
+        "",
+        `This evaluation ran with the experiment as given to eval, which differs: ${
+          differs.join(", ")
+        }.`,
+      ]
+      : []),
     "",
     `Weights: ${figures.source}. Run status: ${json.status}.`,
     "",

@@ -15,6 +15,7 @@ import { acquireRunLock } from "./lock.ts";
 import { loggedLoop } from "./logged_loop.ts";
 import { loadResumable, lrSchedule, restoreOrInit, type Trainee } from "./restore.ts";
 import { checkRunDir, openRunDir } from "./run_dir.ts";
+import { countOf } from "../progress.ts";
 import { prepareData } from "./run_data.ts";
 import type { TrainState } from "../train/train.ts";
 
@@ -149,7 +150,9 @@ function stepsPerEpochOf(cfg: Config, data: VerdictData): number {
 function dataSummary(cfg: Config, data: VerdictData): string {
   return data.summary ??
     `data: ${cfg.data.path}: ${data.chars} characters, ${data.tokens} tokens; ` +
-      `train ${data.trainLoader.length} batches, val ${data.valLoader.length} batches ` +
+      `train ${countOf(data.trainLoader.length, "batch")}, val ${
+        countOf(data.valLoader.length, "batch")
+      } ` +
       `of ${cfg.data.batch_size}×${cfg.data.max_length ?? cfg.model.context_length}`;
 }
 

@@ -29,7 +29,11 @@ export async function checkRunDir(
   if (opts.resume && !hasCheckpoint) {
     throw new UserError(`${ckptPath}: no checkpoint to resume from`);
   }
-  const earlier = !opts.resume && await exists(runDir);
+  const earlier = !opts.resume && await holdsRun(runDir, ckptPath);
+  if (!opts.resume && !earlier && await exists(runDir)) {
+    // eval, sample, export write reports and exports here without training: no run to keep apart, so train into it
+    print(`${runDir}: holds no earlier run (no log.jsonl, no checkpoint); training into it`);
+  }
   if (earlier && !opts.fresh && !hasCheckpoint && await endedInError(`${runDir}/log.jsonl`)) {
     // A run that failed before its first checkpoint holds nothing to resume: it is moved aside, not in the way.
     print(`${runDir}: the earlier run failed before its first checkpoint; starting over`);
@@ -99,6 +103,11 @@ async function endedInError(logPath: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/** Whether the directory holds a run (its log or its checkpoint), not just files of tasks that do not train. */
+async function holdsRun(runDir: string, ckptPath: string): Promise<boolean> {
+  return await exists(ckptPath) || await exists(`${runDir}/log.jsonl`);
 }
 
 async function exists(path: string): Promise<boolean> {

@@ -66,6 +66,9 @@ export async function loadModel(cfg: Config, src: ModelSource = {}): Promise<Loa
     const { params, source } = await initialParams(cfg);
     return { model: new GPTModel(cfg.model, params), source, step: null };
   }
+  if (!hasCheckpoint && src.checkpoint) {
+    throw new UserError(`${path}: --checkpoint: no such file`);
+  }
   if (!hasCheckpoint) {
     throw new UserError(
       `${path}: no checkpoint yet; train first (deno task train <experiment>) or pass --init for the initial model`,
