@@ -1,6 +1,10 @@
 /**
  * Ctrl-C and SIGTERM for a training run: a stop flag the loop reads between steps, raised from a worker thread.
  */
+
+/** Signals this close to the first one are the same Ctrl-C (the terminal's and `deno task`'s copies). */
+export const REPEAT_MS = 1000;
+
 /**
  * Ctrl-C and SIGTERM are watched from a worker thread: a training step keeps the main thread busy for seconds
  * (minutes on large models) and the loop awaits only between epochs, so a listener on the main thread would run
@@ -8,15 +12,21 @@
  * lock and re-raises the signal with its default action, which ends the process at once (exit status 130 for
  * SIGINT, 143 for SIGTERM) wherever it was, even mid-write: checkpoints are renamed into place, so the previous
  * one stays whole, and the next start removes the temporary file.
+ *
+ * A terminal's Ctrl-C under `deno task` arrives twice within a millisecond: the terminal signals the whole
+ * foreground process group, and `deno task` forwards its own copy to the child. So a signal within
+ * {@link REPEAT_MS} of the first is taken as the same press; the worker's clock is not held up by the step.
  */
 const SIGNAL_WORKER = `
 const signals = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
-let flag, lock;
+let flag, lock, first = 0;
 const handlers = signals.map((sig) => [sig, () => {
   if (Atomics.exchange(flag, 0, 1) === 0) {
+    first = performance.now();
     console.error("\\nstopping after this step (Ctrl-C again to quit at once)…");
     return;
   }
+  if (performance.now() - first < ${REPEAT_MS}) return; // the same press, delivered twice
   try {
     if (Number(Deno.readTextFileSync(lock).trim()) === Deno.pid) Deno.removeSync(lock);
   } catch { /* gone, or not ours */ }
