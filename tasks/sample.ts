@@ -9,7 +9,7 @@ import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { generateCached } from "../lib/model/kvcache.ts";
 import { loadModel } from "../lib/train/load.ts";
-import { checkSampling, checkTokenizerFits } from "../lib/train/preflight.ts";
+import { checkMemoryFits, checkSampling, checkTokenizerFits } from "../lib/train/preflight.ts";
 import { TorchGenerator } from "../lib/model/rng.ts";
 import { textToTokenIds, tokenIdsToText } from "../lib/data/tokenizer.ts";
 
@@ -63,6 +63,7 @@ await runTask(async () => {
   if (v.backend) overrides.push(`backend=${v.backend}`);
   const cfg = await loadExperiment(positionals[0], overrides);
   checkTokenizerFits(cfg); // prompts and data are GPT-2 token ids
+  checkMemoryFits(cfg, "sample");
   let temperature = cfg.sampling.temperature;
   if (v.temperature !== undefined) {
     temperature = Number(v.temperature);

@@ -10,7 +10,7 @@ import type { Config } from "../config.ts";
 import type { VerdictData } from "../data/data.ts";
 import { UserError } from "../errors.ts";
 import { GPTModel } from "../model/model.ts";
-import { preflight } from "../train/preflight.ts";
+import { checkMemoryFits, preflight } from "../train/preflight.ts";
 import { acquireRunLock } from "./lock.ts";
 import { loggedLoop } from "./logged_loop.ts";
 import { loadResumable, lrSchedule, restoreOrInit, type Trainee } from "./restore.ts";
@@ -51,6 +51,7 @@ export interface RunResult {
  */
 export async function runTraining(cfg: Config, opts: RunOptions = {}): Promise<RunResult> {
   const dir = opts.checkpointsDir ?? "checkpoints";
+  checkMemoryFits(cfg, "train"); // before anything is allocated or written
   // Synchronous up to the lock: of two runs of one name started in turn, the first always gets it.
   try {
     Deno.mkdirSync(dir, { recursive: true });
