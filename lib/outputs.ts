@@ -11,8 +11,11 @@ import { UserError } from "./errors.ts";
 export type OwnOutput =
   /** A file carrying {@link outputMark} (in a comment of its format) in its first KiB. */
   | { kind: "file"; mark: string }
-  /** A directory holding `manifest`, a file carrying `mark` in its first KiB. */
-  | { kind: "dir"; manifest: string; mark: string };
+  /**
+   * A directory holding `manifest`, a file carrying `mark` in its first KiB (any content, without a mark), or only
+   * entries named like `leftovers` (what the command writes before its manifest, e.g. when it was interrupted).
+   */
+  | { kind: "dir"; manifest: string; mark?: string; leftovers?: RegExp };
 
 /** What is at an output path that {@link claimOutput} let through. */
 export type OutputState = "absent" | "empty" | "own";
@@ -66,6 +69,7 @@ export async function claimOutput(
   what: string,
   own: OwnOutput,
 ): Promise<OutputState> {
+  if (path === "") throw new UserError(`${what}: needs a path (see --help)`);
   const info = await statOrNull(path);
   if (!info) return "absent";
   const task = what.split(" ")[0];
@@ -89,7 +93,8 @@ export async function claimOutput(
   }
   const entries = await Array.fromAsync(Deno.readDir(path));
   if (entries.length === 0) return "empty";
-  if (await hasMark(`${path}/${own.manifest}`, own.mark)) return "own";
+  if (await hasMark(`${path}/${own.manifest}`, own.mark ?? "")) return "own";
+  if (own.leftovers && entries.every((e) => own.leftovers!.test(e.name))) return "own";
   throw new UserError(
     `${what} ${path}: a directory of ${entries.length} entries that ${task} did not write ` +
       `(no ${own.manifest} of its own); it is left as it is: name ${needs}`,

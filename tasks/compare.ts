@@ -39,7 +39,7 @@ await runTask(async () => {
   if (!parsed) return;
   const { values, positionals } = parsed;
   if (positionals.length === 0) throw new UserError("compare: name at least one run (see --help)");
-  if (values.out) {
+  if (values.out !== undefined) {
     await claimOutput(values.out, "compare --out", {
       kind: "file",
       mark: outputMark("compare --out"),
@@ -58,7 +58,7 @@ await runTask(async () => {
   const sorted = sortRows(rows, values.sort);
   console.log(values.json ? JSON.stringify(sorted, null, 2) : formatTable(sorted));
 
-  if (values.out) {
+  if (values.out !== undefined) {
     const mark = `<!-- ${outputMark("compare --out")} -->\n`;
     await writeOutputFile(values.out, "compare --out", mark + compareSVG(logs, rows));
     if (!values.json) console.log(`wrote ${values.out}`);

@@ -31,6 +31,10 @@ await runTask(async () => {
   }
   if (positionals.length > 1) throw new UserError("dashboard: name one checkpoints directory");
   const dir = positionals[0] ?? "checkpoints";
+  const info = await Deno.stat(dir).catch(() => null); // absent: runs appear there later
+  if (info && !info.isDirectory) {
+    throw new UserError(`dashboard: ${dir}: a file, where the checkpoints directory belongs`);
+  }
   if (!["127.0.0.1", "localhost", "::1"].includes(values.host)) {
     console.error(
       `warning: listening on ${values.host}: the dashboard has no login; anyone who reaches it sees every run`,

@@ -38,7 +38,7 @@ await runTask(async () => {
   if (positionals.length !== 1) {
     throw new UserError("export: expected one experiment file (see --help)");
   }
-  if (values.out) {
+  if (values.out !== undefined) {
     await claimOutput(values.out, "export --out", { kind: "dir", manifest: MANIFEST, mark: MARK });
   }
   const cfg = await loadExperiment(positionals[0], values.set);

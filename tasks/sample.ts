@@ -34,7 +34,7 @@ options:
 function int(flag: string, v: string | undefined, min: number): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < min) {
+  if (!Number.isSafeInteger(n) || n < min) {
     throw new UserError(`sample: --${flag} ${v}: expected an integer >= ${min}`);
   }
   return n;
@@ -67,8 +67,8 @@ await runTask(async () => {
   let temperature = cfg.sampling.temperature;
   if (v.temperature !== undefined) {
     temperature = Number(v.temperature);
-    if (!(temperature >= 0)) {
-      throw new UserError(`sample: --temperature ${v.temperature}: expected a number >= 0`);
+    if (!(temperature >= 0) || !Number.isFinite(temperature)) {
+      throw new UserError(`sample: --temperature ${v.temperature}: expected a finite number >= 0`);
     }
   }
   let topK = cfg.sampling.top_k;

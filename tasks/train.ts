@@ -26,7 +26,7 @@ async function claimJobFiles(values: Partial<Record<keyof typeof JOB_FILES, stri
   for (const flag of Object.keys(JOB_FILES) as (keyof typeof JOB_FILES)[]) {
     const path = values[flag];
     const what = `train --${flag}`;
-    if (path) await claimOutput(path, what, { kind: "file", mark: outputMark(what) });
+    if (path !== undefined) await claimOutput(path, what, { kind: "file", mark: outputMark(what) });
   }
 }
 
@@ -84,7 +84,9 @@ await runTask(async () => {
   const points = values["no-sweep"] ? null : await readSweep(path);
   if (!points) {
     for (const flag of ["print-commands", "slurm-array", "k8s-job"] as const) {
-      if (values[flag]) throw new UserError(`${path}: --${flag} needs a sweep: section`);
+      if (values[flag] || values[flag] === "") {
+        throw new UserError(`${path}: --${flag} needs a sweep: section`);
+      }
     }
     const cfg = await loadExperiment(path, overrides);
     const action = values["auto-resume"] ? pointAction(`checkpoints/${cfg.name}`) : null;
@@ -101,9 +103,9 @@ await runTask(async () => {
     for (const p of points) console.log(pointCommand(path, p, overrides));
     return;
   }
-  if (values["slurm-array"] || values["k8s-job"]) {
+  if (values["slurm-array"] !== undefined || values["k8s-job"] !== undefined) {
     await claimJobFiles(values);
-    if (values["slurm-array"]) {
+    if (values["slurm-array"] !== undefined) {
       await writeJobFile(
         "slurm-array",
         values["slurm-array"],
@@ -113,7 +115,7 @@ await runTask(async () => {
         `wrote ${values["slurm-array"]}: sbatch ${values["slurm-array"]} (${points.length} points)`,
       );
     }
-    if (values["k8s-job"]) {
+    if (values["k8s-job"] !== undefined) {
       const job = kubernetesIndexedJob(path, points, { extra: overrides });
       await writeJobFile("k8s-job", values["k8s-job"], stringifyYaml(job));
       console.log(

@@ -58,7 +58,7 @@ export async function fileStates(
 
 /**
  * Runs task `name` in `dir` as `deno task name` would (its own permission flags from deno.json); returns its exit
- * code, its non-blank stderr lines and its stdout.
+ * code, its non-blank stderr lines and its stdout. A task still running after 5 minutes is killed.
  */
 export async function spawnTask(
   dir: string,
@@ -72,6 +72,7 @@ export async function spawnTask(
     stdout: "piped",
     stderr: "piped",
     env: { GPT_DEBUG: "", NO_COLOR: "1", ...env },
+    signal: AbortSignal.timeout(5 * 60_000), // a hang guard only: a task that serves forever is a failure
   }).output();
   const text = new TextDecoder();
   const err = text.decode(out.stderr).split("\n").filter((l) => l.trim() !== "");
