@@ -123,8 +123,11 @@ const RUNTIME_BYTES = 250 * MB;
 const ACT_PER_TOKEN_C = 24;
 /** Floats the tape keeps per token per layer per head per attended position (scores, softmax, dropout mask). */
 const ACT_PER_SCORE = 4;
-/** Copies of the logits alive at the peak of a training step (the logits and their gradient). */
+/** Copies of the logits alive at the peak of a training step (the logits and their gradient), or of sampling. */
 const LOGIT_COPIES_TRAIN = 2;
+/** Evaluation, without a tape: layers' activations alive at once, copies of the logits (logits, log-softmax, loss). */
+const LAYERS_LIVE_EVAL = 4;
+const LOGIT_COPIES_EVAL = 3;
 
 /** Parameters of the book's GPTModel for `m` (untied output head). */
 export function paramCount(m: Config["model"]): number {
@@ -149,14 +152,15 @@ export function memoryEstimate(cfg: Config, use: MemoryUse): MemoryEstimate {
     ? 2 * m.n_layers * T * m.emb_dim // the KV cache
     : train
     ? m.n_layers * perLayer
-    : 2 * perLayer);
+    : LAYERS_LIVE_EVAL * perLayer);
   const logitRows = use === "sample" ? T : B * T;
   const e = {
     params: F32 * P,
     grads: train ? F32 * P : 0,
     adamw: train ? 2 * F32 * P : 0,
     activations,
-    logits: F32 * logitRows * m.vocab_size * LOGIT_COPIES_TRAIN,
+    logits: F32 * logitRows * m.vocab_size *
+      (use === "eval" ? LOGIT_COPIES_EVAL : LOGIT_COPIES_TRAIN),
     runtime: RUNTIME_BYTES,
   };
   return { ...e, total: Object.values(e).reduce((a, b) => a + b, 0) };
