@@ -2,7 +2,7 @@
  * A model too large for the memory is refused before anything is allocated or written (lib/train/preflight.ts):
  * `train`, `eval` and `sample`, run as `deno task` runs them, exit 2 with one line naming the model, the estimate,
  * the memory and how to fit it, and create nothing under checkpoints/. The memory is `GPT_MEMORY_LIMIT_MB` where a
- * case sets it, the machine's own where it does not (a batch no machine holds; GPT-2 1558M in 24 GiB).
+ * case sets it, the machine's own where it does not (a model no machine holds); GPT-2 1558M in 24 GiB.
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { loadExperiment } from "../lib/config.ts";
@@ -22,11 +22,11 @@ const CASES: Case[] = [
     /^error: tiny: the model \(3M parameters, 1 layers × 32\) at data\.batch_size 16 needs about 0\.\d GiB to train, more than the 0\.4 GiB of GPT_MEMORY_LIMIT_MB; set data\.batch_size: \d with training\.grad_accum_steps: \d+ \(the same 16 windows per step\)/,
   ],
   [
-    "a batch no machine holds, against the machine's own memory",
+    "a model no machine holds, against the machine's own memory",
     "train",
-    ["tiny.yaml", "--set", "data.batch_size=1000000"],
+    ["tiny.yaml", "--set", "model.emb_dim=16384", "--set", "model.n_layers=200"],
     "",
-    /^error: tiny: .* at data\.batch_size 1000000 needs about \d+\.\d GiB to train, more than the .* GiB of (available memory|the cgroup's memory\.max); set data\.batch_size: \d+ with/,
+    /^error: tiny: the model \(\d+M parameters, 200 layers × 16384\) at data\.batch_size 2 needs about \d+\.\d GiB to train, more than the .* GiB of (available memory|the cgroup's memory\.max); its weights, gradients and AdamW moments alone need/,
   ],
   [
     "GPT-2 1558M in 24 GiB: its weights, gradients and moments alone do not fit",
@@ -73,6 +73,8 @@ Deno.test(`${CASES.length} runs too large for the memory: exit 2, one line, noth
       : null;
     if (why) failures.push(`${task}: ${name}: ${why}\n    ${r.err.join("\n    ")}`);
     assertEquals(await fileHashes(dir), before, `${name}: files changed`);
+    const made = await Array.fromAsync(Deno.readDir(`${dir}/checkpoints`)).catch(() => []);
+    assertEquals(made.map((e) => e.name), [], `${name}: written under checkpoints/`);
   }
   ok(failures.length === 0, failures.join("\n"));
 });

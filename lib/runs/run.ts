@@ -51,7 +51,6 @@ export interface RunResult {
  */
 export async function runTraining(cfg: Config, opts: RunOptions = {}): Promise<RunResult> {
   const dir = opts.checkpointsDir ?? "checkpoints";
-  checkMemoryFits(cfg, "train"); // before anything is allocated or written
   // Synchronous up to the lock: of two runs of one name started in turn, the first always gets it.
   try {
     Deno.mkdirSync(dir, { recursive: true });
@@ -85,6 +84,7 @@ async function trainUnlocked(cfg: Config, opts: RunOptions, lockPath: string): P
   const dir = await checkRunDir(cfg, opts, print);
   await preflight(cfg);
   const data = await prepareData(cfg, { progress: opts.progress, print });
+  checkMemoryFits(cfg, "train"); // after the data's own checks (more to the point), before the model exists
   const stepsPerEpoch = stepsPerEpochOf(cfg, data);
   let ckpt: Checkpoint | null = opts.resume
     ? await loadResumable(dir.ckptPath, cfg, data, stepsPerEpoch)
