@@ -14,6 +14,7 @@ import {
 } from "../lib/runs/compare.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
+import { claimOutput, outputMark, writeOutputFile } from "../lib/outputs.ts";
 
 const USAGE = `usage: deno task compare <run> [<run> …] [options]
 
@@ -26,6 +27,7 @@ options:
                 best_val_loss; or a differing config key such as training.lr (default "best val")
   --json        print the rows as one JSON array (schema: RunRow in lib/runs/compare.ts)
   --out file    write every run's train (solid) and val (dashed) loss against tokens seen to an SVG file
+                (a new file, or one compare wrote before)
   -h, --help    show this help`;
 
 await runTask(async () => {
@@ -37,6 +39,12 @@ await runTask(async () => {
   if (!parsed) return;
   const { values, positionals } = parsed;
   if (positionals.length === 0) throw new UserError("compare: name at least one run (see --help)");
+  if (values.out !== undefined) {
+    await claimOutput(values.out, "compare --out", {
+      kind: "file",
+      mark: outputMark("compare --out"),
+    });
+  }
 
   const resolved = await resolveRunLogs(positionals);
   const { logs, rows, warnings } = compareRuns(resolved.paths);
@@ -44,17 +52,9 @@ await runTask(async () => {
   const sorted = sortRows(rows, resolveSortKey(rows, values.sort));
   console.log(values.json ? JSON.stringify(sorted, null, 2) : formatTable(sorted));
 
-  if (values.out) {
-    const tmp = `${values.out}.tmp-${Deno.pid}`; // a reader never sees half a file
-    try {
-      await Deno.writeTextFile(tmp, compareSVG(logs, rows));
-      await Deno.rename(tmp, values.out);
-    } catch (err) {
-      await Deno.remove(tmp).catch(() => {});
-      throw new UserError(
-        `compare: --out ${values.out}: cannot write (${err instanceof Error ? err.message : err})`,
-      );
-    }
+  if (values.out !== undefined) {
+    const mark = `<!-- ${outputMark("compare --out")} -->\n`;
+    await writeOutputFile(values.out, "compare --out", mark + compareSVG(logs, rows));
     if (!values.json) console.log(`wrote ${values.out}`);
   }
 });

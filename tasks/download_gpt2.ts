@@ -102,7 +102,11 @@ await runTask(async () => {
 
   // Already there (downloaded before, or put there by hand): check it instead.
   try {
-    await Deno.stat(out);
+    if ((await Deno.stat(out)).isDirectory) {
+      throw new UserError(
+        `download-gpt2: --out ${out}: a directory, where the model file belongs; name a file (…/model.safetensors)`,
+      );
+    }
     const want = given ?? src.sha256 ?? null;
     const got = await verify(out, want).catch((err) => {
       throw err instanceof UserError

@@ -10,7 +10,7 @@ import { parseTaskArgs } from "../lib/cli.ts";
 import { countOf } from "../lib/progress.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { loadModel } from "../lib/train/load.ts";
-import { checkTokenizerFits } from "../lib/train/preflight.ts";
+import { checkMemoryFits, checkTokenizerFits } from "../lib/train/preflight.ts";
 import { evaluateLoaders, sampleTexts, writeReport } from "../lib/runs/report.ts";
 import { prepareData } from "../lib/runs/run.ts";
 
@@ -65,6 +65,7 @@ await runTask(async () => {
   if (values.backend) overrides.push(`backend=${values.backend}`);
   const cfg = await loadExperiment(positionals[0], overrides);
   checkTokenizerFits(cfg); // prompts and data are GPT-2 token ids
+  checkMemoryFits(cfg, "eval");
   const backend = await initBackend(cfg.backend);
   const { model, source } = await loadModel(cfg, {
     init: values.init,

@@ -6,15 +6,21 @@ import { initBackend } from "../lib/backends/backend.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { runTask, UserError } from "../lib/errors.ts";
+import { claimOutput, outputMark } from "../lib/outputs.ts";
 import { exportHFGPT2 } from "../lib/weights/gpt2.ts";
 import { loadModel } from "../lib/train/load.ts";
 
+/** The file by which export recognizes its own earlier output in a directory a user named. */
+const MANIFEST = "gpt-ts-export.json";
+const MARK = outputMark("export --out");
+
 const USAGE = `usage: deno task export <experiment.yaml> [options]
 
-Writes <out>/model.safetensors and <out>/config.json in Hugging Face's GPT-2 layout.
+Writes <out>/model.safetensors and <out>/config.json in Hugging Face's GPT-2 layout, and <out>/${MANIFEST}
+(what it was exported from; how a later export recognizes the directory as its own).
 
 options:
-  --out dir          output directory (default checkpoints/<name>/hf)
+  --out dir          output directory: absent, empty, or an earlier export (default checkpoints/<name>/hf)
   --checkpoint path  export this checkpoint instead of the latest
   --init             export the initial model (seeded init or the configured GPT-2 weights)
   --set key=value    override a config key (repeatable)
@@ -32,6 +38,9 @@ await runTask(async () => {
   if (positionals.length !== 1) {
     throw new UserError("export: expected one experiment file (see --help)");
   }
+  if (values.out !== undefined) {
+    await claimOutput(values.out, "export --out", { kind: "dir", manifest: MANIFEST, mark: MARK });
+  }
   const cfg = await loadExperiment(positionals[0], values.set);
   await initBackend("cpu"); // weights only pass through: no compute
   const { model, source } = await loadModel(cfg, {
@@ -40,6 +49,9 @@ await runTask(async () => {
   });
   const out = values.out ?? `checkpoints/${cfg.name}/hf`;
   await Deno.mkdir(out, { recursive: true });
+  // The manifest first: an export cut short is still recognized as export's own, and redone.
+  const manifest = { written_by: MARK, experiment: positionals[0], run: cfg.name, source };
+  await Deno.writeTextFile(`${out}/${MANIFEST}`, JSON.stringify(manifest, null, 1) + "\n");
   const { warnings } = await exportHFGPT2(
     `${out}/model.safetensors`,
     await model.toNamedParams(),

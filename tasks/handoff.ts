@@ -13,7 +13,8 @@ Writes <dir>/{checkpoint.safetensors,log.jsonl,handoff.json,train.bin,eval_*.bin
 checkpoints/<name>/. Continue with: torchrun --standalone --nproc_per_node=N scaleout/torch/train_ddp.py <dir>
 
 options:
-  --out dir          the hand-off directory (must be absent or empty); under checkpoints/ it is a run of its own
+  --out dir          the hand-off directory: absent, empty, or an earlier hand-off of this run (replaced);
+                     under checkpoints/ it is a run of its own
   --set key=value    override a config key (e.g. training.epochs, to hand off more epochs than trained here)
   -h, --help         show this help`;
 

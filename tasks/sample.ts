@@ -9,7 +9,7 @@ import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { generateCached } from "../lib/model/kvcache.ts";
 import { loadModel } from "../lib/train/load.ts";
-import { checkSampling, checkTokenizerFits } from "../lib/train/preflight.ts";
+import { checkMemoryFits, checkSampling, checkTokenizerFits } from "../lib/train/preflight.ts";
 import { TorchGenerator } from "../lib/model/rng.ts";
 import { textToTokenIds, tokenIdsToText } from "../lib/data/tokenizer.ts";
 
@@ -34,7 +34,7 @@ options:
 function int(flag: string, v: string | undefined, min: number): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < min) {
+  if (!Number.isSafeInteger(n) || n < min) {
     throw new UserError(`sample: --${flag} ${v}: expected an integer >= ${min}`);
   }
   return n;
@@ -63,11 +63,12 @@ await runTask(async () => {
   if (v.backend) overrides.push(`backend=${v.backend}`);
   const cfg = await loadExperiment(positionals[0], overrides);
   checkTokenizerFits(cfg); // prompts and data are GPT-2 token ids
+  checkMemoryFits(cfg, "sample");
   let temperature = cfg.sampling.temperature;
   if (v.temperature !== undefined) {
     temperature = Number(v.temperature);
-    if (!(temperature >= 0)) {
-      throw new UserError(`sample: --temperature ${v.temperature}: expected a number >= 0`);
+    if (!(temperature >= 0) || !Number.isFinite(temperature)) {
+      throw new UserError(`sample: --temperature ${v.temperature}: expected a finite number >= 0`);
     }
   }
   let topK = cfg.sampling.top_k;

@@ -7,6 +7,7 @@ import { compareRuns, formatTable } from "../lib/runs/compare.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
+import { claimOutput, outputMark, writeOutputFile } from "../lib/outputs.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import {
   kubernetesIndexedJob,
@@ -17,14 +18,24 @@ import {
 } from "../lib/runs/sweep.ts";
 import { stringify as stringifyYaml } from "yaml";
 
-async function writeAtomic(path: string, text: string): Promise<void> {
-  const tmp = `${path}.tmp-${Deno.pid}`;
-  try {
-    await Deno.writeTextFile(tmp, text);
-    await Deno.rename(tmp, path);
-  } catch (err) {
-    throw new UserError(`${path}: cannot write (${(err as Error).message})`);
+/** `--slurm-array f`, `--k8s-job f`: files a user names, each written with its mark (lib/outputs.ts). */
+const JOB_FILES = { "slurm-array": "#!/bin/bash\n# ", "k8s-job": "# " } as const;
+
+/** Claims every job file named before writing any, so that a refused one leaves the others unwritten too. */
+async function claimJobFiles(values: Partial<Record<keyof typeof JOB_FILES, string>>) {
+  for (const flag of Object.keys(JOB_FILES) as (keyof typeof JOB_FILES)[]) {
+    const path = values[flag];
+    const what = `train --${flag}`;
+    if (path !== undefined) await claimOutput(path, what, { kind: "file", mark: outputMark(what) });
   }
+}
+
+/** Writes a job file with its mark as a comment line (after the shebang of a script). */
+async function writeJobFile(flag: keyof typeof JOB_FILES, path: string, text: string) {
+  const what = `train --${flag}`;
+  const lead = JOB_FILES[flag];
+  const body = lead.startsWith("#!") ? text.replace(/^#!.*\n/, "") : text;
+  await writeOutputFile(path, what, `${lead}${outputMark(what)}\n${body}`);
 }
 
 const USAGE = `usage: deno task train <experiment.yaml> [options]
@@ -73,7 +84,9 @@ await runTask(async () => {
   const points = values["no-sweep"] ? null : await readSweep(path);
   if (!points) {
     for (const flag of ["print-commands", "slurm-array", "k8s-job"] as const) {
-      if (values[flag]) throw new UserError(`${path}: --${flag} needs a sweep: section`);
+      if (values[flag] || values[flag] === "") {
+        throw new UserError(`${path}: --${flag} needs a sweep: section`);
+      }
     }
     const cfg = await loadExperiment(path, overrides);
     const action = values["auto-resume"] ? pointAction(`checkpoints/${cfg.name}`) : null;
@@ -90,16 +103,21 @@ await runTask(async () => {
     for (const p of points) console.log(pointCommand(path, p, overrides));
     return;
   }
-  if (values["slurm-array"] || values["k8s-job"]) {
-    if (values["slurm-array"]) {
-      await writeAtomic(values["slurm-array"], slurmArrayScript(path, points, overrides));
+  if (values["slurm-array"] !== undefined || values["k8s-job"] !== undefined) {
+    await claimJobFiles(values);
+    if (values["slurm-array"] !== undefined) {
+      await writeJobFile(
+        "slurm-array",
+        values["slurm-array"],
+        slurmArrayScript(path, points, overrides),
+      );
       console.log(
         `wrote ${values["slurm-array"]}: sbatch ${values["slurm-array"]} (${points.length} points)`,
       );
     }
-    if (values["k8s-job"]) {
+    if (values["k8s-job"] !== undefined) {
       const job = kubernetesIndexedJob(path, points, { extra: overrides });
-      await writeAtomic(values["k8s-job"], stringifyYaml(job));
+      await writeJobFile("k8s-job", values["k8s-job"], stringifyYaml(job));
       console.log(
         `wrote ${values["k8s-job"]}: kubectl apply -f ${
           values["k8s-job"]

@@ -4,7 +4,7 @@
  */
 import { loadExperiment } from "../lib/config.ts";
 import { type RunResult, runTraining } from "../lib/runs/run.ts";
-import { ensureVerdict } from "./_helpers.ts";
+import { ensureVerdict, taskArgs } from "./_helpers.ts";
 
 /** An experiment file for a 1-layer, 32-wide GPT over 32 tokens, one epoch on The Verdict. */
 export const TINY_YAML =
@@ -54,4 +54,35 @@ export async function fileStates(
   };
   await walk(dir);
   return out;
+}
+
+/**
+ * Runs task `name` in `dir` as `deno task name` would (its own permission flags from deno.json); returns its exit
+ * code, its non-blank stderr lines and its stdout. A task still running after 5 minutes is killed.
+ */
+export async function spawnTask(
+  dir: string,
+  name: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; err: string[]; stdout: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: taskArgs(name, args),
+    cwd: dir,
+    stdout: "piped",
+    stderr: "piped",
+    env: { GPT_DEBUG: "", NO_COLOR: "1", ...env },
+    signal: AbortSignal.timeout(5 * 60_000), // a hang guard only: a task that serves forever is a failure
+  }).output();
+  const text = new TextDecoder();
+  const err = text.decode(out.stderr).split("\n").filter((l) => l.trim() !== "");
+  return { code: out.code, err, stdout: text.decode(out.stdout) };
+}
+
+/** Every file under `dir` with its SHA-256: compare two of these to prove nothing there changed. */
+export async function fileHashes(dir: string): Promise<Map<string, string>> {
+  return await fileStates(dir, async (p) => {
+    const d = new Uint8Array(await crypto.subtle.digest("SHA-256", await Deno.readFile(p)));
+    return Array.from(d, (b) => b.toString(16).padStart(2, "0")).join("");
+  });
 }

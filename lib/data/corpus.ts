@@ -12,6 +12,7 @@
 import { createHash } from "node:crypto";
 import { splitmix32 } from "./data.ts";
 import { UserError } from "../errors.ts";
+import { claimOutput } from "../outputs.ts";
 import { formatDuration } from "../progress.ts";
 import {
   type CorpusOptions,
@@ -871,6 +872,9 @@ async function writeIndex(
   return index;
 }
 
+/** Names of what prepare writes into a shard directory besides the index: shards, and temporary files. */
+const SHARD_FILE = /^(train|val)-g\d+-\d+\.bin|\.tmp-\d+$/;
+
 /** Once the new index is in place: removes shards of earlier generations and leftovers of killed runs. */
 async function removeStaleShards(shardDir: string, writers: Record<SplitName, ShardWriter>) {
   const keep = new Set(
@@ -879,7 +883,7 @@ async function removeStaleShards(shardDir: string, writers: Record<SplitName, Sh
     ),
   );
   for (const e of Deno.readDirSync(shardDir)) {
-    if (e.isFile && !keep.has(e.name) && /^(train|val)-g\d+-\d+\.bin|\.tmp-\d+$/.test(e.name)) {
+    if (e.isFile && !keep.has(e.name) && SHARD_FILE.test(e.name)) {
       await Deno.remove(`${shardDir}/${e.name}`);
     }
   }
@@ -906,6 +910,11 @@ export async function prepareCorpus(source: string, o: PrepareOptions): Promise<
   const t0 = performance.now();
   const print = o.print ?? ((s: string) => console.error(s));
   const shardTokens = o.shardTokens ?? DEFAULT_SHARD_TOKENS;
+  await claimOutput(o.shardDir, "prepare data.shards", {
+    kind: "dir",
+    manifest: INDEX_FILE,
+    leftovers: SHARD_FILE, // shards of a first prepare that was stopped before its index
+  });
   const sv = await surveyCorpus(source, o);
   const seconds = () => (performance.now() - t0) / 1000;
   const result = { bytes: sv.totalBytes, skipped: [] as string[], gutenberg: 0 };

@@ -7,6 +7,7 @@
 import type { Config } from "../config.ts";
 import { configHash } from "../config.ts";
 import { UserError } from "../errors.ts";
+import { claimOutput, outputMark, type OutputState, replaceDir } from "../outputs.ts";
 import type { Batch, BatchLoader } from "../data/data.ts";
 import { checkpointPath, configDifferences, loadCheckpoint } from "../train/checkpoint.ts";
 import { checkResumable, lrSchedule } from "./restore.ts";
@@ -32,7 +33,14 @@ export interface HandoffManifest {
   eval_train: { file: string; rows: number[] };
   eval_val: { file: string; rows: number[] };
   launch: Record<string, string>;
+  /** {@link outputMark} of `handoff --out`: how a later hand-off recognizes this directory as its own. */
+  written_by?: string;
+  /** Bytes of log.jsonl as handed off: a log that grew since (trained on there) makes the directory not ours. */
+  log_bytes?: number;
 }
+
+/** How a hand-off directory is recognized as `handoff`'s own: handoff.json carrying this mark. */
+const OWN = { kind: "dir", manifest: "handoff.json", mark: outputMark("handoff --out") } as const;
 
 const SCRIPT = "scaleout/torch/train_ddp.py";
 
@@ -92,8 +100,9 @@ function* remainingBatches(
 }
 
 /**
- * Packs run `cfg.name` (its latest checkpoint under `checkpointsDir`) into `out`. Refuses an `out` that already
- * holds anything (a hand-off of another config is named as such), so nothing there is overwritten.
+ * Packs run `cfg.name` (its latest checkpoint under `checkpointsDir`) into `out`. `out` must be absent, empty, or an
+ * earlier hand-off of the same config that nothing has trained on since (it is then replaced); anything else is
+ * refused before any work, so nothing there is overwritten. A run with nothing left to train is refused too.
  */
 export async function handoffRun(
   cfg: Config,
@@ -102,7 +111,7 @@ export async function handoffRun(
 ): Promise<HandoffManifest> {
   const print = opts.print ?? console.log;
   const runDir = `${opts.checkpointsDir ?? "checkpoints"}/${cfg.name}`;
-  await refuseNonEmpty(out, cfg);
+  const outState = await claimHandoffDir(out, cfg);
   const src = checkpointPath(runDir);
   const ckpt = await loadCheckpoint(src).catch((err) => {
     if (err instanceof Deno.errors.NotFound) {
@@ -116,6 +125,14 @@ export async function handoffRun(
   const totalSteps = cfg.training.epochs * stepsPerEpoch;
   checkResumable(src, ckpt.meta.config, cfg, stepsPerEpoch, ckpt.meta.state.step);
   const state = ckpt.meta.state;
+  if (state.step >= totalSteps) {
+    throw new UserError(
+      `${src}: nothing left to hand off: the run has done all ${totalSteps} steps of training.epochs ` +
+        `${cfg.training.epochs}; raise it (--set training.epochs=${
+          cfg.training.epochs + 1
+        }) to train more`,
+    );
+  }
   const T = cfg.data.max_length ?? cfg.model.context_length;
   const tmp = `${out}.tmp-${Deno.pid}`;
   await Deno.mkdir(tmp, { recursive: true });
@@ -125,6 +142,7 @@ export async function handoffRun(
   );
   const manifest: HandoffManifest = {
     format: HANDOFF_FORMAT,
+    written_by: OWN.mark, // first: claimOutput looks for it in the file's first KiB
     run: cfg.name,
     config: cfg,
     config_hash: configHash(cfg),
@@ -156,14 +174,14 @@ export async function handoffRun(
   };
   await Deno.copyFile(src, `${tmp}/checkpoint.safetensors`);
   await Deno.copyFile(`${runDir}/log.jsonl`, `${tmp}/log.jsonl`).catch(() => {});
+  manifest.log_bytes = await fileSize(`${tmp}/log.jsonl`);
   await Deno.writeTextFile(`${tmp}/handoff.json`, JSON.stringify(manifest, null, 1) + "\n");
   await Deno.writeTextFile(
     `${tmp}/launch.sh`,
     "# Continue this run under PyTorch DDP; pick one line (see README: When one machine is not enough)\n" +
       Object.entries(manifest.launch).map(([k, v]) => `# ${k}:\n${v}\n`).join(""),
   );
-  await Deno.remove(out).catch(() => {}); // an empty directory, checked above
-  await Deno.rename(tmp, out);
+  await replaceDir(tmp, out, outState);
   print(
     `handed off ${cfg.name} at step ${state.step} (epoch ${state.epoch + 1}) to ${out}: ` +
       `${trainRows.length} train batches to go; ${manifest.launch.torchrun}`,
@@ -171,23 +189,26 @@ export async function handoffRun(
   return manifest;
 }
 
-async function refuseNonEmpty(out: string, cfg: Config): Promise<void> {
-  let entries: string[];
-  try {
-    entries = (await Array.fromAsync(Deno.readDir(out))).map((e) => e.name);
-  } catch {
-    return; // absent
+const fileSize = (path: string) => Deno.stat(path).then((s) => s.size, () => 0);
+
+/** {@link claimOutput} for a hand-off, plus: an earlier hand-off must be of this config and untouched since. */
+async function claimHandoffDir(out: string, cfg: Config): Promise<OutputState> {
+  const state = await claimOutput(out, "handoff --out", OWN);
+  if (state !== "own") return state;
+  const was = JSON.parse(await Deno.readTextFile(`${out}/handoff.json`)) as HandoffManifest;
+  const diff = configDifferences(was.config, cfg).filter((d) => !d.startsWith("training.epochs:"));
+  if (was.run !== cfg.name) diff.unshift(`run: ${was.run} → ${cfg.name}`);
+  if (diff.length > 0) {
+    throw new UserError(
+      `${out}/handoff.json: a hand-off of another config (${diff.slice(0, 3).join(", ")}); ` +
+        `choose another --out`,
+    );
   }
-  if (entries.length === 0) return;
-  if (entries.includes("handoff.json")) {
-    const was = JSON.parse(await Deno.readTextFile(`${out}/handoff.json`)) as HandoffManifest;
-    const diff = was.config ? configDifferences(was.config, cfg) : ["not a hand-off manifest"];
-    if (diff.length > 0) {
-      throw new UserError(
-        `${out}/handoff.json: a hand-off of another config (${diff.slice(0, 3).join(", ")}); ` +
-          `choose another --out`,
-      );
-    }
+  if (was.log_bytes !== await fileSize(`${out}/log.jsonl`)) {
+    throw new UserError(
+      `handoff --out ${out}: its log.jsonl grew since the hand-off (trained on there?); ` +
+        `it is left as it is: choose another --out`,
+    );
   }
-  throw new UserError(`${out}: not empty (an earlier hand-off?); choose another --out`);
+  return state;
 }

@@ -10,7 +10,7 @@ import type { Config } from "../config.ts";
 import type { VerdictData } from "../data/data.ts";
 import { UserError } from "../errors.ts";
 import { GPTModel } from "../model/model.ts";
-import { preflight } from "../train/preflight.ts";
+import { checkMemoryFits, preflight } from "../train/preflight.ts";
 import { acquireRunLock } from "./lock.ts";
 import { loggedLoop } from "./logged_loop.ts";
 import { loadResumable, lrSchedule, restoreOrInit, type Trainee } from "./restore.ts";
@@ -85,6 +85,7 @@ async function trainUnlocked(cfg: Config, opts: RunOptions, lockPath: string): P
   const dir = await checkRunDir(cfg, opts, print);
   await preflight(cfg);
   const data = await prepareData(cfg, { progress: opts.progress, print });
+  checkMemoryFits(cfg, "train"); // after the data's own checks (more to the point), before the model exists
   const stepsPerEpoch = stepsPerEpochOf(cfg, data);
   let ckpt: Checkpoint | null = opts.resume
     ? await loadResumable(dir.ckptPath, cfg, data, stepsPerEpoch)

@@ -55,11 +55,12 @@ export async function initialParams(
 export async function loadModel(cfg: Config, src: ModelSource = {}): Promise<LoadedModel> {
   const path = src.checkpoint ??
     checkpointPath(`${src.checkpointsDir ?? "checkpoints"}/${cfg.name}`);
-  let hasCheckpoint = true;
-  try {
-    await Deno.stat(path);
-  } catch {
-    hasCheckpoint = false;
+  const info = await Deno.stat(path).catch(() => null);
+  const hasCheckpoint = info !== null;
+  if (info?.isDirectory) {
+    throw new UserError(
+      `${path}: a directory, where a checkpoint file belongs (…/checkpoint.safetensors)`,
+    );
   }
   // --init, or pretrained weights and nothing trained yet: the initial model.
   if (src.init || (!hasCheckpoint && !src.checkpoint && cfg.init.from === "gpt2")) {
