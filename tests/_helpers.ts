@@ -71,6 +71,17 @@ async function writeIfChanged(path: string, text: string) {
   await Deno.writeTextFile(path, text);
 }
 
+/**
+ * A test-name suffix saying why a test is ignored (`reason` non-null), so that `deno test` prints the reason on
+ * the test's one "ignored" line; empty when it runs.
+ */
+export function ignoredBecause(reason: string | null): string {
+  return reason === null ? "" : ` (ignored: ${reason})`;
+}
+
+/** The reason line of a test ignored because OpenBLAS (libopenblas.so.0) cannot be loaded here. */
+export const NO_OPENBLAS = "OpenBLAS (libopenblas.so.0) not loadable here";
+
 /** A python3 that imports torch, or null. */
 export async function torchPython(): Promise<string | null> {
   for (const py of ["python3", "/usr/bin/python3"]) {
