@@ -82,6 +82,9 @@ export function ignoredBecause(reason: string | null): string {
 /** The reason line of a test ignored because OpenBLAS (libopenblas.so.0) cannot be loaded here. */
 export const NO_OPENBLAS = "OpenBLAS (libopenblas.so.0) not loadable here";
 
+/** The reason line of a test ignored because no python3 here imports torch. */
+export const NO_TORCH = "no python3 with torch here (apt-get install python3-torch)";
+
 /** A python3 that imports torch, or null. */
 export async function torchPython(): Promise<string | null> {
   for (const py of ["python3", "/usr/bin/python3"]) {
