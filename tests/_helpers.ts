@@ -112,14 +112,15 @@ globalThis.addEventListener("unload", () => {
 const ROOT = new URL("../", import.meta.url).pathname;
 
 /**
- * `deno run` arguments that run task `name` as `deno task name` does: its permission flags and its script from
+ * `deno run` arguments that run task `name` as `deno task name` does: its permission (and `--unstable-*`) flags
+ * and its script from
  * deno.json, the project's config, then `args` (for tests that spawn a task from another working directory).
  */
 export function taskArgs(name: string, args: string[]): string[] {
   const words: string[] = JSON.parse(Deno.readTextFileSync(`${ROOT}deno.json`)).tasks[name]
     .split(/\s+/);
   const script = words.find((w) => w.endsWith(".ts"))!;
-  const flags = words.filter((w) => w.startsWith("--allow"));
+  const flags = words.filter((w) => w.startsWith("--allow") || w.startsWith("--unstable"));
   return ["run", ...flags, "--config", `${ROOT}deno.json`, `${ROOT}${script}`, ...args];
 }
 
