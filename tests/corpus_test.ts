@@ -20,7 +20,7 @@ import { prepareData, runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { createShardLoaders, readIndex, readStream, ShardLoader } from "../lib/data/shards.ts";
 import { textToTokenIds, tokenIdsToText } from "../lib/data/tokenizer.ts";
-import { buildCorpus, ensureVerdict, generatedText } from "./_helpers.ts";
+import { buildCorpus, ensureVerdict, generatedText, taskArgs } from "./_helpers.ts";
 
 const quiet = { print: () => {}, progress: false };
 const split = { trainRatio: 0.8, batchSize: 2, contextLength: 32, stride: 32, seed: 123 };
@@ -305,16 +305,15 @@ Deno.test("an interrupted prepare (killed mid-way) leaves no index and no shard 
   }
   const child = new Deno.Command(Deno.execPath(), {
     args: [
-      "run",
-      "-A",
-      "tasks/prepare.ts",
-      "experiments/corpus-small.yaml",
-      "--set",
-      `data.path=${tmp}/c`,
-      "--set",
-      `data.shards=${tmp}/s`,
-      "--set",
-      "data.shard_tokens=50000",
+      ...taskArgs("prepare", [
+        "experiments/corpus-small.yaml",
+        "--set",
+        `data.path=${tmp}/c`,
+        "--set",
+        `data.shards=${tmp}/s`,
+        "--set",
+        "data.shard_tokens=50000",
+      ]),
     ],
     stdout: "null",
     stderr: "null",
