@@ -350,15 +350,7 @@ Deno.test("deno task prepare: bad input is one line and exit 2; a good corpus pr
   await buildCorpus(`${tmp}/c`);
   const run = async (...args: string[]) => {
     const out = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "--allow-read",
-        "--allow-write",
-        "--allow-env",
-        "--allow-sys",
-        "tasks/prepare.ts",
-        ...args,
-      ],
+      args: taskArgs("prepare", args),
     }).output();
     const dec = (b: Uint8Array) => new TextDecoder().decode(b);
     return { code: out.code, stdout: dec(out.stdout), stderr: dec(out.stderr) };

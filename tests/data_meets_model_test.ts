@@ -232,7 +232,8 @@ const FAILING_DISK = new URL("./_failing_disk.ts", import.meta.url).pathname;
 
 async function train(dir: string, args: string[], env: Record<string, string> = {}) {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", FAILING_DISK, ...args],
+    // train's own permission flags, its script swapped for the wrapper that imports it
+    args: taskArgs("train", args).map((a) => a.endsWith("tasks/train.ts") ? FAILING_DISK : a),
     cwd: dir,
     stdout: "null",
     stderr: "piped",
