@@ -89,7 +89,7 @@ export const NO_TORCH = "no python3 with torch here (apt-get install python3-tor
 export async function torchPython(): Promise<string | null> {
   for (const py of ["python3", "/usr/bin/python3"]) {
     try {
-      const r = await new Deno.Command(py, { args: ["-c", "import torch"], stderr: "null" })
+      const r = await new Deno.Command(py, { args: ["-c", "import torch.nn"], stderr: "null" })
         .output();
       if (r.success) return py;
     } catch {

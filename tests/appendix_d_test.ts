@@ -9,7 +9,7 @@ import { loadExperiment } from "../lib/config.ts";
 import type { Batch } from "../lib/data/data.ts";
 import { prepareData, runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
-import { ensureVerdict, ignoredBecause, tempDir, torchPython } from "./_helpers.ts";
+import { ensureVerdict, ignoredBecause, NO_TORCH, tempDir, torchPython } from "./_helpers.ts";
 
 const PY = await torchPython();
 const WARMUP = 3;
@@ -40,9 +40,7 @@ const plain = (b: Batch) => ({ inputs: Array.from(b.inputs), targets: Array.from
 Deno.test({
   name:
     `appendix D run (warmup, cosine, max_grad_norm, grad_accum_steps): logged lr, grad_norm and losses ` +
-    `equal PyTorch's replay of the same batches${
-      ignoredBecause(PY ? null : "no python3 with torch (apt-get install python3-torch)")
-    }`,
+    `equal PyTorch's replay of the same batches${ignoredBecause(PY ? null : NO_TORCH)}`,
   ignore: PY === null,
   async fn() {
     await ensureVerdict();
