@@ -1,7 +1,7 @@
 /**
  * Runs `tasks/train.ts` on a disk that fills up: every rename of a checkpoint's temporary file fails with the
  * error a full disk gives (ENOSPC), so a run meets an internal error mid-run, after its first writes.
- * Usage: deno run -A tests/_failing_disk.ts <train args…>
+ * Usage: deno run <the train task's flags> tests/_failing_disk.ts <train args…>
  */
 const rename = Deno.rename;
 Object.defineProperty(Deno, "rename", {

@@ -71,11 +71,25 @@ async function writeIfChanged(path: string, text: string) {
   await Deno.writeTextFile(path, text);
 }
 
+/**
+ * A test-name suffix saying why a test is ignored (`reason` non-null), so that `deno test` prints the reason on
+ * the test's one "ignored" line; empty when it runs.
+ */
+export function ignoredBecause(reason: string | null): string {
+  return reason === null ? "" : ` (ignored: ${reason})`;
+}
+
+/** The reason line of a test ignored because OpenBLAS (libopenblas.so.0) cannot be loaded here. */
+export const NO_OPENBLAS = "OpenBLAS (libopenblas.so.0) not loadable here";
+
+/** The reason line of a test ignored because no python3 here imports torch. */
+export const NO_TORCH = "no python3 with torch here (apt-get install python3-torch)";
+
 /** A python3 that imports torch, or null. */
 export async function torchPython(): Promise<string | null> {
   for (const py of ["python3", "/usr/bin/python3"]) {
     try {
-      const r = await new Deno.Command(py, { args: ["-c", "import torch"], stderr: "null" })
+      const r = await new Deno.Command(py, { args: ["-c", "import torch.nn"], stderr: "null" })
         .output();
       if (r.success) return py;
     } catch {
@@ -98,14 +112,15 @@ globalThis.addEventListener("unload", () => {
 const ROOT = new URL("../", import.meta.url).pathname;
 
 /**
- * `deno run` arguments that run task `name` as `deno task name` does: its permission flags and its script from
+ * `deno run` arguments that run task `name` as `deno task name` does: its permission (and `--unstable-*`) flags
+ * and its script from
  * deno.json, the project's config, then `args` (for tests that spawn a task from another working directory).
  */
 export function taskArgs(name: string, args: string[]): string[] {
   const words: string[] = JSON.parse(Deno.readTextFileSync(`${ROOT}deno.json`)).tasks[name]
     .split(/\s+/);
   const script = words.find((w) => w.endsWith(".ts"))!;
-  const flags = words.filter((w) => w.startsWith("--allow"));
+  const flags = words.filter((w) => w.startsWith("--allow") || w.startsWith("--unstable"));
   return ["run", ...flags, "--config", `${ROOT}deno.json`, `${ROOT}${script}`, ...args];
 }
 

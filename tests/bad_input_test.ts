@@ -6,8 +6,7 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { writeSafetensors } from "../lib/weights/safetensors.ts";
 import { fileStates, TINY_YAML as TINY, tinyProject, trainIn, writeFiles } from "./_cases.ts";
-
-const TRAIN = new URL("../tasks/train.ts", import.meta.url).pathname;
+import { taskArgs } from "./_helpers.ts";
 
 /** [name, files to write first, train args, expected start of the error line]. */
 type Case = [string, Record<string, string | Uint8Array>, string[], string];
@@ -211,7 +210,7 @@ Deno.test(`${CASES.length} bad inputs: exit 2, one error line, nothing on disk c
     await writeFiles(dir, files);
     const before = await snapshot(dir);
     const out = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", TRAIN, ...args],
+      args: taskArgs("train", args), // the task's own permissions: one it lacks fails here too
       cwd: dir,
       stdout: "piped",
       stderr: "piped",
@@ -231,7 +230,7 @@ Deno.test("an unwritable checkpoints directory (a file in its place) is one erro
   const dir = await tinyProject("x");
   await Deno.writeTextFile(`${dir}/checkpoints`, "not a directory");
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", TRAIN, "x.yaml"],
+    args: taskArgs("train", ["x.yaml"]),
     cwd: dir,
     stderr: "piped",
     stdout: "null",

@@ -6,12 +6,15 @@ import {
   BLAS_BACKEND,
   type BlasBackend,
   loadBlas,
+  matrixLibrary,
   registerBlasBackend,
   useMatrixLibrary,
 } from "../lib/backends/blas.ts";
 
 const blas = registerBlasBackend();
 if (!blas.ok) console.warn(`blas_test: skipped: ${blas.reason}`);
+// Without OpenBLAS these tests pass on the WebAssembly GEMM: say which matrix library they ran on.
+else console.warn(`blas_test: the blas backend runs on ${matrixLibrary()!.describe()}`);
 
 /** Seeded uniform values in [-1, 1) so that every run compares the same numbers. */
 function randn(shape: number[], seed: number): Float32Array {

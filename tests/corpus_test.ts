@@ -20,7 +20,7 @@ import { prepareData, runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { createShardLoaders, readIndex, readStream, ShardLoader } from "../lib/data/shards.ts";
 import { textToTokenIds, tokenIdsToText } from "../lib/data/tokenizer.ts";
-import { buildCorpus, ensureVerdict, generatedText, readFromFifo } from "./_helpers.ts";
+import { buildCorpus, ensureVerdict, generatedText, readFromFifo, taskArgs } from "./_helpers.ts";
 
 const quiet = { print: () => {}, progress: false };
 const split = { trainRatio: 0.8, batchSize: 2, contextLength: 32, stride: 32, seed: 123 };
@@ -315,16 +315,15 @@ Deno.test("an interrupted prepare (killed mid-way) leaves no index and no shard 
       "sh",
       fifo,
       Deno.execPath(),
-      "run",
-      "-A",
-      "tasks/prepare.ts",
-      "experiments/corpus-small.yaml",
-      "--set",
-      `data.path=${tmp}/c`,
-      "--set",
-      `data.shards=${tmp}/s`,
-      "--set",
-      "data.shard_tokens=20000",
+      ...taskArgs("prepare", [
+        "experiments/corpus-small.yaml",
+        "--set",
+        `data.path=${tmp}/c`,
+        "--set",
+        `data.shards=${tmp}/s`,
+        "--set",
+        "data.shard_tokens=20000",
+      ]),
     ],
     stdout: "piped",
     stderr: "null",
@@ -377,15 +376,7 @@ Deno.test("deno task prepare: bad input is one line and exit 2; a good corpus pr
   await buildCorpus(`${tmp}/c`);
   const run = async (...args: string[]) => {
     const out = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "--allow-read",
-        "--allow-write",
-        "--allow-env",
-        "--allow-sys",
-        "tasks/prepare.ts",
-        ...args,
-      ],
+      args: taskArgs("prepare", args),
     }).output();
     const dec = (b: Uint8Array) => new TextDecoder().decode(b);
     return { code: out.code, stdout: dec(out.stdout), stderr: dec(out.stderr) };

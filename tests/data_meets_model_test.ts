@@ -6,8 +6,8 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { INDEX_FILE, INDEX_VERSION, TOKENIZER } from "../lib/data/shards.ts";
 import { fileStates, TINY_YAML as TINY, tinyProject, trainIn, writeFiles } from "./_cases.ts";
+import { ignoredBecause, taskArgs } from "./_helpers.ts";
 
-const task = (name: string) => new URL(`../tasks/${name}.ts`, import.meta.url).pathname;
 const FIXTURES = new URL("../../shared/fixtures/", import.meta.url).pathname;
 /** The GPT-2 fixture's shape (context 32, width 32, 2 layers). */
 const GPT2_TINY =
@@ -46,14 +46,14 @@ const CASES: Case[] = [
     "train",
     { "b.yaml": TINY + "data: {batch_size: 4096}\n" },
     ["b.yaml"],
-    "data.batch_size",
+    "data.batch_size: 4096 is more than the",
   ],
   [
     "grad_accum_steps beyond an epoch's batches",
     "train",
     { "g.yaml": TINY.replace("{epochs: 1}", "{epochs: 1, grad_accum_steps: 100000}") },
     ["g.yaml"],
-    "training.grad_accum_steps",
+    "training.grad_accum_steps: 100000 exceeds the",
   ],
   // shards
   [
@@ -119,7 +119,7 @@ const CASES: Case[] = [
       "junk.safetensors": "junk",
     },
     ["w3.yaml"],
-    "junk.safetensors",
+    "junk.safetensors: not a safetensors file",
   ],
   [
     "init.weights missing",
@@ -134,7 +134,7 @@ const CASES: Case[] = [
     "eval",
     {},
     ["done.yaml", "--set", "model.emb_dim=64"],
-    "checkpoints/done/checkpoint.safetensors",
+    "checkpoints/done/checkpoint.safetensors: checkpoint is from another model config (model.emb_dim",
   ],
   [
     "sample from a truncated --checkpoint",
@@ -163,7 +163,7 @@ const CASES: Case[] = [
     "sample",
     {},
     ["done.yaml", "--eos-id", "50257"],
-    "sampling.eos_id (--eos-id): 50257",
+    "sampling.eos_id (--eos-id): 50257 is not a token id of model.vocab_size 50257",
   ],
   [
     "sample --temperature not a number",
@@ -180,7 +180,13 @@ const CASES: Case[] = [
     "--num-batches",
   ],
   ["compare of a run that does not exist", "compare", {}, ["nope"], "nope"],
-  ["compare --sort by an unknown column", "compare", {}, ["done", "--sort", "vibes"], "--sort"],
+  [
+    "compare --sort by an unknown column",
+    "compare",
+    {},
+    ["done", "--sort", "vibes"],
+    "--sort vibes: not a column",
+  ],
 ];
 
 /** Every file under `dir` with its bytes, as text for a readable diff. */
@@ -199,7 +205,7 @@ Deno.test(`${CASES.length} bad inputs met by the model, every task: exit 2, one 
     await writeFiles(dir, files);
     const before = await contents(`${dir}/checkpoints`);
     const out = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", task(taskName), ...args],
+      args: taskArgs(taskName, args), // the task's own permissions, as `deno task` grants them
       cwd: dir,
       stdout: "null",
       stderr: "piped",
@@ -226,7 +232,8 @@ const FAILING_DISK = new URL("./_failing_disk.ts", import.meta.url).pathname;
 
 async function train(dir: string, args: string[], env: Record<string, string> = {}) {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", FAILING_DISK, ...args],
+    // train's own permission flags, its script swapped for the wrapper that imports it
+    args: taskArgs("train", args).map((a) => a.endsWith("tasks/train.ts") ? FAILING_DISK : a),
     cwd: dir,
     stdout: "null",
     stderr: "piped",
@@ -279,4 +286,52 @@ Deno.test("a write failing mid-run: exit 1, one line, the log says why, the last
   );
   assertEquals((await trainIn(dir, "f.yaml")).status, "finished");
   ok(Deno.statSync(`${dir}/checkpoints/f/checkpoint.safetensors`).isFile);
+});
+
+/** Why a real full disk cannot be made here (root and `unshare -m` are needed for a private tmpfs), or null. */
+function noPrivateTmpfs(): string | null {
+  if (Deno.build.os !== "linux") return "a private tmpfs needs Linux";
+  if (Deno.uid() !== 0) return "mounting a private tmpfs needs root";
+  try {
+    const o = new Deno.Command("unshare", { args: ["-m", "true"], stderr: "null" }).outputSync();
+    return o.success ? null : "unshare -m is refused here";
+  } catch {
+    return "no unshare here (util-linux)";
+  }
+}
+const NO_TMPFS = noPrivateTmpfs();
+
+Deno.test({
+  name:
+    "a really full disk (checkpoints/ a 1 MB tmpfs): the checkpoint write itself fails, exit 1, one line, " +
+    `no temporary file left${ignoredBecause(NO_TMPFS)}`,
+  ignore: NO_TMPFS !== null,
+  async fn() {
+    const dir = await tinyProject("f");
+    await Deno.mkdir(`${dir}/checkpoints`);
+    // In a private mount namespace: the tmpfs vanishes with it, so the listing is taken inside.
+    const script =
+      'mount -t tmpfs -o size=1m tmpfs checkpoints || exit 99; "$@" >/dev/null; code=$?; ' +
+      "ls -a checkpoints checkpoints/f; exit $code";
+    const out = await new Deno.Command("unshare", {
+      args: ["-m", "sh", "-c", script, "sh", Deno.execPath(), ...taskArgs("train", ["f.yaml"])],
+      cwd: dir,
+      stdout: "piped",
+      stderr: "piped",
+      env: { GPT_DEBUG: "", NO_COLOR: "1" },
+    }).output();
+    const err = new TextDecoder().decode(out.stderr).split("\n").filter((l) => l.trim() !== "");
+    assertEquals(out.code, 1, err.join("\n"));
+    const errors = err.filter((l) => l.startsWith("error:"));
+    assertEquals(errors, [err.at(-1)], err.join("\n"));
+    ok(
+      /^error: checkpoints\/f\/checkpoint.safetensors: cannot write \(No space left on device/
+        .test(errors[0]),
+      errors[0],
+    );
+    ok(!err.some((l) => /\bat .*\.[jt]s:\d+/.test(l)), "stack trace");
+    const listing = new TextDecoder().decode(out.stdout);
+    ok(!/\.tmp-|\.lock/.test(listing), `left behind:\n${listing}`);
+    ok(listing.includes("log.jsonl"), listing);
+  },
 });

@@ -14,6 +14,9 @@ import { prepareData, runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { textToTokenIds, tokenIdsToText } from "../lib/data/tokenizer.ts";
 import { ensureVerdict, taskArgs } from "./_helpers.ts";
+import { calcLossLoader } from "../lib/train/loss.ts";
+import { createLoaders } from "../lib/data/data.ts";
+import { loadHFGPT2 } from "../lib/weights/gpt2.ts";
 
 const TINY = ["model.context_length=32", "model.emb_dim=32", "model.n_heads=2", "model.n_layers=1"];
 const TINY_YAML = "model: {context_length: 32, emb_dim: 32, n_heads: 2, n_layers: 1}\n" +
@@ -37,6 +40,44 @@ function assertWellFormed(xml: string): void {
 Deno.test("perplexity is exp(loss)", () => {
   assertEquals(perplexity(0), 1);
   ok(Math.abs(perplexity(Math.log(50257)) - 50257) < 1e-6);
+});
+
+const FIXTURES = new URL("../../shared/fixtures/", import.meta.url);
+/** PyTorch's whole-loader losses of gpt2-tiny (tests/fixtures_gen/gpt2_tiny.py). */
+const torchFx = JSON.parse(
+  await Deno.readTextFile(new URL("./fixtures/gpt2-tiny-torch.json", import.meta.url)),
+);
+
+Deno.test("whole-loader losses of gpt2-tiny equal PyTorch's calc_loss_loader to 1e-5 (batch 3: a short last val batch)", async () => {
+  await initBackend("blas"); // pinned: OpenBLAS, or the WebAssembly GEMM where it is missing
+  const cfg = torchFx.config;
+  const model = new GPTModel(
+    cfg,
+    await loadHFGPT2(new URL("gpt2-tiny.safetensors", FIXTURES).pathname, cfg, { tieHead: "omit" }),
+  );
+  const text = await Deno.readTextFile(await ensureVerdict());
+  for (const [bs, want] of Object.entries(torchFx.loader_losses)) {
+    const data = createLoaders(text, {
+      trainRatio: 0.9,
+      batchSize: Number(bs),
+      contextLength: 32,
+      stride: 32,
+      seed: 123,
+    });
+    // Batch 3 has the same train windows as batch 2 (48 batches of 3, 72 of 2): its val loader only.
+    for (const part of bs === "2" ? ["train", "val"] as const : ["val"] as const) {
+      // deno-lint-ignore no-explicit-any
+      const w = (want as any)[part];
+      const loader = part === "train" ? data.trainLoader : data.valLoader;
+      assertEquals(loader.length, w.batches, `batch ${bs} ${part} batches`);
+      const loss = await calcLossLoader(model, loader);
+      ok(
+        Math.abs(loss - w.loss) <= 1e-5,
+        `batch ${bs} ${part} loss: ${loss} vs PyTorch's ${w.loss}`,
+      );
+    }
+  }
+  model.dispose();
 });
 
 Deno.test("eval of a trained run: whole-loader losses, a report with both curves, a truncated log, another config", async () => {
@@ -308,4 +349,36 @@ Deno.test("issue 28.6's sibling: prepare on a data.path that does not exist name
     "error: c.yaml: data.path: data/corpus-small: no such file or directory (prepare takes a directory " +
     "or glob of .txt files)",
   ]);
+});
+
+Deno.test("deno task eval --init on the book's seed-123 GPT-124M: the book's 10.98758 / 10.98110", async () => {
+  const book = JSON.parse(
+    await Deno.readTextFile(new URL("torch-seed123.json", FIXTURES)),
+  ).book_losses.book_prints;
+  const dir = await Deno.makeTempDir();
+  await Deno.mkdir(`${dir}/data`);
+  await Deno.copyFile(await ensureVerdict(), `${dir}/data/the-verdict.txt`);
+  await Deno.copyFile("experiments/verdict.yaml", `${dir}/verdict.yaml`);
+  // Pinned to blas (OpenBLAS, or the WebAssembly GEMM where it is missing): the cheapest exact CPU path.
+  const ev = await task(
+    "eval",
+    dir,
+    "verdict.yaml",
+    "--init",
+    "--json",
+    "--no-report",
+    "--set",
+    "backend=blas",
+  );
+  assertEquals(ev.code, 0, ev.err.join("\n"));
+  const fig = JSON.parse(ev.stdout);
+  assertEquals(fig.batches, { train: 9, val: 1 });
+  for (const key of ["train_loss", "val_loss"]) {
+    assertEquals(
+      fig[key].toFixed(5),
+      book[key].toFixed(5),
+      `${key}: ${fig[key]} vs the book's ${book[key]}`,
+    );
+  }
+  await Deno.remove(dir, { recursive: true });
 });

@@ -29,10 +29,12 @@ import { trainStep } from "../lib/train/train.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { sourceSha256 } from "../tasks/build_wasm.ts";
-import { ensureVerdict, TINY_GPT, TINY_RUN } from "./_helpers.ts";
+import { ensureVerdict, ignoredBecause, NO_OPENBLAS, TINY_GPT, TINY_RUN } from "./_helpers.ts";
 
 const native = loadNativeBlas();
 const noNative = { ignore: !native.ok, sanitizeResources: false, sanitizeOps: false };
+/** The name suffix of the tests that need OpenBLAS: why they are ignored here, if they are. */
+const needsNative = ignoredBecause(native.ok ? null : NO_OPENBLAS);
 
 /** [M, N, K]: single elements, primes, K across the 256-deep slices, M and N across the 128-row and 512-column blocks. */
 const SHAPES = [[1, 1, 1], [1, 7, 3], [7, 13, 17], [37, 61, 263], [5, 9, 0], [131, 517, 300], [
@@ -135,7 +137,7 @@ Deno.test("beta 0 overwrites C: NaN already there does not leak", () => {
 });
 
 Deno.test({
-  name: "the WebAssembly GEMM agrees with OpenBLAS on every shape and transpose",
+  name: `the WebAssembly GEMM agrees with OpenBLAS on every shape and transpose${needsNative}`,
   ...noNative,
   fn: () => {
     if (!native.ok) return;
@@ -283,7 +285,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "OpenBLAS's sgemv agrees with the double-precision reference on one-row products, both layouts",
+    `OpenBLAS's sgemv agrees with the double-precision reference on one-row products, both layouts${needsNative}`,
   ...noNative,
   fn: () => {
     const sgemv = native.ok ? native.lib.sgemv : null;
@@ -300,7 +302,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "a training step on the WebAssembly GEMM equals the OpenBLAS path's within the golden tolerance",
+    `a training step on the WebAssembly GEMM equals the OpenBLAS path's within the golden tolerance${needsNative}`,
   ...noNative,
   fn: async () => {
     const cfg = await loadExperiment("experiments/verdict-small.yaml", TINY_GPT);

@@ -5,7 +5,7 @@ import { UserError } from "../lib/errors.ts";
 import { exportHFGPT2, loadHFGPT2, readHFGPT2Config } from "../lib/weights/gpt2.ts";
 import { GPTModel } from "../lib/model/model.ts";
 import type { NamedParam } from "../lib/model/params.ts";
-import { tempDir, torchPython } from "./_helpers.ts";
+import { ignoredBecause, NO_TORCH, tempDir, torchPython } from "./_helpers.ts";
 import {
   bfloat16ToFloat32,
   float16ToFloat32,
@@ -301,7 +301,9 @@ print(json.dumps({"loss": loss.item(), "first10": logits[0, 0, :10].tolist()}))
 
 Deno.test({
   name:
-    "python: the export parses by hand into torch and, run as HF GPT-2, gives the fixture's loss",
+    `python: the export parses by hand into torch and, run as HF GPT-2, gives the fixture's loss${
+      ignoredBecause(PY ? null : NO_TORCH)
+    }`,
   ignore: PY === null,
   fn: async () => {
     const dir = tempDir(), path = `${dir}/model.safetensors`;

@@ -11,7 +11,7 @@ import { loadCheckpoint } from "../lib/train/checkpoint.ts";
 import { handoffRun } from "../lib/runs/handoff.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
-import { ensureVerdict, taskArgs, tempDir } from "./_helpers.ts";
+import { ensureVerdict, ignoredBecause, NO_TORCH, taskArgs, tempDir } from "./_helpers.ts";
 
 const PY = "/usr/bin/python3";
 const HAS_TORCH = (() => {
@@ -23,11 +23,8 @@ const HAS_TORCH = (() => {
   }
 })();
 const IGNORE = !HAS_TORCH;
-if (IGNORE) {
-  console.warn(
-    "handoff tests ignored: /usr/bin/python3 has no torch (apt-get install python3-torch)",
-  );
-}
+/** The name suffix of every test here: why it is ignored, if it is. */
+const WHY = ignoredBecause(HAS_TORCH ? null : NO_TORCH);
 
 const TINY = [
   "model.context_length=32",
@@ -40,15 +37,91 @@ const TINY = [
   "training.eval_freq=2",
   "training.eval_iter=2",
 ];
+/**
+ * Appendix D's keys on TINY: 9 batches of 16 make 4 steps of 2 micro-batches an epoch; warmup covers epoch 1 (so
+ * the 1-epoch run's steps have the 2-epoch run's lrs), and epoch 2, on the DDP ranks, starts clipping and decays.
+ */
+const APPENDIX_D = [
+  "training.warmup=4",
+  "training.initial_lr=0.0004",
+  "training.lr_schedule=cosine",
+  "training.min_lr=0.0004",
+  "training.max_grad_norm=0.2", // below the norm at the warmup's end (0.27), so the first DDP step clips
+  "training.grad_accum_steps=2",
+  "training.eval_freq=1",
+];
 const quiet = { print: () => {}, progress: false };
-const config = async (name: string, epochs: number) => {
+const config = async (name: string, epochs: number, extra: string[] = []) => {
   await ensureVerdict();
   return await loadExperiment("experiments/verdict-small.yaml", [
     ...TINY,
+    ...extra,
     `name=${name}`,
     `training.epochs=${epochs}`,
   ]);
 };
+
+/**
+ * Trains `local` for 2 epochs here, and `part` for 1 epoch here then 1 on 2 DDP ranks; checks that epoch 2's
+ * evaluations (steps, tokens, losses, lr, grad_norm) and the final checkpoints agree. Returns both logs' epoch-2
+ * evaluations and the checkpoints directory.
+ */
+async function handOffEpoch2(root: string, extra: string[] = []) {
+  const dir = `${root}/checkpoints`;
+  await runTraining(await config("local", 2, extra), { ...quiet, checkpointsDir: dir });
+  await runTraining(await config("part", 1, extra), { ...quiet, checkpointsDir: dir });
+  const out = `${dir}/part.ddp`;
+  await handoffRun(await config("part", 2, extra), out, { ...quiet, checkpointsDir: dir });
+  const ranks = await ddp(out, 2);
+  for (const r of ranks) assertEquals(r.code, 0, r.stderr);
+
+  const local = readRunLog(`${dir}/local/log.jsonl`), moved = readRunLog(`${out}/log.jsonl`);
+  assertEquals(moved.headers.at(-1)!.engine, "torch-ddp");
+  assertEquals(moved.headers.at(-1)!.world_size, 2);
+  const want = local.evals.filter((e) => e.epoch === 2),
+    got = moved.evals.filter((e) => e.epoch === 2);
+  ok(want.length > 0);
+  assertEquals(got.map((e) => [e.step, e.tokens_seen]), want.map((e) => [e.step, e.tokens_seen]));
+  for (const [i, e] of got.entries()) {
+    for (const k of ["train_loss", "val_loss"] as const) {
+      ok(
+        Math.abs(Number(e[k]) - Number(want[i][k])) <= 1e-3,
+        `step ${e.step} ${k}: ${e[k]} vs ${want[i][k]}`,
+      );
+    }
+    ok(
+      Math.abs(Number(e.lr) / Number(want[i].lr) - 1) < 1e-9,
+      `step ${e.step} lr: ${e.lr} vs ${want[i].lr}`,
+    );
+    assertEquals(
+      e.grad_norm === null,
+      want[i].grad_norm === null,
+      `step ${e.step}: clipped on one side only`,
+    );
+    if (e.grad_norm !== null) {
+      ok(
+        Math.abs(Number(e.grad_norm) / Number(want[i].grad_norm) - 1) < 1e-3,
+        `step ${e.step} grad_norm: ${e.grad_norm} vs ${want[i].grad_norm}`,
+      );
+    }
+  }
+  const a = await loadCheckpoint(`${dir}/local/checkpoint.safetensors`);
+  const b = await loadCheckpoint(`${out}/checkpoint.safetensors`);
+  assertEquals(b.meta.state, a.meta.state);
+  let worst = 0;
+  for (const p of a.params) {
+    const q = b.params.find((x) => x.name === p.name)!.data;
+    for (let i = 0; i < p.data.length; i++) worst = Math.max(worst, Math.abs(p.data[i] - q[i]));
+  }
+  ok(worst <= 1e-4, `largest parameter difference ${worst}`); // golden_test.ts's CPU tolerance
+  const lossDiff = Math.max(
+    ...got.map((e, i) => Math.abs(Number(e.val_loss) - Number(want[i].val_loss))),
+  );
+  console.log(
+    JSON.stringify({ evals: got.length, max_val_loss_diff: lossDiff, max_param_diff: worst }),
+  );
+  return { dir, out, got, want };
+}
 
 /** Runs train_ddp.py on `world` ranks started by hand (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK). */
 async function ddp(dir: string, world: number) {
@@ -77,47 +150,11 @@ async function ddp(dir: string, world: number) {
 
 Deno.test({
   name:
-    "handoff: epoch 2 on 2 DDP ranks matches epoch 2 here; the run comes back for epoch 3 and compare",
+    `handoff: epoch 2 on 2 DDP ranks matches epoch 2 here; the run comes back for epoch 3 and compare${WHY}`,
   ignore: IGNORE,
   async fn() {
-    const root = tempDir(), dir = `${root}/checkpoints`;
-    await runTraining(await config("local", 2), { ...quiet, checkpointsDir: dir });
-    await runTraining(await config("part", 1), { ...quiet, checkpointsDir: dir });
-    const out = `${dir}/part.ddp`;
-    await handoffRun(await config("part", 2), out, { ...quiet, checkpointsDir: dir });
-    const ranks = await ddp(out, 2);
-    for (const r of ranks) assertEquals(r.code, 0, r.stderr);
-
-    const local = readRunLog(`${dir}/local/log.jsonl`), moved = readRunLog(`${out}/log.jsonl`);
-    assertEquals(moved.headers.at(-1)!.engine, "torch-ddp");
-    assertEquals(moved.headers.at(-1)!.world_size, 2);
-    const want = local.evals.filter((e) => e.epoch === 2),
-      got = moved.evals.filter((e) => e.epoch === 2);
-    ok(want.length > 0);
-    assertEquals(got.map((e) => [e.step, e.tokens_seen]), want.map((e) => [e.step, e.tokens_seen]));
-    for (const [i, e] of got.entries()) {
-      for (const k of ["train_loss", "val_loss"] as const) {
-        ok(
-          Math.abs(Number(e[k]) - Number(want[i][k])) <= 1e-3,
-          `step ${e.step} ${k}: ${e[k]} vs ${want[i][k]}`,
-        );
-      }
-    }
-    const a = await loadCheckpoint(`${dir}/local/checkpoint.safetensors`);
-    const b = await loadCheckpoint(`${out}/checkpoint.safetensors`);
-    assertEquals(b.meta.state, a.meta.state);
-    let worst = 0;
-    for (const p of a.params) {
-      const q = b.params.find((x) => x.name === p.name)!.data;
-      for (let i = 0; i < p.data.length; i++) worst = Math.max(worst, Math.abs(p.data[i] - q[i]));
-    }
-    ok(worst <= 1e-4, `largest parameter difference ${worst}`); // golden_test.ts's CPU tolerance
-    const lossDiff = Math.max(
-      ...got.map((e, i) => Math.abs(Number(e.val_loss) - Number(want[i].val_loss))),
-    );
-    console.log(
-      JSON.stringify({ evals: got.length, max_val_loss_diff: lossDiff, max_param_diff: worst }),
-    );
+    const root = tempDir();
+    const { dir, out } = await handOffEpoch2(root);
 
     const sets = [...TINY, "name=part", "training.epochs=2"].flatMap((s) => ["--set", s]);
     const ckptArgs = [
@@ -167,7 +204,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "handoff: another config, a missing or truncated state, a world size not dividing the batch: exit 2",
+    `handoff: another config, a missing or truncated state, a world size not dividing the batch: exit 2${WHY}`,
   ignore: IGNORE,
   async fn() {
     const dir = `${tempDir()}/checkpoints`;
@@ -193,6 +230,24 @@ Deno.test({
     const gone = await ddpWorld(out, 1);
     assertEquals(gone.code, 2);
     ok(/checkpoint.safetensors: cannot read/.test(gone.stderr), gone.stderr);
+  },
+});
+
+Deno.test({
+  name:
+    `handoff with appendix D's warmup, cosine, max_grad_norm and grad_accum_steps: epoch 2 on 2 DDP ranks ` +
+    `matches epoch 2 here, lr and grad_norm included${WHY}`,
+  ignore: IGNORE,
+  async fn() {
+    const { got } = await handOffEpoch2(tempDir(), APPENDIX_D);
+    assertEquals(got.map((e) => e.step), [5, 6, 7, 8]);
+    // Clipping starts at the warmup's end, the first DDP step, and clips there.
+    ok(got.every((e) => e.grad_norm !== null), JSON.stringify(got));
+    ok(
+      Number(got[0].grad_norm) > 0.2,
+      `norm ${got[0].grad_norm} at the warmup's end is not clipped`,
+    );
+    ok(Number(got[0].lr) > Number(got[3].lr), "the cosine decays over epoch 2");
   },
 });
 

@@ -73,3 +73,30 @@ Deno.test("qkv_bias adds the three biases; a tied head is left out but its draws
   assert(qkvBias.data.every((x) => Math.abs(x) < bound) && qkvBias.data.some((x) => x !== 0));
   assertEquals(initGPTParams(cfg, new TorchGenerator(7)).length, 2 + 2 * 13 + 2 + 1);
 });
+
+Deno.test("every parameter of small GPTModels after manual_seed is PyTorch's, bit for bit", () => {
+  // tests/fixtures_gen/torch_init.py: configs reaching normal_'s 16-value blocks with a tail and its small path.
+  const small = JSON.parse(
+    Deno.readTextFileSync(new URL("./fixtures/torch-init-small.json", import.meta.url)),
+  );
+  for (const { seed, config, params: want } of small.models) {
+    const got = initGPTParams(config, new TorchGenerator(seed));
+    assertEquals(
+      got.map((p) => [p.name, p.shape]),
+      want.map((w: { name: string; shape: number[] }) => [w.name, w.shape]),
+    );
+    got.forEach((p, i) => {
+      const bytes = Uint8Array.from(atob(want[i].f32le), (c) => c.charCodeAt(0));
+      const bits = new Uint32Array(bytes.buffer),
+        ours = new Uint32Array(p.data.buffer, p.data.byteOffset, p.data.length);
+      assertEquals(ours.length, bits.length, p.name);
+      const first = ours.findIndex((b, k) => b !== bits[k]);
+      assert(
+        first === -1,
+        `seed ${seed} ${p.name}[${first}]: ${p.data[first]} vs PyTorch's ${
+          new Float32Array(bytes.buffer)[first]
+        }`,
+      );
+    });
+  }
+});

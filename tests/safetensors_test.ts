@@ -1,7 +1,7 @@
 /** safetensors: round trip, F16/BF16 against hand-computed bit patterns and PyTorch, corrupt files, atomic writes. */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { UserError } from "../lib/errors.ts";
-import { tempDir, torchPython } from "./_helpers.ts";
+import { ignoredBecause, NO_TORCH, tempDir, torchPython } from "./_helpers.ts";
 import {
   bfloat16ToFloat32,
   float16ToFloat32,
@@ -203,7 +203,9 @@ bits.view(torch.bfloat16).float().numpy().tofile(d + "/all.bf16.f32")
 `;
 
 Deno.test({
-  name: "F16/BF16 encoding and decoding agree with PyTorch bit for bit",
+  name: `F16/BF16 encoding and decoding agree with PyTorch bit for bit${
+    ignoredBecause(PY ? null : NO_TORCH)
+  }`,
   ignore: PY === null,
   fn: async () => {
     const dir = tempDir();
