@@ -17,14 +17,15 @@ import {
   spawnDashboard,
   writeRunLog,
 } from "./_dashboard.ts";
-import { ensureVerdict, tempDir, TINY_RUN } from "./_helpers.ts";
+import { ensureVerdict, ignoredBecause, tempDir, TINY_RUN } from "./_helpers.ts";
 import { LIMITS } from "../lib/runs/dashboard/server.ts";
 import { MAX_READ } from "../lib/runs/dashboard/live.ts";
 
 const CHROMIUM = findChromium();
-if (!CHROMIUM) {
-  console.log("dashboard browser tests ignored: no chromium installed (apt-get install chromium)");
-}
+/** The reason on each browser test's own "ignored" line where Chromium is missing. */
+const needsChromium = ignoredBecause(
+  CHROMIUM ? null : "no chromium installed (apt-get install chromium)",
+);
 
 const TINY = [
   ...TINY_RUN,
@@ -73,7 +74,8 @@ function append(path: string, text: string) {
 const A = "tiny-sweep.lr=0.004", B = "tiny-sweep.lr=0.001";
 
 Deno.test({
-  name: "dashboard: run list, charts, live lines, smoothing and log scale in headless Chromium",
+  name:
+    `dashboard: run list, charts, live lines, smoothing and log scale in headless Chromium${needsChromium}`,
   ignore: !CHROMIUM,
   sanitizeResources: false,
   sanitizeOps: false,
@@ -609,7 +611,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "dashboard: a cross-origin page cannot read /api/runs; a rebound name gets 403 (Chromium)",
+  name:
+    `dashboard: a cross-origin page cannot read /api/runs; a rebound name gets 403 (Chromium)${needsChromium}`,
   ignore: !CHROMIUM,
   sanitizeResources: false,
   sanitizeOps: false,
@@ -666,7 +669,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "dashboard: a sample's text shows as text, never runs as HTML, under the page's CSP (Chromium)",
+    `dashboard: a sample's text shows as text, never runs as HTML, under the page's CSP (Chromium)${needsChromium}`,
   ignore: !CHROMIUM,
   sanitizeResources: false,
   sanitizeOps: false,
@@ -717,7 +720,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "dashboard: a page refused past the request rate says so (Chromium)",
+  name: `dashboard: a page refused past the request rate says so (Chromium)${needsChromium}`,
   ignore: !CHROMIUM,
   sanitizeResources: false,
   sanitizeOps: false,

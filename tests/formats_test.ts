@@ -19,7 +19,7 @@ import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { readStream, type ShardIndex } from "../lib/data/shards.ts";
 import { textToTokenIds } from "../lib/data/tokenizer.ts";
-import { generatedText, taskArgs, tempDir, TINY_RUN } from "./_helpers.ts";
+import { generatedText, ignoredBecause, taskArgs, tempDir, TINY_RUN } from "./_helpers.ts";
 
 const EOT = "<|endoftext|>";
 const quiet = { print: () => {}, progress: false };
@@ -50,6 +50,12 @@ async function has(cmd: string, ...args: string[]): Promise<boolean> {
 const NUMPY = await has("/usr/bin/python3", "-c", "import numpy");
 /** gzip and the zstd CLI (Debian's zstd package): the tests that compress with them are ignored without. */
 const CLIS = await has("gzip", "--version") && await has("zstd", "--version");
+const needsNumpy = ignoredBecause(
+  NUMPY ? null : "no /usr/bin/python3 with NumPy here (apt-get install python3-numpy)",
+);
+const needsClis = ignoredBecause(
+  CLIS ? null : "no gzip and zstd CLIs here (apt-get install gzip zstd)",
+);
 
 /** The corpus files: `docs.jsonl` (JSON.stringify per line) and `docs.txt` (documents joined by <|endoftext|>). */
 async function writeSources(dir: string) {
@@ -111,7 +117,7 @@ const userError = (re: RegExp) => (e: unknown) => {
 Deno.test({
   name:
     "Parquet (DuckDB, zstd and snappy, several row groups), .jsonl.gz (gzip), .jsonl.zst and .txt.zst (zstd): " +
-    "the ids js-tiktoken gives the same texts, and those of the same texts in a .txt",
+    `the ids js-tiktoken gives the same texts, and those of the same texts in a .txt${needsClis}`,
   ignore: !CLIS,
 }, async () => {
   const tmp = tempDir();
@@ -173,7 +179,8 @@ Deno.test("Parquet re-prepare: unchanged row groups are copied, not tokenized ag
 });
 
 Deno.test({
-  name: "nanoGPT train.bin + val.bin written by NumPy: read as they are, their own split",
+  name:
+    `nanoGPT train.bin + val.bin written by NumPy: read as they are, their own split${needsNumpy}`,
   ignore: !NUMPY,
 }, async () => {
   const tmp = tempDir();
@@ -237,34 +244,38 @@ Deno.test("split_on_eot and strip_gutenberg: TinyStories' separators and Project
   assertEquals(split.index.splits.train.documents + split.index.splits.val.documents, 50);
 });
 
-Deno.test("a mixed corpus (Parquet, .jsonl.gz, .txt.zst) trains streaming from its shards", {
-  ignore: !CLIS,
-}, async () => {
-  const tmp = tempDir();
-  await writeSources(`${tmp}/src`);
-  await Deno.mkdir(`${tmp}/mix`);
-  await duckParquet(`${tmp}/src/docs.jsonl`, `${tmp}/mix/a.parquet`, "snappy", 2500);
-  await sh("sh", "-c", `head -n 700 ${tmp}/src/docs.jsonl | gzip > ${tmp}/mix/b.jsonl.gz`);
-  await sh("zstd", "-q", `${tmp}/src/docs.txt`, "-o", `${tmp}/mix/c.txt.zst`);
-  const cfg = await loadExperiment("experiments/corpus-small.yaml", [
-    ...TINY_RUN,
-    `data.path=${tmp}/mix`,
-    `data.shards=${tmp}/mix.shards`,
-    "data.split_on_eot=true",
-    "training.epochs=1",
-    "training.eval_freq=4",
-    "training.eval_iter=2",
-    "name=mix",
-  ]);
-  const r = await runTraining(cfg, { ...quiet, checkpointsDir: `${tmp}/ck`, stopAfterSteps: 8 });
-  assertEquals(r.state.step, 8);
-  const evals = readRunLog(`${tmp}/ck/mix/log.jsonl`).evals;
-  ok(evals.length >= 2 && evals.every((e) => Number.isFinite(e.val_loss)), JSON.stringify(evals));
-  const losses = evals.map((e) => Number(e.train_loss));
-  ok(losses.at(-1)! < losses[0], `it learns: ${losses}`);
-  const meta = readRunLog(`${tmp}/ck/mix/log.jsonl`);
-  ok(JSON.stringify(meta).includes(`${tmp}/mix.shards`), "streamed from the shards");
-});
+Deno.test(
+  `a mixed corpus (Parquet, .jsonl.gz, .txt.zst) trains streaming from its shards${needsClis}`,
+  {
+    ignore: !CLIS,
+  },
+  async () => {
+    const tmp = tempDir();
+    await writeSources(`${tmp}/src`);
+    await Deno.mkdir(`${tmp}/mix`);
+    await duckParquet(`${tmp}/src/docs.jsonl`, `${tmp}/mix/a.parquet`, "snappy", 2500);
+    await sh("sh", "-c", `head -n 700 ${tmp}/src/docs.jsonl | gzip > ${tmp}/mix/b.jsonl.gz`);
+    await sh("zstd", "-q", `${tmp}/src/docs.txt`, "-o", `${tmp}/mix/c.txt.zst`);
+    const cfg = await loadExperiment("experiments/corpus-small.yaml", [
+      ...TINY_RUN,
+      `data.path=${tmp}/mix`,
+      `data.shards=${tmp}/mix.shards`,
+      "data.split_on_eot=true",
+      "training.epochs=1",
+      "training.eval_freq=4",
+      "training.eval_iter=2",
+      "name=mix",
+    ]);
+    const r = await runTraining(cfg, { ...quiet, checkpointsDir: `${tmp}/ck`, stopAfterSteps: 8 });
+    assertEquals(r.state.step, 8);
+    const evals = readRunLog(`${tmp}/ck/mix/log.jsonl`).evals;
+    ok(evals.length >= 2 && evals.every((e) => Number.isFinite(e.val_loss)), JSON.stringify(evals));
+    const losses = evals.map((e) => Number(e.train_loss));
+    ok(losses.at(-1)! < losses[0], `it learns: ${losses}`);
+    const meta = readRunLog(`${tmp}/ck/mix/log.jsonl`);
+    ok(JSON.stringify(meta).includes(`${tmp}/mix.shards`), "streamed from the shards");
+  },
+);
 
 /** Runs `deno task prepare` on the corpus-small experiment with `data.path` (and more `--set`s). */
 async function prepareTask(path: string, shards: string, ...sets: string[]) {
@@ -282,7 +293,7 @@ async function prepareTask(path: string, shards: string, ...sets: string[]) {
 }
 
 Deno.test({
-  name: "bad input: one line naming file (and line or column), exit 2, nothing written",
+  name: `bad input: one line naming file (and line or column), exit 2, nothing written${needsClis}`,
   ignore: !CLIS,
 }, async () => {
   const tmp = tempDir();
@@ -350,7 +361,7 @@ Deno.test({
 });
 
 Deno.test({
-  name: "bad nanoGPT .bin (NumPy): an odd size, an id outside GPT-2's vocabulary",
+  name: `bad nanoGPT .bin (NumPy): an odd size, an id outside GPT-2's vocabulary${needsNumpy}`,
   ignore: !NUMPY,
 }, async () => {
   const tmp = tempDir();
