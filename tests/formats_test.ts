@@ -47,7 +47,8 @@ async function has(cmd: string, ...args: string[]): Promise<boolean> {
     return false;
   }
 }
-const NUMPY = await has("/usr/bin/python3", "-c", "import numpy");
+// `from numpy import …`: an empty numpy directory (a namespace package) passes a bare `import numpy`.
+const NUMPY = await has("/usr/bin/python3", "-c", "from numpy import frombuffer");
 /** gzip and the zstd CLI (Debian's zstd package): the tests that compress with them are ignored without. */
 const CLIS = await has("gzip", "--version") && await has("zstd", "--version");
 const needsNumpy = ignoredBecause(
