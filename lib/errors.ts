@@ -13,6 +13,18 @@ export class UserError extends Error {
 }
 
 /**
+ * A failed write of `path` (`what` names it in the message, e.g. "the run log") as one line: exit 2 where the path
+ * cannot be written as named (missing, denied, a directory), 1 where the disk is full or failing.
+ */
+export function cannotWrite(path: string, err: unknown, what = ""): UserError {
+  const theirs = err instanceof Deno.errors.NotFound ||
+    err instanceof Deno.errors.PermissionDenied ||
+    err instanceof Deno.errors.IsADirectory || err instanceof Deno.errors.NotADirectory;
+  const msg = err instanceof Error ? err.message : String(err);
+  return new UserError(`${path}: cannot write${what ? ` ${what}` : ""} (${msg})`, theirs ? 2 : 1);
+}
+
+/**
  * Runs a task's main function: a {@link UserError} prints its one line to stderr and exits with its code; any
  * other error (a kernel's exception, out of memory, a failed write) prints one line and exits 1, with its stack
  * only when `GPT_DEBUG=1`.

@@ -303,35 +303,46 @@ const NO_TMPFS = noPrivateTmpfs();
 
 Deno.test({
   name:
-    "a really full disk (checkpoints/ a 1 MB tmpfs): the checkpoint write itself fails, exit 1, one line, " +
-    `no temporary file left${ignoredBecause(NO_TMPFS)}`,
+    "a really full disk (checkpoints/ a tmpfs of 1 MB, then of 4 KB): the checkpoint write, or even the run " +
+    `log's, fails: exit 1, one line naming the file, no temporary file left${
+      ignoredBecause(NO_TMPFS)
+    }`,
   ignore: NO_TMPFS !== null,
   async fn() {
-    const dir = await tinyProject("f");
-    await Deno.mkdir(`${dir}/checkpoints`);
-    // In a private mount namespace: the tmpfs vanishes with it, so the listing is taken inside.
-    const script =
-      'mount -t tmpfs -o size=1m tmpfs checkpoints || exit 99; "$@" >/dev/null; code=$?; ' +
-      "ls -a checkpoints checkpoints/f; exit $code";
-    const out = await new Deno.Command("unshare", {
-      args: ["-m", "sh", "-c", script, "sh", Deno.execPath(), ...taskArgs("train", ["f.yaml"])],
-      cwd: dir,
-      stdout: "piped",
-      stderr: "piped",
-      env: { GPT_DEBUG: "", NO_COLOR: "1" },
-    }).output();
-    const err = new TextDecoder().decode(out.stderr).split("\n").filter((l) => l.trim() !== "");
-    assertEquals(out.code, 1, err.join("\n"));
-    const errors = err.filter((l) => l.startsWith("error:"));
-    assertEquals(errors, [err.at(-1)], err.join("\n"));
-    ok(
-      /^error: checkpoints\/f\/checkpoint.safetensors: cannot write \(No space left on device/
-        .test(errors[0]),
-      errors[0],
-    );
-    ok(!err.some((l) => /\bat .*\.[jt]s:\d+/.test(l)), "stack trace");
-    const listing = new TextDecoder().decode(out.stdout);
-    ok(!/\.tmp-|\.lock/.test(listing), `left behind:\n${listing}`);
-    ok(listing.includes("log.jsonl"), listing);
+    for (
+      const [size, failing] of [
+        [
+          "1m",
+          /^error: checkpoints\/f\/checkpoint.safetensors: cannot write \(No space left on device/,
+        ],
+        [
+          "4k",
+          /^error: checkpoints\/f\/log.jsonl: cannot write the run log \(No space left on device/,
+        ],
+      ] as const
+    ) {
+      const dir = await tinyProject("f");
+      await Deno.mkdir(`${dir}/checkpoints`);
+      // In a private mount namespace: the tmpfs vanishes with it, so the listing is taken inside.
+      const script =
+        `mount -t tmpfs -o size=${size} tmpfs checkpoints || exit 99; "$@" >/dev/null; code=$?; ` +
+        "ls -a checkpoints checkpoints/f; exit $code";
+      const out = await new Deno.Command("unshare", {
+        args: ["-m", "sh", "-c", script, "sh", Deno.execPath(), ...taskArgs("train", ["f.yaml"])],
+        cwd: dir,
+        stdout: "piped",
+        stderr: "piped",
+        env: { GPT_DEBUG: "", NO_COLOR: "1" },
+      }).output();
+      const err = new TextDecoder().decode(out.stderr).split("\n").filter((l) => l.trim() !== "");
+      assertEquals(out.code, 1, `${size}: ${err.join("\n")}`);
+      const errors = err.filter((l) => l.startsWith("error:"));
+      assertEquals(errors, [err.at(-1)], err.join("\n"));
+      ok(failing.test(errors[0]), `${size}: ${errors[0]}`);
+      ok(!err.some((l) => /\bat .*\.[jt]s:\d+/.test(l)), "stack trace");
+      const listing = new TextDecoder().decode(out.stdout);
+      ok(!/\.tmp-|\.lock/.test(listing), `left behind:\n${listing}`);
+      ok(listing.includes("log.jsonl"), listing);
+    }
   },
 });

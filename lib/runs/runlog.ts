@@ -11,7 +11,7 @@
  * `elapsed_s` and `tokens_per_s` count from the header that starts their segment (a resumed process starts its
  * own clock).
  */
-import { UserError } from "../errors.ts";
+import { cannotWrite, UserError } from "../errors.ts";
 
 /** The version of the line types below, written in every header as `schema_version`. */
 export const RUN_LOG_SCHEMA = 1;
@@ -112,14 +112,22 @@ export class RunLog {
   /** Opens `path` for appending, creating its directory and the file when needed. */
   static open(path: string): RunLog {
     const slash = path.lastIndexOf("/");
-    if (slash > 0) Deno.mkdirSync(path.slice(0, slash), { recursive: true });
-    return new RunLog(Deno.openSync(path, { append: true, create: true }), path);
+    try {
+      if (slash > 0) Deno.mkdirSync(path.slice(0, slash), { recursive: true });
+      return new RunLog(Deno.openSync(path, { append: true, create: true }), path);
+    } catch (err) {
+      throw cannotWrite(path, err, "the run log");
+    }
   }
 
   /** Appends `record` as one line, in one write (a short write, which regular files do not do, is finished). */
   write(record: LogRecord): void {
     const bytes = new TextEncoder().encode(JSON.stringify(record) + "\n");
-    for (let off = 0; off < bytes.length;) off += this.file.writeSync(bytes.subarray(off));
+    try {
+      for (let off = 0; off < bytes.length;) off += this.file.writeSync(bytes.subarray(off));
+    } catch (err) {
+      throw cannotWrite(this.path, err, "the run log");
+    }
   }
 
   /** Closes the file. */

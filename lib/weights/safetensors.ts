@@ -10,7 +10,7 @@
  * Typed arrays are little-endian on every platform Deno runs on, as the format is.
  */
 import { sharedF32 } from "../backends/pool.ts";
-import { UserError } from "../errors.ts";
+import { cannotWrite, UserError } from "../errors.ts";
 
 /** Bytes per element of every dtype the format defines (needed to validate a header, even when not decoded). */
 const DTYPE_BYTES: Record<string, number> = {
@@ -455,14 +455,7 @@ export async function writeSafetensors(
     file?.close();
     await Deno.remove(tmp).catch(() => {});
     if (err instanceof TypeError) throw err; // the caller's bug, not the disk's
-    // A path the user named that cannot be written is bad input (2); a full or failing disk is not (1).
-    const theirs = err instanceof Deno.errors.NotFound ||
-      err instanceof Deno.errors.PermissionDenied ||
-      err instanceof Deno.errors.IsADirectory || err instanceof Deno.errors.NotADirectory;
-    throw new UserError(
-      `${path}: cannot write (${err instanceof Error ? err.message : err})`,
-      theirs ? 2 : 1,
-    );
+    throw cannotWrite(path, err);
   }
   await syncDir(path);
 }
