@@ -75,3 +75,27 @@ Deno.test("cached BPE with a tiny cache starts over when full and still gives th
   assertEquals(Array.from(enc.encode(text)), textToTokenIds(text));
   ok(enc.misses > 500, `misses ${enc.misses}: the cache was cleared and refilled`);
 });
+
+Deno.test("cached BPE's word cache does not keep the texts its words came from alive", async () => {
+  // Each 1 MB text adds one new 20-letter word to the cache. Were the cache key the regex's match (a slice of the
+  // text), every text would stay in memory: 40 MB here, and prepare's memory would grow with the corpus.
+  const script = `
+    import { CachedBpe } from "${new URL("../lib/data/bpe.ts", import.meta.url).href}";
+    const enc = new CachedBpe();
+    const heap = () => (globalThis.gc(), Deno.memoryUsage().heapUsed);
+    const letters = (i) => [...i.toString(26).padStart(16, "0")].map((c) => String.fromCharCode(97 + parseInt(c, 26)));
+    const text = (i) => " word" + letters(i).join("") + " the".repeat(250_000);
+    enc.encode(text(0));
+    const before = heap();
+    for (let i = 1; i <= 40; i++) enc.encode(text(i));
+    console.log(JSON.stringify({ grown: heap() - before, misses: enc.misses }));
+  `;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--v8-flags=--expose-gc", "--ext=js", script],
+    stderr: "inherit",
+  }).output();
+  ok(out.success, "the child process failed");
+  const { grown, misses } = JSON.parse(new TextDecoder().decode(out.stdout));
+  assertEquals(misses, 2 + 40); // " the" and each text's word
+  ok(grown < 8e6, `the heap grew by ${(grown / 1e6).toFixed(1)} MB over 40 texts of 1 MB`);
+});

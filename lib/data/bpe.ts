@@ -114,7 +114,7 @@ export class CachedBpe {
       const ids = this.bytePairEncode(piece);
       if (piece.length <= CACHE_MAX_CHARS) {
         if (this.cache.size >= this.cacheLimit) this.cache.clear();
-        this.cache.set(piece, ids.length === 1 ? ids[0] : ids);
+        this.cache.set(ownCopy(piece), ids.length === 1 ? ids[0] : ids);
       }
       out.push(...ids);
     }
@@ -139,6 +139,15 @@ export class CachedBpe {
       if (at > 0) joined[at - 1] = pairs.get(parts[at - 1], best);
     }
   }
+}
+
+/**
+ * `s` as a string of its own. A regex match of 13 or more characters is a slice that keeps the whole text it was
+ * matched in alive: as a cache key it would hold every 1 MB piece that added a long word, and prepare's memory would
+ * grow with the corpus.
+ */
+function ownCopy(s: string): string {
+  return s.length < 13 ? s : Array.from(s).join("");
 }
 
 /** The UTF-8 bytes of a string, as TextEncoder gives them (a lone surrogate becomes U+FFFD). */
