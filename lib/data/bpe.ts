@@ -6,8 +6,11 @@
  */
 import gpt2 from "js-tiktoken/ranks/gpt2";
 
-/** Pre-tokens cached before the cache starts over: bounds a worker's memory on a corpus of millions of words. */
-const CACHE_LIMIT = 1 << 20;
+/**
+ * Pre-tokens a worker remembers: a bound on its memory, reached within the first tens of MB of a corpus, after
+ * which prepare's memory stays flat however large the corpus. Natural text's frequent words fit many times over.
+ */
+const CACHE_LIMIT = 1 << 18;
 /** Longer pre-tokens are rare and not worth remembering (runs of spaces, long numbers, URLs). */
 const CACHE_MAX_CHARS = 32;
 
@@ -73,51 +76,80 @@ function loadMerges(): Merges {
   return { byteIds, pairs };
 }
 
-/** A GPT-2 encoder with a per-pre-token cache; one per thread (it is not shared). */
+/**
+ * A GPT-2 encoder with a per-pre-token cache; one per thread (it is not shared). The cache has two generations of
+ * at most half the limit each: when the newer is full it becomes the older and the oldest is dropped, and a hit in
+ * the older moves the word to the newer, so frequent words survive the turnover.
+ */
 export class CachedBpe {
   private readonly merges = loadMerges();
-  /** @param cacheLimit pre-tokens kept before the cache starts over (default 2²⁰, about 100 MB). */
+  /** @param cacheLimit pre-tokens kept in both generations (default 2¹⁸, about 30 MB). */
   constructor(private readonly cacheLimit = CACHE_LIMIT) {}
 
-  private readonly cache = new Map<string, number | number[]>();
+  private cache = new Map<string, number | number[]>();
+  private older = new Map<string, number | number[]>();
   /** Pre-tokens found in the cache / encoded by merging, since construction. */
   hits = 0;
   misses = 0;
 
   /** Ids of `text`, `<|endoftext|>` read as the special token (as the book's `allowed_special`). */
   encode(text: string): Uint16Array {
-    const out: number[] = [];
+    this.length = 0;
     let start = 0;
     for (;;) {
       const at = text.indexOf(END_OF_TEXT, start);
-      this.encodeOrdinary(at < 0 ? text.slice(start) : text.slice(start, at), out);
+      this.encodeOrdinary(at < 0 ? text.slice(start) : text.slice(start, at));
       if (at < 0) break;
-      out.push(gpt2.special_tokens[END_OF_TEXT]);
+      this.push(gpt2.special_tokens[END_OF_TEXT]);
       start = at + END_OF_TEXT.length;
     }
-    return Uint16Array.from(out); // GPT-2's 50,257 ids fit in 16 bits, as in the shards
+    return this.ids.slice(0, this.length); // GPT-2's 50,257 ids fit in 16 bits, as in the shards
   }
 
-  private encodeOrdinary(text: string, out: number[]) {
+  /**
+   * The ids of the text being encoded, in a buffer kept from text to text: a fresh array per text would leave
+   * megabytes of garbage per piece in the heap's large-object space, which the collector lets grow for long.
+   */
+  private ids = new Uint16Array(1 << 16);
+  private length = 0;
+
+  private push(id: number) {
+    if (this.length === this.ids.length) {
+      const grown = new Uint16Array(this.ids.length * 2);
+      grown.set(this.ids);
+      this.ids = grown;
+    }
+    this.ids[this.length++] = id;
+  }
+
+  private encodeOrdinary(text: string) {
     const pat = PRE_TOKENS;
     pat.lastIndex = 0;
     for (let m = pat.exec(text); m !== null; m = pat.exec(text)) {
       const piece = m[0];
-      const hit = this.cache.get(piece);
-      if (hit !== undefined) {
-        this.hits++;
-        if (typeof hit === "number") out.push(hit);
-        else out.push(...hit);
-        continue;
+      let hit = this.cache.get(piece) ?? this.recall(piece);
+      if (hit !== undefined) this.hits++;
+      else {
+        this.misses++;
+        const ids = this.bytePairEncode(piece);
+        hit = ids.length === 1 ? ids[0] : ids;
+        if (piece.length <= CACHE_MAX_CHARS) this.remember(piece, hit);
       }
-      this.misses++;
-      const ids = this.bytePairEncode(piece);
-      if (piece.length <= CACHE_MAX_CHARS) {
-        if (this.cache.size >= this.cacheLimit) this.cache.clear();
-        this.cache.set(ownCopy(piece), ids.length === 1 ? ids[0] : ids);
-      }
-      out.push(...ids);
+      if (typeof hit === "number") this.push(hit);
+      else for (const id of hit) this.push(id);
     }
+  }
+
+  /** A word of the older generation, moved to the newer; undefined when the cache does not have it. */
+  private recall(piece: string): number | number[] | undefined {
+    const ids = this.older.get(piece);
+    if (ids !== undefined) this.remember(piece, ids);
+    return ids;
+  }
+
+  private remember(piece: string, ids: number | number[]) {
+    if (this.cache.size >= this.cacheLimit >> 1) this.older = this.cache, this.cache = new Map();
+    this.cache.set(piece, ids);
   }
 
   /**
@@ -139,15 +171,6 @@ export class CachedBpe {
       if (at > 0) joined[at - 1] = pairs.get(parts[at - 1], best);
     }
   }
-}
-
-/**
- * `s` as a string of its own. A regex match of 13 or more characters is a slice that keeps the whole text it was
- * matched in alive: as a cache key it would hold every 1 MB piece that added a long word, and prepare's memory would
- * grow with the corpus.
- */
-function ownCopy(s: string): string {
-  return s.length < 13 ? s : Array.from(s).join("");
 }
 
 /** The UTF-8 bytes of a string, as TextEncoder gives them (a lone surrogate becomes U+FFFD). */

@@ -192,7 +192,7 @@ export function splitDocuments(
 }
 
 /** Characters of text that a worker encodes at a time: big enough to amortize the message, small enough to share. */
-export const PIECE_CHARS = 1 << 20;
+export const PIECE_CHARS = 1 << 16;
 
 /**
  * Where a text can be cut so that encoding the two parts gives the ids of the whole: before a space or newline
