@@ -22,16 +22,19 @@ import { holdHelpers, readyHelpers } from "../lib/backends/pool.ts";
 
 const flag = (name: string) =>
   Deno.args.includes(name) ? Deno.args[Deno.args.indexOf(name) + 1] : undefined;
-const batch = Number(flag("--batch") ?? 2);
-if (!(Number.isInteger(batch) && batch > 0)) {
-  console.log(JSON.stringify({ error: `--batch ${flag("--batch")}: expected a positive integer` }));
+/** A positive integer flag's values (comma-separated), or one error line and exit 2. */
+function counts(name: string, def: string): number[] {
+  const v = (flag(name) ?? def).split(",").map(Number);
+  if (v.every((x) => Number.isInteger(x) && x > 0)) return v;
+  console.log(JSON.stringify({ error: `${name} ${flag(name)}: expected positive integers` }));
   Deno.exit(2);
 }
+const [batch] = counts("--batch", "2");
 const T = 256, N = batch * T, C = 768, F = 3072, V = 50257, BH = batch * 12, D = 64;
 const reps = Number(flag("--reps") || 5);
 const only = flag("--lib") ?? null;
 const LIBS = (["native", "wasm"] as const).filter((l) => only === null || l === only);
-const THREADS = (flag("--threads") ?? "1,2").split(",").map(Number);
+const THREADS = counts("--threads", "1,2");
 const summary = Deno.args.includes("--summary");
 /** Prints a measurement line unless --summary asks for the last line only. */
 const log = (line: Record<string, unknown>) => summary || console.log(JSON.stringify(line));
