@@ -11,6 +11,8 @@
  * streamed from its shards), each with peak RSS, then one `prepare` line per corpus form (--formats, default all of
  * Parquet, JSONL, .jsonl.gz/.zst, .txt.gz/.zst and nanoGPT's .bin) holding the same text, with its MB/s of text and
  * `ratio_vs_txt`; --data-only runs just those, --no-data skips them.
+ * The native train-step lines get `matmul_s`, the same step's matrix products alone at 2 threads (bench/matmul.ts
+ * --batch, its own process in the same run), and `ratio_vs_matmul` (the step's median ÷ matmul_s).
  * `--stream-gtokens n` adds a `stream` line: every window of n billion tokens of shards streamed once, with RSS
  * sampled along the way (it writes 2n GB to bench/out/ the first time). Timings live here, never in tests.
  */
@@ -482,9 +484,28 @@ for (const [name, batch] of CASES) {
   if (values.quick && batch === 8) continue;
   for (const lib of matrixLibs) {
     const best = await bestOf(name, batch, lib === "wasm" ? { GPT_BLAS: "wasm" } : {});
+    if (best && name === "train_step" && lib === "native") await addMatmul(best, batch);
     if (best) ours.push(best);
     else console.log(JSON.stringify({ case: name, batch, matrix_lib: lib, error: "case failed" }));
   }
+}
+
+/**
+ * `matmul_s`: the matrix products of one train step at `batch` on the native BLAS at 2 threads (bench/matmul.ts,
+ * its own process, right after the step's), and `ratio_vs_matmul`: the step's median over that.
+ */
+async function addMatmul(r: Record<string, unknown>, batch: number) {
+  const script = new URL("./matmul.ts", import.meta.url).pathname;
+  const args = ["--lib", "native", "--threads", "2", "--batch", String(batch), "--reps", "3"];
+  const m = await sub(Deno.execPath(), ["run", "--allow-all", script, ...args, "--summary"], {
+    GLIBC_TUNABLES: MALLOC_HUGE,
+  });
+  const s = Number(
+    (m?.matmulSecondsPerStep as Record<string, Record<string, number>>)?.native?.[2],
+  );
+  if (!(s > 0)) return;
+  r.matmul_s = s;
+  r.ratio_vs_matmul = Number(r.median_s) / s;
 }
 
 function isWasm(r: Record<string, unknown>): boolean {

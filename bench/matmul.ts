@@ -1,10 +1,13 @@
 /**
- * GFLOP/s of the `blas` backend on the matrix products of one chapter-5 training step (GPT-124M, batch 2 × 256
- * tokens), forward and backward, at 1 and 2 threads of each matrix library: the native BLAS (OpenBLAS) where one
- * loads, then the WebAssembly GEMM (relaxed FMA where the runtime has it; `GPT_GEMM_SIMD=plain` for the SIMD128
- * build); and the cpu backend on one small shape for scale. Prints one JSON line per measurement.
+ * GFLOP/s of the `blas` backend on the matrix products of one chapter-5 training step (GPT-124M, --batch × 256
+ * tokens, default batch 2), forward and backward, at 1 and 2 threads of each matrix library: the native BLAS
+ * (OpenBLAS) where one loads, then the WebAssembly GEMM (relaxed FMA where the runtime has it;
+ * `GPT_GEMM_SIMD=plain` for the SIMD128 build); and the cpu backend on one small shape for scale. Prints one JSON
+ * line per measurement. `--summary` prints only the last line, `{"matmulSecondsPerStep": {lib: {threads: s}}}`
+ * (the step's products summed; the padded-head case and the cpu case are skipped): what bench/bench.ts's
+ * `matmul_s` reads, with `--lib native --threads 2`.
  *
- *   deno run -A bench/matmul.ts [--reps 5] [--lib native|wasm]
+ *   deno run -A bench/matmul.ts [--reps 5] [--lib native|wasm] [--batch 2] [--threads 1,2] [--summary]
  */
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
@@ -17,10 +20,24 @@ import {
 import { gemmBuild } from "../lib/backends/gemm.ts";
 import { holdHelpers, readyHelpers } from "../lib/backends/pool.ts";
 
-const N = 512, C = 768, F = 3072, V = 50257, BH = 24, T = 256, D = 64;
-const reps = Number(Deno.args[Deno.args.indexOf("--reps") + 1] || 5);
-const only = Deno.args.includes("--lib") ? Deno.args[Deno.args.indexOf("--lib") + 1] : null;
+const flag = (name: string) =>
+  Deno.args.includes(name) ? Deno.args[Deno.args.indexOf(name) + 1] : undefined;
+/** A positive integer flag's values (comma-separated), or one error line and exit 2. */
+function counts(name: string, def: string): number[] {
+  const v = (flag(name) ?? def).split(",").map(Number);
+  if (v.every((x) => Number.isInteger(x) && x > 0)) return v;
+  console.log(JSON.stringify({ error: `${name} ${flag(name)}: expected positive integers` }));
+  Deno.exit(2);
+}
+const [batch] = counts("--batch", "2");
+const T = 256, N = batch * T, C = 768, F = 3072, V = 50257, BH = batch * 12, D = 64;
+const reps = Number(flag("--reps") || 5);
+const only = flag("--lib") ?? null;
 const LIBS = (["native", "wasm"] as const).filter((l) => only === null || l === only);
+const THREADS = counts("--threads", "1,2");
+const summary = Deno.args.includes("--summary");
+/** Prints a measurement line unless --summary asks for the last line only. */
+const log = (line: Record<string, unknown>) => summary || console.log(JSON.stringify(line));
 
 interface Case {
   name: string;
@@ -41,7 +58,7 @@ function linear(name: string, inF: number, outF: number, perStep: number): Case[
   ];
 }
 
-const CASES: Case[] = [
+const CASES: Case[] = ([
   ...linear("qkv/out_proj 768→768", C, C, 48),
   ...linear("ff1 768→3072", C, F, 12),
   ...linear("ff2 3072→768", F, C, 12),
@@ -53,7 +70,7 @@ const CASES: Case[] = [
   { name: "att p·v fwd", a: [BH, T, T], b: [BH, T, D], tA: false, tB: false, perStep: 12 },
   { name: "att p·v dp", a: [BH, T, D], b: [BH, T, D], tA: false, tB: true, perStep: 12 },
   { name: "att p·v dv", a: [BH, T, T], b: [BH, T, D], tA: true, tB: false, perStep: 12 },
-];
+] as Case[]).filter((c) => !summary || c.perStep > 0);
 
 function flops(c: Case): number {
   const r = c.a.length;
@@ -91,7 +108,7 @@ await holdHelpers(async () => {
     await Promise.resolve(); // between libraries: let the helpers' messages run
     const res = useMatrixLibrary(kind);
     if (!res.ok) {
-      console.log(JSON.stringify({ library: kind, skipped: res.reason }));
+      log({ library: kind, skipped: res.reason });
       continue;
     }
     perStep[kind] = timeLibrary(kind, res.lib);
@@ -100,22 +117,23 @@ await holdHelpers(async () => {
 
 /** Every case at 1 and 2 threads of `lib`; returns the step's matrix-product seconds per thread count. */
 function timeLibrary(kind: string, lib: BlasLib): Record<number, number> {
-  console.log(JSON.stringify({
+  log({
     library: kind,
+    batch,
     description: lib.describe(),
     build: kind === "wasm" ? gemmBuild() : null,
     OPENBLAS_NUM_THREADS: Deno.env.get("OPENBLAS_NUM_THREADS") ?? null,
     threadsAtStart: lib.getNumThreads?.() ?? null,
-  }));
+  });
   const seconds: Record<number, number> = {};
   const start = lib.getNumThreads?.();
-  for (const threads of [1, 2]) {
+  for (const threads of THREADS) {
     lib.setNumThreads?.(threads);
     let stepSeconds = 0;
     for (const c of CASES) {
       const s = time(c, c.a.includes(V) || c.b.includes(V) ? Math.min(reps, 3) : reps);
       stepSeconds += s * c.perStep;
-      console.log(JSON.stringify({
+      log({
         library: kind,
         threads,
         case: c.name,
@@ -125,31 +143,34 @@ function timeLibrary(kind: string, lib: BlasLib): Record<number, number> {
         transposeB: c.tB,
         ms: +(s * 1000).toFixed(2),
         gflops: +(flops(c) / s / 1e9).toFixed(1),
-      }));
+      });
     }
     seconds[threads] = +stepSeconds.toFixed(3);
-    console.log(JSON.stringify({ library: kind, threads, matmulSecondsPerStep: seconds[threads] }));
+    log({ library: kind, threads, matmulSecondsPerStep: seconds[threads] });
   }
   if (start !== undefined) lib.setNumThreads?.(start);
   return seconds;
 }
 
-await tf.setBackend("cpu");
-const small: Case = {
-  name: "cpu 128×768 · 768×768ᵀ",
-  a: [128, C],
-  b: [C, C],
-  tA: false,
-  tB: true,
-  perStep: 0,
-};
-const s = time(small, 2);
-console.log(
-  JSON.stringify({
+if (!summary) await cpuScale();
+console.log(JSON.stringify({ matmulSecondsPerStep: perStep }));
+
+/** The cpu backend on one small product, for scale. */
+async function cpuScale() {
+  await tf.setBackend("cpu");
+  const small: Case = {
+    name: "cpu 128×768 · 768×768ᵀ",
+    a: [128, C],
+    b: [C, C],
+    tA: false,
+    tB: true,
+    perStep: 0,
+  };
+  const s = time(small, 2);
+  log({
     backend: "cpu",
     case: small.name,
     ms: +(s * 1000).toFixed(1),
     gflops: +(flops(small) / s / 1e9).toFixed(2),
-  }),
-);
-console.log(JSON.stringify({ matmulSecondsPerStep: perStep }));
+  });
+}

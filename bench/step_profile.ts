@@ -2,7 +2,8 @@
  * Where one chapter-5 training step spends its time on a CPU-side backend: the lead's GPTModel (GPT-124M, ctx 256,
  * batch 2, dropout 0.1) forward + backward through `trainStep`, with every kernel of the backend wrapped in a timer.
  * Prints one JSON line per kernel (total ms per step, calls, share), then the step's wall time split into kernels,
- * the optimizer and everything else (engine bookkeeping, tape, JS between kernels).
+ * the optimizer, the dropout masks (drawn outside any kernel) and everything else (engine bookkeeping, tape, JS
+ * between kernels).
  *
  *   deno run -A bench/step_profile.ts [--backend blas] [--steps 2] [--layers 12] [--vocab 50257] [--by-shape]
  *     [--model bench/variant.ts] [--pool-gib 1] [--batch 2]
@@ -129,6 +130,18 @@ optimizer.applyGradients = (g) => {
   optMs += performance.now() - t0;
 };
 
+// The dropout masks' share (drawn outside any kernel), timed around DropoutRng.mask.
+let maskMs = 0;
+const mask = DropoutRng.prototype.mask;
+DropoutRng.prototype.mask = function (...args: Parameters<typeof mask>) {
+  const t0 = performance.now();
+  try {
+    return mask.apply(this, args);
+  } finally {
+    maskMs += performance.now() - t0;
+  }
+};
+
 console.log(JSON.stringify({ backend: backendName, cfg, B, T, params: model.numParams() }));
 let warmupMs = 0;
 {
@@ -145,7 +158,7 @@ function cpuSeconds(): { user: number; sys: number } {
     return { user: 0, sys: 0 };
   }
 }
-stats.clear(), optMs = 0;
+stats.clear(), optMs = 0, maskMs = 0;
 const cpu0 = cpuSeconds();
 const t0 = performance.now();
 const losses: number[] = [];
@@ -169,7 +182,8 @@ console.log(JSON.stringify({
   stepMs: Math.round(stepMs),
   kernelMs: Math.round(kernelMs / steps),
   optimizerMs: Math.round(optMs / steps),
-  otherMs: Math.round(stepMs - kernelMs / steps - optMs / steps),
+  dropoutMaskMs: Math.round(maskMs / steps),
+  otherMs: Math.round(stepMs - kernelMs / steps - optMs / steps - maskMs / steps),
   // CPU time of all threads: BLAS workers add user time; page faults of fresh arrays show up as sys time.
   cpuUserSPerStep: +((cpu1.user - cpu0.user) / steps).toFixed(2),
   cpuSysSPerStep: +((cpu1.sys - cpu0.sys) / steps).toFixed(2),

@@ -83,6 +83,25 @@ Deno.test("dropout masks drawn on 2 threads are one thread's masks, and the gene
   }
 });
 
+Deno.test("dropout masks keep xoshiro128**'s outputs at or above p·2³² (a reference from the algorithm)", () => {
+  const n = 5000, rng = new DropoutRng(7);
+  const s = Uint32Array.from(rng.state);
+  for (const p of [0.1, 0.5, 0.9]) { // thresholds below, at and above 2³¹
+    const got = rng.mask(n, p);
+    const threshold = Math.floor(p * 4294967296), keep = Math.fround(1 / (1 - p));
+    for (let i = 0; i < n; i++) {
+      const x = Math.imul(s[1], 5) >>> 0, out = Math.imul((x << 7) | (x >>> 25), 9) >>> 0;
+      const t = s[1] << 9;
+      s[2] ^= s[0], s[3] ^= s[1], s[1] ^= s[2], s[0] ^= s[3], s[2] ^= t;
+      s[3] = (s[3] << 11) | (s[3] >>> 21);
+      if (got[i] !== (out >= threshold ? keep : 0)) {
+        throw new Error(`p ${p}: element ${i} is ${got[i]}`);
+      }
+    }
+  }
+  assertEquals(rng.state, Array.from(s));
+});
+
 Deno.test("the pool knows no kernel: it imports nothing and names an unregistered kernel in its error", () => {
   const src = Deno.readTextFileSync(new URL("../lib/backends/pool.ts", import.meta.url));
   assertEquals(src.match(/^import .*$/gm), null);

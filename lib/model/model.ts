@@ -162,7 +162,9 @@ export class GPTModel {
     }
     const rng = opts.dropout ?? null;
     const tok = embedding(this.p("tok_emb.weight") as tf.Tensor2D, tf.reshape(idx, [B * T])); // (B·T, C)
-    const pos = tf.slice(this.p("pos_emb.weight"), [0, 0], [T, C]); // (T, C)
+    // The whole table when T is the context length: a slice's gradient is a PadV2 (the cpu backend's, 20+ ms).
+    const posEmb = this.p("pos_emb.weight");
+    const pos = T === posEmb.shape[0] ? posEmb : tf.slice(posEmb, [0, 0], [T, C]); // (T, C)
     let x = tf.reshape(tf.add(tf.reshape(tok, [B, T, C]), pos), [B * T, C]) as tf.Tensor2D;
     x = dropout(x, this.cfg.drop_rate, rng) as tf.Tensor2D;
     for (let i = 0; i < this.cfg.n_layers; i++) x = this.block(x, B, T, i, rng);
