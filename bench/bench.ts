@@ -91,6 +91,7 @@ async function runCase(name: string, batch: number): Promise<Record<string, unkn
   const times: number[] = [];
   const losses: number[] = []; // train_step: the loss of every step, warm-up included (same seed on every backend)
   let tokens = batch * T;
+  let sampled: number[] = []; // sample_25_tokens: the greedy ids (the same on every matrix library)
   if (name === "train_step") {
     const opt = new AdamW(model.params, {
       lr: cfg.training.lr,
@@ -129,9 +130,10 @@ async function runCase(name: string, batch: number): Promise<Record<string, unkn
     const prompt = textToTokenIds(cfg.training.start_context);
     for (let i = 0; i <= steps; i++) {
       const t0 = performance.now();
-      await generateCached(model, prompt, { maxNewTokens: 25, temperature: 0 });
+      sampled = await generateCached(model, prompt, { maxNewTokens: 25, temperature: 0 });
       if (i > 0) times.push((performance.now() - t0) / 1000);
     }
+    sampled = sampled.slice(prompt.length);
   }
   const s = median(times);
   return {
@@ -146,6 +148,7 @@ async function runCase(name: string, batch: number): Promise<Record<string, unkn
     peak_rss_mb: peakRssMb(),
     steps,
     ...(losses.length ? { losses } : {}),
+    ...(sampled.length ? { sampled_ids: sampled } : {}),
   };
 }
 
