@@ -55,17 +55,23 @@ export function setWasmGemmThreads(n?: number): number {
   return Math.min(wasmThreads, setParallelism());
 }
 
-/** Staging and packing one element of a tile's operands, in multiply-adds of time (measured ≈ 5–6 on one core). */
-const PACK_COST = 6;
+/**
+ * Staging and packing one element of a tile's operands, in multiply-adds of time: ≈ 6 measured on one core, about
+ * twice that with both threads packing at once (the 768×768 products' CPU time on 2 threads rose 14–25 % with
+ * 128×128 tiles, 3–15 % with the fixed halves).
+ */
+const PACK_COST = 12;
+/** Expected idle time at the end of a product, in tiles: threads claiming tiles finish at most one apart. */
+const TAIL_TILES = 0.25;
 /** Largest tile sides: one slab of the module (gemm.c's SLAB_ROWS and NC). */
 const TILE_ROWS_MAX = 512, TILE_COLS_MAX = 512;
 
 /**
  * Rows and columns of the tiles {@link parallelWasmSgemm} cuts an M × N product into for `threads` threads:
  * the sizes (multiples of 16 rows and 64 columns, at most one slab) that minimise the work of the busiest thread,
- * counted as its share of whole tiles plus half a tile (threads claim tiles as they go, so they finish at most a
- * tile apart) times a tile's multiply-adds plus its packing (each tile stages and packs its rows of A and its
- * columns of B once per 256-deep slice of K). Small tiles balance better; large ones pack less.
+ * counted as its share of whole tiles plus {@link TAIL_TILES}, times a tile's multiply-adds plus its packing (each
+ * tile stages and packs its rows of A and its columns of B once per 256-deep slice of K). Small tiles balance
+ * better; large ones pack less.
  */
 export function gemmTiles(M: number, N: number, threads: number): [number, number] {
   let best: [number, number] = [M, N], cost = Infinity;
@@ -73,7 +79,7 @@ export function gemmTiles(M: number, N: number, threads: number): [number, numbe
     const nR = Math.ceil(M / r), rows = Math.ceil(M / nR / 16) * 16; // equal tiles
     for (let c = 64; c < TILE_COLS_MAX + 64; c += 64) {
       const nC = Math.ceil(N / c), cols = Math.ceil(N / nC / 64) * 64;
-      const share = Math.ceil((nR * nC) / threads) + 0.5;
+      const share = Math.ceil((nR * nC) / threads) + TAIL_TILES;
       const work = share * (Math.min(rows, M) * Math.min(cols, N) + PACK_COST * (rows + cols));
       if (work < cost) cost = work, best = [rows, cols];
     }
