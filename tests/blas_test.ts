@@ -10,6 +10,7 @@ import {
   registerBlasBackend,
   useMatrixLibrary,
 } from "../lib/backends/blas.ts";
+import { isShared, setParallelism } from "../lib/backends/pool.ts";
 
 const blas = registerBlasBackend();
 if (!blas.ok) console.warn(`blas_test: skipped: ${blas.reason}`);
@@ -329,5 +330,31 @@ Deno.test({
     const d = tf.matMul(nx, w);
     assert(storage(s).every((v, i) => v === sCopy[i]), "a recycled array overwrote a slice's view");
     tf.dispose([x, w, nx, c, d, s]);
+  },
+});
+
+Deno.test({
+  name:
+    "a matMul's operands move to shared memory once, so products split between threads do not copy them per call",
+  ...opts,
+  fn: async () => {
+    const threadsBefore = setParallelism();
+    setParallelism(2);
+    try {
+      await tf.setBackend(BLAS_BACKEND);
+      const x = tf.tensor(randn([64, 96], 23), [64, 96]); // created outside the pool: plain memory
+      const w = tf.tensor(randn([80, 96], 24), [80, 96]);
+      const before = [storage(x).slice(), storage(w).slice()];
+      assert(!isShared(storage(x)) && !isShared(storage(w)));
+      const y = tf.matMul(x, w, false, true);
+      assert(isShared(storage(x)) && isShared(storage(w)), "the operands stayed in plain memory");
+      assertEquals([storage(x), storage(w)], before);
+      const again = storage(w);
+      tf.matMul(x, w, false, true).dispose();
+      assert(storage(w) === again, "the second product moved its operand again");
+      tf.dispose([x, w, y]);
+    } finally {
+      setParallelism(threadsBefore);
+    }
   },
 });

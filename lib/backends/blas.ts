@@ -195,8 +195,14 @@ export function sharedHostView(t: tf.Tensor): Float32Array | null {
   const entry = backend.data.get(t.dataId);
   const v = entry?.values;
   if (!(v instanceof Float32Array)) return null;
-  if (isShared(v)) return v;
-  if (setParallelism() <= 1) return null; // one thread: plain memory, no copy (callers use hostView)
+  if (setParallelism() <= 1 && !isShared(v)) return null; // one thread: plain memory (callers use hostView)
+  return moveToShared(entry);
+}
+
+/** The entry's Float32Array values, moved (once, in place) to shared memory when more than one thread is in use. */
+function moveToShared(entry: { values?: unknown }): Float32Array {
+  const v = entry.values as Float32Array;
+  if (isShared(v) || setParallelism() <= 1) return v;
   const copy = sharedF32(v.length);
   copy.set(v);
   entry.values = copy;
@@ -206,6 +212,17 @@ export function sharedHostView(t: tf.Tensor): Float32Array | null {
 function f32(backend: Backend, t: Info): Float32Array {
   const v = backend.data.get(t.dataId).values;
   return v instanceof Float32Array ? v : Float32Array.from(v as ArrayLike<number>);
+}
+
+/**
+ * A product's operand: float32 storage moves to shared memory in place (once per tensor), so that a product split
+ * between threads (which needs its operands there) does not copy them on every call: the WebAssembly GEMM on two
+ * threads copied the 154 MB output-head weight into a fresh SharedArrayBuffer per product of a model whose weights
+ * were loaded or created outside the pool.
+ */
+function operand(backend: Backend, t: Info): Float32Array {
+  const entry = backend.data.get(t.dataId);
+  return entry.values instanceof Float32Array ? moveToShared(entry) : f32(backend, t);
 }
 
 /** Strides of a shape in elements, the last axis contiguous. */
@@ -247,7 +264,7 @@ function gemm(
   const shape = [...outer, M, N];
   const beta = c ? 1 : 0;
   c ??= alloc(backend, batch * M * N); // sgemm with beta = 0 overwrites every element
-  const A = f32(backend, a), B = f32(backend, b);
+  const A = operand(backend, a), B = operand(backend, b);
   const lda = transA ? M : K, ldb = transB ? K : N;
   const tA = transA ? TRANS : NO_TRANS, tB = transB ? TRANS : NO_TRANS;
   if (batch === 0 || M === 0 || N === 0) return { shape, values: c };

@@ -2,8 +2,8 @@
  * Matrix products on every thread of the pool (pool.ts). Batches of products (attention heads) go to
  * `sgemmHeads`: OpenBLAS spends as long on one head's small product with two threads as with one, so each thread
  * takes a share of the heads with OpenBLAS on one thread. The WebAssembly GEMM, which has no threads of its own,
- * splits one product's C into blocks shared out between the threads (`parallelWasmSgemm`), and a one-row product's
- * output into ranges of rows of B (`parallelWasmSgemv`).
+ * splits one product's C into tiles that the threads claim as they go (`parallelWasmSgemm`), and a one-row
+ * product's output into ranges of rows of B (`parallelWasmSgemv`).
  */
 import { gemmBlock, gemvBlock, gemvFits, wasmSgemm, wasmSgemv } from "./gemm.ts";
 import { type Sgemm, SGEMM_SYMBOLS, type Sgemv } from "./cblas.ts";
@@ -56,8 +56,44 @@ export function setWasmGemmThreads(n?: number): number {
 }
 
 /**
- * `cblas_sgemm` in the WebAssembly GEMM on every thread: C is cut into blocks of 16 rows (or, for products with
- * few rows such as sampling's, 64 columns) shared out between the helpers. Operands outside shared memory are
+ * Staging and packing one element of a tile's operands, in multiply-adds of time: ≈ 6 measured on one core, about
+ * twice that with both threads packing at once (the 768×768 products' CPU time on 2 threads rose 14–25 % with
+ * 128×128 tiles, 3–15 % with the fixed halves).
+ */
+const PACK_COST = 12;
+/** Expected idle time at the end of a product, in tiles: threads claiming tiles finish at most one apart. */
+const TAIL_TILES = 0.25;
+/** Largest tile sides: one slab of the module (gemm.c's SLAB_ROWS and NC). */
+const TILE_ROWS_MAX = 512, TILE_COLS_MAX = 512;
+
+/**
+ * Rows and columns of the tiles {@link parallelWasmSgemm} cuts an M × N product into for `threads` threads:
+ * the sizes (multiples of 16 rows and 64 columns, at most one slab) that minimise the work of the busiest thread,
+ * counted as its share of whole tiles plus {@link TAIL_TILES}, times a tile's multiply-adds plus its packing (each
+ * tile stages and packs its rows of A and its columns of B once per 256-deep slice of K). Small tiles balance
+ * better; large ones pack less.
+ */
+export function gemmTiles(M: number, N: number, threads: number): [number, number] {
+  let best: [number, number] = [M, N], cost = Infinity;
+  for (let r = 16; r < TILE_ROWS_MAX + 16; r += 16) {
+    const nR = Math.ceil(M / r), rows = Math.ceil(M / nR / 16) * 16; // equal tiles
+    for (let c = 64; c < TILE_COLS_MAX + 64; c += 64) {
+      const nC = Math.ceil(N / c), cols = Math.ceil(N / nC / 64) * 64;
+      const share = Math.ceil((nR * nC) / threads) + TAIL_TILES;
+      const work = share * (Math.min(rows, M) * Math.min(cols, N) + PACK_COST * (rows + cols));
+      if (work < cost) cost = work, best = [rows, cols];
+    }
+  }
+  return best;
+}
+
+/** The next tile to claim in a {@link parallelWasmSgemm} call (one call at a time: the caller waits for it). */
+const nextTile = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * `cblas_sgemm` in the WebAssembly GEMM on every thread: C is cut into tiles ({@link gemmTiles}) that the threads
+ * claim one at a time until none is left, so a thread that starts late or runs slower (another process, a GC)
+ * takes fewer, and a wide product's columns of B are packed by one thread each. Operands outside shared memory are
  * copied there first (helpers cannot see the rest).
  */
 export const parallelWasmSgemm: Sgemm = (
@@ -81,7 +117,7 @@ export const parallelWasmSgemm: Sgemm = (
     return wasmSgemm(o, tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   }
   const c = shared(C);
-  const byCols = M < 32 * t, unit = byCols ? 64 : 16;
+  const [rows, cols] = gemmTiles(M, N, t);
   const s = [
     tA === 112 ? 1 : 0,
     tB === 112 ? 1 : 0,
@@ -93,11 +129,12 @@ export const parallelWasmSgemm: Sgemm = (
     ldb,
     beta,
     ldc,
-    unit,
-    +byCols,
+    rows,
+    cols,
   ];
-  const units = Math.ceil((byCols ? N : M) / unit);
-  parallelFor("gemmBlocks", [shared(A), shared(B), c], s, units, unit * (byCols ? M : N) * K);
+  Atomics.store(nextTile, 0, 0);
+  // One unit per thread: each unit is a thread claiming tiles (parts of the pool beyond t get none).
+  parallelFor("gemmTiles", [shared(A), shared(B), c, nextTile], s, t, (M * N * K) / t);
   if (c !== C) C.set(c);
 };
 
@@ -154,28 +191,26 @@ const GEMM_KERNELS: Record<string, RangeKernel> = {
   },
 
   /**
-   * [A, B, C]: blocks lo…hi of C = alpha·op(A)·op(B) + beta·C in the WebAssembly GEMM, a block being `unit` rows
-   * of C (byCols 0) or `unit` columns (byCols 1). s: [transA, transB, M, N, K, alpha, lda, ldb, beta, ldc, unit,
-   * byCols] (trans as 0/1).
+   * [A, B, C, next]: tiles of C = alpha·op(A)·op(B) + beta·C in the WebAssembly GEMM, `rows` × `cols` each (row
+   * by row of tiles), claimed from the counter `next` until none is left, by each part that got a unit.
+   * s: [transA, transB, M, N, K, alpha, lda, ldb, beta, ldc, rows, cols] (trans as 0/1).
    */
-  gemmBlocks: ([A, B, C], [tA, tB, M, N, K, alpha, lda, ldb, beta, ldc, unit, byCols], lo, hi) => {
-    const g = {
-      transA: tA === 1,
-      transB: tB === 1,
-      M,
-      N,
-      K,
-      alpha,
-      A: A as Float32Array,
-      lda,
-      B: B as Float32Array,
-      ldb,
-      beta,
-      C: C as Float32Array,
-      ldc,
-    };
-    if (byCols) gemmBlock(g, 0, M, lo * unit, Math.min(N, hi * unit));
-    else gemmBlock(g, lo * unit, Math.min(M, hi * unit), 0, N);
+  gemmTiles: (
+    [A, B, C, next],
+    [tA, tB, M, N, K, alpha, lda, ldb, beta, ldc, rows, cols],
+    lo,
+    hi,
+  ) => {
+    if (hi <= lo) return;
+    const f = (a: unknown) => a as Float32Array;
+    const g = { transA: tA === 1, transB: tB === 1, M, N, K, alpha, lda, ldb, beta, ldc };
+    const args = { ...g, A: f(A), B: f(B), C: f(C) };
+    const perRow = Math.ceil(N / cols), tiles = Math.ceil(M / rows) * perRow;
+    const claim = () => Atomics.add(next as Int32Array, 0, 1);
+    for (let i = claim(); i < tiles; i = claim()) {
+      const r = Math.floor(i / perRow) * rows, c = (i % perRow) * cols;
+      gemmBlock(args, r, Math.min(M, r + rows), c, Math.min(N, c + cols));
+    }
   },
 
   /** [B, x, y]: rows lo…hi of y = alpha·B·x + beta·y, B's rows K long. s: [N, K, alpha, ldb, beta] (N: B's rows). */
