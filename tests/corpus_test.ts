@@ -303,6 +303,12 @@ Deno.test("an interrupted prepare (killed mid-way) leaves no index and no shard 
   for (let i = 0; i < 4; i++) {
     await Deno.writeTextFile(`${tmp}/c/big-${i}.txt`, generatedText(i, 60_000));
   }
+  // 1,000 small files make the index a few hundred KB, more than a pipe holds (64 KB) plus what the test's one read
+  // takes (64 KB): a prepare whose index write goes into the FIFO stays blocked in it until killed.
+  await Deno.mkdir(`${tmp}/c/small`);
+  for (let i = 0; i < 1000; i++) {
+    await Deno.writeTextFile(`${tmp}/c/small/s-${i}.txt`, generatedText(100 + i, 20));
+  }
   // The kill comes at a moment of the prepare's own progress, drawn in advance: once its k-th shard is in place
   // (k = 1 to 3 of about 15), or in the middle of writing the index. A FIFO at the index's temporary path, made by
   // the shell before it execs the prepare (same pid), holds the index write until the test reads it: the prepare
@@ -369,6 +375,8 @@ Deno.test("an interrupted prepare (killed mid-way) leaves no index and no shard 
   ];
   assertEquals(names, named.sort());
   createShardLoaders(`${tmp}/s`, r.index, split);
+  const indexBytes = (await Deno.stat(`${tmp}/s/index.json`)).size;
+  ok(indexBytes > 3 * 65536, `the index (${indexBytes} bytes) must not fit in a pipe and one read`);
 });
 
 Deno.test("deno task prepare: bad input is one line and exit 2; a good corpus prepares", async () => {
