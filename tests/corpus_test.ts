@@ -232,6 +232,35 @@ Deno.test("data.path kinds: one file, a directory, a glob, a shard directory", a
   ok(data.summary?.includes("12 documents"), data.summary);
 });
 
+Deno.test("linked files and directories (a Hugging Face cache snapshot) are read; a link loop is not followed", async () => {
+  const tmp = await Deno.makeTempDir();
+  const files = await buildCorpus(`${tmp}/blobs`);
+  // The same tree twice: real files in copy/, links in snap/ (files to blobs/, gen/ to a real directory, a loop).
+  for (const root of ["copy", "snap"]) Deno.mkdirSync(`${tmp}/${root}/gen`, { recursive: true });
+  Deno.removeSync(`${tmp}/snap/gen`);
+  Deno.mkdirSync(`${tmp}/gen-real`);
+  for (const f of files) {
+    const name = f.split("/").at(-1)!, sub = name.startsWith("generated") ? "gen/" : "";
+    Deno.copyFileSync(f, `${tmp}/copy/${sub}${name}`);
+    if (sub) Deno.copyFileSync(f, `${tmp}/gen-real/${name}`);
+    else Deno.symlinkSync(`../blobs/${name}`, `${tmp}/snap/${name}`);
+  }
+  Deno.symlinkSync("../gen-real", `${tmp}/snap/gen`);
+  Deno.symlinkSync("..", `${tmp}/gen-real/up`);
+  Deno.symlinkSync("missing.txt", `${tmp}/snap/dangling.txt`);
+  const rel = (root: string) => listSources(`${tmp}/${root}`).map((f) => f.slice(tmp.length + 6));
+  assertEquals(rel("snap"), rel("copy"));
+  assertEquals(rel("snap").length, 12);
+  const ids = async (root: string) => {
+    const o = { shardDir: `${tmp}/${root}.shards`, seed: 123, trainRatio: 0.8, ...quiet };
+    const { index } = await prepareCorpus(`${tmp}/${root}`, o);
+    return (["train", "val"] as const).map((s) =>
+      Array.from(readStream(o.shardDir, index, s, 0, index.splits[s].tokens))
+    );
+  };
+  assertEquals(await ids("snap"), await ids("copy"));
+});
+
 Deno.test("bad corpus files: empty and non-UTF-8 are skipped with a warning; none usable is an error", async () => {
   const tmp = await Deno.makeTempDir();
   await buildCorpus(`${tmp}/c`);

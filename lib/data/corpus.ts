@@ -112,11 +112,28 @@ export function globToRegExp(glob: string): RegExp {
   return new RegExp(`^${re}$`);
 }
 
-function walk(dir: string, out: string[]) {
+/** Every file under `dir` into `out`, links followed; a directory already walked or above this one is a loop, skipped. */
+function walk(dir: string, out: string[], seen = new Set<string>()) {
+  const here = Deno.realPathSync(dir);
+  seen.add(here);
   for (const e of Deno.readDirSync(dir)) {
     const p = dir === "." ? e.name : `${dir}/${e.name}`;
-    if (e.isDirectory) walk(p, out);
-    else if (e.isFile) out.push(p);
+    // Links are followed (a Hugging Face cache's snapshot links each file to its blob); a dangling one is left out.
+    const info = e.isSymlink ? statOrNull(p) : e;
+    if (info?.isFile) out.push(p);
+    else if (info?.isDirectory) {
+      const real = Deno.realPathSync(p);
+      const loops = seen.has(real) || here.startsWith(`${real}/`) || real === "/";
+      if (!loops) walk(p, out, seen);
+    }
+  }
+}
+
+function statOrNull(path: string): Deno.FileInfo | null {
+  try {
+    return Deno.statSync(path);
+  } catch {
+    return null;
   }
 }
 
