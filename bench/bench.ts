@@ -10,7 +10,7 @@
  * `prepare` on every core over a generated corpus of --corpus-mb MB, default 200) and `loader` (train windows/s
  * streamed from its shards), each with peak RSS, then one `prepare` line per corpus form (--formats, default all of
  * Parquet, JSONL, .jsonl.gz/.zst, .txt.gz/.zst and nanoGPT's .bin) holding the same text, with its MB/s of text and
- * `ratio_vs_txt`; --data-only runs just those, --no-data skips them.
+ * `ratio_vs_txt` (over the `.txt` MB/s timed before and after the forms); --data-only runs just those, --no-data skips them.
  * The native train-step lines get `matmul_s`, the same step's matrix products alone at 2 threads (bench/matmul.ts
  * --batch, its own process in the same run), and `ratio_vs_matmul` (the step's median ÷ matmul_s).
  * `--stream-gtokens n` adds a `stream` line: every window of n billion tokens of shards streamed once, with RSS
@@ -386,6 +386,27 @@ async function formatCorpora(dir: string): Promise<string> {
   return out;
 }
 
+/**
+ * `ratio_vs_txt` on each form's line: its MB/s over the `.txt` figure, the mean of the `tokenize` case timed before
+ * the forms and again after them (`mb_per_s_after` on its line). The host's speed drifts over a run of minutes;
+ * bracketing keeps that drift out of the ratios.
+ */
+async function addRatiosVsTxt(
+  corpus: string,
+  txt: Record<string, unknown>,
+  forms: Record<string, unknown>[],
+) {
+  if (typeof txt.mb_per_s !== "number" || forms.length === 0) return;
+  const after = await sub(Deno.execPath(), [...self, "--experiment", corpus, "--case", "tokenize"]);
+  const mbPerS = typeof after?.mb_per_s === "number"
+    ? (txt.mb_per_s + after.mb_per_s) / 2
+    : txt.mb_per_s;
+  if (after) txt.mb_per_s_after = after.mb_per_s;
+  for (const r of forms) {
+    if (typeof r.mb_per_s === "number") r.ratio_vs_txt = r.mb_per_s / mbPerS;
+  }
+}
+
 /** One `prepare` line: MB/s of the corpus's text (the same in every form) through prepare, and peak RSS. */
 async function prepareCase(dir: string, textMb: number): Promise<Record<string, unknown>> {
   const r = await prepareCorpus(dir, {
@@ -459,13 +480,12 @@ if (!values["no-data"]) {
       "--corpus-mb",
       String(txt.mb),
     ];
-    const r = await sub(Deno.execPath(), [...self, ...args]) ??
-      { case: "prepare", format: f, error: "case failed" };
-    if (typeof r.mb_per_s === "number" && typeof txt.mb_per_s === "number") {
-      r.ratio_vs_txt = r.mb_per_s / txt.mb_per_s;
-    }
-    dataLines.push(r);
+    dataLines.push(
+      await sub(Deno.execPath(), [...self, ...args]) ??
+        { case: "prepare", format: f, error: "case failed" },
+    );
   }
+  await addRatiosVsTxt(corpus, txt, dataLines.filter((r) => r.case === "prepare"));
   const gtokens = Number(values["stream-gtokens"]);
   if (gtokens > 0) {
     const dir = await streamCorpus(gtokens);
