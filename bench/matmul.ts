@@ -18,7 +18,7 @@ import {
   useMatrixLibrary,
 } from "../lib/backends/blas.ts";
 import { gemmBuild } from "../lib/backends/gemm.ts";
-import { holdHelpers, readyHelpers } from "../lib/backends/pool.ts";
+import { holdHelpers, readyHelpers, setParallelism } from "../lib/backends/pool.ts";
 
 const flag = (name: string) =>
   Deno.args.includes(name) ? Deno.args[Deno.args.indexOf(name) + 1] : undefined;
@@ -111,12 +111,12 @@ await holdHelpers(async () => {
       log({ library: kind, skipped: res.reason });
       continue;
     }
-    perStep[kind] = timeLibrary(kind, res.lib);
+    perStep[kind] = await timeLibrary(kind, res.lib);
   }
 });
 
 /** Every case at 1 and 2 threads of `lib`; returns the step's matrix-product seconds per thread count. */
-function timeLibrary(kind: string, lib: BlasLib): Record<number, number> {
+async function timeLibrary(kind: string, lib: BlasLib): Promise<Record<number, number>> {
   log({
     library: kind,
     batch,
@@ -126,9 +126,13 @@ function timeLibrary(kind: string, lib: BlasLib): Record<number, number> {
     threadsAtStart: lib.getNumThreads?.() ?? null,
   });
   const seconds: Record<number, number> = {};
-  const start = lib.getNumThreads?.();
+  const start = lib.getNumThreads?.(), pool = setParallelism();
   for (const threads of THREADS) {
     lib.setNumThreads?.(threads);
+    // Our pool too: it shares out the attention heads whatever the library's own thread count.
+    setParallelism(Math.min(threads, pool));
+    await readyHelpers(); // helpers closed by a 1-thread pass start again
+    warmUp();
     let stepSeconds = 0;
     for (const c of CASES) {
       const s = time(c, c.a.includes(V) || c.b.includes(V) ? Math.min(reps, 3) : reps);
@@ -149,7 +153,18 @@ function timeLibrary(kind: string, lib: BlasLib): Record<number, number> {
     log({ library: kind, threads, matmulSecondsPerStep: seconds[threads] });
   }
   if (start !== undefined) lib.setNumThreads?.(start);
+  setParallelism(pool);
   return seconds;
+}
+
+/**
+ * One head-sized product on every thread before timing: each thread's WebAssembly module runs on V8's baseline
+ * code until its optimizing tier has compiled it, and a fresh helper (after a 1-thread pass) starts cold.
+ */
+function warmUp() {
+  const a = tf.randomUniform([N, C], -1, 1), b = tf.randomUniform([V, C], -1, 1);
+  tf.matMul(a, b, false, true).dispose();
+  tf.dispose([a, b]);
 }
 
 if (!summary) await cpuScale();

@@ -335,6 +335,34 @@ Deno.test({
 
 Deno.test({
   name:
+    "pooled arrays: one pooled while a single thread ran is not handed out to a kernel split between threads",
+  ...opts,
+  fn: async () => {
+    const threadsBefore = setParallelism();
+    try {
+      await tf.setBackend(BLAS_BACKEND);
+      // An output size no other test pools (97 × 331), so that the first product allocates it fresh.
+      const x = tf.tensor(randn([97, 64], 25), [97, 64]);
+      const w = tf.tensor(randn([64, 331], 26), [64, 331]);
+      setParallelism(1);
+      const want = tf.matMul(x, w);
+      const plain = storage(want), values = plain.slice();
+      assert(!isShared(plain));
+      want.dispose(); // to the pool, in plain memory
+      setParallelism(2);
+      const got = tf.matMul(x, w);
+      assert(storage(got) !== plain, "the plain array pooled on one thread came back");
+      assert(isShared(storage(got)), "a kernel's output in plain memory with two threads");
+      assertEquals(storage(got), values);
+      tf.dispose([x, w, got]);
+    } finally {
+      setParallelism(threadsBefore);
+    }
+  },
+});
+
+Deno.test({
+  name:
     "a matMul's operands move to shared memory once, so products split between threads do not copy them per call",
   ...opts,
   fn: async () => {

@@ -116,11 +116,14 @@ export class BlasBackend extends MathBackendCPU {
   allocF32(n: number): Float32Array {
     if (n < POOL_MIN_LENGTH) return sharedF32(n);
     const list = this.pool.get(n);
-    const a = list?.pop() ?? sharedF32(n);
+    let a = list?.pop();
     if (list) {
-      this.pooledBytes -= a.byteLength;
+      this.pooledBytes -= a!.byteLength;
       if (list.length === 0) this.pool.delete(n);
     }
+    // One pooled while a single thread ran is plain memory, which helpers cannot write: a split kernel would then
+    // run on the calling thread alone (after a benchmark's 1-thread pass, the attention products did).
+    if (!a || (!isShared(a) && setParallelism() > 1)) a = sharedF32(n);
     this.owned.set(a.buffer, "fresh");
     return a;
   }
