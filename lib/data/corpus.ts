@@ -56,15 +56,20 @@ function isGlob(path: string): boolean {
   return /[*?[]/.test(path);
 }
 
+/** The file or directory at `path` (links followed), or null where there is none or it cannot be read. */
+function statOrNull(path: string): Deno.FileInfo | null {
+  try {
+    return Deno.statSync(path);
+  } catch {
+    return null;
+  }
+}
+
 /** Classifies `data.path`: one text file (the book), a directory or glob of .txt files, or a shard directory. */
 export function dataSourceKind(path: string): DataSourceKind {
   if (isGlob(path)) return "corpus";
-  let st: Deno.FileInfo;
-  try {
-    st = Deno.statSync(path);
-  } catch {
-    return "text"; // missing: the book's file, downloaded from data.url
-  }
+  const st = statOrNull(path);
+  if (!st) return "text"; // missing: the book's file, downloaded from data.url
   if (!st.isDirectory) return isOneFileCorpus(path) ? "corpus" : "text";
   return isShardDir(path) ? "shards" : "corpus";
 }
@@ -72,11 +77,7 @@ export function dataSourceKind(path: string): DataSourceKind {
 /** A single file that is a corpus of its own: one not read as the book's text (Parquet, JSONL, compressed). */
 function isOneFileCorpus(path: string): boolean {
   if (isGlob(path) || !(sourceFormat(path) !== "text" || isCompressed(path))) return false;
-  try {
-    return Deno.statSync(path).isFile;
-  } catch {
-    return false;
-  }
+  return statOrNull(path)?.isFile === true;
 }
 
 /** The directory a corpus lives in: the directory itself, a file's directory, or a glob's part before its first wildcard. */
@@ -129,24 +130,13 @@ function walk(dir: string, out: string[], seen = new Set<string>()) {
   }
 }
 
-function statOrNull(path: string): Deno.FileInfo | null {
-  try {
-    return Deno.statSync(path);
-  } catch {
-    return null;
-  }
-}
-
 /** Files a directory contributes: text and JSON Lines (also .gz, .zst) and Parquet, at any depth. */
 const CORPUS_FILE = /\.(?:(?:txt|jsonl|json|ndjson)(?:\.gz|\.zst)?|parquet)$/;
 
 /** Whether a directory holds nanoGPT's prepared `train.bin` and `val.bin`. */
 function isNanoGptDir(dir: string): boolean {
-  try {
-    return Deno.statSync(`${dir}/train.bin`).isFile && Deno.statSync(`${dir}/val.bin`).isFile;
-  } catch {
-    return false;
-  }
+  return statOrNull(`${dir}/train.bin`)?.isFile === true &&
+    statOrNull(`${dir}/val.bin`)?.isFile === true;
 }
 
 /**
