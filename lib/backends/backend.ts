@@ -6,7 +6,14 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
 import type { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
-import { BLAS_BACKEND, registerBlasBackend } from "./blas.ts";
+import {
+  BLAS_BACKEND,
+  matrixLibrary,
+  type Precision,
+  registerBlasBackend,
+  setPrecision,
+  weightsUpdated,
+} from "./blas.ts";
 import { alloc } from "./fused_cpu.ts";
 import { holdHelpers } from "./pool.ts";
 import { loadTensorflow, nvidiaGpuVisible } from "./tensorflow.ts";
@@ -200,4 +207,26 @@ export function hostView(t: tf.Tensor): Float32Array | null {
  */
 export function withHelpersHeld<T>(f: () => Promise<T>): Promise<T> {
   return holdHelpers(f);
+}
+
+export { type Precision, weightsUpdated };
+
+/**
+ * Sets the precision of the run's matrix products on the active backend `backend` (the name `initBackend`
+ * returned); `weights` are the model's parameters, whose bf16 copies are made once per optimizer step
+ * ({@link weightsUpdated}). `bf16-mixed` runs on the `blas` backend only: elsewhere a UserError (exit 2). Returns
+ * a phrase for the run header, e.g. "bf16-mixed (emulated: WebAssembly GEMM has no bf16 product, not faster)".
+ */
+export function usePrecision(precision: Precision, backend: string, weights: tf.Tensor[]): string {
+  if (precision !== "fp32" && backend !== "blas") {
+    throw new UserError(
+      `precision ${precision}: not available on backend ${backend} (not measured there yet); use backend blas or precision fp32`,
+    );
+  }
+  setPrecision(precision, weights);
+  if (precision === "fp32") return "fp32";
+  const lib = matrixLibrary();
+  return lib?.gemmBf16
+    ? `${precision} (bf16 products on ${lib.describe()})`
+    : `${precision} (emulated: bf16 rounding around fp32 products, not faster on this library)`;
 }

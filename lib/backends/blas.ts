@@ -65,6 +65,31 @@ export function useMatrixLibrary(kind: "auto" | "native" | "wasm"): LoadBlasResu
   return res;
 }
 
+/** How the `blas` backend's matrix products compute: "fp32", or "bf16-mixed" (operands rounded to bf16, fp32 out). */
+export type Precision = "fp32" | "bf16-mixed";
+
+let precision: Precision = "fp32";
+/** dataIds of the model's weights, whose bf16 copies are made once per {@link weightsUpdated}. */
+let weightIds = new WeakSet<object>();
+let weightsVersion = 0;
+
+/** Sets the precision of every later product, and which tensors are weights (converted once per update). */
+export function setPrecision(p: Precision, weights: tf.Tensor[] = []): void {
+  precision = p;
+  weightIds = new WeakSet(weights.map((w) => w.dataId as object));
+  weightsVersion++;
+}
+
+/** The precision products run in now. */
+export function getPrecision(): Precision {
+  return precision;
+}
+
+/** Says the weights changed (an optimizer step): their bf16 copies are made again on next use. */
+export function weightsUpdated(): void {
+  weightsVersion++;
+}
+
 type Info = tf.TensorInfo;
 type Backend = MathBackendCPU;
 

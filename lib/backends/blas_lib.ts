@@ -25,6 +25,11 @@ export interface BlasLib {
   sgemm: Sgemm;
   /** `cblas_sgemv` for one-row products (sampling with the KV cache), or null where the library lacks it. */
   sgemv: Sgemv | null;
+  /**
+   * bf16 × bf16 → fp32 product (row-major, CBLAS trans codes; bf16 as the high 16 bits of an fp32, in a
+   * Uint16Array), where the library computes in bf16 (oneDNN); absent elsewhere (products are then emulated).
+   */
+  gemmBf16?: GemmBf16;
   /** "native": a CBLAS through FFI; "wasm": the WebAssembly GEMM. */
   kind: "native" | "wasm";
   /** For the run header, e.g. "OpenBLAS 0.3.21, 2 threads" or "WebAssembly SIMD GEMM, relaxed FMA, 2 threads". */
@@ -36,6 +41,23 @@ export interface BlasLib {
   /** The library's thread count; undefined for libraries without thread control. */
   getNumThreads?: () => number;
 }
+
+/** C = alpha·op(A)·op(B) + beta·C with bf16 A and B (Uint16Array) and fp32 C, row-major; trans as CBLAS codes. */
+export type GemmBf16 = (
+  transA: number,
+  transB: number,
+  M: number,
+  N: number,
+  K: number,
+  alpha: number,
+  A: Uint16Array,
+  lda: number,
+  B: Uint16Array,
+  ldb: number,
+  beta: number,
+  C: Float32Array,
+  ldc: number,
+) => void;
 
 /** Result of loading a library: the library, or a one-line reason. */
 export type LoadBlasResult = { ok: true; lib: BlasLib; name: string } | {
