@@ -11,9 +11,26 @@ batch (gpt2-tiny.json's two windows), head untied (out_head a copy of wte), trai
 - `grad_norm`: clip_grad_norm_'s total norm; `clipped` (max_norm 1): norms, sums and first values after clipping;
 - `accumulated`: the figures after two micro-batches (window 0, then window 1, each loss / 2, summed by backward);
 - `loader_losses`: the book's calc_loss_loader over the whole train and val loaders (tied head, eval mode, windows
-  of 32 with stride 32, train drop_last, val keeping its last short batch, text order) for batch sizes 2 and 3.
-The Verdict's token ids come from tests/fixtures_gen/verdict_ids.ts (js-tiktoken)."""
-import json, math, os, struct, subprocess, sys
+  of 32 with stride 32, train drop_last, val keeping its last short batch, text order) for batch sizes 2 and 3;
+- `fp32_steps` and `bf16_autocast`: 5 training steps from the shared weights (a fresh model each, head untied,
+  train mode, dropout 0), the golden batch (both windows, batch 2) at every step, torch.optim.AdamW(lr 4e-4,
+  weight_decay 0.1 on every parameter, betas 0.9/0.999, eps 1e-8: the book's settings). Each step: zero_grad;
+  forward and mean cross-entropy (under `torch.autocast("cpu", dtype=torch.bfloat16)` for `bf16_autocast`, plain
+  fp32 for `fp32_steps`); backward (outside autocast); `losses[i]` = that loss (before step i's update);
+  `grad_norms[i]` = clip_grad_norm_'s total norm with max_norm inf (norm only, nothing clipped); then opt.step().
+  Under CPU autocast (torch 1.13) every Linear and both attention matmuls take bf16 inputs (forward and backward)
+  and also return bf16, so softmax and GELU then run on bf16 values; cross_entropy casts the bf16 logits to fp32;
+  the weights, gradients and AdamW moments stay fp32. fp32_steps' first loss and norm are `loss` and `grad_norm`.
+The Verdict's token ids come from tests/fixtures_gen/verdict_ids.ts (js-tiktoken).
+
+The fp32 products run in Debian's OpenBLAS, whose kernels depend on the CPU: the script pins its Haswell kernels
+(OPENBLAS_CORETYPE, those the file was first written with; an AVX-512 machine's own kernels move the loss by
+1e-7 relative and gradient entries by under 1e-7), so any AVX2 machine writes the same bytes. The bf16 products run in oneDNN, which picks its code by
+CPU too: `bf16_autocast` was written with AMX (Xeon Emerald Rapids); oneDNN's AVX-512 code moves its losses by up
+to ~5e-6 relative."""
+import os
+os.environ.setdefault("OPENBLAS_CORETYPE", "Haswell")  # before numpy and torch load OpenBLAS; see above
+import json, math, struct, subprocess, sys
 import numpy as np
 import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
@@ -90,6 +107,25 @@ def figures(m, rows, full=True):
     return {"grads": out, "tok_emb_rows": {str(r): f32(m.tok_emb.weight.grad[r].tolist()) for r in rows}}
 
 
+STEPS = {"steps": 5, "lr": 4e-4, "weight_decay": 0.1}
+
+
+def train_steps(cfg, tensors, x, y, autocast):
+    """STEPS AdamW steps on the same batch (see the module comment): the loss and gradient norm of each."""
+    m = book_model(cfg, tensors, tied=False); m.train()
+    opt = torch.optim.AdamW(m.parameters(), lr=STEPS["lr"], weight_decay=STEPS["weight_decay"])
+    losses, norms = [], []
+    for _ in range(STEPS["steps"]):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_of(m, x, y)
+        loss.backward()
+        losses.append(loss.item())
+        norms.append(torch.nn.utils.clip_grad_norm_(m.parameters(), math.inf).item())
+        opt.step()
+    return {**STEPS, "losses": losses, "grad_norms": norms}
+
+
 def main():
     fx = json.load(open(os.path.join(SHARED, "fixtures", "gpt2-tiny.json")))
     cfg = dict(fx["config"]); cfg["drop_rate"] = 0.0
@@ -135,6 +171,14 @@ def main():
     # The shared fixture's README prints the batch-2 figures (train 10.910931, val 10.843242): the same computation.
     ll = res["loader_losses"]["2"]
     assert abs(ll["train"]["loss"] - 10.910931) < 1e-6 and abs(ll["val"]["loss"] - 10.843242) < 1e-6, ll
+
+    res["fp32_steps"] = train_steps(cfg, tensors, x, y, autocast=False)
+    res["bf16_autocast"] = train_steps(cfg, tensors, x, y, autocast=True)
+    f, b = res["fp32_steps"], res["bf16_autocast"]
+    assert f["losses"][0] == res["loss"] and abs(f["grad_norms"][0] / res["grad_norm"] - 1) < 1e-6, (f, res["loss"])
+    assert abs(f["losses"][1] - fx["loss_after_one_adamw_step_untied"]) < 1e-5, (f, fx["loss_after_one_adamw_step_untied"])
+    # autocast took effect (bf16 products move the loss), yet stays within the project's 1e-2 relative tolerance.
+    assert all(u != v and abs(u / v - 1) < 1e-2 for u, v in zip(b["losses"], f["losses"])), (b, f)
     out = os.path.join(ROOT, "tests", "fixtures", "gpt2-tiny-torch.json")
     with open(out + ".tmp", "w") as f: json.dump(res, f, separators=(",", ":"))
     os.replace(out + ".tmp", out)
