@@ -33,7 +33,7 @@ class GPT(nn.Module):
         s.drop_emb=nn.Dropout(c['drop_rate']); s.trf_blocks=nn.Sequential(*[Block(c) for _ in range(c['n_layers'])])
         s.final_norm=LayerNorm(c['emb_dim']); s.out_head=nn.Linear(c['emb_dim'],c['vocab_size'],bias=False)
     def forward(s,idx):
-        b,t=idx.shape; x=s.drop_emb(s.tok_emb(idx)+s.pos_emb(torch.arange(t))); return s.out_head(s.final_norm(s.trf_blocks(x)))
+        b,t=idx.shape; x=s.drop_emb(s.tok_emb(idx)+s.pos_emb(torch.arange(t,device=idx.device))); return s.out_head(s.final_norm(s.trf_blocks(x)))
 if __name__ == '__main__':
   d=json.load(open(sys.argv[1])); cfg=d['config']; c=dict(cfg['model']); c['drop_rate']=0.0
   torch.manual_seed(cfg['training']['seed']); m=GPT(c); m.train()
