@@ -23,14 +23,28 @@ import type { Sgemm } from "./cblas.ts";
 import "./gemm_split.ts"; // registers "sgemmHeads"
 import {
   type BlasLib,
-  loadBlas,
+  forcedLibrary,
+  LIBRARIES,
+  type LibraryKind,
   type LoadBlasResult,
+  loadDnnlBlas,
   loadNativeBlas,
   loadWasmBlas,
+  type Precision,
   useForHeads,
 } from "./blas_lib.ts";
+import { loadBlas } from "./matrix_choice.ts";
+import { bf16Array, type Bf16Operand, toBf16 } from "./bf16.ts";
 
-export { type BlasLib, loadBlas, type LoadBlasResult, loadNativeBlas, loadWasmBlas };
+export {
+  type BlasLib,
+  loadBlas,
+  type LoadBlasResult,
+  loadDnnlBlas,
+  loadNativeBlas,
+  loadWasmBlas,
+  type Precision,
+};
 
 tf.env().set("IS_NODE", false); // silences tfjs's "install tfjs-node" banner
 
@@ -51,30 +65,40 @@ function lib(): BlasLib {
   return active;
 }
 
+/** How the active library was chosen: "auto" (measured, for a precision) or the kind a caller named. */
+let chosenBy: "auto" | LibraryKind = "auto";
+
 /**
- * Switches the `blas` backend's matrix library: "auto" as at registration (native where one loads, unless
- * `GPT_BLAS=wasm`), "native" or "wasm" (tests and benchmarks run both in one process). Returns the library, or
- * why it is not available (the current one is then kept).
+ * Switches the `blas` backend's matrix library: "auto" as at registration (`GPT_BLAS`'s, else the fastest
+ * measured for `precision`), or "native", "dnnl", "wasm" (tests and benchmarks run several in one process).
+ * Returns the library, or why it is not available (the current one is then kept).
  */
-export function useMatrixLibrary(kind: "auto" | "native" | "wasm"): LoadBlasResult {
-  const res = kind === "auto" ? loadBlas() : kind === "native" ? loadNativeBlas() : loadWasmBlas();
+export function useMatrixLibrary(
+  kind: "auto" | LibraryKind,
+  precision: Precision = "fp32",
+): LoadBlasResult {
+  const res = kind === "auto" ? loadBlas(precision) : LIBRARIES[kind]();
   if (res.ok) {
     active = res.lib;
+    chosenBy = kind;
     useForHeads(res.lib);
   }
   return res;
 }
-
-/** How the `blas` backend's matrix products compute: "fp32", or "bf16-mixed" (operands rounded to bf16, fp32 out). */
-export type Precision = "fp32" | "bf16-mixed";
 
 let precision: Precision = "fp32";
 /** dataIds of the model's weights, whose bf16 copies are made once per {@link weightsUpdated}. */
 let weightIds = new WeakSet<object>();
 let weightsVersion = 0;
 
-/** Sets the precision of every later product, and which tensors are weights (converted once per update). */
+/**
+ * Sets the precision of every later product, and which tensors are weights (converted once per update). Where the
+ * library was chosen by measurement (`auto`, no `GPT_BLAS`), the fastest one for `p` is taken.
+ */
 export function setPrecision(p: Precision, weights: tf.Tensor[] = []): void {
+  if (active && chosenBy === "auto" && !forcedLibrary() && p !== precision) {
+    useMatrixLibrary("auto", p);
+  }
   precision = p;
   weightIds = new WeakSet(weights.map((w) => w.dataId as object));
   weightsVersion++;
@@ -288,37 +312,138 @@ function gemm(
   const outerA = a.shape.slice(0, -2), outerB = b.shape.slice(0, -2);
   const outer = tf.backend_util.assertAndGetBroadcastShape(outerA, outerB);
   const batch = tf.util.sizeFromShape(outer);
-  const batchA = tf.util.sizeFromShape(outerA), batchB = tf.util.sizeFromShape(outerB);
   const shape = [...outer, M, N];
   const beta = c ? 1 : 0;
   c ??= alloc(backend, batch * M * N); // sgemm with beta = 0 overwrites every element
+  if (batch === 0 || M === 0 || N === 0) return { shape, values: c };
+  const d: Dims = { M, N, K, transA, transB, batch, outer, outerA, outerB, beta };
   const A = operand(backend, a), B = operand(backend, b);
+  if (precision === "fp32") products(blas, A, B, c, d);
+  else {
+    // bf16-mixed: oneDNN multiplies bf16 bits; every other library (and the heads, shared out between our
+    // threads) multiplies the rounded values in fp32.
+    const bits = !!blas.gemmBf16 && !headsShape(blas, d);
+    const A16 = bf16Of(a, A, bits), B16 = bf16Of(b, B, bits);
+    try {
+      products(
+        bits ? bitsLib(blas) : blas,
+        A16.data as Float32Array,
+        B16.data as Float32Array,
+        c,
+        d,
+      );
+    } finally {
+      A16.release(), B16.release();
+    }
+  }
+  return { shape, values: c };
+}
+
+/** A bf16 operand and how to hand its array back when the product is done. */
+interface Bf16Use {
+  data: Bf16Operand;
+  release(): void;
+}
+
+/** bf16 copies of the weights, made again after each {@link weightsUpdated}. */
+const weightCopies = new WeakMap<object, { version: number; data: Bf16Operand }>();
+/** Scratch arrays for activations' bf16 copies, by kind and length, reused from product to product. */
+const scratch = new Map<string, Bf16Operand[]>();
+
+/** `values` (tensor `t`'s storage) rounded to bf16: `bits` for a bf16 library, else as fp32. */
+function bf16Of(t: Info, values: Float32Array, bits: boolean): Bf16Use {
+  const n = values.length,
+    fits = (x: Bf16Operand) => x.length === n && (x instanceof Uint16Array) === bits;
+  if (weightIds.has(t.dataId)) {
+    let w = weightCopies.get(t.dataId);
+    if (!w || !fits(w.data)) {
+      weightCopies.set(t.dataId, w = { version: -1, data: bf16Array(n, bits) });
+    }
+    if (w.version !== weightsVersion) toBf16(values, w.data), w.version = weightsVersion;
+    return { data: w.data, release: () => {} };
+  }
+  const key = `${bits ? "b" : "f"}${n}`;
+  let list = scratch.get(key);
+  const data = list?.pop() ?? bf16Array(n, bits);
+  toBf16(values, data);
+  return {
+    data,
+    release: () => {
+      if (!list) scratch.set(key, list = []);
+      list.push(data);
+    },
+  };
+}
+
+/** `blas` with `sgemm` multiplying bf16 operands (Uint16Arrays passed where the signature says Float32Array). */
+function bitsLib(blas: BlasLib): BlasLib {
+  const g = blas.gemmBf16!;
+  const sgemm: Sgemm = (_o, tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) =>
+    g(
+      tA,
+      tB,
+      M,
+      N,
+      K,
+      alpha,
+      A as unknown as Uint16Array,
+      lda,
+      B as unknown as Uint16Array,
+      ldb,
+      beta,
+      C,
+      ldc,
+    );
+  return { ...blas, sgemm, sgemv: null };
+}
+
+/** A product's sizes: C (outer…, M, N) = op(A) · op(B) (+ C when beta is 1), batch dims broadcast. */
+interface Dims {
+  M: number;
+  N: number;
+  K: number;
+  transA: boolean;
+  transB: boolean;
+  batch: number;
+  outer: number[];
+  outerA: number[];
+  outerB: number[];
+  beta: number;
+}
+
+/** True where {@link products} shares the batch out between our threads (attention heads). */
+function headsShape(blas: BlasLib, d: Dims): boolean {
+  const batchA = tf.util.sizeFromShape(d.outerA), batchB = tf.util.sizeFromShape(d.outerB);
+  return batchA === d.batch && batchB === d.batch && d.batch > 1 &&
+    d.M * d.N * d.K <= SMALL_PRODUCT &&
+    !!blas.setNumThreads && !!blas.getNumThreads;
+}
+
+/** The products of {@link gemm} on `blas`, into `c`. */
+function products(blas: BlasLib, A: Float32Array, B: Float32Array, c: Float32Array, d: Dims): void {
+  const { M, N, K, transA, transB, batch, outer, outerA, outerB, beta } = d;
+  const batchA = tf.util.sizeFromShape(outerA), batchB = tf.util.sizeFromShape(outerB);
   const lda = transA ? M : K, ldb = transB ? K : N;
   const tA = transA ? TRANS : NO_TRANS, tB = transB ? TRANS : NO_TRANS;
-  if (batch === 0 || M === 0 || N === 0) return { shape, values: c };
-
   if (batchB === 1 && !transA && batch * M === 1 && blas.sgemv) {
     // One row (sampling with the KV cache): a matrix-vector product streams B once, without packing it.
     if (beta === 0) c.fill(0); // sgemv's beta = 0 need not overwrite NaN
     if (transB) blas.sgemv(ROW_MAJOR, NO_TRANS, N, K, 1, B, ldb, A, 1, beta, c, 1);
     else blas.sgemv(ROW_MAJOR, TRANS, K, N, 1, B, ldb, A, 1, beta, c, 1);
-    return { shape, values: c };
+    return;
   }
   if (batchB === 1 && !transA) {
     // Stacked rows of A against one B: a single (batch·M, K) × (K, N) product.
     blas.sgemm(ROW_MAJOR, tA, tB, batch * M, N, K, 1, A, lda, B, ldb, beta, c, N);
-    return { shape, values: c };
+    return;
   }
-  if (
-    batchA === batch && batchB === batch && batch > 1 && M * N * K <= SMALL_PRODUCT &&
-    blas.setNumThreads && blas.getNumThreads
-  ) {
+  if (headsShape(blas, d)) {
     // Attention heads: OpenBLAS takes about as long for one small product on two threads as on one, so each
     // product runs on one OpenBLAS thread and the heads are shared out between our threads (all on the calling
     // thread with GPT_JS_THREADS=1: the same products, so the same numbers).
     const blocks = [M * K, 0, lda, K * N, 0, ldb, M * N, 0, N]; // item i: the i-th block of each
     sgemmOnEachThread(blas, [A, B, c], [1, tA, tB, M, N, K, beta, ...blocks], batch, M * N * K);
-    return { shape, values: c };
+    return;
   }
   const items = [tA, tB, M, N, K, lda, ldb, beta, M * K, K * N, M * N]; // sgemmItem's sizes
   // Per-batch products; each output batch index maps to its (broadcast) A and B batch indices.
@@ -336,7 +461,6 @@ function gemm(
     }
     sgemmItem(blas.sgemm, items, A, ia, B, ib, c, i);
   }
-  return { shape, values: c };
 }
 
 /**
@@ -501,13 +625,16 @@ function headsMatMulKernel(): KernelFn {
       ...t.sb,
       ...t.sc,
     ];
-    sgemmOnEachThread(
-      lib(),
-      [f32(backend, a), f32(backend, b), c],
-      s,
-      t.batch * t.heads,
-      t.M * t.N * t.K,
-    );
+    const uses = [a, b].map((x) => {
+      const v = f32(backend, x);
+      return precision === "fp32" ? { data: v, release: () => {} } : bf16Of(x, v, false);
+    });
+    try {
+      const [A, B] = uses.map((u) => u.data as Float32Array);
+      sgemmOnEachThread(lib(), [A, B, c], s, t.batch * t.heads, t.M * t.N * t.K);
+    } finally {
+      for (const u of uses) u.release();
+    }
     return backend.makeTensorInfo(t.shape, "float32", c);
   };
 }

@@ -1,24 +1,45 @@
 /**
- * The matrix library under the `blas` backend: a native CBLAS through Deno FFI (OpenBLAS on Linux and Windows,
- * Accelerate on macOS) when one loads, else the WebAssembly SIMD GEMM of gemm.ts on every thread, which needs
- * nothing installed. `GPT_BLAS=wasm` picks the WebAssembly GEMM even where a native library is present.
+ * The matrix libraries the `blas` backend can use: a native CBLAS through Deno FFI (OpenBLAS on Linux and Windows,
+ * Accelerate on macOS), oneDNN through FFI (dnnl.ts), and the WebAssembly SIMD GEMM of gemm.ts on every thread,
+ * which needs nothing installed. Which one runs is matrix_choice.ts's business.
  */
 import { gemmBuild, wasmSgemm } from "./gemm.ts";
 import { type Sgemm, SGEMM_SYMBOLS, type Sgemv, SGEMV_SYMBOLS } from "./cblas.ts";
 import {
+  DNNL_GEMM,
   parallelWasmSgemm,
   parallelWasmSgemv,
   setSgemm,
   setWasmGemmThreads,
   WASM_GEMM,
 } from "./gemm_split.ts";
+import { openDnnl } from "./dnnl.ts";
 import { setParallelism } from "./pool.ts";
+import { UserError } from "../errors.ts";
 
 const OPENBLAS_SYMBOLS = {
   openblas_set_num_threads: { parameters: ["i32"], result: "void" },
   openblas_get_num_threads: { parameters: [], result: "i32" },
   openblas_get_config: { parameters: [], result: "pointer" },
+  openblas_get_corename: { parameters: [], result: "pointer" },
 } as const;
+
+/** OpenBLAS's kernels for CPUs without AVX: what 0.3.21 falls back to on a CPU it does not know. */
+const GENERIC_CORES = [
+  "Prescott",
+  "Katmai",
+  "Coppermine",
+  "Northwood",
+  "Banias",
+  "Core2",
+  "Penryn",
+  "Dunnington",
+  "Nehalem",
+  "Atom",
+];
+
+/** How the `blas` backend's matrix products compute: "fp32", or "bf16-mixed" (operands rounded to bf16, fp32 out). */
+export type Precision = "fp32" | "bf16-mixed";
 
 /** A loaded matrix library: `cblas_sgemm` (row-major), its thread control, and what it is. */
 export interface BlasLib {
@@ -30,8 +51,12 @@ export interface BlasLib {
    * Uint16Array), where the library computes in bf16 (oneDNN); absent elsewhere (products are then emulated).
    */
   gemmBf16?: GemmBf16;
-  /** "native": a CBLAS through FFI; "wasm": the WebAssembly GEMM. */
-  kind: "native" | "wasm";
+  /** "native": a CBLAS through FFI; "dnnl": oneDNN through FFI; "wasm": the WebAssembly GEMM. */
+  kind: "native" | "dnnl" | "wasm";
+  /** OpenBLAS's kernel set (`openblas_get_corename`, e.g. "SkylakeX"), where the library is OpenBLAS. */
+  core?: string;
+  /** A one-line fix where the library runs far below this CPU's speed (OpenBLAS on a generic core), else absent. */
+  warning?: string;
   /** For the run header, e.g. "OpenBLAS 0.3.21, 2 threads" or "WebAssembly SIMD GEMM, relaxed FMA, 2 threads". */
   describe(): string;
   /** The name {@link setSgemm} takes: the library's path, or "wasm". */
@@ -82,7 +107,7 @@ function firstLine(err: unknown): string {
   return String(err instanceof Error ? err.message : err).split("\n")[0];
 }
 
-function env(name: string): string | undefined {
+export function env(name: string): string | undefined {
   try {
     return Deno.env.get(name);
   } catch {
@@ -114,13 +139,54 @@ function withOpenBlas(lib: BlasLib, path: string): BlasLib {
     const ptr = o.openblas_get_config();
     const config = ptr ? Deno.UnsafePointerView.getCString(ptr) : "OpenBLAS";
     const version = config.split(" ").slice(0, 2).join(" ");
+    const corePtr = o.openblas_get_corename();
+    const core = corePtr ? Deno.UnsafePointerView.getCString(corePtr) : undefined;
+    lib.core = core;
+    lib.warning = core ? genericCoreWarning(core) : undefined;
     lib.setNumThreads = (n) => o.openblas_set_num_threads(n);
     lib.getNumThreads = () => o.openblas_get_num_threads();
-    lib.describe = () => `${version}, ${o.openblas_get_num_threads()} threads`;
+    lib.describe = () =>
+      `${version} (${core ?? "core unknown"}), ${threads(o.openblas_get_num_threads())}`;
   } catch {
     // Accelerate and reference CBLAS have no OpenBLAS thread control.
   }
   return lib;
+}
+
+/** "1 thread", "2 threads". */
+export function threads(n: number): string {
+  return `${n} thread${n === 1 ? "" : "s"}`;
+}
+
+/** The CPU's feature flags (Linux /proc/cpuinfo), or an empty set where unreadable. */
+export function cpuFlags(): Set<string> {
+  try {
+    const line = Deno.readTextFileSync("/proc/cpuinfo").split("\n").find((l) =>
+      l.startsWith("flags")
+    );
+    return new Set(line?.split(":")[1].trim().split(/\s+/) ?? []);
+  } catch {
+    return new Set();
+  }
+}
+
+/**
+ * The fix for an OpenBLAS that fell back to generic SSE kernels on a CPU with AVX-512 or AVX2 (0.3.21 does not
+ * know Intel's Sapphire and Emerald Rapids): the core type to name before the library loads.
+ */
+function genericCoreWarning(core: string): string | undefined {
+  if (!GENERIC_CORES.includes(core)) return undefined;
+  const f = cpuFlags();
+  const fix = f.has("avx512_bf16")
+    ? "Cooperlake"
+    : f.has("avx512f")
+    ? "SkylakeX"
+    : f.has("avx2")
+    ? "Haswell"
+    : null;
+  return fix
+    ? `OpenBLAS runs its generic ${core} kernels on this CPU (about 4× slower): start with OPENBLAS_CORETYPE=${fix} set`
+    : undefined;
 }
 
 /** The library's `cblas_sgemv`, or null where it has none (one-row products then go through sgemm). */
@@ -182,18 +248,44 @@ export function loadWasmBlas(): LoadBlasResult {
   return (wasm = { ok: true, lib, name: WASM_GEMM });
 }
 
-/**
- * The library the `blas` backend uses: a native CBLAS where one loads (unless `GPT_BLAS=wasm`), else the
- * WebAssembly GEMM, whose description then ends with how to get the native one.
- */
-export function loadBlas(): LoadBlasResult {
-  if (env("GPT_BLAS") === "wasm") return loadWasmBlas();
-  const n = loadNativeBlas();
-  if (n.ok) return n;
-  const w = loadWasmBlas();
-  if (!w.ok) return { ok: false, reason: `${n.reason}; ${w.reason}` };
-  const describe = () => `${w.lib.describe()}; no native BLAS, ${NATIVE_HINT}`;
-  return { ...w, lib: { ...w.lib, describe } };
+let dnnl: LoadBlasResult | null = null;
+
+/** oneDNN as a library (dnnl.ts), or why it did not load; opened once per process. */
+export function loadDnnlBlas(): LoadBlasResult {
+  if (dnnl) return dnnl;
+  const d = openDnnl();
+  if (typeof d === "string") return (dnnl = { ok: false, reason: d });
+  const lib: BlasLib = {
+    sgemm: d.sgemm,
+    sgemv: null,
+    gemmBf16: d.gemmBf16,
+    kind: "dnnl",
+    name: DNNL_GEMM,
+    describe: () => `${d.version}, ${threads(d.getNumThreads())}`,
+    setNumThreads: d.setNumThreads,
+    getNumThreads: d.getNumThreads,
+  };
+  return (dnnl = { ok: true, lib, name: d.path });
+}
+
+/** The libraries `GPT_BLAS` can name, and the loader of each. */
+export const LIBRARIES = {
+  native: loadNativeBlas,
+  dnnl: loadDnnlBlas,
+  wasm: loadWasmBlas,
+} as const;
+
+/** A library `GPT_BLAS` or a benchmark names. */
+export type LibraryKind = keyof typeof LIBRARIES;
+
+/** `GPT_BLAS`'s library (openblas and accelerate mean native; onednn means dnnl), or undefined for the measured choice. */
+export function forcedLibrary(): LibraryKind | undefined {
+  const v = env("GPT_BLAS")?.toLowerCase();
+  if (!v || v === "auto") return undefined;
+  if (v === "openblas" || v === "accelerate" || v === "native") return "native";
+  if (v === "onednn" || v === "dnnl") return "dnnl";
+  if (v === "wasm") return "wasm";
+  throw new UserError(`GPT_BLAS=${v}: expected auto, openblas (native), onednn (dnnl) or wasm`);
 }
 
 /** Makes `lib` the one `sgemmHeads` calls on every thread. */

@@ -7,6 +7,7 @@
  */
 import { gemmBlock, gemvBlock, gemvFits, wasmSgemm, wasmSgemv } from "./gemm.ts";
 import { type Sgemm, SGEMM_SYMBOLS, type Sgemv } from "./cblas.ts";
+import { openDnnl } from "./dnnl.ts";
 import {
   helperSetting,
   parallelFor,
@@ -32,6 +33,9 @@ export function setSgemm(path: string, fn: Sgemm): void {
 /** The library name {@link setSgemm} takes for the WebAssembly GEMM (gemm.ts), which every thread has built in. */
 export const WASM_GEMM = "wasm";
 
+/** The library name {@link setSgemm} takes for oneDNN (dnnl.ts), which helpers open on one OpenMP thread each. */
+export const DNNL_GEMM = "dnnl";
+
 /** This thread's `cblas_sgemm` of the library the caller named (a helper opens it on first use, or on a switch). */
 function helperSgemm(): Sgemm {
   const path = helperSetting(BLAS_SETTING);
@@ -39,10 +43,19 @@ function helperSgemm(): Sgemm {
     if (!path) throw new Error("sgemmHeads: no BLAS library was named");
     sgemm = path === WASM_GEMM
       ? wasmSgemm
+      : path === DNNL_GEMM
+      ? dnnlSgemm()
       : Deno.dlopen(path, SGEMM_SYMBOLS).symbols.cblas_sgemm as unknown as Sgemm;
     opened = path;
   }
   return sgemm;
+}
+
+/** oneDNN's sgemm on this helper, on one OpenMP thread: the heads are already shared out between our threads. */
+function dnnlSgemm(): Sgemm {
+  const d = openDnnl(1);
+  if (typeof d === "string") throw new Error(`sgemmHeads: ${d}`);
+  return d.sgemm;
 }
 
 /** Products smaller than this (M·N·K) stay on the calling thread in {@link parallelWasmSgemm}. */

@@ -6,5 +6,6 @@
 import { serveWorker } from "./pool.ts";
 import "./kernels.ts";
 import "./gemm_split.ts";
+import "./bf16.ts";
 
 serveWorker(self);
