@@ -11,13 +11,16 @@
  * streamed from its shards), each with peak RSS, then one `prepare` line per corpus form (--formats, default all of
  * Parquet, JSONL, .jsonl.gz/.zst, .txt.gz/.zst and nanoGPT's .bin) holding the same text, with its MB/s of text and
  * `ratio_vs_txt` (over the `.txt` MB/s timed before and after the forms); --data-only runs just those, --no-data skips them.
- * The native train-step lines get `matmul_s`, the same step's matrix products alone at 2 threads (bench/matmul.ts
- * --batch, its own process in the same run), and `ratio_vs_matmul` (the step's median ÷ matmul_s).
+ * The native train-step lines get `matmul_s`, the same step's matrix products alone at 2 threads for the experiment's
+ * own model (bench/matmul.ts --experiment --batch, its own process in the same run), and `ratio_vs_matmul` (the
+ * step's median ÷ matmul_s). After the JSON lines (stdout, for scripts), a short table of them goes to stderr.
  * `--stream-gtokens n` adds a `stream` line: every window of n billion tokens of shards streamed once, with RSS
  * sampled along the way (it writes 2n GB to bench/out/ the first time). Timings live here, never in tests.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { parseArgs } from "node:util";
+import { parseTaskArgs } from "../lib/cli.ts";
+import { runTask, UserError } from "../lib/errors.ts";
+import { benchTable } from "./table.ts";
 import { AdamW } from "../lib/train/adamw.ts";
 import { initBackend } from "../lib/backends/backend.ts";
 import { loadNativeBlas, matrixLibrary } from "../lib/backends/blas.ts";
@@ -43,9 +46,37 @@ import {
   TOKENIZER,
 } from "../lib/data/shards.ts";
 
-const { values } = parseArgs({
-  args: Deno.args,
-  options: {
+const USAGE = `usage: deno task bench [options]
+
+Speed of the experiment's training step, eval forward and sampling on every matrix library (one JSON line per
+case on stdout), PyTorch's same step when torch is installed, then prepare and loader speed over a generated
+corpus; a short table of the figures follows on stderr.
+
+options:
+  --experiment path   the experiment whose model is timed (default experiments/verdict.yaml)
+  --quick             one timed step per case, batch 2 only, PyTorch at batch 2 only
+  --steps n           timed steps per case (default 3, 1 with --quick)
+  --repeats n         processes per train-step case, the fastest counts (default 2)
+  --no-torch          skip PyTorch
+  --no-data           skip the data cases (tokenize, loader, prepare per corpus form)
+  --data-only         run only the data cases
+  --corpus-mb n       size of the generated corpus for the data cases (default 200)
+  --formats list      corpus forms timed beside .txt (default parquet,jsonl,jsonl.gz,jsonl.zst,txt.gz,txt.zst,bin)
+  --stream-gtokens n  add a stream case over n billion tokens of shards (writes 2n GB to bench/out/)
+  --backend name      override the experiment's backend (bench/gpu.ts passes webgpu)
+  --case name         run one case in this process and print its line (what the bench runs per subprocess)
+  --batch n           the batch of --case (default 2)
+  -h, --help          show this help`;
+
+let parsedArgs: ReturnType<typeof parseBenchArgs> | null = null;
+await runTask(() => {
+  parsedArgs = parseBenchArgs();
+});
+if (!parsedArgs) Deno.exit(0);
+const { values } = parsedArgs as NonNullable<ReturnType<typeof parseBenchArgs>>;
+
+function parseBenchArgs() {
+  const parsed = parseTaskArgs("bench", USAGE, {
     quick: { type: "boolean", default: false },
     "no-torch": { type: "boolean", default: false },
     steps: { type: "string" },
@@ -59,8 +90,20 @@ const { values } = parseArgs({
     "stream-gtokens": { type: "string", default: "0" },
     repeats: { type: "string", default: "2" }, // processes per train-step case; the fastest counts
     backend: { type: "string" }, // overrides the experiment's backend (bench/gpu.ts passes webgpu)
-  },
-});
+  });
+  if (parsed && parsed.positionals.length > 0) {
+    throw new UserError(`bench: unexpected argument ${parsed.positionals[0]} (see --help)`);
+  }
+  return parsed;
+}
+
+/** Every line printed for the table at the end (the `--case` subprocesses print theirs alone). */
+const printed: Record<string, unknown>[] = [];
+/** Prints one result line on stdout, as JSON, and keeps it for {@link benchTable}. */
+function emit(r: Record<string, unknown>) {
+  printed.push(r);
+  console.log(JSON.stringify(r));
+}
 const steps = Number(values.steps ?? (values.quick ? 1 : 3));
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const peakRssMb = () => {
@@ -463,7 +506,10 @@ const ours: Record<string, unknown>[] = [];
 const dataLines: Record<string, unknown>[] = [];
 if (!values["no-data"]) {
   const mb = Number(values["corpus-mb"]);
-  if (!(mb > 0)) throw new Error(`--corpus-mb ${values["corpus-mb"]}: expected a positive number`);
+  if (!(mb > 0)) {
+    console.error(`error: bench: --corpus-mb ${values["corpus-mb"]}: expected a positive number`);
+    Deno.exit(2);
+  }
   const corpus = await benchCorpus(mb);
   for (const name of ["tokenize", "loader"]) {
     const r = await sub(Deno.execPath(), [...self, "--experiment", corpus, "--case", name]);
@@ -493,7 +539,8 @@ if (!values["no-data"]) {
     dataLines.push(r ?? { case: "stream", error: "case failed" });
   }
   if (values["data-only"]) {
-    for (const r of dataLines) console.log(JSON.stringify(r));
+    for (const r of dataLines) emit(r);
+    console.error("\n" + benchTable(printed));
     Deno.exit(0);
   }
 }
@@ -509,17 +556,19 @@ for (const [name, batch] of CASES) {
     const best = await bestOf(name, batch, lib === "wasm" ? { GPT_BLAS: "wasm" } : {});
     if (best && name === "train_step" && lib === "native") await addMatmul(best, batch);
     if (best) ours.push(best);
-    else console.log(JSON.stringify({ case: name, batch, matrix_lib: lib, error: "case failed" }));
+    else emit({ case: name, batch, matrix_lib: lib, error: "case failed" });
   }
 }
 
 /**
- * `matmul_s`: the matrix products of one train step at `batch` on the native BLAS at 2 threads (bench/matmul.ts,
- * its own process, right after the step's), and `ratio_vs_matmul`: the step's median over that.
+ * `matmul_s`: the matrix products of one train step of the experiment's model at `batch` on the native BLAS at 2
+ * threads (bench/matmul.ts, its own process, right after the step's), and `ratio_vs_matmul`: the step's median over
+ * that.
  */
 async function addMatmul(r: Record<string, unknown>, batch: number) {
   const script = new URL("./matmul.ts", import.meta.url).pathname;
   const args = ["--lib", "native", "--threads", "2", "--batch", String(batch), "--reps", "3"];
+  args.push("--experiment", values.experiment!);
   const m = await sub(Deno.execPath(), ["run", "--allow-all", script, ...args, "--summary"], {
     GLIBC_TUNABLES: MALLOC_HUGE,
   });
@@ -606,16 +655,11 @@ for (const r of ours) {
     o.case === r.case && o.batch === r.batch && o !== r && !isWasm(o) && isWasm(r)
   );
   if (nativeLine) r.ratio_vs_native = Number(r.tokens_per_s) / Number(nativeLine.tokens_per_s);
-  console.log(JSON.stringify(r));
+  emit(r);
 }
-for (const t of Object.values(torchBest)) console.log(JSON.stringify(t));
-for (const r of dataLines) console.log(JSON.stringify(r));
+for (const t of Object.values(torchBest)) emit(t);
+for (const r of dataLines) emit(r);
 if (!values["no-torch"] && Object.keys(torchBest).length === 0) {
-  console.log(
-    JSON.stringify({
-      case: "train_step",
-      impl: "pytorch",
-      skipped: "python3 with torch not found",
-    }),
-  );
+  emit({ case: "train_step", impl: "pytorch", skipped: "python3 with torch not found" });
 }
+console.error("\n" + benchTable(printed));

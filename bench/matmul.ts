@@ -1,13 +1,14 @@
 /**
- * GFLOP/s of the `blas` backend on the matrix products of one chapter-5 training step (GPT-124M, --batch × 256
- * tokens, default batch 2), forward and backward, at 1 and 2 threads of each matrix library: the native BLAS
+ * GFLOP/s of the `blas` backend on the matrix products of one chapter-5 training step (the model of --experiment,
+ * default experiments/verdict.yaml's GPT-124M, at --batch × its context, default batch 2), forward and backward, at 1 and 2 threads of each matrix library: the native BLAS
  * (OpenBLAS) where one loads, then the WebAssembly GEMM (relaxed FMA where the runtime has it;
  * `GPT_GEMM_SIMD=plain` for the SIMD128 build); and the cpu backend on one small shape for scale. Prints one JSON
  * line per measurement. `--summary` prints only the last line, `{"matmulSecondsPerStep": {lib: {threads: s}}}`
  * (the step's products summed; the padded-head case and the cpu case are skipped): what bench/bench.ts's
  * `matmul_s` reads, with `--lib native --threads 2`.
  *
- *   deno run -A bench/matmul.ts [--reps 5] [--lib native|wasm] [--batch 2] [--threads 1,2] [--summary]
+ *   deno run -A bench/matmul.ts [--experiment path] [--reps 5] [--lib native|wasm] [--batch 2] [--threads 1,2]
+ *     [--summary]
  */
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
@@ -19,6 +20,7 @@ import {
 } from "../lib/backends/blas.ts";
 import { gemmBuild } from "../lib/backends/gemm.ts";
 import { holdHelpers, readyHelpers, setParallelism } from "../lib/backends/pool.ts";
+import { loadExperiment } from "../lib/config.ts";
 
 const flag = (name: string) =>
   Deno.args.includes(name) ? Deno.args[Deno.args.indexOf(name) + 1] : undefined;
@@ -30,7 +32,15 @@ function counts(name: string, def: string): number[] {
   Deno.exit(2);
 }
 const [batch] = counts("--batch", "2");
-const T = 256, N = batch * T, C = 768, F = 3072, V = 50257, BH = batch * 12, D = 64;
+const cfg = await loadExperiment(flag("--experiment") ?? "experiments/verdict.yaml").catch((e) => {
+  console.log(JSON.stringify({ error: (e as Error).message }));
+  Deno.exit(2);
+});
+const { emb_dim: C, n_heads: H, n_layers: L, vocab_size: V } = cfg.model;
+const T = cfg.data.max_length ?? cfg.model.context_length, N = batch * T, F = 4 * C;
+const BH = batch * H, D = C / H;
+/** The output head padded to a multiple of 64 columns (nanoGPT's 50304 for GPT-2), for scale only. */
+const VPAD = Math.ceil(V / 64) * 64;
 const reps = Number(flag("--reps") || 5);
 const only = flag("--lib") ?? null;
 const LIBS = (["native", "wasm"] as const).filter((l) => only === null || l === only);
@@ -45,7 +55,7 @@ interface Case {
   b: number[];
   tA: boolean;
   tB: boolean;
-  /** Times the step runs this product (12 layers; × 3 for q, k, v). */
+  /** Times the step runs this product (once per layer; × 4 for q, k, v and the output projection). */
   perStep: number;
 }
 
@@ -59,17 +69,17 @@ function linear(name: string, inF: number, outF: number, perStep: number): Case[
 }
 
 const CASES: Case[] = ([
-  ...linear("qkv/out_proj 768→768", C, C, 48),
-  ...linear("ff1 768→3072", C, F, 12),
-  ...linear("ff2 3072→768", F, C, 12),
-  ...linear("head 768→50257", C, V, 1),
-  ...linear("head 768→50304 (padded)", C, 50304, 0),
-  { name: "att q·kᵀ fwd", a: [BH, T, D], b: [BH, T, D], tA: false, tB: true, perStep: 12 },
-  { name: "att q·kᵀ dq", a: [BH, T, T], b: [BH, T, D], tA: false, tB: false, perStep: 12 },
-  { name: "att q·kᵀ dk", a: [BH, T, T], b: [BH, T, D], tA: true, tB: false, perStep: 12 },
-  { name: "att p·v fwd", a: [BH, T, T], b: [BH, T, D], tA: false, tB: false, perStep: 12 },
-  { name: "att p·v dp", a: [BH, T, D], b: [BH, T, D], tA: false, tB: true, perStep: 12 },
-  { name: "att p·v dv", a: [BH, T, T], b: [BH, T, D], tA: true, tB: false, perStep: 12 },
+  ...linear(`qkv/out_proj ${C}→${C}`, C, C, 4 * L),
+  ...linear(`ff1 ${C}→${F}`, C, F, L),
+  ...linear(`ff2 ${F}→${C}`, F, C, L),
+  ...linear(`head ${C}→${V}`, C, V, 1),
+  ...(VPAD === V ? [] : linear(`head ${C}→${VPAD} (padded)`, C, VPAD, 0)),
+  { name: "att q·kᵀ fwd", a: [BH, T, D], b: [BH, T, D], tA: false, tB: true, perStep: L },
+  { name: "att q·kᵀ dq", a: [BH, T, T], b: [BH, T, D], tA: false, tB: false, perStep: L },
+  { name: "att q·kᵀ dk", a: [BH, T, T], b: [BH, T, D], tA: true, tB: false, perStep: L },
+  { name: "att p·v fwd", a: [BH, T, T], b: [BH, T, D], tA: false, tB: false, perStep: L },
+  { name: "att p·v dp", a: [BH, T, D], b: [BH, T, D], tA: false, tB: true, perStep: L },
+  { name: "att p·v dv", a: [BH, T, T], b: [BH, T, D], tA: true, tB: false, perStep: L },
 ] as Case[]).filter((c) => !summary || c.perStep > 0);
 
 function flops(c: Case): number {
