@@ -7,6 +7,8 @@
  *
  *   deno task build-wasm
  */
+import { parseTaskArgs } from "../lib/cli.ts";
+import { runTask, UserError } from "../lib/errors.ts";
 
 /**
  * SHA-256 (hex) of a C source's text, line endings as LF (a CRLF checkout hashes the same): each generated module
@@ -21,14 +23,26 @@ export async function sourceSha256(text: string): Promise<string> {
 const DIR = new URL("../lib/backends/", import.meta.url);
 const path = (rel: string) => decodeURIComponent(new URL(rel, DIR).pathname);
 
+const USAGE = `usage: deno task build-wasm
+
+Rebuilds lib/backends/simd_wasm.ts from lib/backends/simd/kernels.c and lib/backends/gemm_wasm.ts from
+lib/backends/simd/gemm.c (its relaxed-SIMD and SIMD128 builds). Needed only after editing the C; needs clang,
+wasm-ld and llvm-objdump (Debian: apt-get install clang lld llvm).
+
+options:
+  -h, --help    show this help`;
+
 async function run(cmd: string, args: string[]): Promise<string> {
-  const out = await new Deno.Command(cmd, { args }).output().catch((e) => {
-    console.error(`build-wasm: cannot run ${cmd} (${e.message}); install clang, lld and llvm`);
-    Deno.exit(2);
-  });
+  let out: Deno.CommandOutput;
+  try {
+    out = await new Deno.Command(cmd, { args }).output();
+  } catch (e) {
+    const why = e instanceof Deno.errors.NotFound ? "not found" : (e as Error).message;
+    throw new UserError(`build-wasm: cannot run ${cmd} (${why}); install clang, lld and llvm`);
+  }
   if (!out.success) {
-    console.error(new TextDecoder().decode(out.stderr).trim());
-    Deno.exit(2);
+    const first = new TextDecoder().decode(out.stderr).trim().split("\n")[0];
+    throw new UserError(`build-wasm: ${cmd} failed: ${first}`);
   }
   return new TextDecoder().decode(out.stdout);
 }
@@ -61,15 +75,13 @@ async function patchRelaxedMadd(wasm: string): Promise<void> {
     if (bytes[i] === 0xfd && bytes[i + 1] === 0xaf && bytes[i + 2] === 0x01) at.push(i);
   }
   if (at.length !== expected || expected === 0) {
-    console.error(
+    throw new UserError(
       `build-wasm: ${at.length} fd af 01 byte runs for ${expected} f32x4.fma: not patched`,
     );
-    Deno.exit(2);
   }
   for (const i of at) bytes[i + 1] = 0x85, bytes[i + 2] = 0x02;
   if (!WebAssembly.validate(bytes)) {
-    console.error("build-wasm: the patched relaxed-SIMD module does not validate here");
-    Deno.exit(2);
+    throw new UserError("build-wasm: the patched relaxed-SIMD module does not validate here");
   }
   await Deno.writeFile(wasm, bytes);
 }
@@ -122,4 +134,13 @@ async function build(): Promise<void> {
   ]);
 }
 
-if (import.meta.main) await build();
+if (import.meta.main) {
+  await runTask(async () => {
+    const parsed = parseTaskArgs("build-wasm", USAGE, {});
+    if (!parsed) return;
+    if (parsed.positionals.length > 0) {
+      throw new UserError(`build-wasm: unexpected argument ${parsed.positionals[0]} (see --help)`);
+    }
+    await build();
+  });
+}
