@@ -2,7 +2,7 @@
  * Hand-off to PyTorch DDP and back: one epoch here, one epoch on 2 gloo ranks (started as torchrun starts them:
  * Debian's torch 1.13 torchrun crashes on Python 3.11), compared with two epochs here; then a third epoch here,
  * `compare` over both runs, and bad input (another config, missing or truncated state, a world size that does not
- * divide the batch).
+ * divide the batch); and a bf16-mixed hand-off (torch.autocast) beside an fp32 one.
  */
 import { deepStrictEqual as assertEquals, ok, rejects } from "node:assert/strict";
 import { loadExperiment } from "../lib/config.ts";
@@ -204,7 +204,7 @@ Deno.test({
 
 Deno.test({
   name:
-    `handoff: another config, a missing or truncated state, a world size not dividing the batch: exit 2${WHY}`,
+    `handoff: another config, a missing or truncated state, a world size not dividing the batch, an unknown precision: exit 2${WHY}`,
   ignore: IGNORE,
   async fn() {
     const dir = `${tempDir()}/checkpoints`;
@@ -220,6 +220,14 @@ Deno.test({
     const three = await ddpWorld(out, 3);
     assertEquals(three.code, 2);
     ok(/WORLD_SIZE 3 does not divide data.batch_size 16/.test(three.stderr), three.stderr);
+    const manifest = await Deno.readTextFile(`${out}/handoff.json`);
+    const fp16Manifest = JSON.parse(manifest);
+    fp16Manifest.config.precision = "fp16";
+    await Deno.writeTextFile(`${out}/handoff.json`, JSON.stringify(fp16Manifest));
+    const fp16 = await ddpWorld(out, 1);
+    assertEquals([fp16.code, fp16.stderr.trim().split("\n").length], [2, 1]);
+    ok(/precision 'fp16' is not one of fp32, bf16-mixed/.test(fp16.stderr), fp16.stderr);
+    await Deno.writeTextFile(`${out}/handoff.json`, manifest);
     const ckpt = `${out}/checkpoint.safetensors`;
     const bytes = await Deno.readFile(ckpt);
     await Deno.writeFile(ckpt, bytes.subarray(0, bytes.length - 100));
@@ -248,6 +256,63 @@ Deno.test({
       `norm ${got[0].grad_norm} at the warmup's end is not clipped`,
     );
     ok(Number(got[0].lr) > Number(got[3].lr), "the cosine decays over epoch 2");
+  },
+});
+
+Deno.test({
+  name:
+    `handoff with precision bf16-mixed: train_ddp.py trains and evaluates under torch.autocast to bf16 (its header ` +
+    `says so; its losses move off the fp32 hand-off's of the same batches, within 1%)${WHY}`,
+  ignore: IGNORE,
+  async fn() {
+    const dir = `${tempDir()}/checkpoints`;
+    await runTraining(await config("p", 1), { ...quiet, checkpointsDir: dir });
+    const fp32 = `${dir}/p.fp32`, bf16 = `${dir}/p.bf16`;
+    await handoffRun(await config("p", 2), fp32, { ...quiet, checkpointsDir: dir });
+    // The same hand-off with the config's precision (a top-level key beside backend) set in handoff.json.
+    await Deno.mkdir(bf16);
+    for await (const e of Deno.readDir(fp32)) {
+      await Deno.copyFile(`${fp32}/${e.name}`, `${bf16}/${e.name}`);
+    }
+    const manifest = JSON.parse(await Deno.readTextFile(`${bf16}/handoff.json`));
+    manifest.config.precision = "bf16-mixed";
+    await Deno.writeTextFile(`${bf16}/handoff.json`, JSON.stringify(manifest));
+    const runs = await Promise.all([ddp(fp32, 1), ddp(bf16, 1)]); // one rank each, side by side
+    for (const [r] of runs) assertEquals(r.code, 0, r.stderr);
+
+    const field = (o: object, k: string) => (o as Record<string, unknown>)[k];
+    const [a, b] = [readRunLog(`${fp32}/log.jsonl`), readRunLog(`${bf16}/log.jsonl`)];
+    assertEquals(field(a.headers.at(-1)!, "precision"), "fp32");
+    assertEquals(field(b.headers.at(-1)!, "precision"), "bf16-mixed");
+    ok(
+      /autocast\((cpu|cuda), bfloat16\)/.test(String(field(b.headers.at(-1)!, "precision_detail"))),
+    );
+    const want = a.evals.filter((e) => e.epoch === 2), got = b.evals.filter((e) => e.epoch === 2);
+    ok(want.length > 0);
+    assertEquals(got.map((e) => e.step), want.map((e) => e.step));
+    let moved = 0;
+    for (const [i, e] of got.entries()) {
+      for (const k of ["train_loss", "val_loss"] as const) {
+        const rel = Math.abs(Number(e[k]) / Number(want[i][k]) - 1);
+        ok(rel < 0.01, `step ${e.step} ${k}: bf16-mixed ${e[k]} vs fp32 ${want[i][k]}`);
+        if (rel > 0) moved++;
+      }
+    }
+    // bf16 products change every evaluation's losses (fp32 on both sides would repeat them to the last bit).
+    assertEquals(moved, 2 * got.length, JSON.stringify({ got, want }));
+    // The checkpoint it hands back says bf16-mixed, so a resumed run here keeps that precision.
+    const back = await loadCheckpoint(`${bf16}/checkpoint.safetensors`);
+    assertEquals(field(back.meta.config, "precision"), "bf16-mixed");
+    console.log(JSON.stringify({
+      evals: got.length,
+      max_rel_loss_diff: Math.max(
+        ...got.flatMap((e, i) =>
+          (["train_loss", "val_loss"] as const).map((k) =>
+            Math.abs(Number(e[k]) / Number(want[i][k]) - 1)
+          )
+        ),
+      ),
+    }));
   },
 });
 

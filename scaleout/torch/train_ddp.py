@@ -7,6 +7,9 @@ metadata), handoff.json (config, position, schedule), train.bin and eval_*.bin (
 own loop would use them). The run continues to training.epochs; log.jsonl gets a header (engine "torch-ddp") and
 eval lines in gpt-ts's schema, checkpoint.safetensors is replaced (atomically) after each epoch and at the end, so
 `deno task compare|eval|sample|train --resume` read the directory as one of their own runs.
+The config's `precision` (absent: fp32): bf16-mixed runs every forward pass and its loss, training and evaluation,
+under torch.autocast(device type, dtype=torch.bfloat16) (matrix products in bf16, weights, gradients and AdamW
+state in fp32), on CPU and CUDA; the header records it.
 Python >= 3.10, torch >= 1.13, nothing else. Bad input: one line on stderr, exit 2.
 """
 import datetime, json, math, os, socket, struct, sys, time
@@ -14,6 +17,7 @@ import torch, torch.nn as nn, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 HANDOFF_FORMAT, CHECKPOINT_FORMAT, RUN_LOG_SCHEMA = "gpt-ts-handoff/1", "gpt-ts-checkpoint/1", 1
+PRECISIONS = ("fp32", "bf16-mixed")  # lib/config.ts's precision
 
 
 class UserError(Exception):
@@ -177,6 +181,9 @@ def load_handoff(d, world):
     for key in ("model", "data"):
         if ck["config"][key] != m["config"][key]:
             raise UserError(f"{d}/checkpoint.safetensors: from another config ({key} differs from handoff.json)")
+    p = m["config"].get("precision", "fp32")
+    if p not in PRECISIONS:
+        raise UserError(f"{d}/handoff.json: precision {p!r} is not one of {', '.join(PRECISIONS)}")
     b = m["train"]["batch_size"]
     if b % world:
         raise UserError(f"{d}: WORLD_SIZE {world} does not divide data.batch_size {b}; use a divisor of {b}")
@@ -206,10 +213,15 @@ def build(m, tensors, device):
     return model, opt
 
 
-def evaluate(model, batches, device):
-    """calcLossLoader: the mean of per-batch mean losses, dropout off."""
+def autocast(device, precision):
+    """The context of every forward pass and loss: torch.autocast to bf16 for bf16-mixed, nothing for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+
+
+def evaluate(model, batches, device, precision):
+    """calcLossLoader: the mean of per-batch mean losses, dropout off, under the run's precision."""
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, precision):
         losses = [nn.functional.cross_entropy(model(x.to(device)).flatten(0, 1), y.to(device).flatten()).item() for x, y in batches]
     model.train()
     return sum(losses) / len(losses)
@@ -227,8 +239,11 @@ def main():
     m, ck, tensors = load_handoff(d, world)
     cuda = torch.cuda.is_available()
     device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    precision = m["config"].get("precision", "fp32")
     if cuda:
         torch.cuda.set_device(device)
+        if precision == "bf16-mixed" and not torch.cuda.is_bf16_supported():
+            raise UserError(f"precision bf16-mixed: {torch.cuda.get_device_name(device)} has no bfloat16; use precision fp32")
     else:
         torch.set_num_threads(int(os.environ.get("TORCH_THREADS", 1)))
     dist.init_process_group("nccl" if cuda else "gloo")
@@ -248,7 +263,8 @@ def main():
     start_step, start_tokens, t0 = s["step"], s["tokensSeen"], time.time()
     write({"type": "header", "schema_version": RUN_LOG_SCHEMA, "engine": "torch-ddp", "experiment": cfg["name"],
            "run": cfg["name"], "config": cfg, "config_hash": m["config_hash"], "seed": t["seed"],
-           "backend": "nccl" if cuda else "gloo", "backend_reason": f"torch {torch.__version__} DDP",
+           "backend": "nccl" if cuda else "gloo", "backend_reason": f"torch {torch.__version__} DDP", "precision": precision,
+           "precision_detail": f"bf16-mixed (torch.autocast({device.type}, bfloat16))" if precision == "bf16-mixed" else "fp32",
            "params": sum(p.numel() for p in model.parameters()), "versions": {"torch": torch.__version__,
            "python": sys.version.split()[0]}, "git_commit": None, "start_time": datetime.datetime.now(
            datetime.timezone.utc).isoformat(), "resumed_from_step": s["step"], "world_size": world, "devices": devices})
@@ -282,7 +298,8 @@ def main():
             for i in range(k):
                 x, y = train[at + i]
                 x, y = x[rank * per_rank : (rank + 1) * per_rank].to(device), y[rank * per_rank : (rank + 1) * per_rank].to(device)
-                loss = nn.functional.cross_entropy(ddp(x).flatten(0, 1), y.flatten()) / k
+                with autocast(device, precision):
+                    loss = nn.functional.cross_entropy(ddp(x).flatten(0, 1), y.flatten()) / k
                 if i < k - 1:
                     with ddp.no_sync():
                         loss.backward()
@@ -297,7 +314,7 @@ def main():
             s["tokensSeen"] += k * m["train"]["batch_size"] * T
             if s["step"] % t["eval_freq"] == 0:
                 if rank == 0:
-                    tl, vl = evaluate(model, ev_train, device), evaluate(model, ev_val, device)
+                    tl, vl = evaluate(model, ev_train, device, precision), evaluate(model, ev_val, device, precision)
                     print(f"Ep {s['epoch'] + 1} (Step {s['step']:06d}): Train loss {tl:.3f}, Val loss {vl:.3f}", flush=True)
                     write({"type": "eval", "epoch": s["epoch"] + 1, "step": s["step"], "tokens_seen": s["tokensSeen"],
                            "train_loss": tl, "val_loss": vl, "lr": lr, "grad_norm": grad_norm, "elapsed_s": elapsed(),
@@ -312,7 +329,7 @@ def main():
         save()
         write({"type": "interrupted", "step": s["step"], "reason": "step limit"})
     else:
-        tl, vl = (evaluate(model, ev_train, device), evaluate(model, ev_val, device)) if rank == 0 else (0, 0)
+        tl, vl = (evaluate(model, ev_train, device, precision), evaluate(model, ev_val, device, precision)) if rank == 0 else (0, 0)
         write({"type": "summary", "status": "finished", "steps": s["step"], "tokens_seen": s["tokensSeen"],
                "final_train_loss": tl, "final_val_loss": vl, "best_val_loss": vl, "elapsed_s": elapsed(),
                "tokens_per_s": (s["tokensSeen"] - start_tokens) / elapsed()})
