@@ -111,10 +111,25 @@ function wrap(
 }
 
 /**
+ * libgomp's idle threads spin after each parallel region (OMP_WAIT_POLICY's default) on the cores where OpenBLAS,
+ * the WebAssembly GEMM's helpers and our JS kernels run next: measured on our 2-core VM with other work running,
+ * the b2 step's products took 8.6 s spinning and 3.1 s passive (bf16 3.4 s and 1.0 s). libgomp reads the variable
+ * when it loads, so it is set before `dlopen`; a value the user set is kept.
+ */
+function passiveOmpThreads(): void {
+  try {
+    if (Deno.env.get("OMP_WAIT_POLICY") === undefined) Deno.env.set("OMP_WAIT_POLICY", "passive");
+  } catch {
+    // no --allow-env: libgomp's default
+  }
+}
+
+/**
  * Opens oneDNN and libgomp on the calling thread (a helper Worker opens its own), or returns why not in one line.
  * `threads` sets this thread's OpenMP thread count when given.
  */
 export function openDnnl(threads?: number): Dnnl | string {
+  passiveOmpThreads();
   const errors: string[] = [];
   for (const path of DNNL_CANDIDATES) {
     try {

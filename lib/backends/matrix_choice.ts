@@ -105,8 +105,8 @@ function toBf16Bits(a: Float32Array): Uint16Array {
   return out;
 }
 
-/** GFLOP/s of `lib` on {@link SHAPES}: best of two timed passes after a warm-up pass. */
-function timeLibrary(lib: BlasLib, bf16: boolean): number {
+/** The products of {@link SHAPES} on `lib`, ready to run (operands made once). */
+function productsOn(lib: BlasLib, bf16: boolean): () => void {
   const runs = SHAPES.map(([M, N, K, tA, tB]) => {
     const A = sharedF32(M * K).map((_, i) => ((i * 7) % 13) / 13 - 0.5);
     const B = sharedF32(K * N).map((_, i) => ((i * 5) % 11) / 11 - 0.5);
@@ -121,22 +121,39 @@ function timeLibrary(lib: BlasLib, bf16: boolean): number {
     }
     return () => lib.sgemm(ROW_MAJOR, ta, tb, M, N, K, 1, A, lda, B, ldb, 0, C, N);
   });
-  const flops = SHAPES.reduce((s, [M, N, K]) => s + 2 * M * N * K, 0);
-  let best = Infinity;
-  for (let pass = 0; pass < 3; pass++) {
-    const t0 = performance.now();
-    for (const run of runs) run();
-    if (pass > 0) best = Math.min(best, (performance.now() - t0) / 1000);
-  }
-  return flops / best / 1e9;
+  return () => runs.forEach((run) => run());
 }
 
+/**
+ * GFLOP/s of each library and precision: a warm-up pass, then the best of two timed passes, the libraries taking
+ * turns so that a burst of other work on the machine slows them alike.
+ */
 function measure(libs: Map<LibraryKind, BlasLib>): MachineSpeeds {
+  const cases = [...libs].flatMap(([kind, lib]) =>
+    [false, true].filter((bf16) => !bf16 || lib.gemmBf16).map((bf16) => ({
+      kind,
+      bf16,
+      run: productsOn(lib, bf16),
+      best: Infinity,
+    }))
+  );
+  for (let pass = 0; pass < 3; pass++) {
+    for (const c of cases) {
+      const t0 = performance.now();
+      c.run();
+      if (pass > 0) c.best = Math.min(c.best, (performance.now() - t0) / 1000);
+    }
+  }
+  const flops = SHAPES.reduce((s, [M, N, K]) => s + 2 * M * N * K, 0) / 1e9;
   const speeds: MachineSpeeds["speeds"] = {};
   for (const [kind, lib] of libs) {
-    const fp32 = timeLibrary(lib, false);
-    const bf16 = lib.gemmBf16 ? timeLibrary(lib, true) : fp32;
-    speeds[kind] = { describe: lib.describe(), fp32: round(fp32), "bf16-mixed": round(bf16) };
+    const of = (bf16: boolean) =>
+      round(flops / cases.find((c) => c.kind === kind && c.bf16 === bf16)!.best);
+    speeds[kind] = {
+      describe: lib.describe(),
+      fp32: of(false),
+      "bf16-mixed": lib.gemmBf16 ? of(true) : of(false),
+    };
   }
   return { measured: new Date().toISOString(), speeds };
 }
@@ -156,7 +173,7 @@ export function librarySpeeds(
 }
 
 /** Every library that loads here, in order of preference on a tie. */
-function loadedLibraries(): { libs: Map<LibraryKind, BlasLib>; missing: string[] } {
+export function loadedLibraries(): { libs: Map<LibraryKind, BlasLib>; missing: string[] } {
   const libs = new Map<LibraryKind, BlasLib>(), missing: string[] = [];
   for (const kind of ["dnnl", "native", "wasm"] as const) {
     const r = LIBRARIES[kind]();

@@ -1,0 +1,212 @@
+/**
+ * bf16-mixed on every matrix library that loads here (OpenBLAS, oneDNN, the WebAssembly GEMM): a product's
+ * operands are rounded to bf16 (round to nearest even) and multiplied in fp32; five AdamW steps of the shared tiny
+ * GPT-2 give PyTorch's autocast-bf16 losses and gradient norms (tests/fixtures_gen/gpt2_tiny.py) within 1e-2
+ * relative, and the emulated libraries agree with oneDNN's bf16 kernels.
+ */
+import { ok } from "node:assert/strict";
+import * as tf from "@tensorflow/tfjs-core";
+import { AdamW } from "../lib/train/adamw.ts";
+import { initBackend, usePrecision } from "../lib/backends/backend.ts";
+import { LIBRARIES, type LibraryKind } from "../lib/backends/blas_lib.ts";
+import { useMatrixLibrary } from "../lib/backends/blas.ts";
+import { roundToBf16 } from "../lib/backends/bf16.ts";
+import { loadHFGPT2 } from "../lib/weights/gpt2.ts";
+import { GPTModel } from "../lib/model/model.ts";
+import { accumulateGradients } from "../lib/train/train.ts";
+import { globalNorm } from "../lib/train/schedule.ts";
+import { fixturesDir, ignoredBecause } from "./_helpers.ts";
+
+const FIXTURES = fixturesDir();
+const fx = JSON.parse(await Deno.readTextFile(new URL("gpt2-tiny.json", FIXTURES)));
+const torchFx = JSON.parse(
+  await Deno.readTextFile(new URL("./fixtures/gpt2-tiny-torch.json", import.meta.url)),
+);
+const KINDS: LibraryKind[] = ["native", "dnnl", "wasm"];
+const opts = { sanitizeResources: false, sanitizeOps: false };
+
+/** Why library `kind` cannot run here, or null. */
+function missing(kind: LibraryKind): string | null {
+  const r = LIBRARIES[kind]();
+  return r.ok ? null : r.reason;
+}
+
+function relClose(got: number, want: number, tol: number, what: string): void {
+  const rel = Math.abs(got - want) / Math.abs(want);
+  ok(rel <= tol, `${what}: ${got} vs ${want} (relative ${rel.toExponential(2)} > ${tol})`);
+}
+
+Deno.test("roundToBf16 rounds to nearest even and keeps NaN and infinities", () => {
+  ok(roundToBf16(1 + 2 ** -8) === 1, "a tie rounds to the even neighbour below");
+  ok(roundToBf16(1 + 3 * 2 ** -8) === 1 + 2 ** -6, "a tie rounds to the even neighbour above");
+  ok(roundToBf16(1 + 2 ** -8 + 2 ** -20) === 1 + 2 ** -7, "past the tie rounds up");
+  ok(roundToBf16(-(1 + 2 ** -8 + 2 ** -20)) === -(1 + 2 ** -7), "negative values round alike");
+  ok(Number.isNaN(roundToBf16(NaN)) && roundToBf16(Infinity) === Infinity);
+  ok(roundToBf16(3.4028234663852886e38) === Infinity, "the largest float rounds up to infinity");
+});
+
+/** Seeded values in [-1, 1). */
+function values(n: number, seed: number): Float32Array {
+  const out = new Float32Array(n);
+  for (let i = 0, s = seed >>> 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = s / 2 ** 31 - 1;
+  }
+  return out;
+}
+
+/** op(A)·op(B) in float64 from float32 operands (row-major, 2-D). */
+function reference(
+  a: Float32Array,
+  b: Float32Array,
+  M: number,
+  N: number,
+  K: number,
+  tA: boolean,
+  tB: boolean,
+) {
+  const c = new Float64Array(M * N);
+  for (let i = 0; i < M; i++) {
+    for (let j = 0; j < N; j++) {
+      let s = 0;
+      for (let k = 0; k < K; k++) {
+        s += a[tA ? k * M + i : i * K + k] * b[tB ? j * K + k : k * N + j];
+      }
+      c[i * N + j] = s;
+    }
+  }
+  return c;
+}
+
+/** Largest |got − want| / (1 + |want|). */
+function worst(got: Float32Array, want: Float64Array): number {
+  let w = 0;
+  for (let i = 0; i < got.length; i++) {
+    w = Math.max(w, Math.abs(got[i] - want[i]) / (1 + Math.abs(want[i])));
+  }
+  return w;
+}
+
+for (const kind of KINDS) {
+  Deno.test({
+    name: `bf16-mixed products on ${kind} are fp32 products of bf16-rounded operands${
+      ignoredBecause(missing(kind))
+    }`,
+    ignore: missing(kind) !== null,
+    ...opts,
+    fn: async () => {
+      await initBackend("blas");
+      ok(useMatrixLibrary(kind).ok);
+      usePrecision("bf16-mixed", "blas", []);
+      try {
+        for (
+          const [M, N, K, tA, tB] of [[64, 96, 200, false, true], [
+            96,
+            40,
+            64,
+            true,
+            false,
+          ]] as const
+        ) {
+          const a = values(M * K, 1 + M), b = values(K * N, 2 + N);
+          const got = tf.tidy(() =>
+            tf.matMul(
+              tf.tensor2d(a, tA ? [K, M] : [M, K]),
+              tf.tensor2d(b, tB ? [N, K] : [K, N]),
+              tA,
+              tB,
+            )
+              .dataSync() as Float32Array
+          );
+          const rounded = (x: Float32Array) => x.map(roundToBf16);
+          const want = reference(rounded(a), rounded(b), M, N, K, tA, tB);
+          ok(
+            worst(got, want) < 1e-6,
+            `${kind} ${M}×${N}×${K}: ${worst(got, want)} from the rounded product`,
+          );
+          ok(worst(got, reference(a, b, M, N, K, tA, tB)) > 1e-4, "the operands were not rounded");
+        }
+      } finally {
+        usePrecision("fp32", "blas", []);
+      }
+    },
+  });
+}
+
+/** Five AdamW steps (lr 4e-4, wd 0.1) on the golden batch in bf16-mixed: each step's loss and gradient norm. */
+async function fiveSteps(kind: LibraryKind): Promise<{ losses: number[]; norms: number[] }> {
+  await initBackend("blas");
+  ok(useMatrixLibrary(kind).ok);
+  const model = new GPTModel(
+    fx.config,
+    await loadHFGPT2(
+      new URL("gpt2-tiny.safetensors", FIXTURES).pathname,
+      fx.config,
+      { tieHead: "copy" },
+    ),
+  );
+  usePrecision("bf16-mixed", "blas", [...model.params.values()]);
+  const optimizer = new AdamW(model.params, { lr: 4e-4, weightDecay: 0.1 });
+  const batch = {
+    inputs: Int32Array.from(fx.input_ids.flat()),
+    targets: Int32Array.from(fx.target_ids.flat()),
+    batchSize: 2,
+    maxLength: 32,
+  };
+  const losses: number[] = [], norms: number[] = [];
+  try {
+    for (let step = 0; step < 5; step++) {
+      const { loss, grads } = await accumulateGradients(model, [batch], null);
+      losses.push(loss);
+      norms.push(await globalNorm(grads.values()));
+      optimizer.applyGradients(grads);
+      tf.dispose([...grads.values()]);
+    }
+  } finally {
+    usePrecision("fp32", "blas", []);
+    optimizer.dispose();
+    model.dispose();
+  }
+  return { losses, norms };
+}
+
+const runs = new Map<LibraryKind, { losses: number[]; norms: number[] }>();
+for (const kind of KINDS) {
+  Deno.test({
+    name:
+      `bf16-mixed on ${kind}: 5 AdamW steps of the tiny GPT-2 within 1e-2 of PyTorch's autocast${
+        ignoredBecause(missing(kind))
+      }`,
+    ignore: missing(kind) !== null,
+    ...opts,
+    fn: async () => {
+      const got = await fiveSteps(kind);
+      runs.set(kind, got);
+      const want = torchFx.bf16_autocast;
+      got.losses.forEach((l, i) => relClose(l, want.losses[i], 1e-2, `step ${i + 1} loss`));
+      got.norms.forEach((n, i) => relClose(n, want.grad_norms[i], 1e-2, `step ${i + 1} grad norm`));
+      ok(got.losses[4] < got.losses[0], "the loss falls over the 5 steps");
+    },
+  });
+}
+
+Deno.test({
+  name: `bf16-mixed: the emulated libraries agree with oneDNN's bf16 kernels within 1e-2${
+    ignoredBecause(missing("dnnl"))
+  }`,
+  ignore: missing("dnnl") !== null,
+  ...opts,
+  fn: async () => {
+    const dnnl = runs.get("dnnl") ?? await fiveSteps("dnnl");
+    for (const kind of ["native", "wasm"] as const) {
+      if (missing(kind)) continue;
+      const other = runs.get(kind) ?? await fiveSteps(kind);
+      other.losses.forEach((l, i) =>
+        relClose(l, dnnl.losses[i], 1e-2, `${kind} step ${i + 1} loss`)
+      );
+      other.norms.forEach((n, i) =>
+        relClose(n, dnnl.norms[i], 1e-2, `${kind} step ${i + 1} grad norm`)
+      );
+    }
+  },
+});
