@@ -6,11 +6,20 @@
  * between kernels).
  *
  *   deno run -A bench/step_profile.ts [--backend blas] [--steps 2] [--layers 12] [--vocab 50257] [--by-shape]
- *     [--model bench/variant.ts] [--pool-gib 1] [--batch 2]
+ *     [--model bench/variant.ts] [--pool-gib 1] [--batch 2] [--precision fp32|bf16-mixed] [--lib native|dnnl|wasm]
  */
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
-import { BLAS_BACKEND, BlasBackend, registerBlasBackend } from "../lib/backends/blas.ts";
+import {
+  BLAS_BACKEND,
+  BlasBackend,
+  matrixLibrary,
+  type Precision,
+  registerBlasBackend,
+  useMatrixLibrary,
+} from "../lib/backends/blas.ts";
+import type { LibraryKind } from "../lib/backends/blas_lib.ts";
+import { usePrecision } from "../lib/backends/backend.ts";
 import { AdamW } from "../lib/train/adamw.ts";
 import { DEFAULTS, type ModelConfig } from "../lib/config.ts";
 import { GPTModel as LibModel } from "../lib/model/model.ts";
@@ -116,6 +125,14 @@ for (const k of tf.getKernelsForBackend(backendName)) {
 }
 
 const model = new GPTModel(cfg, initParams(cfg));
+const lib = flag("lib", "");
+if (lib && backendName === BLAS_BACKEND) {
+  const r = useMatrixLibrary(lib as LibraryKind);
+  if (!r.ok) throw new Error(r.reason);
+}
+const precision = usePrecision(flag("precision", "fp32") as Precision, backendName, [
+  ...model.params.values(),
+]);
 const optimizer = new AdamW(model.params, { lr: 4e-4, weightDecay: 0.1 });
 const rng = new DropoutRng(123);
 const ids = () => Int32Array.from({ length: B * T }, (_, i) => (i * 7919 + 13) % cfg.vocab_size);
@@ -142,7 +159,15 @@ DropoutRng.prototype.mask = function (...args: Parameters<typeof mask>) {
   }
 };
 
-console.log(JSON.stringify({ backend: backendName, cfg, B, T, params: model.numParams() }));
+console.log(JSON.stringify({
+  backend: backendName,
+  matrixLibrary: matrixLibrary()?.describe(),
+  precision,
+  cfg,
+  B,
+  T,
+  params: model.numParams(),
+}));
 let warmupMs = 0;
 {
   const t0 = performance.now();
