@@ -2,7 +2,9 @@
  * The one rule for every path a user names for a command to write (`handoff --out`, `export --out`, `compare --out`,
  * `train --slurm-array`/`--k8s-job`, `download-gpt2 --out`): a command writes there only when nothing would be lost,
  * i.e. the path is absent, an empty file or directory, or the command's own earlier output, which it recognizes by
- * its mark (`written by gpt-ts: deno task <task> <flag>`): in a file's first KiB, or in a directory's manifest file.
+ * its mark (`written by gpt-ts: deno task <task>, flag <flag>`): in a file's first KiB, or in a directory's manifest
+ * file. The mark holds no `--`, which an XML comment (an SVG's) may not contain; the older mark with the flag as
+ * typed (`deno task compare --out`) is still recognized, so a file written before is replaced, not refused.
  * Anything else is refused with one line naming the path, the cause and what to do; nothing is deleted.
  */
 import { UserError } from "./errors.ts";
@@ -23,12 +25,21 @@ export type OutputState = "absent" | "empty" | "own";
 /** How the bytes this many from a file's start are searched for a mark. */
 const MARK_WINDOW = 1024;
 
+const MARK_PREFIX = "written by gpt-ts: deno task ";
+
 /**
- * The mark a command writes into its output so that a later run recognizes it as its own, e.g.
- * `written by gpt-ts: deno task compare --out`.
+ * The mark a command writes into its output so that a later run recognizes it as its own: for `what` =
+ * `compare --out`, `written by gpt-ts: deno task compare, flag out`. It is valid inside a comment of every format
+ * it goes into: no `--` (XML), no newline, no quote or backslash (JSON, YAML).
  */
 export function outputMark(what: string): string {
-  return `written by gpt-ts: deno task ${what}`;
+  return MARK_PREFIX + what.replace(/ --([\w-]+)/g, ", flag $1");
+}
+
+/** The marks that name `mark`'s command: `mark` and the form before it (`… deno task compare --out`). */
+function markForms(mark: string): string[] {
+  if (!mark.startsWith(MARK_PREFIX)) return [mark];
+  return [mark, mark.replace(/, flag ([\w-]+)/g, " --$1")];
 }
 
 async function head(path: string): Promise<string> {
@@ -51,9 +62,10 @@ async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
   }
 }
 
-/** Whether `path` is a file with `mark` in its first KiB (false when it cannot be read). */
+/** Whether `path` is a file with `mark` (or its older form) in its first KiB (false when it cannot be read). */
 async function hasMark(path: string, mark: string): Promise<boolean> {
-  return await head(path).then((text) => text.includes(mark), () => false);
+  const forms = markForms(mark);
+  return await head(path).then((text) => forms.some((m) => text.includes(m)), () => false);
 }
 
 /**

@@ -6,6 +6,7 @@
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { fileHashes, spawnTask, TINY_YAML, tinyProject, trainIn } from "./_cases.ts";
+import { outputMark } from "../lib/outputs.ts";
 
 /** [task, its arguments with OUT where the output path goes, what the output is]. */
 type Case = [string, string[], "file" | "dir"];
@@ -81,6 +82,49 @@ Deno.test("every output path: a second run writes over the command's own earlier
       const info = await Deno.stat(`${dir}/${out}`);
       assertEquals(info.isDirectory, c[2] === "dir", label(c));
     }
+  }
+});
+
+/** [task, its arguments with OUT, the file the old mark is in (OUT itself, or a manifest in OUT), its text then]. */
+const OLD_MARKS: [string, string[], string, string][] = [
+  [
+    "compare",
+    ["tiny", "--out", "OUT"],
+    "",
+    '<!-- written by gpt-ts: deno task compare --out -->\n<svg xmlns="http://www.w3.org/2000/svg"/>\n',
+  ],
+  [
+    "train",
+    ["sweep.yaml", "--slurm-array", "OUT"],
+    "",
+    "#!/bin/bash\n# written by gpt-ts: deno task train --slurm-array\necho old\n",
+  ],
+  [
+    "train",
+    ["sweep.yaml", "--k8s-job", "OUT"],
+    "",
+    "# written by gpt-ts: deno task train --k8s-job\nkind: Job\n",
+  ],
+  [
+    "export",
+    ["tiny.yaml", "--out", "OUT"],
+    "/gpt-ts-export.json",
+    '{"written_by": "written by gpt-ts: deno task export --out"}\n',
+  ],
+];
+
+Deno.test("every output path: an output written with the old mark (`deno task compare --out`, whose -- no XML comment may hold) is replaced, and the new one carries the new mark", async () => {
+  const dir = await project();
+  for (const [i, [name, argv, inside, text]] of OLD_MARKS.entries()) {
+    const out = `old-${i}`;
+    if (inside) await Deno.mkdir(`${dir}/${out}`);
+    await Deno.writeTextFile(`${dir}/${out}${inside}`, text);
+    const r = await spawnTask(dir, name, argv.map((a) => a === "OUT" ? out : a));
+    const what = `${name} ${argv.find((a) => a.startsWith("--") && a !== "--set")}`;
+    assertEquals(r.code, 0, `${what} over its old output:\n${r.err.join("\n")}`);
+    const now = await Deno.readTextFile(`${dir}/${out}${inside}`);
+    ok(now.includes(outputMark(what)), `${what}: no new mark in\n${now.slice(0, 300)}`);
+    ok(!now.includes(`deno task ${what}`), `${what}: the old mark in\n${now.slice(0, 300)}`);
   }
 });
 
