@@ -22,8 +22,9 @@ import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { benchTable } from "./table.ts";
 import { AdamW } from "../lib/train/adamw.ts";
-import { initBackend } from "../lib/backends/backend.ts";
-import { loadNativeBlas, matrixLibrary } from "../lib/backends/blas.ts";
+import { initBackend, type Precision, usePrecision } from "../lib/backends/backend.ts";
+import { matrixLibrary } from "../lib/backends/blas.ts";
+import { LIBRARIES } from "../lib/backends/blas_lib.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { generateCached } from "../lib/model/kvcache.ts";
 import { initGPTParams } from "../lib/model/init.ts";
@@ -66,6 +67,9 @@ options:
   --backend name      override the experiment's backend (bench/gpu.ts passes webgpu)
   --case name         run one case in this process and print its line (what the bench runs per subprocess)
   --batch n           the batch of --case (default 2)
+  --precision p       the precision of --case: fp32 (default) or bf16-mixed
+  --budget-min n      time budget of the speed cases in minutes (default 20): each case gets an equal share of
+                      what is left and is skipped, with a line saying so, past it
   -h, --help          show this help`;
 
 let parsedArgs: ReturnType<typeof parseBenchArgs> | null = null;
@@ -90,6 +94,8 @@ function parseBenchArgs() {
     "stream-gtokens": { type: "string", default: "0" },
     repeats: { type: "string", default: "2" }, // processes per train-step case; the fastest counts
     backend: { type: "string" }, // overrides the experiment's backend (bench/gpu.ts passes webgpu)
+    precision: { type: "string", default: "fp32" }, // of --case
+    "budget-min": { type: "string", default: "20" },
   });
   if (parsed && parsed.positionals.length > 0) {
     throw new UserError(`bench: unexpected argument ${parsed.positionals[0]} (see --help)`);
@@ -126,6 +132,8 @@ async function runCase(name: string, batch: number): Promise<Record<string, unkn
     cfg.model,
     initGPTParams(cfg.model, new TorchGenerator(cfg.training.seed)),
   );
+  const precision = values.precision as Precision;
+  usePrecision(precision, backend.name, [...model.params.values()]);
   const T = cfg.data.max_length ?? cfg.model.context_length;
   const rng = new TorchGenerator(1);
   const ids = () =>
@@ -184,6 +192,8 @@ async function runCase(name: string, batch: number): Promise<Record<string, unkn
     impl: "ours",
     backend: backend.name,
     matrix_library: backend.name === "blas" ? matrixLibrary()?.describe() ?? null : null,
+    matrix_lib_kind: backend.name === "blas" ? matrixLibrary()?.kind ?? null : null,
+    precision,
     batch,
     tokens,
     median_s: s,
@@ -484,15 +494,43 @@ if (values.case) {
   Deno.exit(0);
 }
 
+/** A case process's last stdout line as JSON, or null where it failed (no time limit). */
 async function sub(
   cmd: string,
   args: string[],
   env: Record<string, string> = {},
 ): Promise<Record<string, unknown> | null> {
+  const r = await subTimed(cmd, args, env, Infinity);
+  return r === TIMED_OUT ? null : r;
+}
+
+/** What {@link subTimed} returns for a process stopped at its time limit. */
+const TIMED_OUT = "timed out";
+
+/**
+ * Runs a case process and returns its last stdout line as JSON (with `wall_s`, the process's wall time), null
+ * where it failed, or {@link TIMED_OUT} where it ran past `seconds` and was killed.
+ */
+async function subTimed(
+  cmd: string,
+  args: string[],
+  env: Record<string, string>,
+  seconds: number,
+): Promise<Record<string, unknown> | null | typeof TIMED_OUT> {
+  if (!(seconds > 0)) return TIMED_OUT;
+  const t0 = performance.now();
   try {
-    const out = await new Deno.Command(cmd, { args, env, stderr: "null" }).output();
+    const child = new Deno.Command(cmd, { args, env, stdout: "piped", stderr: "null" }).spawn();
+    const timer = Number.isFinite(seconds)
+      ? setTimeout(() => child.kill("SIGKILL"), seconds * 1000)
+      : undefined;
+    const out = await child.output();
+    clearTimeout(timer);
+    if (out.signal === "SIGKILL") return TIMED_OUT;
     const line = new TextDecoder().decode(out.stdout).trim().split("\n").at(-1);
-    return out.success && line ? JSON.parse(line) : null;
+    return out.success && line
+      ? { ...JSON.parse(line), wall_s: (performance.now() - t0) / 1000 }
+      : null;
   } catch {
     return null;
   }
@@ -544,117 +582,241 @@ if (!values["no-data"]) {
     Deno.exit(0);
   }
 }
-// Each case on the native BLAS where one loads, then on the WebAssembly GEMM (GPT_BLAS=wasm), one after the other.
-const matrixLibs = loadNativeBlas().ok ? ["native", "wasm"] : ["wasm"];
-const CASES = [["train_step", 2], ["train_step", 8], ["eval_forward", 2], [
-  "sample_25_tokens",
-  1,
-]] as const;
-for (const [name, batch] of CASES) {
-  if (values.quick && batch === 8) continue;
-  for (const lib of matrixLibs) {
-    const best = await bestOf(name, batch, lib === "wasm" ? { GPT_BLAS: "wasm" } : {});
-    if (best && name === "train_step" && lib === "native") await addMatmul(best, batch);
-    if (best) ours.push(best);
-    else emit({ case: name, batch, matrix_lib: lib, error: "case failed" });
-  }
-}
-
+// The libraries that load here (GPT_BLAS names each for its case processes) × both precisions.
+const LIBS = ([["native", "openblas"], ["dnnl", "onednn"], ["wasm", "wasm"]] as const)
+  .filter(([kind]) => LIBRARIES[kind]().ok);
+const PRECISIONS = ["fp32", "bf16-mixed"] as const;
 /**
- * `matmul_s`: the matrix products of one train step of the experiment's model at `batch` on the native BLAS at 2
- * threads (bench/matmul.ts, its own process, right after the step's), and `ratio_vs_matmul`: the step's median over
- * that.
+ * `matmul_s`: the matrix products of one train step of the experiment's model at `batch` on library `kind` in
+ * `precision`, 2 threads (bench/matmul.ts, its own process, right after the step's), and `ratio_vs_matmul`: the
+ * step's median over that.
  */
-async function addMatmul(r: Record<string, unknown>, batch: number) {
+async function addMatmul(
+  r: Record<string, unknown>,
+  batch: number,
+  kind: string,
+  precision: string,
+) {
   const script = new URL("./matmul.ts", import.meta.url).pathname;
-  const args = ["--lib", "native", "--threads", "2", "--batch", String(batch), "--reps", "3"];
-  args.push("--experiment", values.experiment!);
+  const args = ["--lib", kind, "--threads", "2", "--batch", String(batch), "--reps", "3"];
+  args.push("--experiment", values.experiment!, "--precision", precision);
   const m = await sub(Deno.execPath(), ["run", "--allow-all", script, ...args, "--summary"], {
     GLIBC_TUNABLES: MALLOC_HUGE,
   });
   const s = Number(
-    (m?.matmulSecondsPerStep as Record<string, Record<string, number>>)?.native?.[2],
+    (m?.matmulSecondsPerStep as Record<string, Record<string, number>>)?.[kind]?.[2],
   );
   if (!(s > 0)) return;
   r.matmul_s = s;
   r.ratio_vs_matmul = Number(r.median_s) / s;
 }
 
-function isWasm(r: Record<string, unknown>): boolean {
-  return String(r.matrix_library ?? "").startsWith("WebAssembly");
-}
-
-/** The fastest of the case's processes (several for the train step), with every run's median. */
-async function bestOf(name: string, batch: number, env: Record<string, string>) {
+/** The fastest of the case's processes (several for the train step), or why it was skipped. */
+async function bestOf(
+  name: string,
+  batch: number,
+  precision: string,
+  env: Record<string, string>,
+  seconds: number,
+): Promise<Record<string, unknown> | string> {
   const runs: Record<string, unknown>[] = [];
   const repeats = name === "train_step" ? Math.max(1, Number(values.repeats) || 1) : 1;
+  const deadline = performance.now() + seconds * 1000;
   for (let i = 0; i < repeats; i++) {
-    const r = await sub(Deno.execPath(), [
-      ...self,
-      "--experiment",
-      values.experiment!,
-      "--steps",
-      String(steps),
-      "--case",
-      name,
-      "--batch",
-      String(batch),
-    ], { GLIBC_TUNABLES: MALLOC_HUGE, ...env });
+    const left = (deadline - performance.now()) / 1000;
+    if (i > 0 && left < Number(runs[0].wall_s ?? Infinity)) break; // no time for another process
+    const r = await subTimed(
+      Deno.execPath(),
+      [
+        ...self,
+        ...["--experiment", values.experiment!, "--steps", String(steps), "--precision", precision],
+        ...["--case", name, "--batch", String(batch)],
+      ],
+      { GLIBC_TUNABLES: MALLOC_HUGE, ...env },
+      left,
+    );
+    if (r === TIMED_OUT) break;
     if (r) runs.push(r);
   }
   const best = runs.toSorted((x, y) => Number(x.median_s) - Number(y.median_s))[0];
-  if (!best) return null;
+  if (!best) return runs.length === 0 && repeats > 0 ? budget.skipLine(seconds) : "case failed";
   const all = repeats > 1 ? { runs_median_s: runs.map((r) => r.median_s) } : {};
   return { ...best, ...all, glibc_tunables: MALLOC_HUGE };
 }
 
+/** For each precision: the library `auto` takes here and the fastest train step measured above. */
+async function autoChoice(): Promise<Record<string, unknown>[]> {
+  const code = `import { loadBlas } from "${new URL(
+    "../lib/backends/matrix_choice.ts",
+    import.meta.url,
+  )}";
+    for (const p of ["fp32", "bf16-mixed"]) { const r = loadBlas(p); console.log(r.ok ? r.name : "none"); }`;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", code],
+    env: { GPT_BLAS: "" },
+  })
+    .output();
+  const picked = new TextDecoder().decode(out.stdout).trim().split("\n");
+  return PRECISIONS.map((precision, i) => {
+    const steps2 = ours.filter((r) =>
+      r.case === "train_step" && r.batch === 2 && r.precision === precision
+    );
+    const fastest = steps2.toSorted((a, b) => Number(a.median_s) - Number(b.median_s))[0];
+    return {
+      case: "auto_choice",
+      precision,
+      picked: picked[i],
+      fastest_step: fastest?.matrix_lib_kind ?? null,
+    };
+  });
+}
+
+function isWasm(r: Record<string, unknown>): boolean {
+  return String(r.matrix_library ?? "").startsWith("WebAssembly");
+}
+
+/** The bench's time budget: each case gets an equal share of what is left, and is stopped past it. */
+class Budget {
+  private deadline: number;
+  private remaining = 1;
+  constructor(private seconds: number) {
+    this.deadline = performance.now() + seconds * 1000;
+  }
+  /** How many cases will draw on the budget. */
+  expect(cases: number) {
+    this.remaining = Math.max(1, cases);
+  }
+  /** The next case's share, in seconds. */
+  share(): number {
+    const left = Math.max(0, (this.deadline - performance.now()) / 1000);
+    return left / Math.max(1, this.remaining--);
+  }
+  skipLine(share: number): string {
+    return `skipped: would run past its share of the ${this.seconds / 60}-minute budget (${
+      share.toFixed(0)
+    } s)`;
+  }
+}
+
 const torchBest: Record<string, Record<string, unknown>> = {};
-if (!values["no-torch"]) {
+const torchCfg = values["no-torch"] ? "" : await torchConfig();
+
+async function torchConfig(): Promise<string> {
   const cfg = await loadExperiment(values.experiment!);
   const cfgPath = await Deno.makeTempFile({ suffix: ".json" });
   await Deno.writeTextFile(cfgPath, JSON.stringify(cfg));
-  const script = new URL("./torch_step.py", import.meta.url).pathname;
-  // PyTorch's thread settings (see the module comment) × glibc's allocator with and without huge pages (which
-  // our tasks use): every combination at batch 2, the faster allocator setting again at batch 8.
-  const threadSettings: { threads: string; env: Record<string, string>; name: string }[] = [
-    {
-      threads: "1",
-      env: { OPENBLAS_NUM_THREADS: "2" },
-      name: "set_num_threads(1), OPENBLAS_NUM_THREADS=2",
-    },
-    { threads: "2", env: {}, name: "set_num_threads(2)" },
-  ];
-  let mallocs = [MALLOC_DEFAULT, MALLOC_HUGE];
-  let python = "";
-  for (const batch of values.quick ? [2] : [2, 8]) {
-    const runs: Record<string, unknown>[] = [];
-    for (const malloc of mallocs) {
-      for (const t of threadSettings) {
-        for (const py of python ? [python] : ["python3", "/usr/bin/python3"]) {
-          const r = await sub(py, [script, cfgPath, String(batch), String(steps), t.threads], {
-            ...t.env,
-            GLIBC_TUNABLES: malloc,
-          });
-          if (!r) continue;
-          python = py;
-          runs.push({ ...r, setting: t.name, glibc_tunables: malloc });
-          break;
-        }
-      }
-    }
-    const best = runs.sort((x, y) => Number(y.tokens_per_s) - Number(x.tokens_per_s))[0];
-    if (!best) break;
-    torchBest[batch] = best;
-    mallocs = [best.glibc_tunables as string];
+  return cfgPath;
+}
+
+// PyTorch's fp32 thread settings (see the module comment) × glibc's allocator with and without huge pages (which
+// our tasks use): every combination at batch 2, the faster setting again at batch 8. bf16 autocast with
+// set_num_threads(2), its fastest setting.
+const FP32_SETTINGS: { threads: string; env: Record<string, string>; name: string }[] = [
+  {
+    threads: "1",
+    env: { OPENBLAS_NUM_THREADS: "2" },
+    name: "set_num_threads(1), OPENBLAS_NUM_THREADS=2",
+  },
+  { threads: "2", env: {}, name: "set_num_threads(2)" },
+];
+let python = "", torchMallocs = [MALLOC_DEFAULT, MALLOC_HUGE];
+
+/** PyTorch's train step at each batch: fp32 at its fastest setting, and under bf16 autocast. */
+async function torchCases(batches: number[]) {
+  for (const batch of batches) {
+    const share = budget.share();
+    const fp32 = await torchSettings(batch, share / 2);
+    if (fp32) torchBest[`${batch} fp32`] = fp32, torchMallocs = [fp32.glibc_tunables as string];
+    const t = { threads: "2", env: {}, name: "set_num_threads(2), autocast bf16" };
+    const bf16 = await torchRun(batch, t, torchMallocs[0], "bf16-mixed", share / 2);
+    if (bf16) torchBest[`${batch} bf16-mixed`] = bf16;
   }
 }
+
+/** The fastest fp32 setting at `batch` within `seconds`. */
+async function torchSettings(batch: number, seconds: number) {
+  const deadline = performance.now() + seconds * 1000, runs: Record<string, unknown>[] = [];
+  for (const malloc of torchMallocs) {
+    for (const t of FP32_SETTINGS) {
+      const r = await torchRun(batch, t, malloc, "fp32", (deadline - performance.now()) / 1000);
+      if (r) runs.push(r);
+    }
+  }
+  return runs.sort((x, y) => Number(y.tokens_per_s) - Number(x.tokens_per_s))[0];
+}
+
+async function torchRun(
+  batch: number,
+  t: { threads: string; env: Record<string, string>; name: string },
+  malloc: string,
+  precision: string,
+  seconds: number,
+): Promise<Record<string, unknown> | undefined> {
+  const script = new URL("./torch_step.py", import.meta.url).pathname;
+  for (const py of python ? [python] : ["python3", "/usr/bin/python3"]) {
+    if (seconds <= 0) return undefined;
+    const args = [script, torchCfg, String(batch), String(steps), t.threads, "cpu", precision];
+    const r = await subTimed(py, args, { ...t.env, GLIBC_TUNABLES: malloc }, seconds);
+    if (r === TIMED_OUT) {
+      emit({
+        case: "train_step",
+        impl: "pytorch",
+        batch,
+        precision,
+        setting: t.name,
+        skipped: budget.skipLine(seconds),
+      });
+      return undefined;
+    }
+    if (!r) continue;
+    python = py;
+    return { ...r, setting: t.name, glibc_tunables: malloc };
+  }
+}
+
+const budget = new Budget(Number(values["budget-min"]) * 60);
+/** Our cases in order of what matters most: the b2 step everywhere first, sampling last. */
+const CASES = [["train_step", 2], ["train_step", 8], ["eval_forward", 2], ["sample_25_tokens", 1]]
+  .filter(([, batch]) => !(values.quick && batch === 8)) as [string, number][];
+const plan = CASES.flatMap(([name, batch]) =>
+  LIBS.flatMap(([kind, env]) =>
+    PRECISIONS.map((precision) => ({ name, batch, kind, env, precision }))
+  )
+);
+budget.expect(plan.length + (values["no-torch"] ? 0 : 3));
+for (const [i, c] of plan.entries()) {
+  if (i === plan.findIndex((p) => p.batch === 8) && !values["no-torch"]) await torchCases([2]);
+  const tag = { case: c.name, batch: c.batch, matrix_lib: c.kind, precision: c.precision };
+  const best = await bestOf(c.name, c.batch, c.precision, { GPT_BLAS: c.env }, budget.share());
+  if (typeof best === "string") emit({ ...tag, skipped: best });
+  else {
+    if (c.name === "train_step") await addMatmul(best, c.batch, c.kind, c.precision);
+    ours.push(best);
+  }
+}
+if (!values["no-torch"] && !values.quick) await torchCases([8]);
+ours.push(...await autoChoice());
+
 for (const r of ours) {
-  const t = r.case === "train_step" ? torchBest[Number(r.batch)] : undefined;
+  if (r.case === "auto_choice") {
+    emit(r);
+    continue;
+  }
+  const t = r.case === "train_step" ? torchBest[`${r.batch} ${r.precision}`] : undefined;
   if (t) r.ratio_vs_pytorch = Number(r.tokens_per_s) / Number(t.tokens_per_s);
   const nativeLine = ours.find((o) =>
-    o.case === r.case && o.batch === r.batch && o !== r && !isWasm(o) && isWasm(r)
+    o.case === r.case && o.batch === r.batch && o.precision === r.precision && o !== r &&
+    !isWasm(o) &&
+    isWasm(r) && o.matrix_lib_kind === "native"
   );
   if (nativeLine) r.ratio_vs_native = Number(r.tokens_per_s) / Number(nativeLine.tokens_per_s);
+  const fp32Line = ours.find((o) =>
+    o.case === r.case && o.batch === r.batch && o.matrix_lib_kind === r.matrix_lib_kind &&
+    o.precision === "fp32"
+  );
+  if (r.precision === "bf16-mixed" && fp32Line) {
+    r.ratio_vs_fp32 = Number(r.tokens_per_s) / Number(fp32Line.tokens_per_s);
+  }
   emit(r);
 }
 for (const t of Object.values(torchBest)) emit(t);

@@ -1,21 +1,25 @@
 /**
  * GFLOP/s of the `blas` backend on the matrix products of one chapter-5 training step (the model of --experiment,
  * default experiments/verdict.yaml's GPT-124M, at --batch × its context, default batch 2), forward and backward, at 1 and 2 threads of each matrix library: the native BLAS
- * (OpenBLAS) where one loads, then the WebAssembly GEMM (relaxed FMA where the runtime has it;
- * `GPT_GEMM_SIMD=plain` for the SIMD128 build); and the cpu backend on one small shape for scale. Prints one JSON
+ * (OpenBLAS) where one loads, oneDNN where it loads, then the WebAssembly GEMM (relaxed FMA where the runtime has
+ * it; `GPT_GEMM_SIMD=plain` for the SIMD128 build); and the cpu backend on one small shape for scale. With
+ * `--precision bf16-mixed` each product rounds its operands to bf16 first, as a bf16-mixed step does (the
+ * conversions counted in the product's time; a step converts each weight once, so this is an upper bound). Prints one JSON
  * line per measurement. `--summary` prints only the last line, `{"matmulSecondsPerStep": {lib: {threads: s}}}`
  * (the step's products summed; the padded-head case and the cpu case are skipped): what bench/bench.ts's
  * `matmul_s` reads, with `--lib native --threads 2`.
  *
- *   deno run -A bench/matmul.ts [--experiment path] [--reps 5] [--lib native|wasm] [--batch 2] [--threads 1,2]
- *     [--summary]
+ *   deno run -A bench/matmul.ts [--experiment path] [--reps 5] [--lib native|dnnl|wasm] [--batch 2] [--threads 1,2]
+ *     [--precision fp32|bf16-mixed] [--summary]
  */
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import {
   BLAS_BACKEND,
   type BlasLib,
+  type Precision,
   registerBlasBackend,
+  setPrecision,
   useMatrixLibrary,
 } from "../lib/backends/blas.ts";
 import { gemmBuild } from "../lib/backends/gemm.ts";
@@ -43,7 +47,12 @@ const BH = batch * H, D = C / H;
 const VPAD = Math.ceil(V / 64) * 64;
 const reps = Number(flag("--reps") || 5);
 const only = flag("--lib") ?? null;
-const LIBS = (["native", "wasm"] as const).filter((l) => only === null || l === only);
+const LIBS = (["native", "dnnl", "wasm"] as const).filter((l) => only === null || l === only);
+const precision = (flag("--precision") ?? "fp32") as Precision;
+if (precision !== "fp32" && precision !== "bf16-mixed") {
+  console.log(JSON.stringify({ error: `--precision ${precision}: expected fp32 or bf16-mixed` }));
+  Deno.exit(2);
+}
 const THREADS = counts("--threads", "1,2");
 const summary = Deno.args.includes("--summary");
 /** Prints a measurement line unless --summary asks for the last line only. */
@@ -111,6 +120,7 @@ if (!reg.ok) {
   Deno.exit(1);
 }
 await tf.setBackend(BLAS_BACKEND);
+setPrecision(precision);
 await readyHelpers(); // the WebAssembly GEMM's second thread is a helper Worker
 const perStep: Record<string, Record<number, number>> = {};
 await holdHelpers(async () => {
@@ -131,6 +141,7 @@ async function timeLibrary(kind: string, lib: BlasLib): Promise<Record<number, n
     library: kind,
     batch,
     description: lib.describe(),
+    precision,
     build: kind === "wasm" ? gemmBuild() : null,
     OPENBLAS_NUM_THREADS: Deno.env.get("OPENBLAS_NUM_THREADS") ?? null,
     threadsAtStart: lib.getNumThreads?.() ?? null,

@@ -13,9 +13,11 @@ function fixed(v: unknown, digits: number): string {
 
 /** Which matrix library ran a line, in a word: `OpenBLAS 0.3.21`, `wasm GEMM`, `PyTorch 1.13.0`. */
 function library(r: Line): string {
-  if (r.impl === "pytorch") return `PyTorch ${r.torch ?? ""}`.trim();
+  const bf16 = r.precision === "bf16-mixed" ? " bf16" : "";
+  if (r.impl === "pytorch") return `PyTorch ${r.torch ?? ""}${bf16}`.trim();
+  if (r.case === "auto_choice") return `auto: ${r.picked}${bf16}`;
   const lib = String(r.matrix_library ?? r.backend ?? "-");
-  return lib.startsWith("WebAssembly") ? "wasm GEMM" : lib.split(",")[0];
+  return (lib.startsWith("WebAssembly") ? "wasm GEMM" : lib.split(",")[0]) + bf16;
 }
 
 /** The ratio columns of a speed line, as `1.57× PyTorch` etc. */
@@ -24,7 +26,11 @@ function ratios(r: Line): string {
     ["ratio_vs_pytorch", "PyTorch"],
     ["ratio_vs_native", "native"],
     ["ratio_vs_matmul", "products"],
+    ["ratio_vs_fp32", "fp32"],
   ];
+  if (r.case === "auto_choice") {
+    return r.auto_is_fastest ? "the fastest step" : `fastest step: ${r.fastest_step}`;
+  }
   return parts.filter(([k]) => typeof r[k] === "number")
     .map(([k, what]) => `${fixed(r[k], 2)}× ${what}`).join(", ") || "-";
 }

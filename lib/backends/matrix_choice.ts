@@ -25,11 +25,18 @@ export interface LibrarySpeed {
   "bf16-mixed": number;
 }
 
-/** One machine's measurements in the cache file. */
+/** One machine's measurements in the cache file: each figure the best of `samples` runs' measurements. */
 export interface MachineSpeeds {
   measured: string;
   speeds: Partial<Record<LibraryKind, LibrarySpeed>>;
+  samples?: number;
 }
+
+/**
+ * The first runs on a machine measure again and keep each library's best figure: other work on the machine only
+ * slows a measurement, so one taken in a busy moment does not decide for good.
+ */
+const SAMPLES = 3;
 
 const ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112;
 /** M, N, K, transA, transB: a linear layer's forward, a dx of the MLP and a dW, at 256 tokens. */
@@ -187,7 +194,9 @@ export function loadedLibraries(): { libs: Map<LibraryKind, BlasLib>; missing: s
 function speedTable(s: MachineSpeeds & { cached: boolean }, precision: Precision): string {
   const rows = Object.values(s.speeds).sort((a, b) => b[precision] - a[precision])
     .map((l) => `${l.describe.replace(/, \d+ threads?$/, "")} ${Math.round(l[precision])}`);
-  const when = s.cached ? `cached ${s.measured.slice(0, 10)}` : "measured now";
+  const when = s.cached
+    ? `cached ${s.measured.slice(0, 10)}`
+    : `measured now, run ${s.samples} of ${SAMPLES}`;
   return `${rows.join(", ")} GFLOP/s ${precision} (${when})`;
 }
 
