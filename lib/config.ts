@@ -70,6 +70,14 @@ export interface InitConfig {
 export const BACKENDS = ["auto", "blas", "cpu", "wasm", "webgpu", "tensorflow"] as const;
 export type BackendName = typeof BACKENDS[number];
 
+/**
+ * How a run's matrix products compute (LitGPT's names): `fp32`, or `bf16-mixed` (each product's inputs rounded to
+ * bf16, fp32 accumulation and output; weights, gradients, AdamW moments and checkpoints stay fp32). The kernels'
+ * own list is lib/backends/blas.ts's `Precision`; tests/precision_test.ts checks the two are the same.
+ */
+export const PRECISIONS = ["fp32", "bf16-mixed"] as const;
+export type PrecisionName = typeof PRECISIONS[number];
+
 /** A whole experiment. */
 export interface Config {
   name: string; // run directory: checkpoints/<name>/
@@ -78,6 +86,7 @@ export interface Config {
   training: TrainingConfig;
   sampling: SamplingConfig;
   backend: BackendName;
+  precision: PrecisionName; // fp32, or bf16-mixed products (blas backend only, for now)
   init: InitConfig;
 }
 
@@ -125,6 +134,7 @@ export const DEFAULTS: Config = {
   },
   sampling: { temperature: 1.4, top_k: 25, max_new_tokens: 25, eos_id: null },
   backend: "auto",
+  precision: "fp32",
   init: { from: "random", weights: null },
 };
 
@@ -208,6 +218,7 @@ const SCHEMA: Record<string, Check | Record<string, Check>> = {
     eos_id: nullable(nonNegInt),
   },
   backend: oneOf(BACKENDS),
+  precision: oneOf(PRECISIONS),
   init: { from: oneOf(["random", "gpt2"]), weights: nullable(str) },
 };
 
@@ -368,6 +379,12 @@ function validate(path: string, cfg: Record<string, Json>, source: Map<string, s
   if (c.init.from === "gpt2" && !c.init.weights) {
     throw fail(["init.weights", "init.from"], "init.from is gpt2 but no weights file is given");
   }
+  const refused = precisionRefused(c.backend, c.precision);
+  if (refused) {
+    throw new UserError(
+      `${source.get("precision") ?? source.get("backend") ?? path}: precision: ${refused}`,
+    );
+  }
   if (c.sampling.top_k !== null && c.sampling.top_k > c.model.vocab_size) {
     throw fail(
       ["sampling.top_k", "model.vocab_size"],
@@ -375,6 +392,31 @@ function validate(path: string, cfg: Record<string, Json>, source: Map<string, s
     );
   }
   return c;
+}
+
+/**
+ * Why `precision` cannot run on the configured `backend`, or null when it can. `bf16-mixed` runs on `blas`; `auto`
+ * passes here and is refused at run time when it picks another backend (lib/backends/backend.ts's `usePrecision`).
+ * The GPU backends refuse it until it is measured on a GPU; TF.js's own cpu and wasm kernels have no bf16 products.
+ */
+export function precisionRefused(backend: BackendName, precision: PrecisionName): string | null {
+  if (precision === "fp32" || backend === "blas" || backend === "auto") return null;
+  const why = backend === "webgpu" || backend === "tensorflow"
+    ? "refuses it until it is measured on a GPU"
+    : "has no bf16 products";
+  return `${precision}: backend ${backend} ${why}; use backend blas or auto, or precision fp32`;
+}
+
+/** Configs of {@link loadExperiment} whose `precision` no override set (it is their file's, or the default). */
+const precisionNotOverridden = new WeakSet<Config>();
+
+/**
+ * Whether `cfg`'s precision was set by an override (`--set precision=…`, `--precision`) rather than taken from its
+ * experiment file or the default; a config built in code counts as overridden. `--resume` keeps the run's own
+ * precision unless the command line sets one.
+ */
+export function precisionOverridden(cfg: Config): boolean {
+  return !precisionNotOverridden.has(cfg);
 }
 
 /**
@@ -419,7 +461,9 @@ export async function loadExperiment(path: string, overrides: string[] = []): Pr
       );
     }
   }
-  return validate(path, merged, source);
+  const cfg = validate(path, merged, source);
+  if (!source.has("precision")) precisionNotOverridden.add(cfg);
+  return cfg;
 }
 
 /** One line from the YAML parser's error: position first, the parser's advice for programmers dropped. */
@@ -449,8 +493,9 @@ function shortHash(v: unknown): string {
 
 /**
  * A short stable hash of what defines a run's results: the model, data, training and init sections (not sampling,
- * backend or name), independent of key order. A checkpoint records it so that resuming under another config is
- * refused. Any key added to these sections changes every hash, even at a default that keeps the old behaviour.
+ * backend, precision or name; checkpoints hold fp32 weights in either precision), independent of key order. A
+ * checkpoint records it so that resuming under another config is refused. Any key added to these sections changes
+ * every hash, even at a default that keeps the old behaviour.
  *
  * @example
  * configHash(await loadExperiment("experiments/verdict.yaml")); // 16 hex digits

@@ -3,7 +3,7 @@
  * train/val loss and perplexity of the experiment's checkpoint (or, with --init, of the seeded untrained model),
  * and, for a checkpoint, checkpoints/<name>/report.md + report.json + loss.svg.
  */
-import { initBackend } from "../lib/backends/backend.ts";
+import { initBackend, usePrecision } from "../lib/backends/backend.ts";
 import { dataSourceKind } from "../lib/data/corpus.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
@@ -31,7 +31,8 @@ options:
                      writes no report (there is no run to report on)
   --checkpoint path  evaluate this checkpoint file
   --no-report        do not write report.md / report.json / loss.svg
-  --set key=value    override a config key (repeatable); --backend name as --set backend=name
+  --set key=value    override a config key (repeatable); --backend name as --set backend=name,
+                     --precision fp32|bf16-mixed as --set precision=…
   -h, --help         show this help`;
 
 await runTask(async () => {
@@ -43,6 +44,7 @@ await runTask(async () => {
     "no-report": { type: "boolean", default: false },
     set: { type: "string", multiple: true, default: [] },
     backend: { type: "string" },
+    precision: { type: "string" },
   });
   if (!parsed) return;
   const { values, positionals } = parsed;
@@ -63,6 +65,7 @@ await runTask(async () => {
   }
   const overrides = [...(values.set ?? [])];
   if (values.backend) overrides.push(`backend=${values.backend}`);
+  if (values.precision) overrides.push(`precision=${values.precision}`);
   const cfg = await loadExperiment(positionals[0], overrides);
   checkTokenizerFits(cfg); // prompts and data are GPT-2 token ids
   checkMemoryFits(cfg, "eval");
@@ -71,14 +74,16 @@ await runTask(async () => {
     init: values.init,
     checkpoint: values.checkpoint,
   });
+  const precision = usePrecision(cfg.precision, backend.name, [...model.params.values()]);
   const data = await prepareData(cfg);
   if (numBatches === undefined && dataSourceKind(cfg.data.path) !== "text") {
     numBatches = CORPUS_EVAL_BATCHES;
   }
-  const figures = await evaluateLoaders(model, data, source, numBatches);
+  const figures = { ...await evaluateLoaders(model, data, source, numBatches), precision };
   if (values.json) console.log(JSON.stringify(figures));
   else {
     console.log(`${cfg.name}: ${source} on ${backend.name}`);
+    console.log(`precision: ${precision}`);
     console.log(
       `Training loss: ${figures.train_loss.toFixed(5)} (perplexity ${
         figures.train_perplexity.toFixed(1)

@@ -3,7 +3,7 @@
  * --num-samples … --eos-id … --init --checkpoint path]`: continuations from the experiment's checkpoint with the
  * book's `generate` (section 5.3), streamed token by token. Same seed, same text.
  */
-import { initBackend } from "../lib/backends/backend.ts";
+import { initBackend, usePrecision } from "../lib/backends/backend.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
@@ -28,7 +28,8 @@ options:
   --num-samples n        continuations to print (drawn one after another from the same generator)
   --init                 use the seeded untrained model instead of a checkpoint
   --checkpoint path      use this checkpoint file
-  --set key=value        override a config key (repeatable); --backend name as --set backend=name
+  --set key=value        override a config key (repeatable); --backend name as --set backend=name,
+                         --precision fp32|bf16-mixed as --set precision=…
   -h, --help             show this help`;
 
 function int(flag: string, v: string | undefined, min: number): number | undefined {
@@ -53,6 +54,7 @@ await runTask(async () => {
     checkpoint: { type: "string" },
     set: { type: "string", multiple: true, default: [] },
     backend: { type: "string" },
+    precision: { type: "string" },
   });
   if (!parsed) return;
   const { values: v, positionals } = parsed;
@@ -61,6 +63,7 @@ await runTask(async () => {
   }
   const overrides = [...(v.set ?? [])];
   if (v.backend) overrides.push(`backend=${v.backend}`);
+  if (v.precision) overrides.push(`precision=${v.precision}`);
   const cfg = await loadExperiment(positionals[0], overrides);
   checkTokenizerFits(cfg); // prompts and data are GPT-2 token ids
   checkMemoryFits(cfg, "sample");
@@ -88,13 +91,14 @@ await runTask(async () => {
     throw new UserError(`sample: --prompt "": empty; give at least one word to continue`);
   }
 
-  await initBackend(cfg.backend);
+  const backend = await initBackend(cfg.backend);
   const { model, source } = await loadModel(cfg, { init: v.init, checkpoint: v.checkpoint });
+  const precision = usePrecision(cfg.precision, backend.name, [...model.params.values()]);
   // Greedy decoding (temperature 0) takes the argmax: top-k and the seed change nothing, so they are not shown.
   const settings = temperature === 0
     ? "temperature 0 (greedy)"
     : `temperature ${temperature}, top-k ${topK ?? "none"}, seed ${seed}`;
-  console.error(`${cfg.name}: ${source}; ${settings}`);
+  console.error(`${cfg.name}: ${source}; ${settings}; precision ${precision}`);
   let prompt = textToTokenIds(v.prompt ?? cfg.training.start_context);
   const ctx = model.cfg.context_length;
   if (prompt.length > ctx) {

@@ -45,6 +45,7 @@ Trains the experiment's model and writes checkpoints/<name>/{log.jsonl,checkpoin
 options:
   --set key=value    override any config key, e.g. --set training.lr=1e-3 (repeatable)
   --backend name     auto | blas | cpu | wasm | webgpu | tensorflow (same as --set backend=name)
+  --precision name   fp32 | bf16-mixed (same as --set precision=name); --resume keeps the run's unless given
   --resume           continue from the run's last checkpoint
   --fresh            start over; an earlier run of the same name is moved aside, not deleted
   --auto-resume      skip the run if it finished, resume it if it has a checkpoint, else start it
@@ -58,6 +59,7 @@ await runTask(async () => {
   const parsed = parseTaskArgs("train", USAGE, {
     set: { type: "string", multiple: true, default: [] },
     backend: { type: "string" },
+    precision: { type: "string" },
     resume: { type: "boolean", default: false },
     fresh: { type: "boolean", default: false },
     "auto-resume": { type: "boolean", default: false },
@@ -80,6 +82,7 @@ await runTask(async () => {
   const path = positionals[0];
   const overrides = [...(values.set ?? [])];
   if (values.backend) overrides.push(`backend=${values.backend}`);
+  if (values.precision) overrides.push(`precision=${values.precision}`);
 
   const points = values["no-sweep"] ? null : await readSweep(path);
   if (!points) {

@@ -188,6 +188,7 @@ Deno.test("deno task sample/eval: no checkpoint is one line; --init evaluates, s
     "batches",
     "tokens",
     "source",
+    "precision",
   ]);
   const perBatch = 2 * 32; // the default batch_size × the YAML's context_length
   assertEquals([fig.batches, fig.tokens], [{ train: 1, val: 1 }, {
@@ -197,6 +198,7 @@ Deno.test("deno task sample/eval: no checkpoint is one line; --init evaluates, s
   ok(Math.abs(fig.train_loss - Math.log(50257)) < 0.5, String(fig.train_loss)); // untrained ≈ ln V
   ok(Math.abs(fig.train_perplexity - Math.exp(fig.train_loss)) < 1e-6 * fig.train_perplexity);
   assertEquals(fig.source, "untrained, seed 123");
+  assertEquals(fig.precision, "fp32");
   await rejects(Deno.stat(`${dir}/checkpoints`));
 
   // sample --init: the streamed text is the decoded output of the book's generate for that seed.
@@ -326,7 +328,7 @@ Deno.test('issue 28.2 and 28.6: sample --prompt "" and a missing --checkpoint ar
   // Greedy decoding: the header names no top-k or seed, which would change nothing.
   const greedy = await task("sample", dir, "x.yaml", "--init", "--temperature", "0");
   assertEquals(greedy.code, 0, greedy.err.join("\n"));
-  assertEquals(greedy.err, ["x: untrained, seed 123; temperature 0 (greedy)"]);
+  assertEquals(greedy.err, ["x: untrained, seed 123; temperature 0 (greedy); precision fp32"]);
 });
 
 Deno.test("issue 28.5: eval --help's --num-batches line says which batches each kind of data gives", async () => {

@@ -18,6 +18,7 @@ import { readSweep } from "./sweep.ts";
  * | path | string | the log file |
  * | differs | {[dotted key]: value} | the config keys whose values differ between the compared runs → this run's value (null: absent) |
  * | backend | string \| null | the backend that ran it (last header) |
+ * | precision | string \| null | its segments' precisions in order, each once: `fp32`, `bf16-mixed`, `bf16-mixed→fp32` (a header without one: fp32) |
  * | resumes | number | how many times the run was resumed |
  * | steps | number | optimizer steps done |
  * | tokens_seen | number | training tokens consumed |
@@ -33,6 +34,7 @@ export interface RunRow {
   path: string;
   differs: Record<string, unknown>;
   backend: string | null;
+  precision: string | null;
   resumes: number;
   steps: number;
   tokens_seen: number;
@@ -138,6 +140,15 @@ function timing(lines: LogLine[]): { wall: number | null; rate: number | null } 
   return { wall: seen ? wall : null, rate: rated > 0 ? tokens / rated : null };
 }
 
+/**
+ * The precisions a run's segments ran in, in order, each once (`bf16-mixed→fp32`: resumed with another); a header
+ * without one (an older log, another engine) ran in fp32. Null when the log has no header.
+ */
+function precisionOf(log: RunLogData): string | null {
+  const seq = log.headers.map((h) => typeof h.precision === "string" ? h.precision : "fp32");
+  return seq.length ? seq.filter((p, i) => p !== seq[i - 1]).join("→") : null;
+}
+
 /** A run's figures from its log; `diffKeys` picks the config keys shown in `differs`. */
 export function summarizeRun(log: RunLogData, diffKeys: string[] = []): RunRow {
   const cfg = flatten(runConfig(log) ?? {});
@@ -150,6 +161,7 @@ export function summarizeRun(log: RunLogData, diffKeys: string[] = []): RunRow {
     path: log.path,
     differs: Object.fromEntries(diffKeys.map((k) => [k, cfg[k] ?? null])),
     backend: typeof header?.backend === "string" ? header.backend : null,
+    precision: precisionOf(log),
     resumes: Math.max(0, log.headers.length - 1),
     steps: lastNum(log.lines, "steps", "step") ?? 0,
     tokens_seen: lastNum(log.lines, "tokens_seen") ?? 0,
@@ -234,12 +246,14 @@ function configCell(v: unknown): string {
 }
 
 /**
- * A plain-text table, one row per run, in the rows' order: the run, the differing config keys, the backend when
- * the runs' backends differ, then steps, tokens, final/best losses, val perplexity, tokens/s, wall time, status.
+ * A plain-text table, one row per run, in the rows' order: the run, the differing config keys, the backend and the
+ * precision when the runs' differ, then steps, tokens, final/best losses, val perplexity, tokens/s, wall time,
+ * status.
  */
 export function formatTable(rows: RunRow[]): string {
   const diffKeys = [...new Set(rows.flatMap((r) => Object.keys(r.differs)))];
   const showBackend = new Set(rows.map((r) => r.backend)).size > 1;
+  const showPrecision = new Set(rows.map((r) => r.precision)).size > 1;
   const cols: [string, (r: RunRow) => string][] = [
     ["run", (r) => r.name],
     ...diffKeys.map((k) =>
@@ -247,6 +261,9 @@ export function formatTable(rows: RunRow[]): string {
     ),
     ...(showBackend
       ? [["backend", (r: RunRow) => r.backend ?? "-"] as [string, (r: RunRow) => string]]
+      : []),
+    ...(showPrecision
+      ? [["precision", (r: RunRow) => r.precision ?? "-"] as [string, (r: RunRow) => string]]
       : []),
     ["steps", (r) => cell(r.steps, 0)],
     ["tokens", (r) => cell(r.tokens_seen, 0)],
@@ -429,7 +446,8 @@ export function compareRuns(
   paths: string[],
 ): { logs: RunLogData[]; rows: RunRow[]; warnings: string[] } {
   const logs = paths.map((p) => readRunLog(p));
-  const keys = diffConfigs(logs.map(runConfig).filter((c) => c !== null));
+  const keys = diffConfigs(logs.map(runConfig).filter((c) => c !== null))
+    .filter((k) => k !== "precision"); // a column of its own, from every segment's header
   return {
     logs,
     rows: logs.map((l) => summarizeRun(l, keys)),

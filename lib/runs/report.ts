@@ -25,6 +25,7 @@ export interface EvalFigures {
   batches: { train: number; val: number };
   tokens: { train: number; val: number };
   source: string;
+  precision?: string; // how eval's products ran ("fp32", "bf16-mixed (…)"); absent in reports written before
 }
 
 /** Mean loss over `numBatches` batches of each loader (all when omitted), and their perplexities. */

@@ -3,8 +3,19 @@
  * checking that it fits the config and the data) or initialised from the config's seed or weights.
  */
 import { AdamW } from "../train/adamw.ts";
-import { type Checkpoint, configDifferences, loadCheckpoint } from "../train/checkpoint.ts";
-import type { Config } from "../config.ts";
+import {
+  type Checkpoint,
+  CHECKPOINT_FORMAT,
+  configDifferences,
+  loadCheckpoint,
+} from "../train/checkpoint.ts";
+import {
+  type Config,
+  type PrecisionName,
+  precisionOverridden,
+  precisionRefused,
+  PRECISIONS,
+} from "../config.ts";
 import type { VerdictData } from "../data/data.ts";
 import { UserError } from "../errors.ts";
 import { initialParams } from "../train/load.ts";
@@ -12,6 +23,7 @@ import { GPTModel } from "../model/model.ts";
 import { DropoutRng } from "../model/ops.ts";
 import { learningRate, type LrSchedule } from "../train/schedule.ts";
 import { initialTrainState, type TrainState } from "../train/train.ts";
+import { readSafetensorsHeader } from "../weights/safetensors.ts";
 
 /** Appendix D's schedule for the config (null: constant lr, the chapter-5 loop). */
 export function lrSchedule(cfg: Config, totalSteps: number): LrSchedule | null {
@@ -103,6 +115,50 @@ export async function loadResumable(
     );
   }
   return ckpt;
+}
+
+/**
+ * The precision a checkpoint's run trained in, from its metadata alone (fp32 for one written before the key);
+ * null when the file is not a readable checkpoint ({@link loadResumable} names what is wrong).
+ */
+async function savedPrecision(path: string): Promise<PrecisionName | null> {
+  try {
+    const { metadata } = await readSafetensorsHeader(path);
+    if (metadata.format !== CHECKPOINT_FORMAT) return null;
+    const p = JSON.parse(metadata.meta).config?.precision ?? "fp32";
+    return (PRECISIONS as readonly string[]).includes(p) ? p : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The config a resumed run continues with. A run keeps its own precision, the one its checkpoint was saved in,
+ * whatever its experiment file says, unless the command line sets one (`--set precision=…`, `--precision`): that
+ * switches the run from here on (checkpoints hold fp32 weights in either precision). Says which, in a line.
+ */
+export async function resumedPrecision(
+  ckptPath: string,
+  cfg: Config,
+  print: (line: string) => void,
+): Promise<Config> {
+  const saved = await savedPrecision(ckptPath);
+  if (saved === null || saved === cfg.precision) return cfg;
+  if (precisionOverridden(cfg)) {
+    print(`precision: ${cfg.precision} from here on; the run trained in ${saved} until now`);
+    return cfg;
+  }
+  const refused = precisionRefused(cfg.backend, saved);
+  if (refused) {
+    throw new UserError(
+      `${ckptPath}: precision: the run's ${refused} (--set precision=${cfg.precision} switches the run)`,
+    );
+  }
+  print(
+    `precision: keeping the run's ${saved}, from its checkpoint ` +
+      `(--set precision=${cfg.precision} switches the run)`,
+  );
+  return { ...cfg, precision: saved };
 }
 
 /** What a run trains and where it stands: the model, its optimizer, the loop's state and the dropout RNG. */

@@ -4,7 +4,7 @@
  * The flat sequence of nanoGPT's train.py, kept out of the task so tests can call it: `trainUnlocked` reads as the
  * run's phases, each a function of its own module (run_dir.ts, run_data.ts, restore.ts, logged_loop.ts).
  */
-import { type BackendChoice, initBackend } from "../backends/backend.ts";
+import { type BackendChoice, initBackend, usePrecision } from "../backends/backend.ts";
 import type { Checkpoint } from "../train/checkpoint.ts";
 import type { Config } from "../config.ts";
 import type { VerdictData } from "../data/data.ts";
@@ -13,7 +13,13 @@ import { GPTModel } from "../model/model.ts";
 import { checkMemoryFits, preflight } from "../train/preflight.ts";
 import { acquireRunLock } from "./lock.ts";
 import { loggedLoop } from "./logged_loop.ts";
-import { loadResumable, lrSchedule, restoreOrInit, type Trainee } from "./restore.ts";
+import {
+  loadResumable,
+  lrSchedule,
+  restoreOrInit,
+  resumedPrecision,
+  type Trainee,
+} from "./restore.ts";
 import { checkRunDir, openRunDir } from "./run_dir.ts";
 import { countOf } from "../progress.ts";
 import { prepareData } from "./run_data.ts";
@@ -38,6 +44,7 @@ export interface RunResult {
   status: "finished" | "interrupted";
   runDir: string;
   backend: BackendChoice;
+  precision: string; // how its products ran: "fp32", "bf16-mixed (…)" (usePrecision's phrase)
   params: number;
   state: TrainState;
   trainLoss: number;
@@ -76,13 +83,15 @@ export async function runTraining(cfg: Config, opts: RunOptions = {}): Promise<R
 }
 
 /**
- * The run's phases, in order: check the run directory; load the data and the checkpoint to resume from (every check
- * that can refuse the run, before anything is written); the backend; restore or initialise the trainee; open the run
- * directory and its log; the logged loop.
+ * The run's phases, in order: check the run directory (and the precision a resumed run keeps); load the data and the
+ * checkpoint to resume from (every check that can refuse the run, before anything is written); the backend; restore
+ * or initialise the trainee and set the precision of its products; open the run directory and its log; the logged
+ * loop.
  */
 async function trainUnlocked(cfg: Config, opts: RunOptions, lockPath: string): Promise<RunResult> {
   const print = opts.print ?? ((s: string) => console.log(s));
   const dir = await checkRunDir(cfg, opts, print);
+  if (opts.resume) cfg = await resumedPrecision(dir.ckptPath, cfg, print);
   await preflight(cfg);
   const data = await prepareData(cfg, { progress: opts.progress, print });
   checkMemoryFits(cfg, "train"); // after the data's own checks (more to the point), before the model exists
@@ -94,9 +103,10 @@ async function trainUnlocked(cfg: Config, opts: RunOptions, lockPath: string): P
   const backend = await chooseBackend(cfg, print);
   const trainee = await restoreOrInit(cfg, ckpt, dir.ckptPath, print);
   ckpt = null; // let the host copies go
+  const precision = choosePrecision(cfg, backend, trainee, print);
   const result = (
     end: { status: RunResult["status"]; t0: number; trainLoss: number; valLoss: number },
-  ) => runResult(end, dir.runDir, backend, trainee);
+  ) => runResult(end, dir.runDir, { backend, precision }, trainee);
   if (opts.resume && trainee.state.epoch >= cfg.training.epochs) {
     print(
       `${cfg.name}: already trained for ${trainee.state.epoch} epochs (training.epochs is ` +
@@ -115,6 +125,7 @@ async function trainUnlocked(cfg: Config, opts: RunOptions, lockPath: string): P
   // Everything is checked: from here on the run writes.
   const log = await openRunDir(cfg, dir, {
     backend,
+    precision,
     params: trainee.model.numParams(),
     resumedFromStep: opts.resume ? trainee.state.step : null,
   }, print);
@@ -168,18 +179,39 @@ async function chooseBackend(cfg: Config, print: (line: string) => void): Promis
   return backend;
 }
 
-/** The run's result; disposes the trainee. */
+/**
+ * The config's precision on the chosen backend for the trainee's weights (usePrecision: bf16-mixed on blas only),
+ * printed as `precision: …` after the backend and model lines; the trainee is disposed when it is refused.
+ */
+function choosePrecision(
+  cfg: Config,
+  backend: BackendChoice,
+  t: Trainee,
+  print: (line: string) => void,
+): string {
+  try {
+    const precision = usePrecision(cfg.precision, backend.name, [...t.model.params.values()]);
+    print(`precision: ${precision}`);
+    return precision;
+  } catch (err) {
+    t.optimizer.dispose();
+    t.model.dispose();
+    throw err;
+  }
+}
+
+/** The run's result; disposes the trainee and sets the process's products back to fp32. */
 function runResult(
   end: { status: RunResult["status"]; t0: number; trainLoss: number; valLoss: number },
   runDir: string,
-  backend: BackendChoice,
+  ran: { backend: BackendChoice; precision: string },
   t: Trainee,
 ): RunResult {
   const state: TrainState = { ...t.state };
   const r: RunResult = {
     status: end.status,
     runDir,
-    backend,
+    ...ran,
     params: t.model.numParams(),
     state,
     trainLoss: end.trainLoss,
@@ -188,5 +220,6 @@ function runResult(
   };
   t.optimizer.dispose();
   t.model.dispose();
+  usePrecision("fp32", ran.backend.name, []);
   return r;
 }

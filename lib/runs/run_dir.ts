@@ -51,6 +51,7 @@ export async function checkRunDir(
 /** What the log's header records of a run about to start. */
 export interface RunStart {
   backend: BackendChoice;
+  precision: string; // usePrecision's phrase: "fp32", "bf16-mixed (…)"
   params: number;
   resumedFromStep: number | null;
 }
@@ -86,6 +87,8 @@ export async function openRunDir(
     seed: cfg.training.seed,
     backend: start.backend.name,
     backend_reason: start.backend.reason,
+    precision: cfg.precision,
+    precision_detail: start.precision,
     params: start.params,
     versions: { deno: Deno.version.deno, tfjs: tf.version_core },
     git_commit: await gitCommit(),

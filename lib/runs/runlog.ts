@@ -28,6 +28,8 @@ export interface HeaderRecord {
   seed: number;
   backend: string;
   backend_reason: string;
+  precision?: string; // "fp32" | "bf16-mixed" (config.precision); absent: fp32 (older logs, other engines)
+  precision_detail?: string; // how its products ran, e.g. "bf16-mixed (emulated: …)"
   params: number;
   versions: Record<string, string>;
   git_commit: string | null;

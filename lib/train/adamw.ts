@@ -5,7 +5,7 @@
  *   p ← p − (lr / (1−β1ᵗ)) · m / (√v / √(1−β2ᵗ) + eps)
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { hostView } from "../backends/backend.ts";
+import { hostView, weightsUpdated } from "../backends/backend.ts";
 import { sharedHostView } from "../backends/blas.ts";
 import { parallelFor, sharedF32 } from "../backends/pool.ts";
 import "../backends/kernels.ts"; // registers "adamw"
@@ -58,7 +58,10 @@ export class AdamW {
     }
   }
 
-  /** Applies one update from `grads` (keyed by parameter name) and disposes nothing of the caller's. */
+  /**
+   * Applies one update from `grads` (keyed by parameter name) and disposes nothing of the caller's; then tells the
+   * backend that the weights changed (their bf16 copies in `bf16-mixed` are made again).
+   */
   applyGradients(grads: Map<string, tf.Tensor>): void {
     this.step += 1;
     const { lr, weightDecay: wd, beta1: b1, beta2: b2, eps } = this;
@@ -88,6 +91,7 @@ export class AdamW {
         });
       }
     }
+    weightsUpdated(); // bf16-mixed: the weights' bf16 copies are stale now
   }
 
   /** Moments as host tensors named `m.<param>` / `v.<param>`, for checkpoints. */

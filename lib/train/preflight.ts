@@ -110,6 +110,7 @@ export interface MemoryEstimate {
   adamw: number;
   activations: number;
   logits: number;
+  bf16: number; // bf16-mixed's copies of the products' inputs (0 in fp32)
   runtime: number;
   total: number;
 }
@@ -129,6 +130,24 @@ const LOGIT_COPIES_TRAIN = 2;
 const LAYERS_LIVE_EVAL = 4;
 const LOGIT_COPIES_EVAL = 3;
 
+/**
+ * bf16-mixed's copies of the products' inputs: a bf16 copy of every weight, made once per optimizer step and kept,
+ * at 4 bytes a parameter (the emulated path keeps a bf16-rounded fp32 copy; oneDNN's keeps 2 bytes, so 4 is the
+ * upper bound), plus the converted copy of the largest activation operand of a product, at 4 bytes an element too:
+ * the attention weights (B·heads·T·T) or the MLP's hidden layer (B·T·4C), and in training the logits' gradient
+ * (B·T·vocab), an operand of the output head's backward products.
+ */
+function bf16Bytes(cfg: Config, use: MemoryUse, B: number, T: number): number {
+  if (cfg.precision === "fp32") return 0;
+  const m = cfg.model;
+  const operand = Math.max(
+    B * m.n_heads * T * T,
+    B * T * 4 * m.emb_dim,
+    use === "train" ? B * T * m.vocab_size : 0,
+  );
+  return F32 * (paramCount(m) + operand);
+}
+
 /** Parameters of the book's GPTModel for `m` (untied output head). */
 export function paramCount(m: Config["model"]): number {
   const C = m.emb_dim;
@@ -139,8 +158,8 @@ export function paramCount(m: Config["model"]): number {
 /**
  * Memory a run of `cfg` needs at its peak, by part: parameters; for training their gradients, AdamW's two moments
  * and the activations the tape keeps for the backward pass at `data.batch_size` windows of the configured context;
- * the logits over the vocabulary. `sample` holds one sequence and its KV cache. Calibrated against the peak RSS of
- * real runs (README: Memory).
+ * the logits over the vocabulary; in bf16-mixed, the bf16 copies of the weights and of one activation. `sample`
+ * holds one sequence and its KV cache. Calibrated against the peak RSS of real fp32 runs (README: Memory).
  */
 export function memoryEstimate(cfg: Config, use: MemoryUse): MemoryEstimate {
   const m = cfg.model, P = paramCount(m);
@@ -161,6 +180,7 @@ export function memoryEstimate(cfg: Config, use: MemoryUse): MemoryEstimate {
     activations,
     logits: F32 * logitRows * m.vocab_size *
       (use === "eval" ? LOGIT_COPIES_EVAL : LOGIT_COPIES_TRAIN),
+    bf16: bf16Bytes(cfg, use, B, T),
     runtime: RUNTIME_BYTES,
   };
   return { ...e, total: Object.values(e).reduce((a, b) => a + b, 0) };
@@ -208,7 +228,9 @@ function howToFit(cfg: Config, use: MemoryUse, avail: number): string {
       `(the same ${B * k} windows per step), or a shorter context (data.max_length)`;
   }
   if (fits >= 1) return `set data.batch_size: ${fits} or less`;
-  const e = memoryEstimate(cfg, use), weights = e.params + e.grads + e.adamw + e.runtime;
+  const e = memoryEstimate(cfg, use);
+  const copies = e.bf16 > 0 ? F32 * paramCount(cfg.model) : 0; // bf16-mixed's copies of the weights
+  const weights = e.params + e.grads + e.adamw + copies + e.runtime;
   if (weights > avail) {
     return `its weights${
       use === "train" ? ", gradients and AdamW moments" : ""
