@@ -3,9 +3,12 @@
  * rounded to bf16, round to nearest even, either to its 16 bits (for a library that multiplies bf16: oneDNN) or
  * back into an fp32 whose low 16 bits are zero (for one that does not: the product of two such values is exact in
  * fp32, so the fp32 product then accumulates the same terms). The model's weights are converted once per optimizer
- * step and kept; activations are converted into scratch arrays per product. Conversions run on every thread.
+ * step and kept ({@link Bf16Copies}); an activation's copy is kept while it is among the recent ones, since most
+ * are operands of several products (a block's input of q, k and v and of their three weight gradients; the
+ * output head's gradient of dx and dW). Conversions run on every thread.
  */
 import { type Arr, parallelFor, registerKernels, setParallelism } from "./pool.ts";
+import { simdBf16 } from "./simd.ts";
 
 /**
  * The bf16 of fp32 bits `x` (as an int32), round to nearest even, still in the high half: a NaN stays a quiet
@@ -70,4 +73,80 @@ export function roundToBf16(x: number): number {
   const u = new Int32Array(f.buffer);
   u[0] = rounded(u[0]);
   return f[0];
+}
+
+/** Bytes of recent activations' copies kept beyond the last two (the operands of the product being computed). */
+const RECENT_BYTES = 64 * 2 ** 20;
+
+/** The bf16 copies of a run's operands: weights once per {@link Bf16Copies.weightsUpdated}, recent activations. */
+export class Bf16Copies {
+  private weights = new WeakMap<object, { version: number; data: Bf16Operand }>();
+  private weightIds = new WeakSet<object>();
+  private version = 0;
+  /** Recent activations' copies by tensor id, oldest first. */
+  private recent = new Map<object, { values: Float32Array; data: Bf16Operand }>();
+  private recentBytes = 0;
+  private free = new Map<string, Bf16Operand[]>();
+
+  /** Marks the tensors (by id) whose values are weights, and forgets every copy. */
+  setWeights(ids: object[]): void {
+    this.weightIds = new WeakSet(ids);
+    this.weights = new WeakMap();
+    this.recent.clear(), this.recentBytes = 0, this.free.clear();
+  }
+
+  /**
+   * The weights changed (an optimizer step): their copies are made again on next use. The activations' copies
+   * are let go too: a step's activations are new tensors, and a tensor updated in place would otherwise keep an
+   * old copy.
+   */
+  weightsUpdated(): void {
+    this.version++;
+    for (const [id, e] of this.recent) this.evict(id, e.data);
+  }
+
+  /**
+   * The bf16 copy of `values`, the storage of tensor `id`: its 16 bits where `bits`, else rounded fp32. Valid until
+   * the second next call (the two operands of one product are never evicted by each other).
+   */
+  of(id: object, values: Float32Array, bits: boolean): Bf16Operand {
+    if (this.weightIds.has(id)) return this.weight(id, values, bits);
+    const hit = this.recent.get(id);
+    if (hit && hit.values === values && isKind(hit.data, values.length, bits)) {
+      this.recent.delete(id), this.recent.set(id, hit); // most recent again
+      return hit.data;
+    }
+    if (hit) this.evict(id, hit.data);
+    const key = `${bits ? "b" : "f"}${values.length}`;
+    const data = toBf16(values, this.free.get(key)?.pop() ?? bf16Array(values.length, bits));
+    this.recent.set(id, { values, data });
+    this.recentBytes += data.byteLength;
+    for (const [old, e] of this.recent) {
+      if (this.recentBytes <= RECENT_BYTES || this.recent.size <= 2) break;
+      this.evict(old, e.data);
+    }
+    return data;
+  }
+
+  private weight(id: object, values: Float32Array, bits: boolean): Bf16Operand {
+    let w = this.weights.get(id);
+    if (!w || !isKind(w.data, values.length, bits)) {
+      this.weights.set(id, w = { version: -1, data: bf16Array(values.length, bits) });
+    }
+    if (w.version !== this.version) toBf16(values, w.data), w.version = this.version;
+    return w.data;
+  }
+
+  private evict(id: object, data: Bf16Operand): void {
+    this.recent.delete(id);
+    this.recentBytes -= data.byteLength;
+    const key = `${data instanceof Uint16Array ? "b" : "f"}${data.length}`;
+    const list = this.free.get(key);
+    if (list) list.push(data);
+    else this.free.set(key, [data]);
+  }
+}
+
+function isKind(x: Bf16Operand, n: number, bits: boolean): boolean {
+  return x.length === n && (x instanceof Uint16Array) === bits;
 }

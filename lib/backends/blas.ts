@@ -34,7 +34,7 @@ import {
   useForHeads,
 } from "./blas_lib.ts";
 import { loadBlas } from "./matrix_choice.ts";
-import { bf16Array, type Bf16Operand, toBf16 } from "./bf16.ts";
+import { Bf16Copies } from "./bf16.ts";
 
 export {
   type BlasLib,
@@ -87,9 +87,8 @@ export function useMatrixLibrary(
 }
 
 let precision: Precision = "fp32";
-/** dataIds of the model's weights, whose bf16 copies are made once per {@link weightsUpdated}. */
-let weightIds = new WeakSet<object>();
-let weightsVersion = 0;
+/** The bf16 copies of operands in bf16-mixed: the model's weights once per {@link weightsUpdated}. */
+const copies = new Bf16Copies();
 
 /**
  * Sets the precision of every later product, and which tensors are weights (converted once per update). Where the
@@ -100,8 +99,7 @@ export function setPrecision(p: Precision, weights: tf.Tensor[] = []): void {
     useMatrixLibrary("auto", p);
   }
   precision = p;
-  weightIds = new WeakSet(weights.map((w) => w.dataId as object));
-  weightsVersion++;
+  copies.setWeights(weights.map((w) => w.dataId as object));
 }
 
 /** The precision products run in now. */
@@ -111,7 +109,7 @@ export function getPrecision(): Precision {
 
 /** Says the weights changed (an optimizer step): their bf16 copies are made again on next use. */
 export function weightsUpdated(): void {
-  weightsVersion++;
+  copies.weightsUpdated();
 }
 
 type Info = tf.TensorInfo;
@@ -323,56 +321,10 @@ function gemm(
     // bf16-mixed: oneDNN multiplies bf16 bits; every other library (and the heads, shared out between our
     // threads) multiplies the rounded values in fp32.
     const bits = !!blas.gemmBf16 && !headsShape(blas, d);
-    const A16 = bf16Of(a, A, bits), B16 = bf16Of(b, B, bits);
-    try {
-      products(
-        bits ? bitsLib(blas) : blas,
-        A16.data as Float32Array,
-        B16.data as Float32Array,
-        c,
-        d,
-      );
-    } finally {
-      A16.release(), B16.release();
-    }
+    const A16 = copies.of(a.dataId, A, bits), B16 = copies.of(b.dataId, B, bits);
+    products(bits ? bitsLib(blas) : blas, A16 as Float32Array, B16 as Float32Array, c, d);
   }
   return { shape, values: c };
-}
-
-/** A bf16 operand and how to hand its array back when the product is done. */
-interface Bf16Use {
-  data: Bf16Operand;
-  release(): void;
-}
-
-/** bf16 copies of the weights, made again after each {@link weightsUpdated}. */
-const weightCopies = new WeakMap<object, { version: number; data: Bf16Operand }>();
-/** Scratch arrays for activations' bf16 copies, by kind and length, reused from product to product. */
-const scratch = new Map<string, Bf16Operand[]>();
-
-/** `values` (tensor `t`'s storage) rounded to bf16: `bits` for a bf16 library, else as fp32. */
-function bf16Of(t: Info, values: Float32Array, bits: boolean): Bf16Use {
-  const n = values.length,
-    fits = (x: Bf16Operand) => x.length === n && (x instanceof Uint16Array) === bits;
-  if (weightIds.has(t.dataId)) {
-    let w = weightCopies.get(t.dataId);
-    if (!w || !fits(w.data)) {
-      weightCopies.set(t.dataId, w = { version: -1, data: bf16Array(n, bits) });
-    }
-    if (w.version !== weightsVersion) toBf16(values, w.data), w.version = weightsVersion;
-    return { data: w.data, release: () => {} };
-  }
-  const key = `${bits ? "b" : "f"}${n}`;
-  let list = scratch.get(key);
-  const data = list?.pop() ?? bf16Array(n, bits);
-  toBf16(values, data);
-  return {
-    data,
-    release: () => {
-      if (!list) scratch.set(key, list = []);
-      list.push(data);
-    },
-  };
 }
 
 /** `blas` with `sgemm` multiplying bf16 operands (Uint16Arrays passed where the signature says Float32Array). */
@@ -625,16 +577,11 @@ function headsMatMulKernel(): KernelFn {
       ...t.sb,
       ...t.sc,
     ];
-    const uses = [a, b].map((x) => {
+    const [A, B] = [a, b].map((x) => {
       const v = f32(backend, x);
-      return precision === "fp32" ? { data: v, release: () => {} } : bf16Of(x, v, false);
+      return precision === "fp32" ? v : copies.of(x.dataId, v, false) as Float32Array;
     });
-    try {
-      const [A, B] = uses.map((u) => u.data as Float32Array);
-      sgemmOnEachThread(lib(), [A, B, c], s, t.batch * t.heads, t.M * t.N * t.K);
-    } finally {
-      for (const u of uses) u.release();
-    }
+    sgemmOnEachThread(lib(), [A, B, c], s, t.batch * t.heads, t.M * t.N * t.K);
     return backend.makeTensorInfo(t.shape, "float32", c);
   };
 }

@@ -14,6 +14,7 @@ type Arr = Float32Array | Float64Array | Int32Array;
 
 interface Exports {
   buf(i: number): number;
+  bf16_round(x: number, bits: number, n: number): void;
   gelu_tanh(x: number, y: number, t: number, n: number): void;
   gelu_tanh_grad(g: number, x: number, t: number, dx: number, n: number): void;
   softmax_rows(z: number, p: number, rows: number, n: number, k: number, out: number): void;
@@ -148,6 +149,30 @@ function chunked(
     for (const [arr, i] of ins) w.buf[i].set(arr.subarray(a, b));
     kernel(r, n);
     for (const [arr, i] of outs) arr.set(w.buf[i].subarray(0, n * size), a);
+  }
+  return true;
+}
+
+/**
+ * bf16 of elements [lo, hi) of fp32 `src`, round to nearest even: into `dst` as rounded fp32 (a Float32Array), or
+ * as its 16 bits (a Uint16Array).
+ */
+export function simdBf16(
+  src: Float32Array,
+  dst: Float32Array | Uint16Array,
+  lo: number,
+  hi: number,
+): boolean {
+  const w = wasm();
+  if (!w) return false;
+  const [px, pb] = w.ptr, bits = dst instanceof Uint16Array;
+  const out = new Uint16Array(w.buf[1].buffer, pb, w.chunk * 2);
+  for (let a = lo; a < hi; a += w.chunk) {
+    const n = Math.min(w.chunk, hi - a);
+    w.buf[0].set(src.subarray(a, a + n));
+    w.k.bf16_round(px, bits ? pb : 0, (n + 7) & ~7);
+    if (bits) dst.set(out.subarray(0, n), a);
+    else dst.set(w.buf[0].subarray(0, n), a);
   }
   return true;
 }

@@ -301,3 +301,28 @@ void adamw(float *p, const float *g, float *m, float *v, int n, float b1, float 
     wasm_v128_store(p + i, wasm_f32x4_sub(wasm_f32x4_mul(wasm_v128_load(p + i), vd), step));
   }
 }
+
+/**
+ * bf16 of n (a multiple of 8) floats at x, round to nearest even (a NaN stays a quiet NaN): the rounded values in
+ * place as floats (low 16 bits zero) and, where `bits` is not null, their high halves there as n uint16.
+ */
+__attribute__((export_name("bf16_round")))
+void bf16_round(float *x, unsigned short *bits, int n) {
+  const v128_t bias = wasm_i32x4_splat(0x7fff), one = wasm_i32x4_splat(1), high = wasm_i32x4_splat((int)0xffff0000);
+  const v128_t abs = wasm_i32x4_splat(0x7fffffff), inf = wasm_i32x4_splat(0x7f800000), quiet = wasm_i32x4_splat(0x400000);
+  for (int i = 0; i < n; i += 8) {
+    v128_t r[2];
+    for (int h = 0; h < 2; h++) {
+      const v128_t u = wasm_v128_load(x + i + 4 * h);
+      const v128_t even = wasm_v128_and(wasm_u32x4_shr(u, 16), one);
+      const v128_t up = wasm_v128_and(wasm_i32x4_add(wasm_i32x4_add(u, bias), even), high);
+      const v128_t nan = wasm_i32x4_gt(wasm_v128_and(u, abs), inf);
+      r[h] = wasm_v128_bitselect(wasm_v128_or(u, quiet), up, nan);
+      wasm_v128_store(x + i + 4 * h, r[h]);
+    }
+    if (bits) {
+      wasm_v128_store(bits + i, wasm_i8x16_shuffle(r[0], r[1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27,
+                                                    30, 31));
+    }
+  }
+}
