@@ -10,7 +10,9 @@ import { AdamW } from "../lib/train/adamw.ts";
 import { initBackend, usePrecision } from "../lib/backends/backend.ts";
 import { LIBRARIES, type LibraryKind } from "../lib/backends/blas_lib.ts";
 import { useMatrixLibrary } from "../lib/backends/blas.ts";
-import { roundToBf16 } from "../lib/backends/bf16.ts";
+import { bf16Array, roundToBf16, toBf16 } from "../lib/backends/bf16.ts";
+import { useSimd } from "../lib/backends/simd.ts";
+import { setParallelism } from "../lib/backends/pool.ts";
 import { loadHFGPT2 } from "../lib/weights/gpt2.ts";
 import { GPTModel } from "../lib/model/model.ts";
 import { accumulateGradients } from "../lib/train/train.ts";
@@ -43,6 +45,41 @@ Deno.test("roundToBf16 rounds to nearest even and keeps NaN and infinities", () 
   ok(roundToBf16(-(1 + 2 ** -8 + 2 ** -20)) === -(1 + 2 ** -7), "negative values round alike");
   ok(Number.isNaN(roundToBf16(NaN)) && roundToBf16(Infinity) === Infinity);
   ok(roundToBf16(3.4028234663852886e38) === Infinity, "the largest float rounds up to infinity");
+});
+
+Deno.test("bf16 conversions in WebAssembly SIMD give the JS loop's bits, ties, NaN and infinities included", () => {
+  const special = [
+    1 + 2 ** -8,
+    1 + 3 * 2 ** -8,
+    -0,
+    Infinity,
+    -Infinity,
+    NaN,
+    3.4028234663852886e38,
+    1e-45,
+  ];
+  const src = new Float32Array(70_003).map((
+    _,
+    i,
+  ) => (i < special.length ? special[i] : Math.sin(i) * 10 ** (i % 9 - 4)));
+  const simd = useSimd(), threads = setParallelism();
+  setParallelism(1); // the calling thread does it all, with and without SIMD
+  try {
+    for (const bits of [true, false]) {
+      const viaSimd = toBf16(src, bf16Array(src.length, bits));
+      useSimd(false);
+      const viaJs = toBf16(src, bf16Array(src.length, bits));
+      useSimd(simd);
+      const a = new Uint16Array(viaSimd.buffer, viaSimd.byteOffset, viaSimd.byteLength / 2);
+      const b = new Uint16Array(viaJs.buffer, viaJs.byteOffset, viaJs.byteLength / 2);
+      const first = a.findIndex((x, i) => x !== b[i]);
+      ok(first < 0, `${bits ? "bits" : "rounded"}: first difference at ${first}`);
+      if (!bits) ok((viaJs as Float32Array).every((x, i) => Object.is(x, roundToBf16(src[i]))));
+    }
+  } finally {
+    useSimd(simd);
+    setParallelism(threads);
+  }
 });
 
 /** Seeded values in [-1, 1). */

@@ -7,6 +7,7 @@ import { UserError } from "../errors.ts";
 import { lineChartSVG, PALETTE, type Series } from "./plot.ts";
 import { formatDuration } from "../progress.ts";
 import { type LogLine, readRunLog, type RunLogData, type RunStatus } from "./runlog.ts";
+import { runLockHeld } from "./lock.ts";
 import { readSweep } from "./sweep.ts";
 
 /**
@@ -14,7 +15,7 @@ import { readSweep } from "./sweep.ts";
  *
  * | field | type | meaning |
  * |---|---|---|
- * | name | string | run name from the log's header (else its directory) |
+ * | name | string | run name from the log's header (else its directory); where two compared runs share one, their directory's names (`verdict-small.2026-12-06T06-03-43-627Z`, as the dashboard names it) |
  * | path | string | the log file |
  * | differs | {[dotted key]: value} | the config keys whose values differ between the compared runs → this run's value (null: absent) |
  * | backend | string \| null | the backend that ran it (last header) |
@@ -27,7 +28,7 @@ import { readSweep } from "./sweep.ts";
  * | val_perplexity | number \| null | exp(final_val_loss) |
  * | tokens_per_s | number \| null | training throughput over all of the run's segments |
  * | wall_s | number \| null | seconds of training, summed over the run's segments |
- * | status | "finished" \| "interrupted" \| "crashed" \| "running" | see {@link RunStatus} |
+ * | status | "finished" \| "interrupted" \| "crashed" \| "running" \| "stopped" | see {@link RowStatus} |
  */
 export interface RunRow {
   name: string;
@@ -45,8 +46,16 @@ export interface RunRow {
   val_perplexity: number | null;
   tokens_per_s: number | null;
   wall_s: number | null;
-  status: RunStatus;
+  status: RowStatus;
 }
+
+/**
+ * A run's status in compare: the log's own ({@link RunStatus}), or `stopped` for a gpt-ts run whose log ends without
+ * a summary, interruption or error while no live process holds its run lock (killed with SIGKILL, by the OOM
+ * killer, a power cut): it will not go on. While a process holds the lock, such a run is `running` however long its
+ * log has been quiet.
+ */
+export type RowStatus = RunStatus | "stopped";
 
 /** Columns a table can be sorted by (besides the differing config keys). */
 export const SORT_KEYS = [
@@ -203,6 +212,8 @@ export const COLUMN_KEYS: Record<string, (typeof SORT_KEYS)[number]> = {
  */
 export function resolveSortKey(rows: RunRow[], key: string): string {
   if (isSortKey(rows, key)) return key;
+  const configKey = key.replace(/ \(config\)$/, ""); // a heading of keyHeading's
+  if (configKey !== key && rows.some((r) => configKey in r.differs)) return configKey;
   const heading = key.trim().toLowerCase().replace(/[_-]/g, " ");
   if (heading in COLUMN_KEYS) return COLUMN_KEYS[heading];
   const differing = [...new Set(rows.flatMap((r) => Object.keys(r.differs)))];
@@ -246,6 +257,50 @@ function configCell(v: unknown): string {
 }
 
 /**
+ * The lock file of the run whose log is at `path` (`checkpoints/<name>/log.jsonl` → `checkpoints/<name>.lock`), or
+ * null for a log file named otherwise (no run directory of ours).
+ */
+function lockOf(path: string): string | null {
+  const m = path.match(/^(.*[^/])\/+log\.jsonl$/);
+  return m ? `${m[1]}.lock` : null;
+}
+
+/**
+ * Where the log has not ended (no summary, interrupted or error line) and a gpt-ts process wrote it: `running` while
+ * a live process holds the run's lock at `lockPath`, else `stopped`. Any other log keeps its own status.
+ */
+export function liveStatus(log: RunLogData, lockPath: string | null): RowStatus {
+  const end = log.lines.findLast((l) => l.type !== "sample" && l.type !== "epoch")?.type;
+  const ended = end === "summary" || end === "interrupted" || end === "error";
+  if (ended || lockPath === null || log.headers.at(-1)?.engine !== "gpt-ts") return log.status;
+  return runLockHeld(lockPath) ? "running" : "stopped";
+}
+
+/**
+ * Rows named apart: runs that share a name (a run and the earlier one `--fresh` moved aside both say
+ * `verdict-small` in their header) are named by their directory, as the dashboard names them, or by their log's
+ * path where those agree too.
+ */
+function distinctNames(rows: RunRow[]): RunRow[] {
+  const count = (names: string[], n: string) => names.filter((x) => x === n).length;
+  const dirOf = (r: RunRow) => r.path.match(/([^/]+)\/+log\.jsonl$/)?.[1] ?? r.path;
+  const first = rows.map((r) => r.name);
+  const second = rows.map((r, i) => count(first, first[i]) > 1 ? dirOf(r) : first[i]);
+  return rows.map((r, i) => ({
+    ...r,
+    name: count(second, second[i]) > 1 && second[i] !== first[i] ? r.path : second[i],
+  }));
+}
+
+/**
+ * The heading of a differing config key's column: the key, or `<key> (config)` where a column of the table already
+ * has that heading (`backend`: the one that ran; the configured one may be `auto`).
+ */
+function keyHeading(key: string): string {
+  return key in COLUMN_KEYS || key === "backend" || key === "precision" ? `${key} (config)` : key;
+}
+
+/**
  * A plain-text table, one row per run, in the rows' order: the run, the differing config keys, the backend and the
  * precision when the runs' differ, then steps, tokens, final/best losses, val perplexity, tokens/s, wall time,
  * status.
@@ -257,7 +312,7 @@ export function formatTable(rows: RunRow[]): string {
   const cols: [string, (r: RunRow) => string][] = [
     ["run", (r) => r.name],
     ...diffKeys.map((k) =>
-      [k, (r: RunRow) => configCell(r.differs[k])] as [string, (r: RunRow) => string]
+      [keyHeading(k), (r: RunRow) => configCell(r.differs[k])] as [string, (r: RunRow) => string]
     ),
     ...(showBackend
       ? [["backend", (r: RunRow) => r.backend ?? "-"] as [string, (r: RunRow) => string]]
@@ -450,7 +505,9 @@ export function compareRuns(
     .filter((k) => k !== "precision"); // a column of its own, from every segment's header
   return {
     logs,
-    rows: logs.map((l) => summarizeRun(l, keys)),
+    rows: distinctNames(
+      logs.map((l) => ({ ...summarizeRun(l, keys), status: liveStatus(l, lockOf(l.path)) })),
+    ),
     warnings: logs.flatMap((l) => l.warnings),
   };
 }
