@@ -29,7 +29,7 @@ export function acquireRunLock(
         `${path}: cannot create the run lock (${err instanceof Error ? err.message : err})`,
       );
     }
-    if (!file.tryLockSync(true)) {
+    if (!tryLockPatiently(file)) {
       file.close();
       let pid = "another process";
       try {
@@ -65,6 +65,45 @@ export function acquireRunLock(
     };
   }
   throw new UserError(`${path}: could not take the run lock (another process keeps replacing it)`);
+}
+
+/**
+ * How long a lock taken by someone else is tried again before it counts as held: {@link runLockHeld} (compare's
+ * look at a run) holds a shared lock for microseconds, which must not make a run that starts meanwhile refuse.
+ */
+const PROBE_GRACE_MS = 50;
+
+/** Takes the exclusive lock, trying again for {@link PROBE_GRACE_MS} while someone else holds it. */
+function tryLockPatiently(file: Deno.FsFile): boolean {
+  const end = Date.now() + PROBE_GRACE_MS;
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  while (!file.tryLockSync(true)) {
+    if (Date.now() >= end) return false;
+    Atomics.wait(pause, 0, 0, 2);
+  }
+  return true;
+}
+
+/**
+ * Whether a live process holds the run lock at `path` (one taking it now, or training the run). False when there is
+ * no lock file: a run whose log ends without a summary and whose lock is not held was stopped without writing its
+ * end (kill -9, the OOM killer, a power cut). It looks by taking a shared lock for a moment, never the file's
+ * content, and creates nothing.
+ */
+export function runLockHeld(path: string): boolean {
+  let file: Deno.FsFile;
+  try {
+    file = Deno.openSync(path, { read: true });
+  } catch {
+    return false; // no lock file (or none readable): nobody trains the run here
+  }
+  try {
+    if (!file.tryLockSync(false)) return true;
+    file.unlockSync();
+    return false;
+  } finally {
+    file.close();
+  }
 }
 
 function readAll(file: Deno.FsFile): Uint8Array {
