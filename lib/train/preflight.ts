@@ -130,11 +130,15 @@ const LOGIT_COPIES_TRAIN = 2;
 const LAYERS_LIVE_EVAL = 4;
 const LOGIT_COPIES_EVAL = 3;
 
+/** Bytes of recent activations' copies bf16-mixed keeps beyond the last two (lib/backends/bf16.ts's RECENT_BYTES). */
+const BF16_RECENT_BYTES = 64 * MB;
+
 /**
- * bf16-mixed's copies of the products' inputs: a bf16 copy of every weight, made once per optimizer step and kept,
- * at 4 bytes a parameter (the emulated path keeps a bf16-rounded fp32 copy; oneDNN's keeps 2 bytes, so 4 is the
- * upper bound), plus the converted copy of the largest activation operand of a product, at 4 bytes an element too:
- * the attention weights (B·heads·T·T) or the MLP's hidden layer (B·T·4C), and in training the logits' gradient
+ * bf16-mixed's copies of the products' inputs (lib/backends/bf16.ts): a bf16 copy of every weight, made once per
+ * optimizer step and kept, at 4 bytes a parameter (the emulated path keeps a bf16-rounded fp32 copy; oneDNN's keeps
+ * 2 bytes, so 4 is the upper bound); and the copies of recent activations, at 4 bytes an element too: the last two
+ * (counted as two of the largest activation operand of a product) and 64 MiB more. The largest operand is the
+ * attention weights (B·heads·T·T) or the MLP's hidden layer (B·T·4C), and in training the logits' gradient
  * (B·T·vocab), an operand of the output head's backward products.
  */
 function bf16Bytes(cfg: Config, use: MemoryUse, B: number, T: number): number {
@@ -145,7 +149,7 @@ function bf16Bytes(cfg: Config, use: MemoryUse, B: number, T: number): number {
     B * T * 4 * m.emb_dim,
     use === "train" ? B * T * m.vocab_size : 0,
   );
-  return F32 * (paramCount(m) + operand);
+  return F32 * (paramCount(m) + 2 * operand) + BF16_RECENT_BYTES;
 }
 
 /** Parameters of the book's GPTModel for `m` (untied output head). */
@@ -158,7 +162,7 @@ export function paramCount(m: Config["model"]): number {
 /**
  * Memory a run of `cfg` needs at its peak, by part: parameters; for training their gradients, AdamW's two moments
  * and the activations the tape keeps for the backward pass at `data.batch_size` windows of the configured context;
- * the logits over the vocabulary; in bf16-mixed, the bf16 copies of the weights and of one activation. `sample`
+ * the logits over the vocabulary; in bf16-mixed, the bf16 copies of the weights and recent activations. `sample`
  * holds one sequence and its KV cache. Calibrated against the peak RSS of real fp32 runs (README: Memory).
  */
 export function memoryEstimate(cfg: Config, use: MemoryUse): MemoryEstimate {
