@@ -15,6 +15,7 @@ import {
   weightsUpdated,
 } from "./blas.ts";
 import { alloc } from "./fused_cpu.ts";
+import { DNNL_THREAD_NOTE } from "./dnnl.ts";
 import { holdHelpers } from "./pool.ts";
 import { loadTensorflow, nvidiaGpuVisible } from "./tensorflow.ts";
 import {
@@ -226,7 +227,8 @@ export function usePrecision(precision: Precision, backend: string, weights: tf.
   setPrecision(precision, weights);
   if (precision === "fp32") return "fp32";
   const lib = matrixLibrary();
+  const note = lib?.kind === "dnnl" ? `; ${DNNL_THREAD_NOTE}` : "";
   return lib?.gemmBf16
-    ? `${precision} (bf16 products on ${lib.describe()})`
+    ? `${precision} (bf16 products on ${lib.describe()}${note})`
     : `${precision} (emulated: bf16 rounding around fp32 products, not faster on this library)`;
 }

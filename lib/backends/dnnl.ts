@@ -36,6 +36,12 @@ const OMP_SYMBOLS = {
   omp_get_max_threads: { parameters: [], result: "i32" },
 } as const;
 
+/**
+ * Measured on oneDNN 2.6.3 (tests and the README say so): its fp32 products and its bf16 products of more than
+ * one row give the same bits on 1 and 2 threads; its one-row bf16 products (sampling with the KV cache) do not.
+ */
+export const DNNL_THREAD_NOTE = "its one-row bf16 products (sampling) depend on the thread count";
+
 /** Where the library is looked for, in order. */
 export const DNNL_CANDIDATES = ["libdnnl.so.3", "libdnnl.so.2", "libdnnl.so"];
 
