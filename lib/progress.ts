@@ -13,10 +13,25 @@ export function formatDuration(s: number): string {
   return `${sec}s`;
 }
 
-/** A count with its noun, singular for one: `1 batch`, `9 batches`, `1 epoch`. */
+/**
+ * A count with its noun, singular for one: `1 batch`, `9 batches`, `1 epoch`, `10 epochs`, `1 shard`. Nouns in
+ * -s, -sh, -x and a -ch said "tch" take -es; a -ch said "k" (epoch) takes -s.
+ */
 export function countOf(n: number, noun: string): string {
   if (n === 1) return `1 ${noun}`;
-  return `${n} ${noun}${/(s|sh|ch|x)$/.test(noun) ? "es" : "s"}`;
+  return `${n} ${noun}${/(s|sh|x|[^o]ch)$/.test(noun) ? "es" : "s"}`;
+}
+
+/**
+ * A size in bytes as people read it, in powers of 1000 like the MB/s figures: `812 B`, `30.1 KB`, `4.2 MB`,
+ * `1.35 GB`. With `/s` after it, a rate: `30.1 KB/s`.
+ */
+export function formatBytes(n: number): string {
+  if (!Number.isFinite(n)) return "?";
+  if (n < 1e3) return `${Math.round(n)} B`;
+  if (n < 1e6) return `${(n / 1e3).toFixed(1)} KB`;
+  if (n < 1e9) return `${(n / 1e6).toFixed(1)} MB`;
+  return `${(n / 1e9).toFixed(2)} GB`;
 }
 
 export class Progress {

@@ -9,6 +9,8 @@ import { loadExperiment } from "../lib/config.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { shardDirOf } from "../lib/runs/run.ts";
+import { countOf, formatBytes } from "../lib/progress.ts";
+import { sourceFiles } from "../lib/data/shards.ts";
 
 const USAGE = `usage: deno task prepare <experiment.yaml> [options]
 
@@ -79,11 +81,11 @@ await runTask(async () => {
   });
   const { train, val } = r.index.splits;
   if (r.upToDate) {
-    console.log(`${dir}: up to date (${r.index.sources.length} files unchanged)`);
+    console.log(`${dir}: up to date (${countOf(sourceFiles(r.index).files, "file")} unchanged)`);
   } else {
     console.log(
-      `${dir}: ${r.tokenized} files tokenized (${(r.tokenizedBytes / 1e6).toFixed(1)} MB, ` +
-        `${(r.tokenizedBytes / 1e6 / r.seconds).toFixed(1)} MB/s, ${
+      `${dir}: ${countOf(r.tokenized, "file")} tokenized (${formatBytes(r.tokenizedBytes)}, ` +
+        `${formatBytes(r.tokenizedBytes / r.seconds)}/s, ${
           (100 * r.cacheHitRate).toFixed(1)
         } % of words from the cache), ` +
         `${r.reused} unchanged, ${r.skipped.length} skipped, in ${r.seconds.toFixed(1)} s` +
@@ -92,8 +94,8 @@ await runTask(async () => {
           : ""),
     );
   }
-  console.log(
-    `train: ${train.documents} documents, ${train.tokens} tokens, ${train.shards.length} shards; ` +
-      `val: ${val.documents} documents, ${val.tokens} tokens, ${val.shards.length} shards`,
-  );
+  const split = (s: typeof train) =>
+    `${countOf(s.documents, "document")}, ${countOf(s.tokens, "token")}, ` +
+    countOf(s.shards.length, "shard");
+  console.log(`train: ${split(train)}; val: ${split(val)}`);
 });

@@ -210,7 +210,7 @@ Deno.test("experiments/corpus-small.yaml: builds data/corpus-small, prepares it 
   await buildCorpus();
   const cfg = await loadExperiment("experiments/corpus-small.yaml");
   const data = await prepareData(cfg, quiet);
-  ok(data.summary?.startsWith("data: data/corpus-small.shards: 12 documents"), data.summary);
+  ok(data.summary?.startsWith("data: data/corpus-small.shards: 12 files"), data.summary);
   ok(data.trainLoader.length > 5 && data.valLoader.length > 0);
   assertEquals(readIndex("data/corpus-small.shards").splits.train.documents, 9); // seed 123 draws 3 of 12 documents for val
 });

@@ -241,7 +241,7 @@ export function loadWasmBlas(): LoadBlasResult {
     sgemv: parallelWasmSgemv,
     kind: "wasm",
     name: WASM_GEMM,
-    describe: () => `WebAssembly SIMD GEMM, ${fma}, ${setWasmGemmThreads()} threads`,
+    describe: () => `WebAssembly SIMD GEMM, ${fma}, ${threads(setWasmGemmThreads())}`,
     setNumThreads: (n) => setWasmGemmThreads(n),
     getNumThreads: () => setWasmGemmThreads(),
   };

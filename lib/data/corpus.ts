@@ -13,7 +13,7 @@ import { createHash } from "node:crypto";
 import { splitmix32 } from "./data.ts";
 import { UserError } from "../errors.ts";
 import { claimOutput } from "../outputs.ts";
-import { formatDuration } from "../progress.ts";
+import { formatBytes, formatDuration } from "../progress.ts";
 import {
   type CorpusOptions,
   type FileRecord,
@@ -464,9 +464,9 @@ class PrepareTally {
     if (!final && now - this.lastShow < (tty ? 500 : PROGRESS_LOG_MS)) return;
     this.lastShow = now;
     const { doneBytes, totalBytes } = this;
-    const s = (now - this.t0) / 1000, mbs = doneBytes / 1e6 / s;
-    const line = `prepare: ${(doneBytes / 1e6).toFixed(1)}/${(totalBytes / 1e6).toFixed(1)} MB, ` +
-      `${mbs.toFixed(1)} MB/s, ETA ${formatDuration((totalBytes - doneBytes) / 1e6 / mbs)}`;
+    const s = (now - this.t0) / 1000, rate = doneBytes / s;
+    const line = `prepare: ${formatBytes(doneBytes)} of ${formatBytes(totalBytes)}, ` +
+      `${formatBytes(rate)}/s, ETA ${formatDuration((totalBytes - doneBytes) / rate)}`;
     if (tty) Deno.stderr.writeSync(new TextEncoder().encode(`\r${line}\x1b[K${final ? "\n" : ""}`));
     else if (final || now - this.t0 > PROGRESS_LOG_MS) console.error(line);
   }

@@ -18,6 +18,7 @@ import {
 } from "./data.ts";
 import { createHash } from "node:crypto";
 import { UserError } from "../errors.ts";
+import { countOf, formatBytes } from "../progress.ts";
 
 /** Name of the index file inside a shard directory. */
 export const INDEX_FILE = "index.json";
@@ -84,6 +85,16 @@ export interface ShardIndex {
   sources: SourceInfo[]; // in corpus order; skipped files are not listed
   splits: Record<SplitName, { documents: number; tokens: number; shards: ShardInfo[] }>;
   created_at: string;
+}
+
+/**
+ * The files an index was prepared from and their bytes, each counted once: `sources` lists a file once per split it
+ * gave documents to (and a Parquet file once per row group and split).
+ */
+export function sourceFiles(index: ShardIndex): { files: number; bytes: number } {
+  const units = new Map(index.sources.map((s) => [`${s.path}\0${s.row_group ?? ""}`, s.bytes]));
+  const bytes = [...units.values()].reduce((a, b) => a + b, 0);
+  return { files: new Set(index.sources.map((s) => s.path)).size, bytes };
 }
 
 /** Whether `dir` holds a prepared shard directory (an index.json). */
@@ -404,7 +415,7 @@ export function createShardLoaders(
         `lower data.batch_size or model.context_length`,
     );
   }
-  const bytes = index.sources.reduce((a, s) => a + s.bytes, 0);
+  const { files, bytes } = sourceFiles(index);
   const { train, val } = index.splits;
   return {
     chars: bytes,
@@ -415,10 +426,11 @@ export function createShardLoaders(
     valLoader,
     source: dir,
     fingerprint: indexFingerprint(index),
-    summary: `data: ${dir}: ${index.sources.length} documents, ${(bytes / 1e6).toFixed(2)} MB, ` +
-      `${
-        train.tokens + val.tokens
-      } tokens; train ${train.documents} documents, ${trainLoader.length} ` +
-      `batches; val ${val.documents} documents, ${valLoader.length} batches of ${o.batchSize}×${o.contextLength}`,
+    summary: `data: ${dir}: ${countOf(files, "file")}, ${formatBytes(bytes)}, ` +
+      `${countOf(train.tokens + val.tokens, "token")}; train ${
+        countOf(train.documents, "document")
+      }, ` +
+      `${countOf(trainLoader.length, "batch")}; val ${countOf(val.documents, "document")}, ` +
+      `${countOf(valLoader.length, "batch")} of ${o.batchSize}×${o.contextLength}`,
   };
 }

@@ -209,7 +209,8 @@ function reportMarkdown(
   return [
     `# ${cfg.name}`,
     "",
-    `Model: ${m.n_layers} layers × ${m.n_heads} heads, emb ${m.emb_dim}, context ${m.context_length}, ` +
+    `Model: ${countOf(m.n_layers, "layer")} × ${countOf(m.n_heads, "head")}, emb ${m.emb_dim}, ` +
+    `context ${m.context_length}, ` +
     `vocab ${m.vocab_size}, dropout ${m.drop_rate}, qkv bias ${m.qkv_bias}; ${
       params.toLocaleString("en-US")
     } ` +
