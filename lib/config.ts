@@ -299,13 +299,31 @@ function checkOf(key: string): Check | null {
   return sub !== undefined && Object.hasOwn(schema, sub) ? schema[sub] : null;
 }
 
+/** Overrides that a task made from a flag of its own → that flag as the user typed it (see {@link flagOverride}). */
+const flagOverrides = new Map<string, string>();
+
+/**
+ * The override `key=value` that a task's own flag stands for (`--backend gpu` is `backend=gpu`), remembered so that
+ * a problem with it names the flag the user typed (`--backend gpu: backend: …`), not a `--set` they never wrote.
+ *
+ * @example
+ * overrides.push(flagOverride("backend", "backend", values.backend)); // "backend=gpu"
+ */
+export function flagOverride(flag: string, key: string, value: string): string {
+  const o = `${key}=${value}`;
+  flagOverrides.set(o, `--${flag} ${value}`);
+  return o;
+}
+
 /**
  * Applies `section.key=value` overrides; values are YAML scalars (`1e-3`, `true`, `null`, text). Returns the
- * override that set each key, so that a bad value is blamed on the override rather than the file.
+ * override that set each key (as typed: `--set key=value`, or the task's flag), so that a bad value is blamed on the
+ * override rather than the file.
  */
 function applyOverrides(cfg: Record<string, Json>, overrides: string[]): Map<string, string> {
   const source = new Map<string, string>();
   for (const o of overrides) {
+    const typed = flagOverrides.get(o) ?? `--set ${o}`;
     const eq = o.indexOf("=");
     if (eq <= 0) throw new UserError(`--set ${o}: expected key=value, e.g. --set training.lr=1e-3`);
     const key = o.slice(0, eq).trim();
@@ -315,10 +333,10 @@ function applyOverrides(cfg: Record<string, Json>, overrides: string[]): Map<str
     if (whole && typeof whole !== "function") {
       const first = Object.keys(whole)[0];
       throw new UserError(
-        `--set ${o}: ${key}: a section, not a key; set one key, e.g. ${key}.${first}=…`,
+        `${typed}: ${key}: a section, not a key; set one key, e.g. ${key}.${first}=…`,
       );
     }
-    if (!check) throw unknownKey(`--set ${o}`, key);
+    if (!check) throw unknownKey(typed, key);
     let value: Json;
     try {
       value = raw.trim() === "" ? "" : parseYaml(raw) ?? null;
@@ -330,7 +348,7 @@ function applyOverrides(cfg: Record<string, Json>, overrides: string[]): Map<str
     const [section, sub] = key.split(".");
     if (sub === undefined) cfg[key] = value;
     else (cfg[section] as Record<string, Json>)[sub] = value;
-    source.set(key, `--set ${o}`);
+    source.set(key, typed);
   }
   return source;
 }

@@ -5,7 +5,7 @@
  */
 import { initBackend, usePrecision } from "../lib/backends/backend.ts";
 import { dataSourceKind } from "../lib/data/corpus.ts";
-import { loadExperiment } from "../lib/config.ts";
+import { flagOverride, loadExperiment } from "../lib/config.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { countOf } from "../lib/progress.ts";
 import { runTask, UserError } from "../lib/errors.ts";
@@ -64,8 +64,8 @@ await runTask(async () => {
     throw new UserError("eval: --init and --checkpoint exclude each other");
   }
   const overrides = [...(values.set ?? [])];
-  if (values.backend) overrides.push(`backend=${values.backend}`);
-  if (values.precision) overrides.push(`precision=${values.precision}`);
+  if (values.backend) overrides.push(flagOverride("backend", "backend", values.backend));
+  if (values.precision) overrides.push(flagOverride("precision", "precision", values.precision));
   const cfg = await loadExperiment(positionals[0], overrides);
   checkTokenizerFits(cfg); // prompts and data are GPT-2 token ids
   checkMemoryFits(cfg, "eval");

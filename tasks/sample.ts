@@ -4,7 +4,7 @@
  * book's `generate` (section 5.3), streamed token by token. Same seed, same text.
  */
 import { initBackend, usePrecision } from "../lib/backends/backend.ts";
-import { loadExperiment } from "../lib/config.ts";
+import { flagOverride, loadExperiment } from "../lib/config.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { generateCached } from "../lib/model/kvcache.ts";
@@ -62,8 +62,8 @@ await runTask(async () => {
     throw new UserError(`sample: expected one experiment file (see --help)`);
   }
   const overrides = [...(v.set ?? [])];
-  if (v.backend) overrides.push(`backend=${v.backend}`);
-  if (v.precision) overrides.push(`precision=${v.precision}`);
+  if (v.backend) overrides.push(flagOverride("backend", "backend", v.backend));
+  if (v.precision) overrides.push(flagOverride("precision", "precision", v.precision));
   const cfg = await loadExperiment(positionals[0], overrides);
   checkTokenizerFits(cfg); // prompts and data are GPT-2 token ids
   checkMemoryFits(cfg, "sample");

@@ -4,7 +4,7 @@
  * Exit codes: 0 finished, 2 bad input, 130 interrupted (checkpoint written).
  */
 import { compareRuns, formatTable } from "../lib/runs/compare.ts";
-import { loadExperiment } from "../lib/config.ts";
+import { flagOverride, loadExperiment } from "../lib/config.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { claimOutput, outputMark, writeOutputFile } from "../lib/outputs.ts";
@@ -81,8 +81,8 @@ await runTask(async () => {
   }
   const path = positionals[0];
   const overrides = [...(values.set ?? [])];
-  if (values.backend) overrides.push(`backend=${values.backend}`);
-  if (values.precision) overrides.push(`precision=${values.precision}`);
+  if (values.backend) overrides.push(flagOverride("backend", "backend", values.backend));
+  if (values.precision) overrides.push(flagOverride("precision", "precision", values.precision));
 
   const points = values["no-sweep"] ? null : await readSweep(path);
   if (!points) {

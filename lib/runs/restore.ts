@@ -11,6 +11,7 @@ import {
 } from "../train/checkpoint.ts";
 import {
   type Config,
+  DEFAULTS,
   type PrecisionName,
   precisionOverridden,
   precisionRefused,
@@ -55,6 +56,25 @@ function scheduleChange(
   return null;
 }
 
+/** A word for a POSIX shell: as it is when it holds nothing the shell would read, else in single quotes. */
+function shellWord(s: string): string {
+  return /^[\w.,:/=+@%-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
+}
+
+/**
+ * The `--set` flags that put back the checkpoint's values of the differing keys (`diff` as configDifferences
+ * writes it, `training.lr: 0.001 → 0.002`): what to add to the command line to resume as the run was trained.
+ */
+export function resumeSettings(saved: Config, diff: string[]): string {
+  return diff.map((d) => {
+    const key = d.slice(0, d.indexOf(":"));
+    const [section, sub] = key.split(".") as [keyof Config, string];
+    const values = { ...DEFAULTS[section] as object, ...saved[section] as object };
+    const v = (values as Record<string, unknown>)[sub] ?? null;
+    return `--set ${shellWord(`${key}=${typeof v === "string" ? v : JSON.stringify(v)}`)}`;
+  }).join(" ");
+}
+
 /**
  * Refuses a checkpoint of another config. `training.epochs` alone may differ (extending or shortening a run is a
  * legitimate resume) as long as the learning rates of the steps already done stay what they were: a cosine decay
@@ -72,7 +92,9 @@ export function checkResumable(
     throw new UserError(
       `${path}: checkpoint is from another config (${diff.slice(0, 3).join(", ")}${
         diff.length > 3 ? ", …" : ""
-      }); resume with its settings, or use another name or --fresh`,
+      }); resume with its settings (${
+        resumeSettings(saved, diff)
+      }), or use another name or --fresh`,
     );
   }
   const before = saved.training.epochs, now = cfg.training.epochs;
