@@ -22,6 +22,22 @@ function rounded(x: number): number {
 /** Units of work a conversion is cut into for the helpers (elements per unit). */
 const CHUNK = 1 << 14;
 
+/** bf16 of elements [lo, hi) of `src` into `dst` (rounded fp32, or bits), on this thread. */
+export function bf16Range(
+  src: Float32Array,
+  dst: Float32Array | Uint16Array,
+  lo: number,
+  hi: number,
+): void {
+  if (simdBf16(src, dst, lo, hi)) return;
+  const s = new Int32Array(src.buffer, src.byteOffset, src.length);
+  if (dst instanceof Uint16Array) { for (let i = lo; i < hi; i++) dst[i] = rounded(s[i]) >>> 16; }
+  else {
+    const d = new Int32Array(dst.buffer, dst.byteOffset, dst.length);
+    for (let i = lo; i < hi; i++) d[i] = rounded(s[i]);
+  }
+}
+
 registerKernels({
   /** a[0]: fp32 source; a[1]: fp32 destination (rounded values). Units of CHUNK elements; s: [n]. */
   bf16Round: (a, s, lo, hi) => {
@@ -76,7 +92,7 @@ export function roundToBf16(x: number): number {
 }
 
 /** Bytes of recent activations' copies kept beyond the last two (the operands of the product being computed). */
-const RECENT_BYTES = 64 * 2 ** 20;
+const RECENT_BYTES = 256 * 2 ** 20;
 
 /** The bf16 copies of a run's operands: weights once per {@link Bf16Copies.weightsUpdated}, recent activations. */
 export class Bf16Copies {
@@ -126,6 +142,17 @@ export class Bf16Copies {
       this.evict(old, e.data);
     }
     return data;
+  }
+
+  /**
+   * The copy of weight `id` for the optimizer to fill as it updates the weight (in the form the products take),
+   * counted as made after the next {@link weightsUpdated}; null where the weight has none yet.
+   */
+  nextWeightCopy(id: object, n: number): Bf16Operand | null {
+    const w = this.weights.get(id);
+    if (!w || w.data.length !== n) return null;
+    w.version = this.version + 1;
+    return w.data;
   }
 
   private weight(id: object, values: Float32Array, bits: boolean): Bf16Operand {

@@ -107,6 +107,22 @@ export function getPrecision(): Precision {
   return precision;
 }
 
+/**
+ * Where the optimizer can write weight `t`'s bf16 copy while it updates it (bf16-mixed, a copy already made),
+ * with its form for the `adamw` kernel (1: bits, 2: rounded fp32); null otherwise. The copy counts as made after
+ * the next {@link weightsUpdated}.
+ */
+export function weightCopyTarget(
+  t: tf.Tensor,
+): { copy: Int32Array | Float32Array; form: number } | null {
+  if (precision === "fp32") return null;
+  const c = copies.nextWeightCopy(t.dataId, t.size);
+  if (!c) return null;
+  return c instanceof Uint16Array
+    ? { copy: new Int32Array(c.buffer, c.byteOffset, Math.ceil(c.length / 2)), form: 1 }
+    : { copy: c, form: 2 };
+}
+
 /** Says the weights changed (an optimizer step): their bf16 copies are made again on next use. */
 export function weightsUpdated(): void {
   copies.weightsUpdated();

@@ -16,6 +16,7 @@ import {
   simdSoftmaxCrossEntropy,
 } from "./simd.ts";
 import { type Arr, type RangeKernel, registerKernels } from "./pool.ts";
+import { bf16Range } from "./bf16.ts";
 import { xoshiroJump } from "./xoshiro.ts";
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -331,10 +332,16 @@ export const KERNELS: Record<string, RangeKernel> = {
    * [p, g, m, v]: one AdamW step in place, elements: m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²;
    * p ← p·decay − s·m / (√v + e), with s = lr/(1−β1ᵗ)·√(1−β2ᵗ) and e = eps·√(1−β2ᵗ) (PyTorch's formula with
    * √(1−β2ᵗ) folded into the constants). Float32 like PyTorch (simd.ts; this JS loop, without it, in double).
-   * s: [β1, 1−β1, β2, 1−β2, decay, s, e].
+   * s: [β1, 1−β1, β2, 1−β2, decay, s, e, copy]: where copy is 1 (bf16 bits, in an Int32Array over them) or 2
+   * (rounded fp32), a fifth array receives the updated p's bf16 copy (bf16-mixed; see bf16.ts).
    */
-  adamw: ([P, G, M, V], c, lo, hi) => {
-    if (simdAdamW(P, G, M, V, c, lo, hi)) return;
+  adamw: ([P, G, M, V, X], c, lo, hi) => {
+    const copy = !X
+      ? undefined
+      : c[7] === 1
+      ? new Uint16Array(X.buffer, X.byteOffset)
+      : X as Float32Array;
+    if (simdAdamW(P, G, M, V, c, lo, hi, copy)) return;
     const [b1, c1, b2, c2, decay, s, e] = c;
     for (let i = lo; i < hi; i++) {
       const gi = G[i];
@@ -344,6 +351,7 @@ export const KERNELS: Record<string, RangeKernel> = {
       V[i] = vi;
       P[i] = P[i] * decay - s * mi / (Math.sqrt(vi) + e);
     }
+    if (copy) bf16Range(P as Float32Array, copy, lo, hi);
   },
 };
 

@@ -343,12 +343,23 @@ export function simdAdamW(
   c: number[],
   lo: number,
   hi: number,
+  copy?: Float32Array | Uint16Array,
 ): boolean {
   const w = wasm();
   if (!w) return false;
-  const [pp, pg, pm, pv] = w.ptr;
-  const ins: [Arr, number][] = [[P, 0], [G, 1], [M, 2], [V, 3]];
-  return chunked(w, lo, hi, ADAM_CHUNK, 1, ins, [[P, 0], [M, 2], [V, 3]], (_, n) => {
+  const [pp, pg, pm, pv, pb] = w.ptr;
+  const bits = new Uint16Array(w.buf[4].buffer, pb, ADAM_CHUNK);
+  for (let a = lo; a < hi; a += ADAM_CHUNK) {
+    const n = Math.min(ADAM_CHUNK, hi - a), b = a + n;
+    for (const [arr, i] of [[P, 0], [G, 1], [M, 2], [V, 3]] as const) {
+      w.buf[i].set(arr.subarray(a, b));
+    }
     w.k.adamw(pp, pg, pm, pv, up4(n), c[0], c[1], c[2], c[3], c[4], c[5], c[6]);
-  });
+    for (const [arr, i] of [[P, 0], [M, 2], [V, 3]] as const) arr.set(w.buf[i].subarray(0, n), a);
+    if (!copy) continue;
+    // bf16-mixed: the updated weights' bf16 copy while they are in the module (bf16.ts).
+    w.k.bf16_round(pp, copy instanceof Uint16Array ? pb : 0, (n + 7) & ~7);
+    copy.set(copy instanceof Uint16Array ? bits.subarray(0, n) : w.buf[0].subarray(0, n), a);
+  }
+  return true;
 }

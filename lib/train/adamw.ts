@@ -6,7 +6,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { hostView, weightsUpdated } from "../backends/backend.ts";
-import { sharedHostView } from "../backends/blas.ts";
+import { sharedHostView, weightCopyTarget } from "../backends/blas.ts";
 import { parallelFor, sharedF32 } from "../backends/pool.ts";
 import "../backends/kernels.ts"; // registers "adamw"
 import type { NamedParam } from "../model/params.ts";
@@ -79,7 +79,15 @@ export class AdamW {
         // (WebAssembly SIMD; in double where that is off). √(1−β2ᵗ) is folded into the constants:
         // m / (√v/c + eps) = c·m / (√v + c·eps).
         const s = stepSize * bc2Sqrt, e = eps * bc2Sqrt;
-        parallelFor("adamw", [P, G, M, V], [b1, 1 - b1, b2, 1 - b2, decay, s, e], P.length, 4);
+        const t = weightCopyTarget(p); // bf16-mixed: the weight's bf16 copy, written in the same pass
+        const arrays = t ? [P, G, M, V, t.copy] : [P, G, M, V];
+        parallelFor(
+          "adamw",
+          arrays,
+          [b1, 1 - b1, b2, 1 - b2, decay, s, e, t?.form ?? 0],
+          P.length,
+          4,
+        );
       } else {
         tf.tidy(() => {
           const mNew = tf.add(tf.mul(m, b1), tf.mul(g, 1 - b1));
