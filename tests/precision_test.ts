@@ -132,7 +132,7 @@ const REFUSED: [string, string[], string][] = [
   [
     "--precision bf16-mixed --backend cpu",
     ["tiny.yaml", "--precision", "bf16-mixed", "--backend", "cpu"],
-    "error: --set precision=bf16-mixed: precision: bf16-mixed: backend cpu has no bf16 products; " +
+    "error: --precision bf16-mixed: precision: bf16-mixed: backend cpu has no bf16 products; " +
     "use backend blas or auto, or precision fp32",
   ],
   [
