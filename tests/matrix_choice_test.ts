@@ -5,7 +5,7 @@
  */
 import { ok } from "node:assert/strict";
 import { loadedLibraries, machineKey } from "../lib/backends/matrix_choice.ts";
-import { type LibraryKind } from "../lib/backends/blas_lib.ts";
+import { cpuFlags, type LibraryKind } from "../lib/backends/blas_lib.ts";
 import { matrixLibrary, registerBlasBackend, useMatrixLibrary } from "../lib/backends/blas.ts";
 import { ignoredBecause, tempDir } from "./_helpers.ts";
 
@@ -97,7 +97,7 @@ Deno.test({
     }),
 });
 
-const avx512 = Deno.readTextFileSync("/proc/cpuinfo").includes("avx512f");
+const avx512 = cpuFlags().has("avx512f");
 const openblas = libs.get("native")?.core !== undefined;
 Deno.test({
   name: `an OpenBLAS on a generic core is named with the core type that fixes it${

@@ -8,6 +8,7 @@
 import {
   type BlasLib,
   cpuFlags,
+  cpuInfo,
   env,
   forcedLibrary,
   LIBRARIES,
@@ -65,14 +66,8 @@ function fnv(s: string): string {
 }
 
 function cpuModel(): string {
-  try {
-    const l = Deno.readTextFileSync("/proc/cpuinfo").split("\n").find((x) =>
-      x.startsWith("model name")
-    );
-    return l?.split(":")[1].trim() ?? Deno.build.arch;
-  } catch {
-    return Deno.build.arch;
-  }
+  const l = cpuInfo().split("\n").find((x) => x.startsWith("model name"));
+  return l?.split(":")[1].trim() ?? Deno.build.arch;
 }
 
 /** The cache key of this machine with these libraries loaded: CPU model and flags, each library as it describes itself. */
