@@ -4,6 +4,7 @@
  * preflight, and the refusals (a backend without bf16 products, an unknown precision) as one line, exit 2, nothing
  * written.
  */
+import { RECENT_BYTES } from "../lib/backends/bf16.ts";
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import type { Precision } from "../lib/backends/backend.ts";
 import { loadExperiment, type PrecisionName, PRECISIONS } from "../lib/config.ts";
@@ -101,13 +102,13 @@ Deno.test("a bf16-mixed run resumes as bf16-mixed (same losses as straight throu
   ok(!formatTable(rows.slice(0, 1)).includes("precision"), "one precision: no column");
 });
 
-Deno.test("memory preflight: bf16-mixed adds 4 bytes a parameter, two activation operands and 64 MiB", async () => {
+Deno.test("memory preflight: bf16-mixed adds 4 bytes a parameter, two activation operands and the recent copies' bytes", async () => {
   const cfg = await tiny("m");
   const bf = { ...cfg, precision: "bf16-mixed" as const };
   const m = cfg.model, B = cfg.data.batch_size, T = m.context_length;
   assertEquals(memoryEstimate(cfg, "train").bf16, 0);
   const train = memoryEstimate(bf, "train");
-  const recent = 64 * 2 ** 20;
+  const recent = RECENT_BYTES;
   assertEquals(train.bf16, 4 * (paramCount(m) + 2 * B * T * m.vocab_size) + recent); // the logits' gradient
   assertEquals(train.total - memoryEstimate(cfg, "train").total, train.bf16);
   const ev = memoryEstimate(bf, "eval").bf16;

@@ -92,7 +92,7 @@ export function roundToBf16(x: number): number {
 }
 
 /** Bytes of recent activations' copies kept beyond the last two (the operands of the product being computed). */
-const RECENT_BYTES = 256 * 2 ** 20;
+export const RECENT_BYTES = 256 * 2 ** 20;
 
 /** The bf16 copies of a run's operands: weights once per {@link Bf16Copies.weightsUpdated}, recent activations. */
 export class Bf16Copies {

@@ -3,6 +3,7 @@
  * failure is one {@link UserError} line naming the file, the key and the fix, instead of a kernel's exception
  * (`GatherV2: the index value 284 is not in [0, 99]`) once the data meets the model.
  */
+import { RECENT_BYTES } from "../backends/bf16.ts";
 import type { Config } from "../config.ts";
 import { dataSourceKind } from "../data/corpus.ts";
 import { GPT2_VOCAB_SIZE } from "../data/shards.ts";
@@ -130,14 +131,11 @@ const LOGIT_COPIES_TRAIN = 2;
 const LAYERS_LIVE_EVAL = 4;
 const LOGIT_COPIES_EVAL = 3;
 
-/** Bytes of recent activations' copies bf16-mixed keeps beyond the last two (lib/backends/bf16.ts's RECENT_BYTES). */
-const BF16_RECENT_BYTES = 64 * MB;
-
 /**
  * bf16-mixed's copies of the products' inputs (lib/backends/bf16.ts): a bf16 copy of every weight, made once per
  * optimizer step and kept, at 4 bytes a parameter (the emulated path keeps a bf16-rounded fp32 copy; oneDNN's keeps
  * 2 bytes, so 4 is the upper bound); and the copies of recent activations, at 4 bytes an element too: the last two
- * (counted as two of the largest activation operand of a product) and 64 MiB more. The largest operand is the
+ * (counted as two of the largest activation operand of a product) and RECENT_BYTES (256 MiB) more. The largest operand is the
  * attention weights (B·heads·T·T) or the MLP's hidden layer (B·T·4C), and in training the logits' gradient
  * (B·T·vocab), an operand of the output head's backward products.
  */
@@ -149,7 +147,7 @@ function bf16Bytes(cfg: Config, use: MemoryUse, B: number, T: number): number {
     B * T * 4 * m.emb_dim,
     use === "train" ? B * T * m.vocab_size : 0,
   );
-  return F32 * (paramCount(m) + 2 * operand) + BF16_RECENT_BYTES;
+  return F32 * (paramCount(m) + 2 * operand) + RECENT_BYTES;
 }
 
 /** Parameters of the book's GPTModel for `m` (untied output head). */
