@@ -6,6 +6,7 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { spawnTask, tinyProject } from "./_cases.ts";
 import { taskArgs, TINY_RUN } from "./_helpers.ts";
+import { listRuns } from "../lib/runs/dashboard/server.ts";
 
 /** The table's header cells and each row's cells (two or more spaces apart). */
 function table(stdout: string): { head: string[]; rows: string[][] } {
@@ -46,7 +47,7 @@ async function waitForLine(path: string, type: string, guardMs = 120_000) {
   throw new Error(`no ${type} line in ${path}`);
 }
 
-Deno.test("compare: a run killed with SIGKILL before its first checkpoint is stopped, not running; while it trains, running", async () => {
+Deno.test("compare and the dashboard: a run killed with SIGKILL before its first checkpoint is stopped, not running; while it trains, running", async () => {
   const dir = await tinyProject("tiny");
   const child = new Deno.Command(Deno.execPath(), {
     args: taskArgs("train", ["tiny.yaml", "--set", "training.epochs=50"]),
@@ -57,12 +58,14 @@ Deno.test("compare: a run killed with SIGKILL before its first checkpoint is sto
   await waitForLine(`${dir}/checkpoints/tiny/log.jsonl`, "header");
   const live = await spawnTask(dir, "compare", ["tiny", "--json"]);
   const before = JSON.parse(live.stdout)[0].status;
+  const dashboardBefore = listRuns(`${dir}/checkpoints`)[0].status; // the dashboard's run list
   child.kill("SIGKILL");
   await child.status;
   const files = [...Deno.readDirSync(`${dir}/checkpoints/tiny`)].map((e) => e.name);
   ok(!files.includes("checkpoint.safetensors"), `killed after its first checkpoint: ${files}`);
   ok(Deno.statSync(`${dir}/checkpoints/tiny.lock`).isFile, "the lock file stays behind");
-  assertEquals(before, "running");
+  assertEquals([before, dashboardBefore], ["running", "running"]);
+  assertEquals(listRuns(`${dir}/checkpoints`)[0].status, "stopped", "the dashboard's (cached) row");
   const r = await spawnTask(dir, "compare", ["tiny"]);
   assertEquals(r.code, 0, r.err.join("\n"));
   const { head, rows } = table(r.stdout);

@@ -8,6 +8,7 @@ import { loadExperiment } from "../lib/config.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { listRuns, runDir, runLog, startDashboard } from "../lib/runs/dashboard/server.ts";
 import { compareRuns } from "../lib/runs/compare.ts";
+import { acquireRunLock } from "../lib/runs/lock.ts";
 import { Browser, findChromium } from "./_chromium.ts";
 import {
   DashboardExit,
@@ -135,8 +136,10 @@ Deno.test({
       ok(await browser.eval("dash.charts.lr.meta.length === 2"), "lr is charted once per run");
 
       // a new eval line reaches the open page's chart and A's row without a reload (A runs again: its last line
-      // is an eval, not a summary); a half-written line waits for its newline
+      // is an eval, not a summary, and this process holds its run lock as a trainer would); a half-written line
+      // waits for its newline
       const log = `${dir}/${A}/log.jsonl`;
+      const release = acquireRunLock(`${dir}/${A}.lock`, A, () => {});
       const steps = () => browser.eval<number[]>(`dash.data[${JSON.stringify(A)}].series.step`);
       const before = await steps();
       const line = JSON.stringify({
@@ -177,6 +180,7 @@ Deno.test({
       await browser.waitFor(
         `document.querySelector('tr.run[data-run="${A}"]').dataset.status === "finished"`,
       );
+      release();
 
       // a resumed run's second header: the evals past its step go, as compare drops them
       const header = Deno.readTextFileSync(log).split("\n")[0];

@@ -3,7 +3,8 @@
  * out of it), the run list's rows (compare's figures, cached by file size and time), and one run's curves.
  * Only complete lines are read: a line still being written waits until its newline is there.
  */
-import { diffConfigs, runConfig, type RunRow, summarizeRun } from "../compare.ts";
+import { diffConfigs, liveStatus, runConfig, type RunRow, summarizeRun } from "../compare.ts";
+import { runLockHeld } from "../lock.ts";
 import { type LogLine, parseRunLog, RUNNING_WINDOW_S } from "../runlog.ts";
 
 /** The most points one curve is served with; longer logs are thinned evenly (the last point always kept). */
@@ -86,7 +87,9 @@ function runRow(name: string, path: string, throttle = 0): DashboardRun {
   const hit = rows.get(key);
   const same = hit && hit.size === st.size && hit.mtime === mtime &&
     !(hit.row.status === "running" && now - mtime >= RUNNING_WINDOW_S * 1000);
-  if (hit && (same || now - hit.at < Math.max(throttle, 4 * hit.cost))) return hit.row;
+  if (hit && (same || now - hit.at < Math.max(throttle, 4 * hit.cost))) {
+    return stillRunning(hit.row, path);
+  }
   let row: DashboardRun;
   try {
     const { text } = readComplete(path);
@@ -96,12 +99,25 @@ function runRow(name: string, path: string, throttle = 0): DashboardRun {
       row = { name, group: null, warning: log.warnings[0] ? `${log.warnings[0]}; ${why}` : why };
     } else {
       row = { ...summarizeRun(log), name, group: null, warning: log.warnings[0] ?? null };
+      row.status = liveStatus(log, lockOf(path));
     }
   } catch {
     row = { name, group: null, warning: `${name}/log.jsonl: cannot read` };
   }
   rows.set(key, { size: st.size, mtime, at: now, cost: Date.now() - now, row });
   return row;
+}
+
+/** The run lock beside the run directory of the log at `path` (`…/<name>/log.jsonl` → `…/<name>.lock`). */
+const lockOf = (path: string) => path.replace(/\/log\.jsonl$/, ".lock");
+
+/**
+ * A cached row as it stands now: a run that was running when its row was made is `stopped` once no live process
+ * holds its lock (killed with SIGKILL, its log stays as it was, so the cache alone would keep it running).
+ */
+function stillRunning(row: DashboardRun, path: string): DashboardRun {
+  if (row.status !== "running" || runLockHeld(lockOf(path))) return row;
+  return { ...row, status: "stopped" };
 }
 
 /**
