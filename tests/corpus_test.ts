@@ -229,7 +229,10 @@ Deno.test("data.path kinds: one file, a directory, a glob, a shard directory", a
     "model.context_length=32",
   ]);
   const data = await prepareData(cfg);
-  ok(data.summary?.includes("12 documents"), data.summary);
+  ok(
+    data.summary?.includes("12 files") && data.summary.includes("train 9 documents"),
+    data.summary,
+  );
 });
 
 Deno.test("linked files and directories (a Hugging Face cache snapshot) are read; a link loop is not followed", async () => {

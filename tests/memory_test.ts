@@ -19,7 +19,7 @@ const CASES: Case[] = [
     "train",
     ["tiny.yaml", "--set", "data.batch_size=16"],
     "400",
-    /^error: tiny: the model \(3M parameters, 1 layers × 32\) at data\.batch_size 16 needs about 0\.\d GiB to train, more than the 0\.4 GiB of GPT_MEMORY_LIMIT_MB; set data\.batch_size: \d with training\.grad_accum_steps: \d+ \(the same 16 windows per step\)/,
+    /^error: tiny: the model \(3M parameters, 1 layer × 32\) at data\.batch_size 16 needs about 0\.\d GiB to train, more than the 0\.4 GiB of GPT_MEMORY_LIMIT_MB; set data\.batch_size: \d with training\.grad_accum_steps: \d+ \(the same 16 windows per step\)/,
   ],
   [
     "a model no machine holds, against the machine's own memory",

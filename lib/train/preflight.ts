@@ -3,6 +3,7 @@
  * failure is one {@link UserError} line naming the file, the key and the fix, instead of a kernel's exception
  * (`GatherV2: the index value 284 is not in [0, 99]`) once the data meets the model.
  */
+import { countOf } from "../progress.ts";
 import { RECENT_BYTES } from "../backends/bf16.ts";
 import type { Config } from "../config.ts";
 import { dataSourceKind } from "../data/corpus.ts";
@@ -257,7 +258,7 @@ export function checkMemoryFits(
   const { bytes: avail, source } = availableMemory();
   const m = cfg.model;
   const what = `${cfg.name}: the model (${(paramCount(m) / 1e6).toFixed(0)}M parameters, ` +
-    `${m.n_layers} layers × ${m.emb_dim}) at data.batch_size ${
+    `${countOf(m.n_layers, "layer")} × ${m.emb_dim}) at data.batch_size ${
       use === "sample" ? 1 : cfg.data.batch_size
     }`;
   if (need > avail) {
