@@ -94,6 +94,18 @@ Deno.test({
         b,
       ) => (mine.speeds[b].fp32 > mine.speeds[a].fp32 ? b : a));
       ok(r.ok && r.name === fastest, `took ${r.ok ? r.name : ""}, measured fastest ${fastest}`);
+      // The next runs measure again and keep each library's best: a figure no run reaches stays.
+      const slowest = [...libs.keys()].find((k) => k !== fastest)!;
+      mine.speeds[slowest].fp32 = 1e6;
+      Deno.writeTextFileSync(path, JSON.stringify(cache));
+      const again = useMatrixLibrary("auto");
+      const merged = JSON.parse(Deno.readTextFileSync(path))[machineKey([...libs.values()])];
+      ok(merged.samples === 2 && merged.speeds[slowest].fp32 === 1e6, JSON.stringify(merged));
+      ok(again.ok && again.name === slowest, "the best figure decides");
+      for (let run = 3; run <= 4; run++) useMatrixLibrary("auto");
+      const done = JSON.parse(Deno.readTextFileSync(path))[machineKey([...libs.values()])];
+      ok(done.samples === 3, `measured ${done.samples} times, not 3, then no more`);
+      ok(matrixLibrary()!.describe().includes("cached"), matrixLibrary()!.describe());
     }),
 });
 

@@ -162,14 +162,23 @@ function measure(libs: Map<LibraryKind, BlasLib>): MachineSpeeds {
 
 const round = (x: number) => Math.round(x * 10) / 10;
 
-/** The measurements of this machine: from the cache, else measured now and cached. */
+/** The measurements of this machine: from the cache once it holds {@link SAMPLES}, else measured now and merged. */
 export function librarySpeeds(
   libs: Map<LibraryKind, BlasLib>,
 ): MachineSpeeds & { cached: boolean } {
-  const path = cachePath(), all = readCache(path), key = machineKey([...libs.values()]);
-  const hit = all[key];
-  if (hit && [...libs.keys()].every((k) => hit.speeds?.[k])) return { ...hit, cached: true };
+  const path = cachePath(), key = machineKey([...libs.values()]);
+  const hit = readCache(path)[key];
+  const complete = hit && [...libs.keys()].every((k) => hit.speeds?.[k]);
+  if (complete && (hit.samples ?? SAMPLES) >= SAMPLES) return { ...hit, cached: true };
   const fresh = measure(libs);
+  if (complete) {
+    for (const [k, s] of Object.entries(fresh.speeds) as [LibraryKind, LibrarySpeed][]) {
+      const old = hit.speeds[k]!;
+      s.fp32 = Math.max(s.fp32, old.fp32);
+      s["bf16-mixed"] = Math.max(s["bf16-mixed"], old["bf16-mixed"]);
+    }
+  }
+  fresh.samples = complete ? (hit.samples ?? 0) + 1 : 1;
   writeCache(path, { ...readCache(path), [key]: fresh });
   return { ...fresh, cached: false };
 }
