@@ -667,6 +667,7 @@ async function autoChoice(): Promise<Record<string, unknown>[]> {
       precision,
       picked: picked[i],
       fastest_step: fastest?.matrix_lib_kind ?? null,
+      auto_is_fastest: picked[i] === fastest?.matrix_lib_kind,
     };
   });
 }
