@@ -676,7 +676,10 @@ function isWasm(r: Record<string, unknown>): boolean {
   return String(r.matrix_library ?? "").startsWith("WebAssembly");
 }
 
-/** The bench's time budget: each case gets an equal share of what is left, and is stopped past it. */
+/**
+ * The bench's time budget. Cases run in order of what matters most; each may take what is left less a reserve
+ * for every case after it (so the last ones still run), and is stopped past that.
+ */
 class Budget {
   private deadline: number;
   private remaining = 1;
@@ -689,15 +692,18 @@ class Budget {
   }
   /** The next case's share, in seconds. */
   share(): number {
-    const left = Math.max(0, (this.deadline - performance.now()) / 1000);
-    return left / Math.max(1, this.remaining--);
+    const left = (this.deadline - performance.now()) / 1000;
+    return Math.max(0, left - RESERVE_S * (Math.max(1, this.remaining--) - 1));
   }
   skipLine(share: number): string {
-    return `skipped: would run past its share of the ${this.seconds / 60}-minute budget (${
+    return `would run past its share of the ${this.seconds / 60}-minute budget (${
       share.toFixed(0)
     } s)`;
   }
 }
+
+/** Seconds the budget keeps for each case still to come: enough for an eval or sampling case. */
+const RESERVE_S = 15;
 
 const torchBest: Record<string, Record<string, unknown>> = {};
 const torchCfg = values["no-torch"] ? "" : await torchConfig();
@@ -784,9 +790,9 @@ const plan = CASES.flatMap(([name, batch]) =>
     PRECISIONS.map((precision) => ({ name, batch, kind, env, precision }))
   )
 );
-budget.expect(plan.length + (values["no-torch"] ? 0 : 3));
+const torchBatches = values["no-torch"] ? [] : values.quick ? [2] : [2, 8];
+budget.expect(plan.length + torchBatches.length);
 for (const [i, c] of plan.entries()) {
-  if (i === plan.findIndex((p) => p.batch === 8) && !values["no-torch"]) await torchCases([2]);
   const tag = { case: c.name, batch: c.batch, matrix_lib: c.kind, precision: c.precision };
   const best = await bestOf(c.name, c.batch, c.precision, { GPT_BLAS: c.env }, budget.share());
   if (typeof best === "string") emit({ ...tag, skipped: best });
@@ -794,8 +800,16 @@ for (const [i, c] of plan.entries()) {
     if (c.name === "train_step") await addMatmul(best, c.batch, c.kind, c.precision);
     ours.push(best);
   }
+  // PyTorch's step right after ours at the same batch, while the budget still has room for it.
+  const next = plan[i + 1];
+  const b = c.batch;
+  if (
+    c.name === "train_step" && torchBatches.includes(b) &&
+    !(next?.name === c.name && next.batch === b)
+  ) {
+    await torchCases([b]);
+  }
 }
-if (!values["no-torch"] && !values.quick) await torchCases([8]);
 ours.push(...await autoChoice());
 
 for (const r of ours) {
