@@ -87,7 +87,13 @@ export function benchTable(lines: Line[]): string {
   const parts = [
     ...(speed.length ? [speedTable(speed)] : []),
     ...(data.length ? [dataTable(data)] : []),
-    ...failed.map((r) => `${r.case}${r.batch ? ` batch ${r.batch}` : ""}: ${r.error ?? r.skipped}`),
+    ...failed.map((r) => {
+      const what = [r.impl === "pytorch" ? "PyTorch" : r.matrix_lib, r.precision, r.setting]
+        .filter((x) => x).join(", ");
+      return `${r.case}${r.batch ? ` batch ${r.batch}` : ""}${what ? ` (${what})` : ""}: ${
+        r.error ?? r.skipped
+      }`;
+    }),
   ];
   return parts.join("\n\n");
 }
