@@ -71,48 +71,46 @@ function versionOf(ptr: Deno.PointerValue): string {
   return `oneDNN ${v.getInt32(0)}.${v.getInt32(4)}.${v.getInt32(8)}`;
 }
 
+/** A CBLAS-style call's arguments as oneDNN takes them: 'N'/'T' characters and 64-bit sizes. */
+function dnnlArgs(
+  tA: number,
+  tB: number,
+  M: number,
+  N: number,
+  K: number,
+  alpha: number,
+  A: ArrayBufferView,
+  lda: number,
+  B: ArrayBufferView,
+  ldb: number,
+  beta: number,
+  C: Float32Array,
+  ldc: number,
+) {
+  const big = BigInt;
+  return [
+    trans(tA),
+    trans(tB),
+    big(M),
+    big(N),
+    big(K),
+    alpha,
+    A,
+    big(lda),
+    B,
+    big(ldb),
+    beta,
+    C,
+    big(ldc),
+  ] as const;
+}
+
 function wrap(
   s: Deno.DynamicLibrary<typeof DNNL_SYMBOLS>["symbols"],
 ): Pick<Dnnl, "sgemm" | "gemmBf16"> {
-  const big = BigInt;
-  const sgemm: Sgemm = (_o, tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) =>
-    check(
-      s.dnnl_sgemm(
-        trans(tA),
-        trans(tB),
-        big(M),
-        big(N),
-        big(K),
-        alpha,
-        A,
-        big(lda),
-        B,
-        big(ldb),
-        beta,
-        C,
-        big(ldc),
-      ),
-      "sgemm",
-    );
-  const gemmBf16: GemmBf16 = (tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) =>
-    check(
-      s.dnnl_gemm_bf16bf16f32(
-        trans(tA),
-        trans(tB),
-        big(M),
-        big(N),
-        big(K),
-        alpha,
-        A,
-        big(lda),
-        B,
-        big(ldb),
-        beta,
-        C,
-        big(ldc),
-      ),
-      "gemm_bf16bf16f32",
-    );
+  const sgemm: Sgemm = (_o, ...args) => check(s.dnnl_sgemm(...dnnlArgs(...args)), "sgemm");
+  const gemmBf16: GemmBf16 = (...args) =>
+    check(s.dnnl_gemm_bf16bf16f32(...dnnlArgs(...args)), "gemm_bf16bf16f32");
   return { sgemm, gemmBf16 };
 }
 
