@@ -102,11 +102,6 @@ export function setPrecision(p: Precision, weights: tf.Tensor[] = []): void {
   copies.setWeights(weights.map((w) => w.dataId as object));
 }
 
-/** The precision products run in now. */
-export function getPrecision(): Precision {
-  return precision;
-}
-
 /**
  * Where the optimizer can write weight `t`'s bf16 copy while it updates it (bf16-mixed, a copy already made),
  * with its form for the `adamw` kernel (1: bits, 2: rounded fp32); null otherwise. The copy counts as made after
@@ -346,22 +341,7 @@ function gemm(
 /** `blas` with `sgemm` multiplying bf16 operands (Uint16Arrays passed where the signature says Float32Array). */
 function bitsLib(blas: BlasLib): BlasLib {
   const g = blas.gemmBf16!;
-  const sgemm: Sgemm = (_o, tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) =>
-    g(
-      tA,
-      tB,
-      M,
-      N,
-      K,
-      alpha,
-      A as unknown as Uint16Array,
-      lda,
-      B as unknown as Uint16Array,
-      ldb,
-      beta,
-      C,
-      ldc,
-    );
+  const sgemm: Sgemm = (_o, ...args) => g(...(args as unknown as Parameters<typeof g>));
   return { ...blas, sgemm, sgemv: null };
 }
 
