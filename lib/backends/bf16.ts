@@ -40,20 +40,12 @@ export function bf16Range(
 
 registerKernels({
   /** a[0]: fp32 source; a[1]: fp32 destination (rounded values). Units of CHUNK elements; s: [n]. */
-  bf16Round: (a, s, lo, hi) => {
-    const src = new Int32Array(a[0].buffer, a[0].byteOffset, s[0]);
-    const dst = new Int32Array(a[1].buffer, a[1].byteOffset, s[0]);
-    for (let i = lo * CHUNK, end = Math.min(hi * CHUNK, s[0]); i < end; i++) {
-      dst[i] = rounded(src[i]);
-    }
-  },
+  bf16Round: (a, s, lo, hi) =>
+    bf16Range(a[0] as Float32Array, a[1] as Float32Array, lo * CHUNK, Math.min(hi * CHUNK, s[0])),
   /** a[0]: fp32 source; a[1]: destination whose buffer holds n bf16 values (an Int32Array over them). s: [n]. */
   bf16Bits: (a, s, lo, hi) => {
-    const src = new Int32Array(a[0].buffer, a[0].byteOffset, s[0]);
     const dst = new Uint16Array(a[1].buffer, a[1].byteOffset, s[0]);
-    for (let i = lo * CHUNK, end = Math.min(hi * CHUNK, s[0]); i < end; i++) {
-      dst[i] = rounded(src[i]) >>> 16;
-    }
+    bf16Range(a[0] as Float32Array, dst, lo * CHUNK, Math.min(hi * CHUNK, s[0]));
   },
 });
 
