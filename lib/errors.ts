@@ -41,7 +41,7 @@ export async function runTask(main: () => Promise<void> | void): Promise<void> {
       Deno.exit(err.exitCode);
     }
     if (debug()) throw err;
-    const msg = (err instanceof Error ? err.message : String(err)).split("\n")[0];
+    const msg = firstLine(err);
     console.error(`error: internal error (not your input): ${msg} (GPT_DEBUG=1 shows the stack)`);
     Deno.exit(1);
   }
@@ -54,4 +54,9 @@ function debug(): boolean {
   } catch {
     return false;
   }
+}
+
+/** The first line of an error's message (or of the thrown value): what a one-line report shows. */
+export function firstLine(err: unknown): string {
+  return String(err instanceof Error ? err.message : err).split("\n")[0];
 }

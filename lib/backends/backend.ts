@@ -26,7 +26,7 @@ import {
   probeWebGPU,
 } from "./webgpu.ts";
 import type { BackendName, ModelConfig } from "../config.ts";
-import { UserError } from "../errors.ts";
+import { firstLine, UserError } from "../errors.ts";
 
 tf.env().set("IS_NODE", false); // silences tfjs's "install tfjs-node" banner: we pick backends ourselves
 tf.env().set("WASM_HAS_MULTITHREAD_SUPPORT", false); // Deno lacks the worker setup tfjs-wasm threads need
@@ -59,7 +59,7 @@ async function tryWasm(): Promise<string | null> {
     setWasmPaths(dir.endsWith("/") ? dir : dir + "/");
     return (await tf.setBackend("wasm")) ? null : "tf.setBackend('wasm') returned false";
   } catch (err) {
-    return String(err instanceof Error ? err.message : err).split("\n")[0];
+    return firstLine(err);
   }
 }
 

@@ -15,7 +15,7 @@ import {
 } from "./gemm_split.ts";
 import { openDnnl } from "./dnnl.ts";
 import { setParallelism } from "./pool.ts";
-import { UserError } from "../errors.ts";
+import { firstLine, UserError } from "../errors.ts";
 
 const OPENBLAS_SYMBOLS = {
   openblas_set_num_threads: { parameters: ["i32"], result: "void" },
@@ -102,10 +102,6 @@ export const NATIVE_HINT = Deno.build.os === "windows"
   : Deno.build.os === "darwin"
   ? "Accelerate did not load"
   : "for faster training: sudo apt-get install libopenblas0-pthread (Fedora: dnf install openblas)";
-
-function firstLine(err: unknown): string {
-  return String(err instanceof Error ? err.message : err).split("\n")[0];
-}
 
 export function env(name: string): string | undefined {
   try {

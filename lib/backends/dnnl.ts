@@ -8,6 +8,7 @@
  */
 import type { Sgemm } from "./cblas.ts";
 import type { GemmBf16 } from "./blas_lib.ts";
+import { firstLine } from "../errors.ts";
 
 const GEMM_PARAMS = [
   "u8",
@@ -148,7 +149,7 @@ export function openDnnl(threads?: number): Dnnl | string {
         path,
       };
     } catch (err) {
-      errors.push(`${path}: ${String(err instanceof Error ? err.message : err).split("\n")[0]}`);
+      errors.push(`${path}: ${firstLine(err)}`);
       if (err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.PermissionDenied) {
         break;
       }

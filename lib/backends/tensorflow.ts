@@ -5,6 +5,7 @@
  * only after `deno add npm:<package>` put them in deno.json; nothing is downloaded at run time.
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { firstLine } from "../errors.ts";
 
 /** The packages tried, GPU build first. */
 export const TENSORFLOW_PACKAGES = ["@tensorflow/tfjs-node-gpu", "@tensorflow/tfjs-node"] as const;
@@ -13,10 +14,6 @@ export const TENSORFLOW_PACKAGES = ["@tensorflow/tfjs-node-gpu", "@tensorflow/tf
 export type TensorflowLoad =
   | { ok: true; pkg: string; detail: string }
   | { ok: false; reason: string };
-
-function firstLine(err: unknown): string {
-  return String(err instanceof Error ? err.message : err).split("\n")[0];
-}
 
 /**
  * Whether an NVIDIA GPU is visible to this process: a `/dev/nvidia0` device node and CUDA_VISIBLE_DEVICES not

@@ -7,6 +7,7 @@
  * adapters that have the feature.
  */
 import * as tf from "@tensorflow/tfjs-core";
+import { firstLine } from "../errors.ts";
 
 /** Env variable that lets an explicit `backend: webgpu` run on a software (fallback) adapter; `auto` never does. */
 export const ALLOW_FALLBACK_ENV = "GPT_WEBGPU_ALLOW_FALLBACK";
@@ -70,9 +71,7 @@ export async function probeWebGPU(): Promise<WebGPUAdapter | string> {
   try {
     adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
   } catch (err) {
-    return `requestAdapter failed: ${
-      String(err instanceof Error ? err.message : err).split("\n")[0]
-    }`;
+    return `requestAdapter failed: ${firstLine(err)}`;
   }
   if (!adapter) return "no WebGPU adapter (no Vulkan/Metal/DX12 driver found)";
   // deno-lint-ignore no-explicit-any
@@ -100,7 +99,7 @@ export async function activateWebGPU(found: WebGPUAdapter): Promise<string | nul
     registered = true;
     return (await tf.setBackend("webgpu")) ? null : "tf.setBackend('webgpu') returned false";
   } catch (err) {
-    return String(err instanceof Error ? err.message : err).split("\n")[0];
+    return firstLine(err);
   }
 }
 
