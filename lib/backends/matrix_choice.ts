@@ -18,6 +18,7 @@ import {
   type Precision,
 } from "./blas_lib.ts";
 import { sharedF32 } from "./pool.ts";
+import { bf16Array, toBf16 } from "./bf16.ts";
 
 /** Measured GFLOP/s of one library, per precision (bf16: emulated libraries time their fp32 product). */
 export interface LibrarySpeed {
@@ -100,13 +101,6 @@ function writeCache(path: string | null, all: Record<string, MachineSpeeds>): vo
   }
 }
 
-/** Bits of bf16 (the high half of each fp32, truncated: operands for timing only). */
-function toBf16Bits(a: Float32Array): Uint16Array {
-  const u = new Uint32Array(a.buffer, a.byteOffset, a.length), out = new Uint16Array(a.length);
-  for (let i = 0; i < a.length; i++) out[i] = u[i] >>> 16;
-  return out;
-}
-
 /** The products of {@link SHAPES} on `lib`, ready to run (operands made once). */
 function productsOn(lib: BlasLib, bf16: boolean): () => void {
   const runs = SHAPES.map(([M, N, K, tA, tB]) => {
@@ -118,7 +112,8 @@ function productsOn(lib: BlasLib, bf16: boolean): () => void {
       ta = tA ? TRANS : NO_TRANS,
       tb = tB ? TRANS : NO_TRANS;
     if (bf16 && lib.gemmBf16) {
-      const a = toBf16Bits(A), b = toBf16Bits(B), g = lib.gemmBf16;
+      const bf16 = (x: Float32Array) => toBf16(x, bf16Array(x.length, true)) as Uint16Array;
+      const a = bf16(A), b = bf16(B), g = lib.gemmBf16;
       return () => g(ta, tb, M, N, K, 1, a, lda, b, ldb, 0, C, N);
     }
     return () => lib.sgemm(ROW_MAJOR, ta, tb, M, N, K, 1, A, lda, B, ldb, 0, C, N);
