@@ -156,14 +156,30 @@ for (const kind of KINDS) {
             )
               .dataSync() as Float32Array
           );
-          const rounded = (x: Float32Array) => x.map(roundToBf16);
-          const want = reference(rounded(a), rounded(b), M, N, K, tA, tB);
+          const want = reference(a.map(roundToBf16), b.map(roundToBf16), M, N, K, tA, tB);
           ok(
             worst(got, want) < 1e-6,
             `${kind} ${M}×${N}×${K}: ${worst(got, want)} from the rounded product`,
           );
           ok(worst(got, reference(a, b, M, N, K, tA, tB)) > 1e-4, "the operands were not rounded");
         }
+        // A batch of small products (attention's heads) is shared out between the threads, one product each.
+        const [H, M, N, K] = [24, 128, 96, 64];
+        const a = values(H * M * K, 3), b = values(H * K * N, 4);
+        const got = tf.tidy(() =>
+          tf.matMul(tf.tensor3d(a, [H, M, K]), tf.tensor3d(b, [H, N, K]), false, true)
+            .dataSync() as Float32Array
+        );
+        const want = new Float64Array(H * M * N);
+        for (let h = 0; h < H; h++) {
+          const ah = a.subarray(h * M * K, (h + 1) * M * K).map(roundToBf16);
+          const bh = b.subarray(h * K * N, (h + 1) * K * N).map(roundToBf16);
+          want.set(reference(ah, bh, M, N, K, false, true), h * M * N);
+        }
+        ok(
+          worst(got, want) < 1e-6,
+          `${kind} ${H} heads: ${worst(got, want)} from the rounded product`,
+        );
       } finally {
         usePrecision("fp32", "blas", []);
       }

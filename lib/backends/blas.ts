@@ -329,9 +329,8 @@ function gemm(
   const A = operand(backend, a), B = operand(backend, b);
   if (precision === "fp32") products(blas, A, B, c, d);
   else {
-    // bf16-mixed: oneDNN multiplies bf16 bits; every other library (and the heads, shared out between our
-    // threads) multiplies the rounded values in fp32.
-    const bits = !!blas.gemmBf16 && !headsShape(blas, d);
+    // bf16-mixed: oneDNN multiplies bf16 bits; every other library multiplies the rounded values in fp32.
+    const bits = !!blas.gemmBf16;
     const A16 = copies.of(a.dataId, A, bits), B16 = copies.of(b.dataId, B, bits);
     products(bits ? bitsLib(blas) : blas, A16 as Float32Array, B16 as Float32Array, c, d);
   }
@@ -458,8 +457,19 @@ function sgemmOnEachThread(
 ): void {
   const blasThreads = blas.getNumThreads?.();
   blas.setNumThreads?.(1);
+  // bf16 operands (oneDNN's bits, typed as Float32Array by bitsLib's callers) go to the pool as word views.
+  const [A, B, C] = a as unknown as (Float32Array | Uint16Array)[];
+  const bits = A instanceof Uint16Array;
+  const words = (x: Float32Array | Uint16Array) =>
+    x instanceof Uint16Array ? new Int32Array(x.buffer, x.byteOffset, Math.ceil(x.length / 2)) : x;
   try {
-    parallelFor("sgemmHeads", a, s, items, cost);
+    parallelFor(
+      bits ? "sgemmHeadsBf16" : "sgemmHeads",
+      [words(A), words(B), C as Float32Array],
+      s,
+      items,
+      cost,
+    );
   } finally {
     if (blasThreads !== undefined) blas.setNumThreads?.(blasThreads);
   }
@@ -573,9 +583,10 @@ function headsMatMulKernel(): KernelFn {
       ...t.sb,
       ...t.sc,
     ];
+    const bits = precision !== "fp32" && !!lib().gemmBf16;
     const [A, B] = [a, b].map((x) => {
       const v = f32(backend, x);
-      return precision === "fp32" ? v : copies.of(x.dataId, v, false) as Float32Array;
+      return precision === "fp32" ? v : copies.of(x.dataId, v, bits) as Float32Array;
     });
     sgemmOnEachThread(lib(), [A, B, c], s, t.batch * t.heads, t.M * t.N * t.K);
     return backend.makeTensorInfo(t.shape, "float32", c);

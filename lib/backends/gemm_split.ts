@@ -7,8 +7,10 @@
  */
 import { gemmBlock, gemvBlock, gemvFits, wasmSgemm, wasmSgemv } from "./gemm.ts";
 import { type Sgemm, SGEMM_SYMBOLS, type Sgemv } from "./cblas.ts";
-import { openDnnl } from "./dnnl.ts";
+import { type Dnnl, openDnnl } from "./dnnl.ts";
+import type { GemmBf16 } from "./blas_lib.ts";
 import {
+  type Arr,
   helperSetting,
   parallelFor,
   type RangeKernel,
@@ -51,12 +53,29 @@ function helperSgemm(): Sgemm {
   return sgemm;
 }
 
-/** oneDNN's sgemm on this helper, on one OpenMP thread: the heads are already shared out between our threads. */
-function dnnlSgemm(): Sgemm {
+/** oneDNN on this helper, on one OpenMP thread: the heads are already shared out between our threads. */
+function dnnlOnOneThread(): Dnnl {
   const d = openDnnl(1);
   if (typeof d === "string") throw new Error(`sgemmHeads: ${d}`);
-  return d.sgemm;
+  return d;
 }
+
+function dnnlSgemm(): Sgemm {
+  return dnnlOnOneThread().sgemm;
+}
+
+let gemmBf16: GemmBf16 | null = null;
+
+/** This thread's oneDNN bf16 product (the only library with one the helpers open). */
+function helperGemmBf16(): GemmBf16 {
+  if (helperSetting(BLAS_SETTING) !== DNNL_GEMM) {
+    throw new Error("sgemmHeadsBf16: oneDNN is not the library");
+  }
+  return gemmBf16 ??= dnnlOnOneThread().gemmBf16;
+}
+
+/** The bf16 values of a word view (two bf16 to an Int32, as bf16.ts's conversions write them). */
+const bf16Of = (w: Arr) => new Uint16Array(w.buffer, w.byteOffset, w.length * 2);
 
 /** Products smaller than this (M·N·K) stay on the calling thread in {@link parallelWasmSgemm}. */
 const WASM_SPLIT_MIN = 1 << 18;
@@ -200,6 +219,17 @@ const GEMM_KERNELS: Record<string, RangeKernel> = {
         (C as Float32Array).subarray(b * sCb + h * sCh),
         ldc,
       );
+    }
+  },
+
+  /** {@link GEMM_KERNELS.sgemmHeads} on bf16 operands (word views over their bits) in oneDNN, fp32 C. */
+  sgemmHeadsBf16: ([A, B, C], s, lo, hi) => {
+    const f = helperGemmBf16(), a16 = bf16Of(A), b16 = bf16Of(B), c = C as Float32Array;
+    const [H, tA, tB, M, N, K, beta, sAb, sAh, lda, sBb, sBh, ldb, sCb, sCh, ldc] = s;
+    for (let i = lo; i < hi; i++) {
+      const b = Math.floor(i / H), h = i - b * H;
+      const a = a16.subarray(b * sAb + h * sAh), bb = b16.subarray(b * sBb + h * sBh);
+      f(tA, tB, M, N, K, 1, a, lda, bb, ldb, beta, c.subarray(b * sCb + h * sCh), ldc);
     }
   },
 
