@@ -50,6 +50,18 @@ export interface TrainingConfig {
   min_lr: number; // floor of the cosine decay
   max_grad_norm: number | null; // clip gradients by global norm after warmup (null: no clipping)
   grad_accum_steps: number; // micro-batches per optimizer step (nanoGPT's gradient accumulation)
+  // Checkpoints kept and when to stop (nanoGPT, llm.c; off by default: the last checkpoint only):
+  keep_best: boolean; // write best.safetensors whenever the val loss improves on every earlier evaluation
+  keep_last: number | null; // also keep the last n epochs' checkpoints (checkpoint-epoch<k>.safetensors)
+  early_stop_patience: number | null; // end the run after this many evaluations without a better val loss
+  skip_spikes: SpikeGuard | null; // llm.c's -sl/-sg: skip the update of a step whose loss or norm is an outlier
+}
+
+/** llm.c's outlier guard: z-scores of a step's loss and gradient norm against the last `window` steps'. */
+export interface SpikeGuard {
+  loss_z: number | null; // skip when the loss is this many standard deviations above the window's mean
+  grad_z: number | null; // the same for the global gradient norm
+  window: number; // steps in the window; no step is skipped before the window has this many
 }
 
 /** Decoding settings (section 5.3) used by `sample` and reports. */
@@ -131,6 +143,10 @@ export const DEFAULTS: Config = {
     min_lr: 0,
     max_grad_norm: null,
     grad_accum_steps: 1,
+    keep_best: false,
+    keep_last: null,
+    early_stop_patience: null,
+    skip_spikes: null,
   },
   sampling: { temperature: 1.4, top_k: 25, max_new_tokens: 25, eos_id: null },
   backend: "auto",
@@ -166,6 +182,30 @@ const oneOf = (xs: readonly string[]): Check => (v) =>
 function fmt(v: Json | undefined): string {
   return typeof v === "number" ? String(v) : JSON.stringify(v) ?? String(v); // Infinity, not null
 }
+
+/** The window of {@link SpikeGuard} when the YAML leaves it out (llm.c uses 128 steps; the verdict run has 90). */
+export const SPIKE_WINDOW = 16;
+
+/** `{loss_z, grad_z, window}`, each optional but one of the z-scores; fills in the missing ones (null, 16). */
+const spikeGuard: Check = (v) => {
+  const keys = ["loss_z", "grad_z", "window"];
+  if (!isMap(v)) return `${fmt(v)} is not a mapping like {loss_z: 3.5, grad_z: 3.5}`;
+  const extra = Object.keys(v).find((k) => !keys.includes(k));
+  if (extra) return `unknown key ${extra} (expected ${keys.join(", ")})`;
+  for (const k of ["loss_z", "grad_z"]) {
+    const why = v[k] === undefined ? null : nullable(num(0, Infinity, [true, false]))(v[k]);
+    if (why) return `${k}: ${why}`;
+  }
+  if ((v.loss_z ?? null) === null && (v.grad_z ?? null) === null) {
+    return "sets neither loss_z nor grad_z";
+  }
+  const w = v.window === undefined ? null : positiveInt(v.window);
+  if (w || (v.window !== undefined && (v.window as number) < 2)) {
+    return `window: ${fmt(v.window)} is not an integer >= 2`;
+  }
+  v.loss_z ??= null, v.grad_z ??= null, v.window ??= SPIKE_WINDOW;
+  return null;
+};
 
 /** The check of every key; the schema mirrors {@link DEFAULTS}. */
 const SCHEMA: Record<string, Check | Record<string, Check>> = {
@@ -210,6 +250,10 @@ const SCHEMA: Record<string, Check | Record<string, Check>> = {
     min_lr: num(0, Infinity, [false, false]),
     max_grad_norm: nullable(num(0, Infinity, [true, false])),
     grad_accum_steps: positiveInt,
+    keep_best: bool,
+    keep_last: nullable(positiveInt),
+    early_stop_patience: nullable(positiveInt),
+    skip_spikes: nullable(spikeGuard),
   },
   sampling: {
     temperature: num(0, Infinity, [false, false]),
@@ -512,15 +556,34 @@ function shortHash(v: unknown): string {
 /**
  * A short stable hash of what defines a run's results: the model, data, training and init sections (not sampling,
  * backend, precision or name; checkpoints hold fp32 weights in either precision), independent of key order. A
- * checkpoint records it so that resuming under another config is refused. Any key added to these sections changes
- * every hash, even at a default that keeps the old behaviour.
+ * checkpoint records it so that resuming under another config is refused. The training keys added with the
+ * checkpoints kept and the spike guard count only where they are set.
  *
  * @example
  * configHash(await loadExperiment("experiments/verdict.yaml")); // 16 hex digits
  */
 export function configHash(cfg: Config): string {
-  return shortHash({ model: cfg.model, data: cfg.data, training: cfg.training, init: cfg.init });
+  const training: Record<string, unknown> = { ...cfg.training };
+  // Keys added after the hash was first written count only where set, so that a run's hash stays what it was.
+  for (const k of LATER_TRAINING_KEYS) {
+    if (JSON.stringify(training[k]) === JSON.stringify(DEFAULTS.training[k])) delete training[k];
+  }
+  return shortHash({ model: cfg.model, data: cfg.data, training, init: cfg.init });
 }
+
+/** The training keys of the checkpoints kept and the spike guard: their defaults leave a run as it was before. */
+const LATER_TRAINING_KEYS = [
+  "keep_best",
+  "keep_last",
+  "early_stop_patience",
+  "skip_spikes",
+] as const;
+
+/**
+ * Training keys that may change when a run resumes: which checkpoints are kept and when to stop early change
+ * nothing in the steps already done or the ones to come.
+ */
+export const RESUMABLE_TRAINING_KEYS = ["epochs", "keep_best", "keep_last", "early_stop_patience"];
 
 /** A short stable hash of the model section alone: equal hashes mean interchangeable weights. */
 export function modelHash(cfg: Config): string {

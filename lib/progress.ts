@@ -50,10 +50,12 @@ export class Progress {
       loss: number;
       tokensPerS: number;
       etaS: number;
+      mfu?: number; // model FLOPs utilisation, a fraction
     },
   ) {
+    const mfu = fields.mfu === undefined ? "" : ` | MFU ${(fields.mfu * 100).toFixed(1)}%`;
     const line = `ep ${fields.epoch}/${fields.epochs} step ${fields.step}/${this.totalSteps} ` +
-      `loss ${fields.loss.toFixed(3)} | ${fields.tokensPerS.toFixed(0)} tok/s | ETA ${
+      `loss ${fields.loss.toFixed(3)} | ${fields.tokensPerS.toFixed(0)} tok/s${mfu} | ETA ${
         formatDuration(fields.etaS)
       }`;
     const now = performance.now();

@@ -1,5 +1,5 @@
 /**
- * `deno task eval <experiment.yaml> [--num-batches n] [--json] [--init] [--checkpoint path] [--no-report]`:
+ * `deno task eval <experiment.yaml> [--num-batches n] [--json] [--init] [--checkpoint best|last|path] [--no-report]`:
  * train/val loss and perplexity of the experiment's checkpoint (or, with --init, of the seeded untrained model),
  * and, for a checkpoint, checkpoints/<name>/report.md + report.json + loss.svg.
  */
@@ -29,7 +29,7 @@ options:
   --json             print the figures as one JSON line
   --init             evaluate the seeded untrained model (training.seed) instead of a checkpoint;
                      writes no report (there is no run to report on)
-  --checkpoint path  evaluate this checkpoint file
+  --checkpoint c     evaluate this checkpoint: best (training.keep_best), last (the default), or a file
   --no-report        do not write report.md / report.json / loss.svg
   --set key=value    override a config key (repeatable); --backend name as --set backend=name,
                      --precision fp32|bf16-mixed as --set precision=…

@@ -1,5 +1,5 @@
 /**
- * `deno task export <experiment.yaml> [--out dir] [--checkpoint path] [--init]`: writes the experiment's latest
+ * `deno task export <experiment.yaml> [--out dir] [--checkpoint best|last|path] [--init]`: writes the experiment's latest
  * checkpoint as a Hugging Face GPT-2 model (model.safetensors + config.json) that PyTorch/transformers can load.
  */
 import { initBackend } from "../lib/backends/backend.ts";
@@ -21,7 +21,7 @@ Writes <out>/model.safetensors and <out>/config.json in Hugging Face's GPT-2 lay
 
 options:
   --out dir          output directory: absent, empty, or an earlier export (default checkpoints/<name>/hf)
-  --checkpoint path  export this checkpoint instead of the latest
+  --checkpoint c     export this checkpoint: best (training.keep_best), last (the default), or a file
   --init             export the initial model (seeded init or the configured GPT-2 weights)
   --set key=value    override a config key (repeatable)
   -h, --help         show this help`;

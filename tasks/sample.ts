@@ -1,6 +1,6 @@
 /**
  * `deno task sample <experiment.yaml> [--prompt … --temperature … --top-k … --max-new-tokens … --seed …
- * --num-samples … --eos-id … --init --checkpoint path]`: continuations from the experiment's checkpoint with the
+ * --num-samples … --eos-id … --init --checkpoint best|last|path]`: continuations from the experiment's checkpoint with the
  * book's `generate` (section 5.3), streamed token by token. Same seed, same text.
  */
 import { initBackend, usePrecision } from "../lib/backends/backend.ts";
@@ -27,7 +27,7 @@ options:
   --seed s               seeds PyTorch's generator right before generating (torch.manual_seed(s))
   --num-samples n        continuations to print (drawn one after another from the same generator)
   --init                 use the seeded untrained model instead of a checkpoint
-  --checkpoint path      use this checkpoint file
+  --checkpoint c         use this checkpoint: best (training.keep_best), last (the default), or a file
   --set key=value        override a config key (repeatable); --backend name as --set backend=name,
                          --precision fp32|bf16-mixed as --set precision=…
   -h, --help             show this help`;

@@ -175,6 +175,7 @@ Deno.test("sortRows puts the best first: low losses, high tokens/s; missing valu
     best_val_loss: val,
     val_perplexity: null,
     tokens_per_s: tps,
+    mfu: null,
     wall_s: null,
     status: "finished",
   });
@@ -278,6 +279,7 @@ Deno.test("compare --json prints the documented schema; --out writes the SVG", a
     best_val_loss: "number",
     val_perplexity: "number",
     tokens_per_s: "number",
+    mfu: "object", // null: these logs carry no MFU
     wall_s: "number",
     status: "string",
   };

@@ -78,6 +78,15 @@ async function handOffEpoch2(root: string, extra: string[] = []) {
   const local = readRunLog(`${dir}/local/log.jsonl`), moved = readRunLog(`${out}/log.jsonl`);
   assertEquals(moved.headers.at(-1)!.engine, "torch-ddp");
   assertEquals(moved.headers.at(-1)!.world_size, 2);
+  // MFU on the PyTorch side: both ranks' tokens over both ranks' measured peaks, the same FLOPs a token as ours.
+  const [ours, theirs] = [local.headers[0], moved.headers.at(-1)!];
+  assertEquals(theirs.flops_per_token, ours.flops_per_token);
+  ok(Number(theirs.peak_flops) > 0 && String(theirs.peak_device).startsWith("2 × cpu (measured"));
+  for (const e of moved.evals.filter((e) => e.epoch === 2)) {
+    const want = Number(e.tokens_per_s) * Number(theirs.flops_per_token) /
+      Number(theirs.peak_flops);
+    ok(Math.abs(Number(e.mfu) / want - 1) < 1e-9, `step ${e.step} mfu ${e.mfu} vs ${want}`);
+  }
   const want = local.evals.filter((e) => e.epoch === 2),
     got = moved.evals.filter((e) => e.epoch === 2);
   ok(want.length > 0);

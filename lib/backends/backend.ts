@@ -211,6 +211,7 @@ export function withHelpersHeld<T>(f: () => Promise<T>): Promise<T> {
 }
 
 export { type Precision, weightsUpdated };
+export { measuredPeak, type Peak } from "./peak.ts";
 
 /**
  * Sets the precision of the run's matrix products on the active backend `backend` (the name `initBackend`

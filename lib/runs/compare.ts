@@ -6,7 +6,13 @@ import { closest, loadExperiment } from "../config.ts";
 import { UserError } from "../errors.ts";
 import { lineChartSVG, PALETTE, type Series } from "./plot.ts";
 import { formatDuration } from "../progress.ts";
-import { type LogLine, readRunLog, type RunLogData, type RunStatus } from "./runlog.ts";
+import {
+  ALONG_THE_WAY,
+  type LogLine,
+  readRunLog,
+  type RunLogData,
+  type RunStatus,
+} from "./runlog.ts";
 import { runLockHeld } from "./lock.ts";
 import { readSweep } from "./sweep.ts";
 
@@ -27,6 +33,7 @@ import { readSweep } from "./sweep.ts";
  * | best_train_loss, best_val_loss | number \| null | lowest over the evaluations |
  * | val_perplexity | number \| null | exp(final_val_loss) |
  * | tokens_per_s | number \| null | training throughput over all of the run's segments |
+ * | mfu | number \| null | model FLOPs utilisation at the last evaluation (a fraction of the measured peak; null: not logged) |
  * | wall_s | number \| null | seconds of training, summed over the run's segments |
  * | status | "finished" \| "interrupted" \| "crashed" \| "running" \| "stopped" | see {@link RowStatus} |
  */
@@ -45,6 +52,7 @@ export interface RunRow {
   best_val_loss: number | null;
   val_perplexity: number | null;
   tokens_per_s: number | null;
+  mfu: number | null;
   wall_s: number | null;
   status: RowStatus;
 }
@@ -68,12 +76,13 @@ export const SORT_KEYS = [
   "best_val_loss",
   "val_perplexity",
   "tokens_per_s",
+  "mfu",
   "wall_s",
   "status",
 ] as const;
 
 /** Columns where more is better: sorted high to low, so that the best run always comes first. */
-const HIGHER_FIRST = new Set<string>(["steps", "tokens_seen", "tokens_per_s"]);
+const HIGHER_FIRST = new Set<string>(["steps", "tokens_seen", "tokens_per_s", "mfu"]);
 
 function flatten(
   obj: unknown,
@@ -180,6 +189,7 @@ export function summarizeRun(log: RunLogData, diffKeys: string[] = []): RunRow {
     best_val_loss: minOf(log.evals.map((e) => num(e.val_loss))),
     val_perplexity: finalVal === null ? null : Math.exp(finalVal),
     tokens_per_s: rate,
+    mfu: num(last?.mfu),
     wall_s: wall,
     status: log.status,
   };
@@ -201,6 +211,7 @@ export const COLUMN_KEYS: Record<string, (typeof SORT_KEYS)[number]> = {
   "best val": "best_val_loss",
   "val ppl": "val_perplexity",
   "tok/s": "tokens_per_s",
+  MFU: "mfu",
   wall: "wall_s",
   status: "status",
 };
@@ -270,7 +281,7 @@ function lockOf(path: string): string | null {
  * a live process holds the run's lock at `lockPath`, else `stopped`. Any other log keeps its own status.
  */
 export function liveStatus(log: RunLogData, lockPath: string | null): RowStatus {
-  const end = log.lines.findLast((l) => l.type !== "sample" && l.type !== "epoch")?.type;
+  const end = log.lines.findLast((l) => !ALONG_THE_WAY.includes(l.type))?.type;
   const ended = end === "summary" || end === "interrupted" || end === "error";
   if (ended || lockPath === null || log.headers.at(-1)?.engine !== "gpt-ts") return log.status;
   return runLockHeld(lockPath) ? "running" : "stopped";
@@ -302,8 +313,8 @@ function keyHeading(key: string): string {
 
 /**
  * A plain-text table, one row per run, in the rows' order: the run, the differing config keys, the backend and the
- * precision when the runs' differ, then steps, tokens, final/best losses, val perplexity, tokens/s, wall time,
- * status.
+ * precision when the runs' differ, then steps, tokens, final/best losses, val perplexity, tokens/s, MFU (where a
+ * run logged it), wall time, status.
  */
 export function formatTable(rows: RunRow[]): string {
   const diffKeys = [...new Set(rows.flatMap((r) => Object.keys(r.differs)))];
@@ -328,6 +339,12 @@ export function formatTable(rows: RunRow[]): string {
     ["best val", (r) => cell(r.best_val_loss, 3)],
     ["val ppl", (r) => cell(r.val_perplexity, 1)],
     ["tok/s", (r) => cell(r.tokens_per_s, 1)],
+    ...(rows.some((r) => r.mfu !== null)
+      ? [["MFU", (r: RunRow) => r.mfu === null ? "-" : `${(r.mfu * 100).toFixed(1)}%`] as [
+        string,
+        (r: RunRow) => string,
+      ]]
+      : []),
     ["wall", (r) => r.wall_s === null ? "-" : formatDuration(r.wall_s)],
     ["status", (r) => r.status + (r.resumes ? ` (${r.resumes}× resumed)` : "")],
   ];

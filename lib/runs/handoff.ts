@@ -5,7 +5,7 @@
  * config, position, schedule, launch lines) and the token batches our own loop would consume next, as uint16.
  */
 import type { Config } from "../config.ts";
-import { configHash } from "../config.ts";
+import { configHash, DEFAULTS } from "../config.ts";
 import { UserError } from "../errors.ts";
 import { claimOutput, outputMark, type OutputState, replaceDir } from "../outputs.ts";
 import type { Batch, BatchLoader } from "../data/data.ts";
@@ -182,11 +182,24 @@ export async function handoffRun(
       Object.entries(manifest.launch).map(([k, v]) => `# ${k}:\n${v}\n`).join(""),
   );
   await replaceDir(tmp, out, outState);
+  noteUnapplied(cfg, print);
   print(
     `handed off ${cfg.name} at step ${state.step} (epoch ${state.epoch + 1}) to ${out}: ` +
       `${trainRows.length} train batches to go; ${manifest.launch.torchrun}`,
   );
   return manifest;
+}
+
+/** One line where the run sets training keys that the PyTorch side does not apply. */
+function noteUnapplied(cfg: Config, print: (s: string) => void): void {
+  const unapplied = (["keep_best", "keep_last", "early_stop_patience", "skip_spikes"] as const)
+    .filter((k) => JSON.stringify(cfg.training[k]) !== JSON.stringify(DEFAULTS.training[k]));
+  if (unapplied.length === 0) return;
+  print(
+    `note: scaleout/torch/train_ddp.py does not apply ${
+      unapplied.map((k) => `training.${k}`).join(", ")
+    }: it keeps the latest checkpoint and updates every step; they apply again when the run comes back here`,
+  );
 }
 
 const fileSize = (path: string) => Deno.stat(path).then((s) => s.size, () => 0);

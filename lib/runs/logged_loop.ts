@@ -2,7 +2,9 @@
  * The logged loop of a run: `trainModelSimple` with the book's prints, a progress line, the run log's evaluations,
  * samples and epochs, a checkpoint after every epoch and on a stop (Ctrl-C, SIGTERM, step limit), and the summary.
  */
-import { saveCheckpoint } from "../train/checkpoint.ts";
+import { bestCheckpointPath, keepEpochCheckpoint, saveCheckpoint } from "../train/checkpoint.ts";
+import { mfu, type MfuBasis } from "../train/mfu.ts";
+import { emptySpikeWindow, SpikeGuard, type SpikeVerdict } from "../train/spikes.ts";
 import { type Config, configHash } from "../config.ts";
 import type { VerdictData } from "../data/data.ts";
 import { UserError } from "../errors.ts";
@@ -26,6 +28,7 @@ export interface LoopSetup {
   print: (line: string) => void;
   progress?: boolean; // progress line on stderr; default true
   stopAfterSteps?: number;
+  mfu?: MfuBasis; // counted in the progress line and the eval lines
 }
 
 /** How the loop ended: finished all epochs or stopped, with the last evaluation's losses. */
@@ -44,11 +47,14 @@ function allFinite(params: { data: Float32Array }[]): boolean {
   return true;
 }
 
-/** Writes the trainee's checkpoint (`save`) and remembers the step of the last one written (`savedStep`). */
+/**
+ * Writes the trainee's checkpoint (`save`; `saveBest`: its weights alone, to best.safetensors), keeps an epoch's
+ * (`keepEpoch`) and remembers the step of the last one written (`savedStep`).
+ */
 function checkpointWriter(setup: LoopSetup, t: Trainee) {
   const { cfg, data, ckptPath } = setup;
   let savedStep = setup.savedStep;
-  const save = async () => {
+  const write = async (path: string, withOptimizer: boolean) => {
     const params = await t.model.toNamedParams();
     // An update can overflow without the loss showing it yet: never replace a good checkpoint with a broken one.
     if (!allFinite(params)) {
@@ -56,7 +62,7 @@ function checkpointWriter(setup: LoopSetup, t: Trainee) {
     }
     try {
       await saveCheckpoint(
-        ckptPath,
+        path,
         {
           config: cfg,
           configHash: configHash(cfg),
@@ -73,18 +79,26 @@ function checkpointWriter(setup: LoopSetup, t: Trainee) {
           },
         },
         params,
-        await t.optimizer.stateTensors(),
+        withOptimizer ? await t.optimizer.stateTensors() : [],
       );
     } catch (err) {
       if (err instanceof UserError) throw err;
       throw new UserError(
-        `${ckptPath}: cannot write the checkpoint (${(err as Error).message}); ` +
+        `${path}: cannot write the checkpoint (${(err as Error).message}); ` +
           `the previous one is unchanged`,
       );
     }
-    savedStep = t.state.step;
   };
-  return { save, savedStep: () => savedStep };
+  const runDir = ckptPath.slice(0, ckptPath.lastIndexOf("/") + 1) || "./";
+  return {
+    save: async () => {
+      await write(ckptPath, true);
+      savedStep = t.state.step;
+    },
+    saveBest: () => write(bestCheckpointPath(runDir), false),
+    keepEpoch: (epoch: number) => keepEpochCheckpoint(ckptPath, epoch, cfg.training.keep_last!),
+    savedStep: () => savedStep,
+  };
 }
 
 /** The loop's clock, tokens per second since the start, and the last and best evaluated losses. */
@@ -96,10 +110,13 @@ class LoopFigures {
   lastVal = NaN;
   bestVal = Infinity;
   lastGradNorm: number | null = null;
+  /** Why the run ends before its epochs are done (early_stop_patience), once it does. */
+  earlyStop: string | null = null;
 
   constructor(state: TrainState) {
     this.startStep = state.step;
     this.startTokens = state.tokensSeen;
+    this.bestVal = state.best?.valLoss ?? Infinity;
   }
 
   elapsed(): number {
@@ -118,12 +135,12 @@ function loopCallbacks(
   fig: LoopFigures,
   progress: Progress,
   stop: StopSignal,
-  save: () => Promise<void>,
+  ckpt: ReturnType<typeof checkpointWriter>,
 ) {
   const { cfg, log, print } = setup;
   return {
     shouldStop: () =>
-      stop.requested() ||
+      stop.requested() || fig.earlyStop !== null ||
       (setup.stopAfterSteps !== undefined && t.state.step >= setup.stopAfterSteps),
     onStep: (s: TrainState, loss: number, gradNorm: number | null) => {
       fig.lastGradNorm = gradNorm;
@@ -136,22 +153,34 @@ function loopCallbacks(
         loss,
         tokensPerS: fig.tokensPerS(s),
         etaS: (setup.totalSteps - s.step) / rate,
+        mfu: mfuOf(setup, fig.tokensPerS(s)),
       });
     },
-    onEval: (s: TrainState, trainLoss: number, valLoss: number) => {
+    onSkip: (s: TrainState, loss: number, gradNorm: number | null, v: SpikeVerdict) => {
+      progress.clear();
+      print(`step ${s.step}: update skipped (${spikeWhy(loss, gradNorm, v)})`);
+      log.write({
+        type: "skip",
+        step: s.step,
+        loss,
+        grad_norm: gradNorm,
+        loss_z: v.lossZ,
+        grad_z: v.gradZ,
+      });
+    },
+    onEval: async (s: TrainState, trainLoss: number, valLoss: number) => {
       for (const [what, v] of [["train", trainLoss], ["val", valLoss]] as const) {
         if (!Number.isFinite(v)) {
           throw new NonFiniteLossError(`${what} loss became ${v} at step ${s.step} (evaluation)`);
         }
       }
-      fig.lastTrain = trainLoss,
-        fig.lastVal = valLoss,
-        fig.bestVal = Math.min(fig.bestVal, valLoss);
+      fig.lastTrain = trainLoss, fig.lastVal = valLoss;
       progress.clear();
       print(
         `Ep ${s.epoch + 1} (Step ${String(s.step).padStart(6, "0")}): ` +
           `Train loss ${trainLoss.toFixed(3)}, Val loss ${valLoss.toFixed(3)}`,
       );
+      const elapsed = fig.elapsed(), rate = fig.tokensPerS(s);
       log.write({
         type: "eval",
         epoch: s.epoch + 1,
@@ -161,15 +190,18 @@ function loopCallbacks(
         val_loss: valLoss,
         lr: t.optimizer.lr,
         grad_norm: fig.lastGradNorm,
-        elapsed_s: fig.elapsed(),
-        tokens_per_s: fig.tokensPerS(s),
+        elapsed_s: elapsed,
+        tokens_per_s: rate,
+        ...(setup.mfu && { mfu: mfuOf(setup, rate) }),
       });
+      await afterEval(setup, t, fig, ckpt, valLoss);
     },
     onEpochEnd: async (s: TrainState, sample: string) => {
       progress.clear();
       print(sample);
       log.write({ type: "sample", epoch: s.epoch, step: s.step, text: sample });
-      await save();
+      await ckpt.save();
+      if (cfg.training.keep_last !== null) await ckpt.keepEpoch(s.epoch);
       log.write({
         type: "epoch",
         epoch: s.epoch,
@@ -181,6 +213,59 @@ function loopCallbacks(
   };
 }
 
+/** The MFU of `tokensPerS` (undefined without a measured basis). */
+function mfuOf(setup: LoopSetup, tokensPerS: number): number | undefined {
+  const b = setup.mfu;
+  return b && Number.isFinite(tokensPerS)
+    ? mfu(tokensPerS, b.flopsPerToken, b.peakFlops)
+    : undefined;
+}
+
+/**
+ * After an evaluation: a val loss below every earlier one is remembered in the state (and, under keep_best, its
+ * weights written to best.safetensors); early_stop_patience evaluations without one end the run.
+ */
+async function afterEval(
+  setup: LoopSetup,
+  t: Trainee,
+  fig: LoopFigures,
+  ckpt: ReturnType<typeof checkpointWriter>,
+  valLoss: number,
+) {
+  const { cfg, log } = setup, s = t.state;
+  fig.bestVal = Math.min(fig.bestVal, valLoss);
+  const patience = cfg.training.early_stop_patience;
+  if (!cfg.training.keep_best && patience === null) return; // the state stays as it was before these keys
+  if (s.best === undefined || valLoss < s.best.valLoss) {
+    s.best = { valLoss, step: s.step, evalsSince: 0 };
+    if (!cfg.training.keep_best) return;
+    await ckpt.saveBest();
+    log.write({
+      type: "checkpoint",
+      kind: "best",
+      epoch: s.epoch + 1,
+      step: s.step,
+      val_loss: valLoss,
+    });
+    return;
+  }
+  if (++s.best.evalsSince >= (patience ?? Infinity)) {
+    fig.earlyStop = `no better val loss in ${patience} evaluation${patience! > 1 ? "s" : ""} ` +
+      `(best ${s.best.valLoss.toFixed(3)} at step ${s.best.step})`;
+  }
+}
+
+/** A skipped step's cause for its print: the z-score over its threshold. */
+function spikeWhy(loss: number, gradNorm: number | null, v: SpikeVerdict): string {
+  const parts = [`loss ${loss.toFixed(3)}` + (v.lossZ !== null ? `, z ${v.lossZ.toFixed(1)}` : "")];
+  if (gradNorm !== null) {
+    parts.push(
+      `grad norm ${gradNorm.toFixed(3)}` + (v.gradZ !== null ? `, z ${v.gradZ.toFixed(1)}` : ""),
+    );
+  }
+  return parts.join("; ");
+}
+
 /**
  * Trains `t` to the end or until stopped, logging as it goes; a checkpoint is written on a stop. A non-finite loss
  * or parameter ends the run with one line naming the last good checkpoint. Closes the log; on an error it also
@@ -188,9 +273,13 @@ function loopCallbacks(
  */
 export async function loggedLoop(setup: LoopSetup, t: Trainee): Promise<LoopEnd> {
   const { cfg, data, log } = setup;
-  const { save, savedStep } = checkpointWriter(setup, t);
+  const ckpt = checkpointWriter(setup, t), { save, savedStep } = ckpt;
   const progress = new Progress(setup.totalSteps);
   const fig = new LoopFigures(t.state);
+  const guardCfg = cfg.training.skip_spikes;
+  const spikeGuard = guardCfg
+    ? new SpikeGuard(guardCfg, t.state.spikes ??= emptySpikeWindow())
+    : null;
   const stop = await watchSignals(setup.lockPath);
   let finished = false;
   try {
@@ -209,8 +298,9 @@ export async function loggedLoop(setup: LoopSetup, t: Trainee): Promise<LoopEnd>
         schedule: setup.schedule,
         maxGradNorm: cfg.training.max_grad_norm,
         gradAccumSteps: cfg.training.grad_accum_steps,
+        spikeGuard,
       },
-      loopCallbacks(setup, t, fig, progress, stop, save),
+      loopCallbacks(setup, t, fig, progress, stop, ckpt),
     );
     progress.clear();
     if (!finished) await save();
@@ -234,8 +324,20 @@ export async function loggedLoop(setup: LoopSetup, t: Trainee): Promise<LoopEnd>
   } finally {
     stop.close();
   }
-  logEnd(setup, t.state, fig, finished ? null : stop.requested() ? "signal" : "step limit");
-  return { finished, trainLoss: fig.lastTrain, valLoss: fig.lastVal, t0: fig.t0 };
+  if (finished || stop.requested()) fig.earlyStop = null; // all epochs done, or a signal: not an early stop
+  const early = !finished && fig.earlyStop !== null;
+  logEnd(
+    setup,
+    t.state,
+    fig,
+    finished || early ? null : stop.requested() ? "signal" : "step limit",
+  );
+  return {
+    finished: finished || early,
+    trainLoss: fig.lastTrain,
+    valLoss: fig.lastVal,
+    t0: fig.t0,
+  };
 }
 
 /** The run's last log record and print: the summary, or where it was interrupted (`stopped`: why) and how to go on. */
@@ -255,10 +357,13 @@ function logEnd(setup: LoopSetup, state: TrainState, fig: LoopFigures, stopped: 
       tokens_seen: state.tokensSeen,
       final_train_loss: fig.lastTrain,
       final_val_loss: fig.lastVal,
-      best_val_loss: fig.bestVal,
+      best_val_loss: Number.isFinite(fig.bestVal) ? fig.bestVal : null,
       elapsed_s: fig.elapsed(),
       tokens_per_s: fig.tokensPerS(state),
+      ...(state.spikes && { skipped_steps: state.spikes.skipped }),
+      ...(fig.earlyStop !== null && { stopped_early: fig.earlyStop }),
     });
+    if (fig.earlyStop !== null) print(`stopped early at step ${state.step}: ${fig.earlyStop}`);
     print(
       `Training completed in ${formatDuration(fig.elapsed())} (${
         fig.tokensPerS(state).toFixed(1)

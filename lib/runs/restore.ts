@@ -16,6 +16,7 @@ import {
   precisionOverridden,
   precisionRefused,
   PRECISIONS,
+  RESUMABLE_TRAINING_KEYS,
 } from "../config.ts";
 import type { VerdictData } from "../data/data.ts";
 import { UserError } from "../errors.ts";
@@ -76,8 +77,8 @@ export function resumeSettings(saved: Config, diff: string[]): string {
 }
 
 /**
- * Refuses a checkpoint of another config. `training.epochs` alone may differ (extending or shortening a run is a
- * legitimate resume) as long as the learning rates of the steps already done stay what they were: a cosine decay
+ * Refuses a checkpoint of another config. `training.epochs` may differ (extending or shortening a run is a
+ * legitimate resume), and so may the checkpoints kept and the early stop (RESUMABLE_TRAINING_KEYS), as long as the learning rates of the steps already done stay what they were: a cosine decay
  * or a warmup given as a fraction depends on the total number of steps, so there it is refused too.
  */
 export function checkResumable(
@@ -87,7 +88,9 @@ export function checkResumable(
   stepsPerEpoch: number,
   done: number,
 ) {
-  const diff = configDifferences(saved, cfg).filter((d) => !d.startsWith("training.epochs:"));
+  const diff = configDifferences(saved, cfg).filter((d) =>
+    !RESUMABLE_TRAINING_KEYS.some((k) => d.startsWith(`training.${k}:`))
+  );
   if (diff.length > 0) {
     throw new UserError(
       `${path}: checkpoint is from another config (${diff.slice(0, 3).join(", ")}${

@@ -4,7 +4,13 @@
  * The flat sequence of nanoGPT's train.py, kept out of the task so tests can call it: `trainUnlocked` reads as the
  * run's phases, each a function of its own module (run_dir.ts, run_data.ts, restore.ts, logged_loop.ts).
  */
-import { type BackendChoice, initBackend, usePrecision } from "../backends/backend.ts";
+import {
+  type BackendChoice,
+  initBackend,
+  measuredPeak,
+  usePrecision,
+} from "../backends/backend.ts";
+import { flopsPerToken, formatFlops, type MfuBasis } from "../train/mfu.ts";
 import type { Checkpoint } from "../train/checkpoint.ts";
 import type { Config } from "../config.ts";
 import type { VerdictData } from "../data/data.ts";
@@ -104,6 +110,7 @@ async function trainUnlocked(cfg: Config, opts: RunOptions, lockPath: string): P
   const trainee = await restoreOrInit(cfg, ckpt, dir.ckptPath, print);
   ckpt = null; // let the host copies go
   const precision = choosePrecision(cfg, backend, trainee, print);
+  const mfu = await mfuBasis(cfg, backend, print);
   const result = (
     end: { status: RunResult["status"]; t0: number; trainLoss: number; valLoss: number },
   ) => runResult(end, dir.runDir, { backend, precision }, trainee);
@@ -128,6 +135,7 @@ async function trainUnlocked(cfg: Config, opts: RunOptions, lockPath: string): P
     precision,
     params: trainee.model.numParams(),
     resumedFromStep: opts.resume ? trainee.state.step : null,
+    mfu,
   }, print);
   const totalSteps = cfg.training.epochs * stepsPerEpoch;
   const end = await loggedLoop({
@@ -142,6 +150,7 @@ async function trainUnlocked(cfg: Config, opts: RunOptions, lockPath: string): P
     print,
     progress: opts.progress,
     stopAfterSteps: opts.stopAfterSteps,
+    mfu,
   }, trainee);
   return result({ ...end, status: end.finished ? "finished" : "interrupted" });
 }
@@ -198,6 +207,23 @@ function choosePrecision(
     t.model.dispose();
     throw err;
   }
+}
+
+/** What the run's MFU counts against: its FLOPs a token and the measured peak of its products, printed. */
+async function mfuBasis(
+  cfg: Config,
+  backend: BackendChoice,
+  print: (line: string) => void,
+): Promise<MfuBasis> {
+  const peak = await measuredPeak(backend.name, cfg.precision);
+  const perToken = flopsPerToken(cfg.model, cfg.data.max_length ?? cfg.model.context_length);
+  print(
+    `MFU: ${formatFlops(perToken)} a token over ${
+      formatFlops(peak.flops)
+    }/s, the ${cfg.precision} ` +
+      `products of ${peak.device} (${peak.cached ? "cached" : "measured now"})`,
+  );
+  return { flopsPerToken: perToken, peakFlops: peak.flops, device: peak.device };
 }
 
 /** The run's result; disposes the trainee and sets the process's products back to fp32. */

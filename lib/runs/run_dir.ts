@@ -3,6 +3,7 @@
  * checked before anything is written; then, once every check has passed, the earlier run moved aside and the log
  * opened with its header.
  */
+import type { MfuBasis } from "../train/mfu.ts";
 import * as tf from "@tensorflow/tfjs-core";
 import type { BackendChoice } from "../backends/backend.ts";
 import { checkpointPath } from "../train/checkpoint.ts";
@@ -54,6 +55,8 @@ export interface RunStart {
   precision: string; // usePrecision's phrase: "fp32", "bf16-mixed (…)"
   params: number;
   resumedFromStep: number | null;
+  /** What MFU counts against: FLOPs of a trained token and the measured FLOP/s of the products. */
+  mfu: MfuBasis;
 }
 
 /**
@@ -90,6 +93,9 @@ export async function openRunDir(
     precision: cfg.precision,
     precision_detail: start.precision,
     params: start.params,
+    flops_per_token: start.mfu.flopsPerToken,
+    peak_flops: start.mfu.peakFlops,
+    peak_device: start.mfu.device,
     versions: { deno: Deno.version.deno, tfjs: tf.version_core },
     git_commit: await gitCommit(),
     start_time: new Date().toISOString(),

@@ -4,7 +4,7 @@
  *
  * This module is the schema: one typed record per line type ({@link HeaderRecord}, {@link EvalRecord},
  * {@link SampleRecord}, {@link EpochRecord}, {@link SummaryRecord}, {@link InterruptedRecord},
- * {@link ErrorRecord}), one writer ({@link RunLog}) and one reader ({@link readRunLog}). Every writer (this
+ * {@link ErrorRecord}, {@link CheckpointRecord}, {@link SkipRecord}), one writer ({@link RunLog}) and one reader ({@link readRunLog}). Every writer (this
  * trainer, the PyTorch side) and every reader (reports, `compare`, the dashboard) follows it. The header carries
  * {@link RUN_LOG_SCHEMA}; a header without `schema_version` is version 1 as well (logs written before the field).
  *
@@ -31,6 +31,9 @@ export interface HeaderRecord {
   precision?: string; // "fp32" | "bf16-mixed" (config.precision); absent: fp32 (older logs, other engines)
   precision_detail?: string; // how its products ran, e.g. "bf16-mixed (emulated: …)"
   params: number;
+  flops_per_token?: number; // training FLOPs of a token (6·N + 12·L·C·T, lib/train/mfu.ts)
+  peak_flops?: number; // measured FLOP/s of the products in the run's precision: MFU's 100 %
+  peak_device?: string; // what peak_flops measured (a matrix library and CPU, a GPU)
   versions: Record<string, string>;
   git_commit: string | null;
   start_time: string; // ISO 8601
@@ -51,6 +54,7 @@ export interface EvalRecord {
   grad_norm?: number | null;
   elapsed_s: number;
   tokens_per_s: number;
+  mfu?: number; // tokens_per_s · flops_per_token / peak_flops (all ranks' tokens over all ranks' peaks)
 }
 
 /** The text sampled at an epoch's end. */
@@ -81,6 +85,27 @@ export interface SummaryRecord {
   best_val_loss: number | null;
   elapsed_s: number;
   tokens_per_s: number;
+  skipped_steps?: number; // updates the spike guard skipped (training.skip_spikes set)
+  stopped_early?: string; // why the run ended before its epochs (training.early_stop_patience)
+}
+
+/** A checkpoint kept besides the latest: `best` (training.keep_best) after an evaluation with a new lowest val loss. */
+export interface CheckpointRecord {
+  type: "checkpoint";
+  kind: "best";
+  epoch: number; // 1-based, as in eval lines
+  step: number;
+  val_loss: number;
+}
+
+/** A step whose update the spike guard skipped (training.skip_spikes); z-scores null before the window filled. */
+export interface SkipRecord {
+  type: "skip";
+  step: number;
+  loss: number;
+  grad_norm: number | null;
+  loss_z: number | null;
+  grad_z: number | null;
 }
 
 /** The last line of a run stopped by a signal or a step limit (a checkpoint was written). */
@@ -105,7 +130,9 @@ export type LogRecord =
   | EpochRecord
   | SummaryRecord
   | InterruptedRecord
-  | ErrorRecord;
+  | ErrorRecord
+  | CheckpointRecord
+  | SkipRecord;
 
 /** Appends records to a run log; never rewrites what is there. */
 export class RunLog {
@@ -153,10 +180,15 @@ export const LINE_TYPES: readonly LogRecord["type"][] = [
   "summary",
   "interrupted",
   "error",
+  "checkpoint",
+  "skip",
 ];
 
+/** Lines that say what happened along the way, never how a run ended. */
+export const ALONG_THE_WAY: readonly string[] = ["sample", "epoch", "checkpoint", "skip"];
+
 /**
- * How a run stands, judged from its log: `finished` (the last line other than sample/epoch is a summary),
+ * How a run stands, judged from its log: `finished` (the last line other than sample, epoch, checkpoint and skip lines is a summary),
  * `interrupted` (… is an `interrupted` line), `crashed` (… is an `error` line, or there is no such ending and the
  * file has not changed for {@link RUNNING_WINDOW_S} seconds), else `running`.
  */
@@ -249,7 +281,7 @@ export function parseRunLog(
     else if (l.type === "sample") samples.push(l);
   }
 
-  const last = lines.findLast((l) => l.type !== "sample" && l.type !== "epoch");
+  const last = lines.findLast((l) => !ALONG_THE_WAY.includes(l.type));
   let status: RunStatus;
   if (last?.type === "summary") status = "finished";
   else if (last?.type === "interrupted") status = "interrupted";

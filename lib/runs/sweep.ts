@@ -6,6 +6,7 @@
 import { parse as parseYaml } from "yaml";
 import { configKeys } from "../config.ts";
 import { UserError } from "../errors.ts";
+import { ALONG_THE_WAY } from "./runlog.ts";
 
 /** One point of a sweep: its run name and the overrides that make it. */
 export interface SweepPoint {
@@ -85,7 +86,7 @@ export function pointAction(runDir: string): PointAction {
       } catch {
         return "";
       }
-    }).find((t) => t !== "" && t !== "sample" && t !== "epoch");
+    }).find((t) => t !== "" && !ALONG_THE_WAY.includes(t));
     if (lastTyped === "summary") return "skip";
   } catch { /* no log yet */ }
   try {

@@ -46,7 +46,42 @@ export function checkpointPath(runDir: string): string {
   return `${runDir}/checkpoint.safetensors`;
 }
 
-/** Writes model + optimizer state atomically to `path`. */
+/** Path of a run directory's best checkpoint (training.keep_best): weights of the lowest val loss, no optimizer. */
+export function bestCheckpointPath(runDir: string): string {
+  return `${runDir.replace(/\/$/, "")}/best.safetensors`;
+}
+
+/** Path of the checkpoint kept after epoch `epoch` (1-based) under training.keep_last. */
+export function epochCheckpointPath(runDir: string, epoch: number): string {
+  return `${runDir.replace(/\/$/, "")}/checkpoint-epoch${epoch}.safetensors`;
+}
+
+/**
+ * Keeps the checkpoint just written at `latest` as epoch `epoch`'s (a hard link, else a copy; renamed into place,
+ * so a crash leaves no half file under the name), then removes kept epochs older than the last `keep`.
+ */
+export async function keepEpochCheckpoint(
+  latest: string,
+  epoch: number,
+  keep: number,
+): Promise<void> {
+  const dir = latest.slice(0, latest.lastIndexOf("/") + 1) || "./";
+  const kept = epochCheckpointPath(dir, epoch), tmp = `${kept}.tmp-${Deno.pid}`;
+  try {
+    await Deno.remove(tmp).catch(() => {});
+    await Deno.link(latest, tmp).catch(() => Deno.copyFile(latest, tmp));
+    await Deno.rename(tmp, kept);
+  } catch (err) {
+    await Deno.remove(tmp).catch(() => {});
+    throw new UserError(`${kept}: cannot keep the epoch's checkpoint (${(err as Error).message})`);
+  }
+  for await (const e of Deno.readDir(dir)) {
+    const m = /^checkpoint-epoch(\d+)\.safetensors$/.exec(e.name);
+    if (m && Number(m[1]) <= epoch - keep) await Deno.remove(`${dir}${e.name}`);
+  }
+}
+
+/** Writes model + optimizer state atomically to `path` (a weights-only checkpoint, such as best's, passes none). */
 export async function saveCheckpoint(
   path: string,
   meta: CheckpointMeta,
@@ -101,9 +136,14 @@ function metaProblem(meta: CheckpointMeta): string | null {
 
 /**
  * Reads a checkpoint; a foreign or damaged file is a UserError naming it. When `expect` is given, a checkpoint of
- * another model/data/training config is refused, naming the differing keys.
+ * another model/data/training config is refused, naming the differing keys. `weightsOnly` (evaluation, sampling,
+ * export) reads the weights without requiring the optimizer state.
  */
-export async function loadCheckpoint(path: string, expect?: Config): Promise<Checkpoint> {
+export async function loadCheckpoint(
+  path: string,
+  expect?: Config,
+  opts: { weightsOnly?: boolean } = {},
+): Promise<Checkpoint> {
   const file = await readSafetensors(path);
   if (file.metadata.format !== CHECKPOINT_FORMAT || !file.metadata.meta) {
     throw new UserError(
@@ -140,7 +180,13 @@ export async function loadCheckpoint(path: string, expect?: Config): Promise<Che
     }
   }
   if (params.length === 0) throw new UserError(`${path}: damaged checkpoint: no model tensors`);
-  for (const p of params) {
+  if (optimizer.size === 0 && !opts.weightsOnly) {
+    throw new UserError(
+      `${path}: holds weights only (a best checkpoint): it evaluates, samples and exports, but a run resumes ` +
+        `from its checkpoint.safetensors`,
+    );
+  }
+  for (const p of opts.weightsOnly ? [] : params) {
     for (const m of ["m", "v"]) {
       const o = optimizer.get(`${m}.${p.name}`);
       if (!o || o.shape.join() !== p.shape.join()) {

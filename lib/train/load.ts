@@ -2,7 +2,7 @@
  * Builds an experiment's model for evaluation and sampling: from its latest (or a named) checkpoint, or, with
  * `init`, the seeded untrained model of the start of chapter 5 (PyTorch's init for `training.seed`).
  */
-import { checkpointPath, loadCheckpoint } from "./checkpoint.ts";
+import { bestCheckpointPath, checkpointPath, loadCheckpoint } from "./checkpoint.ts";
 import type { Config } from "../config.ts";
 import { UserError } from "../errors.ts";
 import { initGPTParams } from "../model/init.ts";
@@ -14,7 +14,8 @@ import { TorchGenerator } from "../model/rng.ts";
 /** Where the weights come from. */
 export interface ModelSource {
   init?: boolean; // the seeded untrained model
-  checkpoint?: string; // a checkpoint path; default checkpoints/<name>/checkpoint.safetensors
+  /** A checkpoint path, or `best` / `last` of the run's directory; default `last`: checkpoint.safetensors. */
+  checkpoint?: string;
   checkpointsDir?: string;
 }
 
@@ -53,8 +54,12 @@ export async function initialParams(
 
 /** Loads the experiment's model (the backend must be initialised first). */
 export async function loadModel(cfg: Config, src: ModelSource = {}): Promise<LoadedModel> {
-  const path = src.checkpoint ??
-    checkpointPath(`${src.checkpointsDir ?? "checkpoints"}/${cfg.name}`);
+  const runDir = `${src.checkpointsDir ?? "checkpoints"}/${cfg.name}`;
+  const path = src.checkpoint === "best"
+    ? bestCheckpointPath(runDir)
+    : src.checkpoint === undefined || src.checkpoint === "last"
+    ? checkpointPath(runDir)
+    : src.checkpoint;
   const info = await Deno.stat(path).catch(() => null);
   const hasCheckpoint = info !== null;
   if (info?.isDirectory) {
@@ -67,6 +72,11 @@ export async function loadModel(cfg: Config, src: ModelSource = {}): Promise<Loa
     const { params, source } = await initialParams(cfg);
     return { model: new GPTModel(cfg.model, params), source, step: null };
   }
+  if (!hasCheckpoint && src.checkpoint === "best") {
+    throw new UserError(
+      `${path}: --checkpoint best: no best checkpoint; train with training.keep_best: true to keep one`,
+    );
+  }
   if (!hasCheckpoint && src.checkpoint) {
     throw new UserError(`${path}: --checkpoint: no such file`);
   }
@@ -75,7 +85,7 @@ export async function loadModel(cfg: Config, src: ModelSource = {}): Promise<Loa
       `${path}: no checkpoint yet; train first (deno task train <experiment>) or pass --init for the initial model`,
     );
   }
-  const ckpt = await loadCheckpoint(path);
+  const ckpt = await loadCheckpoint(path, undefined, { weightsOnly: true });
   const saved = ckpt.meta.config.model as unknown as Record<string, unknown>;
   const wanted = cfg.model as unknown as Record<string, unknown>;
   const diff = Object.keys(wanted).filter((k) => saved[k] !== wanted[k]);

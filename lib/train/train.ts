@@ -13,7 +13,8 @@ import { generateSample } from "../model/generate.ts";
 import { calcLossBatch, calcLossLoader } from "./loss.ts";
 import type { GPTModel } from "../model/model.ts";
 import type { DropoutRng } from "../model/ops.ts";
-import { clipByGlobalNorm, learningRate, type LrSchedule } from "./schedule.ts";
+import { clipByGlobalNorm, globalNorm, learningRate, type LrSchedule } from "./schedule.ts";
+import type { SpikeGuard, SpikeVerdict, SpikeWindow } from "./spikes.ts";
 
 /** Where a run stands; everything a checkpoint needs besides tensors and RNG state. */
 export interface TrainState {
@@ -21,6 +22,10 @@ export interface TrainState {
   batch: number; // next batch index within that epoch
   step: number; // optimizer steps completed
   tokensSeen: number;
+  /** The best val loss so far and the evaluations since it (for keep_best and early_stop_patience). */
+  best?: { valLoss: number; step: number; evalsSince: number };
+  /** The spike guard's window (training.skip_spikes). */
+  spikes?: SpikeWindow;
 }
 
 /** A fresh run's state. */
@@ -31,7 +36,9 @@ export function initialTrainState(): TrainState {
 /** What the loop reports; the train task turns these into log lines, progress and checkpoints. */
 export interface TrainHooks {
   onStep?(s: TrainState, loss: number, gradNorm: number | null): void;
-  onEval?(s: TrainState, trainLoss: number, valLoss: number): void;
+  /** A step whose update the spike guard skipped (after onStep). */
+  onSkip?(s: TrainState, loss: number, gradNorm: number | null, verdict: SpikeVerdict): void;
+  onEval?(s: TrainState, trainLoss: number, valLoss: number): Promise<void> | void;
   /** After each epoch; `s.epoch` then counts the epochs completed. */
   onEpochEnd?(s: TrainState, sample: string): Promise<void> | void;
   /** Checked between steps: true ends the loop early (state stays consistent for a checkpoint). */
@@ -51,12 +58,16 @@ export interface TrainOptions {
   maxGradNorm?: number | null;
   /** Micro-batches per optimizer step (default 1). */
   gradAccumSteps?: number;
+  /** training.skip_spikes: skips the update of an outlier step (null: every step updates). */
+  spikeGuard?: SpikeGuard | null;
 }
 
 /** What one optimizer step did. */
 export interface StepResult {
   loss: number; // mean loss of its micro-batches, before the update
-  gradNorm: number | null; // global gradient norm before clipping (computed only when clipping)
+  gradNorm: number | null; // global gradient norm before clipping (computed when clipping or guarding)
+  /** The spike guard's verdict, where one judged the step (skip: no update was made). */
+  spike?: SpikeVerdict;
 }
 
 /**
@@ -111,9 +122,9 @@ export async function accumulateGradients(
 }
 
 /**
- * One optimizer step on one batch or k micro-batches: gradients, optional clipping by global norm, AdamW update.
- * Returns the loss before the update (and the gradient norm when clipping). The CPU backends' helper threads stay
- * open for the whole step.
+ * One optimizer step on one batch or k micro-batches: gradients, optional clipping by global norm, AdamW update
+ * (unless `guard` judges the step a spike). Returns the loss before the update (and the gradient norm when
+ * clipping or guarding by it). The CPU backends' helper threads stay open for the whole step.
  */
 export function trainStep(
   model: GPTModel,
@@ -121,6 +132,7 @@ export function trainStep(
   batches: Batch | Batch[],
   dropout: DropoutRng | null,
   maxGradNorm: number | null = null,
+  guard: SpikeGuard | null = null,
 ): Promise<StepResult> {
   return withHelpersHeld(async () => {
     const { loss, grads } = await accumulateGradients(
@@ -135,10 +147,11 @@ export function trainStep(
     let final = grads, gradNorm: number | null = null;
     if (maxGradNorm !== null) {
       ({ grads: final, norm: gradNorm } = await clipByGlobalNorm(grads, maxGradNorm));
-    }
-    optimizer.applyGradients(final);
+    } else if (guard?.needsNorm) gradNorm = await globalNorm(grads.values());
+    const spike = guard?.judge(loss, gradNorm);
+    if (!spike?.skip) optimizer.applyGradients(final);
     tf.dispose([...final.values()]);
-    return { loss, gradNorm };
+    return { loss, gradNorm, spike };
   });
 }
 
@@ -182,12 +195,20 @@ export async function trainModelSimple(
       const clip = o.maxGradNorm != null && state.step >= (o.schedule?.warmupSteps ?? 0)
         ? o.maxGradNorm
         : null;
-      const { loss, gradNorm } = await trainStep(model, optimizer, group, o.dropout, clip);
+      const { loss, gradNorm, spike } = await trainStep(
+        model,
+        optimizer,
+        group,
+        o.dropout,
+        clip,
+        o.spikeGuard,
+      );
       state.batch += group.length;
       state.step += 1;
       state.tokensSeen += group.reduce((n, b) => n + b.batchSize * b.maxLength, 0);
       group = [];
       hooks.onStep?.(state, loss, gradNorm);
+      if (spike?.skip) hooks.onSkip?.(state, loss, gradNorm, spike);
       if (state.step % o.evalFreq === 0) {
         const { trainLoss, valLoss } = await evaluateModel(
           model,
@@ -195,7 +216,7 @@ export async function trainModelSimple(
           valLoader,
           o.evalIter,
         );
-        hooks.onEval?.(state, trainLoss, valLoss);
+        await hooks.onEval?.(state, trainLoss, valLoss);
       }
     }
     state.epoch += 1; // epochs completed: a checkpoint taken now resumes at the next epoch

@@ -190,6 +190,48 @@ def load_handoff(d, world):
     return m, ck, tensors
 
 
+# Dense peak FLOP/s of known GPUs (datasheets; bf16 tensor cores, and fp32 without TF32, PyTorch's default for
+# matmuls), matched by the device name; any other device is measured (peak_flops).
+GPU_PEAKS = [("H100 PCIe", 756e12, 51e12), ("H100", 989e12, 67e12), ("H200", 989e12, 67e12), ("A100", 312e12, 19.5e12),
+             ("L40S", 362e12, 91.6e12), ("L4", 121e12, 30.3e12), ("A10", 125e12, 31.2e12)]
+
+
+def peak_flops(device, precision):
+    """MFU's 100 % on this rank: a known GPU's datasheet figure, else the best of two passes of products measured
+    here (large ones on a GPU; on a CPU the three products at 512 tokens that the gpt-ts side measures)."""
+    bf16 = precision == "bf16-mixed"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, p16, p32 in GPU_PEAKS:
+            if key in name:
+                return (p16 if bf16 else p32), f"{name} (datasheet, {'bf16' if bf16 else 'fp32'})"
+        shapes = [(8192, 8192, 8192, False, False)]
+    else:
+        name = "cpu"
+        shapes = [(512, 768, 768, False, True), (512, 3072, 768, False, False), (768, 3072, 512, True, False)]
+    ops = [(torch.rand((K, M) if ta else (M, K), device=device), torch.rand((N, K) if tb else (K, N), device=device), ta, tb)
+           for M, N, K, ta, tb in shapes]
+    best = math.inf
+    for rep in range(3):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.time()
+        with autocast(device, precision):
+            for a, b, ta, tb in ops:
+                (a.T if ta else a) @ (b.T if tb else b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if rep > 0:
+            best = min(best, time.time() - t0)
+    return sum(2 * M * N * K for M, N, K, _, _ in shapes) / best, f"{name} (measured, {precision})"
+
+
+def flops_per_token(model, c, T):
+    """Training FLOPs of a token: 6·N (N without the position embedding) + 12·L·C·T, as lib/train/mfu.ts counts."""
+    n = sum(p.numel() for p in model.parameters()) - model.pos_emb.weight.numel()
+    return 6 * n + 12 * c["n_layers"] * c["emb_dim"] * T
+
+
 def build(m, tensors, device):
     c = m["config"]["model"]
     model = GPTModel(c)
@@ -259,15 +301,22 @@ def main():
     dist.all_gather_object(devices, f"{socket.gethostname()}:{torch.cuda.get_device_name(device) if cuda else 'cpu'}")
     log = open(f"{d}/log.jsonl", "a") if rank == 0 else None
     write = lambda rec: (log.write(json.dumps(rec) + "\n"), log.flush()) if log else None
+    peak, peak_device = peak_flops(device, precision)
+    peaks = [None] * world
+    dist.all_gather_object(peaks, peak)
+    fpt = flops_per_token(model, cfg["model"], T)
     s = dict(m["state"])
     start_step, start_tokens, t0 = s["step"], s["tokensSeen"], time.time()
+    # Every rank's tokens over every rank's peak: the job's tokens/s count all ranks' tokens.
+    mfu = lambda tok_s: tok_s * fpt / sum(peaks)
     write({"type": "header", "schema_version": RUN_LOG_SCHEMA, "engine": "torch-ddp", "experiment": cfg["name"],
            "run": cfg["name"], "config": cfg, "config_hash": m["config_hash"], "seed": t["seed"],
            "backend": "nccl" if cuda else "gloo", "backend_reason": f"torch {torch.__version__} DDP", "precision": precision,
            "precision_detail": f"bf16-mixed (torch.autocast({device.type}, bfloat16))" if precision == "bf16-mixed" else "fp32",
            "params": sum(p.numel() for p in model.parameters()), "versions": {"torch": torch.__version__,
            "python": sys.version.split()[0]}, "git_commit": None, "start_time": datetime.datetime.now(
-           datetime.timezone.utc).isoformat(), "resumed_from_step": s["step"], "world_size": world, "devices": devices})
+           datetime.timezone.utc).isoformat(), "resumed_from_step": s["step"], "world_size": world, "devices": devices,
+           "flops_per_token": fpt, "peak_flops": sum(peaks), "peak_device": f"{world} × {peak_device}"})
     per_rank = m["train"]["batch_size"] // world
     lr, grad_norm, at, stopped = t["lr"], None, 0, False
     sched = m["schedule"]
@@ -316,9 +365,11 @@ def main():
                 if rank == 0:
                     tl, vl = evaluate(model, ev_train, device, precision), evaluate(model, ev_val, device, precision)
                     print(f"Ep {s['epoch'] + 1} (Step {s['step']:06d}): Train loss {tl:.3f}, Val loss {vl:.3f}", flush=True)
+                    now = elapsed()
+                    rate = (s["tokensSeen"] - start_tokens) / now
                     write({"type": "eval", "epoch": s["epoch"] + 1, "step": s["step"], "tokens_seen": s["tokensSeen"],
-                           "train_loss": tl, "val_loss": vl, "lr": lr, "grad_norm": grad_norm, "elapsed_s": elapsed(),
-                           "tokens_per_s": (s["tokensSeen"] - start_tokens) / elapsed()})
+                           "train_loss": tl, "val_loss": vl, "lr": lr, "grad_norm": grad_norm, "elapsed_s": now,
+                           "tokens_per_s": rate, "mfu": mfu(rate)})
                 dist.barrier()
         if not stopped:
             s["epoch"], s["batch"] = s["epoch"] + 1, 0
