@@ -55,6 +55,7 @@ export interface TrainingConfig {
   keep_last: number | null; // also keep the last n epochs' checkpoints (checkpoint-epoch<k>.safetensors)
   early_stop_patience: number | null; // end the run after this many evaluations without a better val loss
   skip_spikes: SpikeGuard | null; // llm.c's -sl/-sg: skip the update of a step whose loss or norm is an outlier
+  multiple_choice: string | null; // a JSONL of HellaSwag-form items scored at every evaluation (acc, acc_norm)
 }
 
 /** llm.c's outlier guard: z-scores of a step's loss and gradient norm against the last `window` steps'. */
@@ -147,6 +148,7 @@ export const DEFAULTS: Config = {
     keep_last: null,
     early_stop_patience: null,
     skip_spikes: null,
+    multiple_choice: null,
   },
   sampling: { temperature: 1.4, top_k: 25, max_new_tokens: 25, eos_id: null },
   backend: "auto",
@@ -254,6 +256,7 @@ const SCHEMA: Record<string, Check | Record<string, Check>> = {
     keep_last: nullable(positiveInt),
     early_stop_patience: nullable(positiveInt),
     skip_spikes: nullable(spikeGuard),
+    multiple_choice: nullable(str),
   },
   sampling: {
     temperature: num(0, Infinity, [false, false]),
@@ -577,13 +580,20 @@ const LATER_TRAINING_KEYS = [
   "keep_last",
   "early_stop_patience",
   "skip_spikes",
+  "multiple_choice",
 ] as const;
 
 /**
  * Training keys that may change when a run resumes: which checkpoints are kept and when to stop early change
  * nothing in the steps already done or the ones to come.
  */
-export const RESUMABLE_TRAINING_KEYS = ["epochs", "keep_best", "keep_last", "early_stop_patience"];
+export const RESUMABLE_TRAINING_KEYS = [
+  "epochs",
+  "keep_best",
+  "keep_last",
+  "early_stop_patience",
+  "multiple_choice",
+];
 
 /** A short stable hash of the model section alone: equal hashes mean interchangeable weights. */
 export function modelHash(cfg: Config): string {

@@ -11,7 +11,8 @@ import { countOf } from "../lib/progress.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { loadModel } from "../lib/train/load.ts";
 import { checkMemoryFits, checkTokenizerFits } from "../lib/train/preflight.ts";
-import { evaluateLoaders, sampleTexts, writeReport } from "../lib/runs/report.ts";
+import { choiceLine, evaluateLoaders, sampleTexts, writeReport } from "../lib/runs/report.ts";
+import { readChoiceItems, scoreChoices } from "../lib/train/multiple_choice.ts";
 import { prepareData } from "../lib/runs/run.ts";
 
 /** Batches of each split that eval reads from a corpus by default: a fixed, comparable sample. */
@@ -30,6 +31,8 @@ options:
   --init             evaluate the seeded untrained model (training.seed) instead of a checkpoint;
                      writes no report (there is no run to report on)
   --checkpoint c     evaluate this checkpoint: best (training.keep_best), last (the default), or a file
+  --multiple-choice f  also score a JSONL of HellaSwag-form items (ctx, endings, label): acc and acc_norm
+                     (default: training.multiple_choice)
   --no-report        do not write report.md / report.json / loss.svg
   --set key=value    override a config key (repeatable); --backend name as --set backend=name,
                      --precision fp32|bf16-mixed as --set precision=…
@@ -42,6 +45,7 @@ await runTask(async () => {
     init: { type: "boolean", default: false },
     checkpoint: { type: "string" },
     "no-report": { type: "boolean", default: false },
+    "multiple-choice": { type: "string" },
     set: { type: "string", multiple: true, default: [] },
     backend: { type: "string" },
     precision: { type: "string" },
@@ -79,7 +83,13 @@ await runTask(async () => {
   if (numBatches === undefined && dataSourceKind(cfg.data.path) !== "text") {
     numBatches = CORPUS_EVAL_BATCHES;
   }
-  const figures = { ...await evaluateLoaders(model, data, source, numBatches), precision };
+  const mcPath = values["multiple-choice"] ?? cfg.training.multiple_choice;
+  const items = mcPath ? await readChoiceItems(mcPath) : null;
+  const figures = {
+    ...await evaluateLoaders(model, data, source, numBatches),
+    precision,
+    ...(items && { multiple_choice: { path: mcPath!, ...await scoreChoices(model, items) } }),
+  };
   if (values.json) console.log(JSON.stringify(figures));
   else {
     console.log(`${cfg.name}: ${source} on ${backend.name}`);
@@ -94,6 +104,7 @@ await runTask(async () => {
         figures.val_perplexity.toFixed(1)
       }; ${countOf(figures.batches.val, "batch")}, ${figures.tokens.val} tokens)`,
     );
+    if (figures.multiple_choice) console.log(choiceLine(figures.multiple_choice));
   }
   // The untrained model has no run to report on: --init only prints (and leaves checkpoints/<name>/ alone).
   if (!values["no-report"] && !values.init) {

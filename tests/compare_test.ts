@@ -176,6 +176,8 @@ Deno.test("sortRows puts the best first: low losses, high tokens/s; missing valu
     val_perplexity: null,
     tokens_per_s: tps,
     mfu: null,
+    mc_acc: null,
+    mc_acc_norm: null,
     wall_s: null,
     status: "finished",
   });
@@ -279,7 +281,9 @@ Deno.test("compare --json prints the documented schema; --out writes the SVG", a
     best_val_loss: "number",
     val_perplexity: "number",
     tokens_per_s: "number",
-    mfu: "object", // null: these logs carry no MFU
+    mfu: "object", // null: these logs carry no MFU, nor multiple-choice scores
+    mc_acc: "object",
+    mc_acc_norm: "object",
     wall_s: "number",
     status: "string",
   };

@@ -33,6 +33,7 @@ import { readSweep } from "./sweep.ts";
  * | best_train_loss, best_val_loss | number \| null | lowest over the evaluations |
  * | val_perplexity | number \| null | exp(final_val_loss) |
  * | tokens_per_s | number \| null | training throughput over all of the run's segments |
+ * | mc_acc, mc_acc_norm | number \| null | multiple-choice scores at the last evaluation that had them (training.multiple_choice) |
  * | mfu | number \| null | model FLOPs utilisation at the last evaluation (a fraction of the measured peak; null: not logged) |
  * | wall_s | number \| null | seconds of training, summed over the run's segments |
  * | status | "finished" \| "interrupted" \| "crashed" \| "running" \| "stopped" | see {@link RowStatus} |
@@ -53,6 +54,8 @@ export interface RunRow {
   val_perplexity: number | null;
   tokens_per_s: number | null;
   mfu: number | null;
+  mc_acc: number | null;
+  mc_acc_norm: number | null;
   wall_s: number | null;
   status: RowStatus;
 }
@@ -77,12 +80,21 @@ export const SORT_KEYS = [
   "val_perplexity",
   "tokens_per_s",
   "mfu",
+  "mc_acc",
+  "mc_acc_norm",
   "wall_s",
   "status",
 ] as const;
 
 /** Columns where more is better: sorted high to low, so that the best run always comes first. */
-const HIGHER_FIRST = new Set<string>(["steps", "tokens_seen", "tokens_per_s", "mfu"]);
+const HIGHER_FIRST = new Set<string>([
+  "steps",
+  "tokens_seen",
+  "tokens_per_s",
+  "mfu",
+  "mc_acc",
+  "mc_acc_norm",
+]);
 
 function flatten(
   obj: unknown,
@@ -190,6 +202,8 @@ export function summarizeRun(log: RunLogData, diffKeys: string[] = []): RunRow {
     val_perplexity: finalVal === null ? null : Math.exp(finalVal),
     tokens_per_s: rate,
     mfu: num(last?.mfu),
+    mc_acc: num(log.evals.findLast((e) => e.mc_acc !== undefined)?.mc_acc),
+    mc_acc_norm: num(log.evals.findLast((e) => e.mc_acc_norm !== undefined)?.mc_acc_norm),
     wall_s: wall,
     status: log.status,
   };
@@ -212,6 +226,8 @@ export const COLUMN_KEYS: Record<string, (typeof SORT_KEYS)[number]> = {
   "val ppl": "val_perplexity",
   "tok/s": "tokens_per_s",
   MFU: "mfu",
+  acc: "mc_acc",
+  acc_norm: "mc_acc_norm",
   wall: "wall_s",
   status: "status",
 };
@@ -344,6 +360,15 @@ export function formatTable(rows: RunRow[]): string {
         string,
         (r: RunRow) => string,
       ]]
+      : []),
+    ...(rows.some((r) => r.mc_acc !== null)
+      ? [["acc", (r: RunRow) => cell(r.mc_acc, 3)], [
+        "acc_norm",
+        (r: RunRow) => cell(r.mc_acc_norm, 3),
+      ]] as [
+        string,
+        (r: RunRow) => string,
+      ][]
       : []),
     ["wall", (r) => r.wall_s === null ? "-" : formatDuration(r.wall_s)],
     ["status", (r) => r.status + (r.resumes ? ` (${r.resumes}× resumed)` : "")],

@@ -4,11 +4,12 @@
  */
 import { bestCheckpointPath, keepEpochCheckpoint, saveCheckpoint } from "../train/checkpoint.ts";
 import { mfu, type MfuBasis } from "../train/mfu.ts";
+import { type ChoiceItem, scoreChoices } from "../train/multiple_choice.ts";
 import { emptySpikeWindow, SpikeGuard, type SpikeVerdict } from "../train/spikes.ts";
 import { type Config, configHash } from "../config.ts";
 import type { VerdictData } from "../data/data.ts";
 import { UserError } from "../errors.ts";
-import { formatDuration, Progress } from "../progress.ts";
+import { countOf, formatDuration, Progress } from "../progress.ts";
 import type { Trainee } from "./restore.ts";
 import type { RunLog } from "./runlog.ts";
 import { type StopSignal, watchSignals } from "./signals.ts";
@@ -29,6 +30,7 @@ export interface LoopSetup {
   progress?: boolean; // progress line on stderr; default true
   stopAfterSteps?: number;
   mfu?: MfuBasis; // counted in the progress line and the eval lines
+  choices?: ChoiceItem[]; // training.multiple_choice's items, scored at every evaluation
 }
 
 /** How the loop ended: finished all epochs or stopped, with the last evaluation's losses. */
@@ -181,6 +183,13 @@ function loopCallbacks(
           `Train loss ${trainLoss.toFixed(3)}, Val loss ${valLoss.toFixed(3)}`,
       );
       const elapsed = fig.elapsed(), rate = fig.tokensPerS(s);
+      const mc = setup.choices ? await scoreChoices(t.model, setup.choices) : null;
+      if (mc) {
+        print(
+          `  multiple choice: acc ${mc.acc.toFixed(3)}, acc_norm ${mc.acc_norm.toFixed(3)} ` +
+            `(${countOf(mc.items, "item")})`,
+        );
+      }
       log.write({
         type: "eval",
         epoch: s.epoch + 1,
@@ -193,6 +202,7 @@ function loopCallbacks(
         elapsed_s: elapsed,
         tokens_per_s: rate,
         ...(setup.mfu && { mfu: mfuOf(setup, rate) }),
+        ...(mc && { mc_items: mc.items, mc_acc: mc.acc, mc_acc_norm: mc.acc_norm }),
       });
       await afterEval(setup, t, fig, ckpt, valLoss);
     },

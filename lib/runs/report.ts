@@ -14,6 +14,7 @@ import { TorchGenerator } from "../model/rng.ts";
 import { readRunLog, type RunLogData } from "./runlog.ts";
 import { diffConfigs, runConfig } from "./compare.ts";
 import { countOf } from "../progress.ts";
+import type { ChoiceScores } from "../train/multiple_choice.ts";
 import { textToTokenIds, tokenIdsToText } from "../data/tokenizer.ts";
 
 /** The figures `deno task eval --json` prints. */
@@ -26,6 +27,16 @@ export interface EvalFigures {
   tokens: { train: number; val: number };
   source: string;
   precision?: string; // how eval's products ran ("fp32", "bf16-mixed (…)"); absent in reports written before
+  /** Multiple-choice scores (--multiple-choice, training.multiple_choice): the items' file, acc, acc_norm. */
+  multiple_choice?: ChoiceScores & { path: string };
+}
+
+/** The report's line of multiple-choice scores. */
+export function choiceLine(mc: ChoiceScores & { path: string }): string {
+  return `Multiple choice (${mc.path}, ${countOf(mc.items, "item")}): acc ${mc.acc.toFixed(3)}, ` +
+    `acc_norm ${
+      mc.acc_norm.toFixed(3)
+    } (the ending of lowest summed loss, and of lowest loss per token)`;
 }
 
 /** Mean loss over `numBatches` batches of each loader (all when omitted), and their perplexities. */
@@ -238,6 +249,7 @@ function reportMarkdown(
     } |`,
     `| batches (tokens) | ${figures.batches.train} (${figures.tokens.train}) | ${figures.batches.val} ` +
     `(${figures.tokens.val}) |`,
+    ...(figures.multiple_choice ? ["", choiceLine(figures.multiple_choice)] : []),
     ...(json.log
       ? [
         `| final loss in the log (step ${json.log.steps}) | ${f3(json.log.final_train_loss)} | ` +

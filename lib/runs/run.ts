@@ -11,6 +11,7 @@ import {
   usePrecision,
 } from "../backends/backend.ts";
 import { flopsPerToken, formatFlops, type MfuBasis } from "../train/mfu.ts";
+import { readChoiceItems } from "../train/multiple_choice.ts";
 import type { Checkpoint } from "../train/checkpoint.ts";
 import type { Config } from "../config.ts";
 import type { VerdictData } from "../data/data.ts";
@@ -99,6 +100,9 @@ async function trainUnlocked(cfg: Config, opts: RunOptions, lockPath: string): P
   const dir = await checkRunDir(cfg, opts, print);
   if (opts.resume) cfg = await resumedPrecision(dir.ckptPath, cfg, print);
   await preflight(cfg);
+  const choices = cfg.training.multiple_choice
+    ? await readChoiceItems(cfg.training.multiple_choice)
+    : undefined;
   const data = await prepareData(cfg, { progress: opts.progress, print });
   checkMemoryFits(cfg, "train"); // after the data's own checks (more to the point), before the model exists
   const stepsPerEpoch = stepsPerEpochOf(cfg, data);
@@ -151,6 +155,7 @@ async function trainUnlocked(cfg: Config, opts: RunOptions, lockPath: string): P
     progress: opts.progress,
     stopAfterSteps: opts.stopAfterSteps,
     mfu,
+    choices,
   }, trainee);
   return result({ ...end, status: end.finished ? "finished" : "interrupted" });
 }

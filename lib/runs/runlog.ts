@@ -55,6 +55,9 @@ export interface EvalRecord {
   elapsed_s: number;
   tokens_per_s: number;
   mfu?: number; // tokens_per_s · flops_per_token / peak_flops (all ranks' tokens over all ranks' peaks)
+  mc_items?: number; // training.multiple_choice: items scored, and the fractions right by summed and mean loss
+  mc_acc?: number;
+  mc_acc_norm?: number;
 }
 
 /** The text sampled at an epoch's end. */

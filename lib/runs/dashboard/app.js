@@ -72,7 +72,7 @@ async function loadRuns() {
 function runRow(r) {
   const on = dash.state.runs.includes(r.name);
   const cells = r.warning && r.steps === undefined
-    ? `<td colspan="9" class="text">⚠ ${esc(r.warning)}</td>`
+    ? `<td colspan="10" class="text">⚠ ${esc(r.warning)}</td>`
     : `<td class="status-${r.status}">${r.status}</td><td>${
       esc(r.backend ?? "-")
     }</td><td>${r.steps}</td>` +
@@ -80,9 +80,11 @@ function runRow(r) {
         fmt(r.final_val_loss, 3)
       }</td>` +
       `<td>${fmt(r.best_val_loss, 3)}</td><td>${fmt(r.tokens_per_s, 0)}</td>` +
-      `<td>${r.mfu == null ? "-" : `${fmt(r.mfu * 100, 1)}%`}</td>`;
+      `<td>${r.mfu == null ? "-" : `${fmt(r.mfu * 100, 1)}%`}</td><td>${
+        fmt(r.mc_acc_norm, 3)
+      }</td>`;
   const warn = r.warning && r.steps !== undefined
-    ? `<tr class="warn" data-warning="${esc(r.name)}"><td></td><td colspan="10">⚠ ${
+    ? `<tr class="warn" data-warning="${esc(r.name)}"><td></td><td colspan="11">⚠ ${
       esc(r.warning)
     }</td></tr>`
     : "";
