@@ -22,7 +22,13 @@ import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { benchTable } from "./table.ts";
 import { AdamW } from "../lib/train/adamw.ts";
-import { initBackend, type Precision, usePrecision } from "../lib/backends/backend.ts";
+import {
+  initBackend,
+  measuredPeak,
+  type Precision,
+  usePrecision,
+} from "../lib/backends/backend.ts";
+import { flopsPerToken } from "../lib/train/mfu.ts";
 import { matrixLibrary } from "../lib/backends/blas.ts";
 import { LIBRARIES } from "../lib/backends/blas_lib.ts";
 import { loadExperiment } from "../lib/config.ts";
@@ -187,6 +193,14 @@ async function runCase(name: string, batch: number): Promise<Record<string, unkn
     sampled = sampled.slice(prompt.length);
   }
   const s = median(times);
+  // MFU as a run reports it: the step's FLOPs over the products' peak measured (or cached) on this backend.
+  const mfu = name === "train_step"
+    ? await (async () => {
+      const peak = await measuredPeak(backend.name, precision);
+      const flops = flopsPerToken(cfg.model, T) * tokens / s;
+      return { mfu: flops / peak.flops, peak_flops: peak.flops, model_flops_per_s: flops };
+    })()
+    : {};
   return {
     case: name,
     impl: "ours",
@@ -200,6 +214,7 @@ async function runCase(name: string, batch: number): Promise<Record<string, unkn
     tokens_per_s: tokens / s,
     peak_rss_mb: peakRssMb(),
     steps,
+    ...mfu,
     ...(losses.length ? { losses } : {}),
     ...(sampled.length ? { sampled_ids: sampled } : {}),
   };

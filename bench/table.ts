@@ -45,13 +45,23 @@ export function columns(head: string[], body: string[][]): string {
 }
 
 function speedTable(lines: Line[]): string {
-  const head = ["case", "library", "batch", "median s", "tokens/s", "products s", "peak RSS MB"];
+  const head = [
+    "case",
+    "library",
+    "batch",
+    "median s",
+    "tokens/s",
+    "MFU %",
+    "products s",
+    "peak RSS MB",
+  ];
   const body = lines.map((r) => [
     String(r.case),
     library(r),
     fixed(r.batch, 0),
     fixed(r.median_s, 3),
     fixed(r.tokens_per_s, 1),
+    typeof r.mfu === "number" ? fixed(r.mfu * 100, 1) : "-",
     fixed(r.matmul_s, 3),
     fixed(r.peak_rss_mb, 0),
   ]);
