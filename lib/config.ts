@@ -32,6 +32,14 @@ export interface DataConfig {
   batch_size: number;
   stride: number | null; // null: stride = the window length (no overlap)
   max_length: number | null; // tokens per window; null: model.context_length
+  /** Weighted sources, each any form `path` takes, mixed by weight (null: `path` alone; when set, `path` is unused). */
+  sources: DataSource[] | null;
+}
+
+/** One of data.sources: a text file or corpus, and its share of the training windows (weights are relative). */
+export interface DataSource {
+  path: string;
+  weight: number;
 }
 
 /** The training loop of section 5.2. */
@@ -129,6 +137,7 @@ export const DEFAULTS: Config = {
     batch_size: 2,
     stride: null,
     max_length: null,
+    sources: null,
   },
   training: {
     epochs: 10,
@@ -209,6 +218,24 @@ const spikeGuard: Check = (v) => {
   return null;
 };
 
+/** `[{path, weight}, …]`: one or more sources, paths distinct, weights above 0. */
+const dataSources: Check = (v) => {
+  if (!Array.isArray(v) || v.length === 0) {
+    return `${fmt(v)} is not a list like [{path: a, weight: 0.7}, …]`;
+  }
+  const seen = new Set<string>();
+  for (const [i, s] of v.entries()) {
+    if (!isMap(s)) return `source ${i + 1}: ${fmt(s)} is not a mapping {path, weight}`;
+    const extra = Object.keys(s).find((k) => k !== "path" && k !== "weight");
+    if (extra) return `source ${i + 1}: unknown key ${extra} (expected path, weight)`;
+    const why = str(s.path ?? null) ?? num(0, Infinity, [true, false])(s.weight ?? null);
+    if (why) return `source ${i + 1}: ${why}`;
+    if (seen.has(s.path as string)) return `source ${i + 1}: ${s.path} is listed twice`;
+    seen.add(s.path as string);
+  }
+  return null;
+};
+
 /** The check of every key; the schema mirrors {@link DEFAULTS}. */
 const SCHEMA: Record<string, Check | Record<string, Check>> = {
   name: (v) =>
@@ -237,6 +264,7 @@ const SCHEMA: Record<string, Check | Record<string, Check>> = {
     batch_size: positiveInt,
     stride: nullable(positiveInt),
     max_length: nullable(positiveInt),
+    sources: nullable(dataSources),
   },
   training: {
     epochs: positiveInt,
@@ -567,11 +595,13 @@ function shortHash(v: unknown): string {
  */
 export function configHash(cfg: Config): string {
   const training: Record<string, unknown> = { ...cfg.training };
+  const data: Record<string, unknown> = { ...cfg.data };
+  if (data.sources === null) delete data.sources; // added later: counts only where set
   // Keys added after the hash was first written count only where set, so that a run's hash stays what it was.
   for (const k of LATER_TRAINING_KEYS) {
     if (JSON.stringify(training[k]) === JSON.stringify(DEFAULTS.training[k])) delete training[k];
   }
-  return shortHash({ model: cfg.model, data: cfg.data, training, init: cfg.init });
+  return shortHash({ model: cfg.model, data, training, init: cfg.init });
 }
 
 /** The training keys of the checkpoints kept and the spike guard: their defaults leave a run as it was before. */

@@ -127,6 +127,8 @@ export interface VerdictData {
   /** Where the data is read from, and a hash of what it holds (corpora), for the checkpoint's data position. */
   source?: string;
   fingerprint?: string;
+  /** data.sources: each source's own validation loader (at the run's batch size), for its loss apart. */
+  valBySource?: { name: string; loader: BatchLoader }[];
 }
 
 /** Settings of {@link createLoaders}; a subset of the experiment config. */

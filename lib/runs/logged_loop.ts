@@ -170,7 +170,12 @@ function loopCallbacks(
         grad_z: v.gradZ,
       });
     },
-    onEval: async (s: TrainState, trainLoss: number, valLoss: number) => {
+    onEval: async (
+      s: TrainState,
+      trainLoss: number,
+      valLoss: number,
+      bySource?: Record<string, number>,
+    ) => {
       for (const [what, v] of [["train", trainLoss], ["val", valLoss]] as const) {
         if (!Number.isFinite(v)) {
           throw new NonFiniteLossError(`${what} loss became ${v} at step ${s.step} (evaluation)`);
@@ -184,6 +189,13 @@ function loopCallbacks(
       );
       const elapsed = fig.elapsed(), rate = fig.tokensPerS(s);
       const mc = setup.choices ? await scoreChoices(t.model, setup.choices) : null;
+      if (bySource) {
+        print(
+          `  val loss by source: ${
+            Object.entries(bySource).map(([k, v]) => `${k} ${v.toFixed(3)}`).join(", ")
+          }`,
+        );
+      }
       if (mc) {
         print(
           `  multiple choice: acc ${mc.acc.toFixed(3)}, acc_norm ${mc.acc_norm.toFixed(3)} ` +
@@ -203,6 +215,7 @@ function loopCallbacks(
         tokens_per_s: rate,
         ...(setup.mfu && { mfu: mfuOf(setup, rate) }),
         ...(mc && { mc_items: mc.items, mc_acc: mc.acc, mc_acc_norm: mc.acc_norm }),
+        ...(bySource && { val_loss_by_source: bySource }),
       });
       await afterEval(setup, t, fig, ckpt, valLoss);
     },
@@ -309,6 +322,7 @@ export async function loggedLoop(setup: LoopSetup, t: Trainee): Promise<LoopEnd>
         maxGradNorm: cfg.training.max_grad_norm,
         gradAccumSteps: cfg.training.grad_accum_steps,
         spikeGuard,
+        valBySource: data.valBySource,
       },
       loopCallbacks(setup, t, fig, progress, stop, ckpt),
     );

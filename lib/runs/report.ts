@@ -15,6 +15,7 @@ import { readRunLog, type RunLogData } from "./runlog.ts";
 import { diffConfigs, runConfig } from "./compare.ts";
 import { countOf } from "../progress.ts";
 import type { ChoiceScores } from "../train/multiple_choice.ts";
+import { lossBySource } from "../train/train.ts";
 import { textToTokenIds, tokenIdsToText } from "../data/tokenizer.ts";
 
 /** The figures `deno task eval --json` prints. */
@@ -29,6 +30,8 @@ export interface EvalFigures {
   precision?: string; // how eval's products ran ("fp32", "bf16-mixed (…)"); absent in reports written before
   /** Multiple-choice scores (--multiple-choice, training.multiple_choice): the items' file, acc, acc_norm. */
   multiple_choice?: ChoiceScores & { path: string };
+  /** data.sources: each source's own val loss over the same number of batches. */
+  val_loss_by_source?: Record<string, number>;
 }
 
 /** The report's line of multiple-choice scores. */
@@ -55,7 +58,9 @@ export async function evaluateLoaders(
     for (const b of loader.ordered(n)) t += b.inputs.length;
     return t;
   };
+  const bySource = data.valBySource ? await lossBySource(model, data.valBySource, nVal) : null;
   return {
+    ...(bySource && { val_loss_by_source: bySource }),
     train_loss: trainLoss,
     val_loss: valLoss,
     train_perplexity: perplexity(trainLoss),
@@ -249,6 +254,14 @@ function reportMarkdown(
     } |`,
     `| batches (tokens) | ${figures.batches.train} (${figures.tokens.train}) | ${figures.batches.val} ` +
     `(${figures.tokens.val}) |`,
+    ...(figures.val_loss_by_source
+      ? [
+        "",
+        `Val loss by source: ${
+          Object.entries(figures.val_loss_by_source).map(([k, v]) => `${k} ${f3(v)}`).join(", ")
+        }.`,
+      ]
+      : []),
     ...(figures.multiple_choice ? ["", choiceLine(figures.multiple_choice)] : []),
     ...(json.log
       ? [

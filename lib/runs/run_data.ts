@@ -2,11 +2,14 @@
  * The data of a run: the experiment's text (downloaded when missing) or corpus (prepared into shards) as the book's
  * train and validation loaders.
  */
-import type { Config } from "../config.ts";
+import type { Config, DataSource } from "../config.ts";
 import { dataSourceKind, defaultShardDir, prepareCorpus } from "../data/corpus.ts";
 import { createLoaders, type VerdictData } from "../data/data.ts";
 import { createShardLoaders, readIndex } from "../data/shards.ts";
 import { UserError } from "../errors.ts";
+import { MixedLoader, type MixedSource } from "../data/mixture.ts";
+import { countOf } from "../progress.ts";
+import { createHash } from "node:crypto";
 
 /** Reads the experiment's text, downloading it from `data.url` first when the file is missing. */
 export async function loadText(cfg: Config): Promise<string> {
@@ -71,6 +74,7 @@ export async function prepareData(
   cfg: Config,
   opts: { progress?: boolean; print?: (line: string) => void } = {},
 ): Promise<VerdictData> {
+  if (cfg.data.sources) return await mixedData(cfg, opts);
   const split = {
     trainRatio: cfg.data.train_ratio,
     batchSize: cfg.data.batch_size,
@@ -106,4 +110,63 @@ export async function prepareData(
     split,
     cfg.data.shuffle_shards,
   );
+}
+
+/**
+ * The data of `data.sources`: each source prepared as `data.path` would be (its own shards for a corpus), its
+ * windows mixed by weight into the train and validation loaders (lib/data/mixture.ts), and its own validation
+ * loader kept for its loss apart.
+ */
+async function mixedData(
+  cfg: Config,
+  opts: { progress?: boolean; print?: (line: string) => void },
+): Promise<VerdictData> {
+  const parts: (DataSource & { whole: VerdictData; one: VerdictData })[] = [];
+  for (const s of cfg.data.sources!) {
+    const alone = (batch: number): Config => ({
+      ...cfg,
+      data: {
+        ...cfg.data,
+        path: s.path,
+        url: null,
+        shards: null,
+        sources: null,
+        batch_size: batch,
+      },
+    });
+    // at the run's batch size (the source's own validation loss), and one window at a time (the mixture's)
+    parts.push({
+      ...s,
+      whole: await prepareData(alone(cfg.data.batch_size), opts),
+      one: await prepareData(alone(1), opts),
+    });
+  }
+  const mixed = (split: "trainLoader" | "valLoader"): MixedSource[] =>
+    parts.map((p) => ({ name: p.path, weight: p.weight, windows: p.one[split] }));
+  const B = cfg.data.batch_size, seed = cfg.training.seed;
+  const trainLoader = new MixedLoader(mixed("trainLoader"), B, seed, true);
+  const valLoader = new MixedLoader(mixed("valLoader"), B, seed, false);
+  const sum = (f: (d: VerdictData) => number) => parts.reduce((n, p) => n + f(p.whole), 0);
+  const total = parts.reduce((n, p) => n + p.weight, 0);
+  return {
+    chars: sum((d) => d.chars),
+    tokens: sum((d) => d.tokens),
+    trainTokens: sum((d) => d.trainTokens),
+    valTokens: sum((d) => d.valTokens),
+    trainLoader,
+    valLoader,
+    valBySource: parts.map((p) => ({ name: p.path, loader: p.whole.valLoader })),
+    summary: `data: ${parts.length} sources by weight: ${
+      parts.map((p) => `${p.path} ${(p.weight / total).toFixed(2)} (${p.whole.tokens} tokens)`)
+        .join(", ")
+    }; train ${countOf(trainLoader.length, "batch")}, val ${
+      countOf(valLoader.length, "batch")
+    } of ${B}×${cfg.data.max_length ?? cfg.model.context_length}`,
+    source: "data.sources",
+    fingerprint: createHash("sha256").update(JSON.stringify(parts.map((p) => [
+      p.path,
+      p.weight,
+      p.whole.fingerprint ?? `${p.whole.tokens} tokens`,
+    ]))).digest("hex").slice(0, 16),
+  };
 }

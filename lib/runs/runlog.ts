@@ -58,6 +58,7 @@ export interface EvalRecord {
   mc_items?: number; // training.multiple_choice: items scored, and the fractions right by summed and mean loss
   mc_acc?: number;
   mc_acc_norm?: number;
+  val_loss_by_source?: Record<string, number>; // data.sources: each source's own val loss (val_loss: the mixture's)
 }
 
 /** The text sampled at an epoch's end. */

@@ -16,10 +16,12 @@ import { readSafetensorsHeader, type TensorInfo } from "../weights/safetensors.t
  * (Shard directories carry their own `vocab_size`, checked against the model by `readIndex`.)
  */
 export function checkTokenizerFits(cfg: Config): void {
-  if (dataSourceKind(cfg.data.path) !== "text") return;
+  const paths = cfg.data.sources?.map((s) => s.path) ?? [cfg.data.path];
+  const text = paths.find((p) => dataSourceKind(p) === "text");
+  if (text === undefined) return;
   if (cfg.model.vocab_size < GPT2_VOCAB_SIZE) {
     throw new UserError(
-      `${cfg.data.path}: model.vocab_size: ${cfg.model.vocab_size} is smaller than the GPT-2 tokenizer's ` +
+      `${text}: model.vocab_size: ${cfg.model.vocab_size} is smaller than the GPT-2 tokenizer's ` +
         `${GPT2_VOCAB_SIZE} ids; set model.vocab_size: ${GPT2_VOCAB_SIZE} or more`,
     );
   }

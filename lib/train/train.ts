@@ -38,7 +38,13 @@ export interface TrainHooks {
   onStep?(s: TrainState, loss: number, gradNorm: number | null): void;
   /** A step whose update the spike guard skipped (after onStep). */
   onSkip?(s: TrainState, loss: number, gradNorm: number | null, verdict: SpikeVerdict): void;
-  onEval?(s: TrainState, trainLoss: number, valLoss: number): Promise<void> | void;
+  /** After an evaluation; `bySource`: each data source's own val loss (data.sources). */
+  onEval?(
+    s: TrainState,
+    trainLoss: number,
+    valLoss: number,
+    bySource?: Record<string, number>,
+  ): Promise<void> | void;
   /** After each epoch; `s.epoch` then counts the epochs completed. */
   onEpochEnd?(s: TrainState, sample: string): Promise<void> | void;
   /** Checked between steps: true ends the loop early (state stays consistent for a checkpoint). */
@@ -60,6 +66,8 @@ export interface TrainOptions {
   gradAccumSteps?: number;
   /** training.skip_spikes: skips the update of an outlier step (null: every step updates). */
   spikeGuard?: SpikeGuard | null;
+  /** data.sources: each source's validation loader, evaluated apart at every evaluation. */
+  valBySource?: { name: string; loader: BatchLoader }[];
 }
 
 /** What one optimizer step did. */
@@ -168,6 +176,17 @@ export async function evaluateModel(
   };
 }
 
+/** Each source's mean loss over `evalIter` batches of its own validation loader. */
+export async function lossBySource(
+  model: GPTModel,
+  sources: { name: string; loader: BatchLoader }[],
+  evalIter: number,
+): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  for (const s of sources) out[s.name] = await calcLossLoader(model, s.loader, evalIter);
+  return out;
+}
+
 /**
  * The book's train_model_simple, resumable: continues from `state` (mutated in place) to `numEpochs`.
  * Evaluates after every `evalFreq`-th step (steps 5, 10, … with the book's eval_freq 5, as the chapter's notebook
@@ -216,7 +235,10 @@ export async function trainModelSimple(
           valLoader,
           o.evalIter,
         );
-        await hooks.onEval?.(state, trainLoss, valLoss);
+        const bySource = o.valBySource
+          ? await lossBySource(model, o.valBySource, o.evalIter)
+          : undefined;
+        await hooks.onEval?.(state, trainLoss, valLoss, bySource);
       }
     }
     state.epoch += 1; // epochs completed: a checkpoint taken now resumes at the next epoch
