@@ -170,55 +170,12 @@ function loopCallbacks(
         grad_z: v.gradZ,
       });
     },
-    onEval: async (
+    onEval: (
       s: TrainState,
       trainLoss: number,
       valLoss: number,
       bySource?: Record<string, number>,
-    ) => {
-      for (const [what, v] of [["train", trainLoss], ["val", valLoss]] as const) {
-        if (!Number.isFinite(v)) {
-          throw new NonFiniteLossError(`${what} loss became ${v} at step ${s.step} (evaluation)`);
-        }
-      }
-      fig.lastTrain = trainLoss, fig.lastVal = valLoss;
-      progress.clear();
-      print(
-        `Ep ${s.epoch + 1} (Step ${String(s.step).padStart(6, "0")}): ` +
-          `Train loss ${trainLoss.toFixed(3)}, Val loss ${valLoss.toFixed(3)}`,
-      );
-      const elapsed = fig.elapsed(), rate = fig.tokensPerS(s);
-      const mc = setup.choices ? await scoreChoices(t.model, setup.choices) : null;
-      if (bySource) {
-        print(
-          `  val loss by source: ${
-            Object.entries(bySource).map(([k, v]) => `${k} ${v.toFixed(3)}`).join(", ")
-          }`,
-        );
-      }
-      if (mc) {
-        print(
-          `  multiple choice: acc ${mc.acc.toFixed(3)}, acc_norm ${mc.acc_norm.toFixed(3)} ` +
-            `(${countOf(mc.items, "item")})`,
-        );
-      }
-      log.write({
-        type: "eval",
-        epoch: s.epoch + 1,
-        step: s.step,
-        tokens_seen: s.tokensSeen,
-        train_loss: trainLoss,
-        val_loss: valLoss,
-        lr: t.optimizer.lr,
-        grad_norm: fig.lastGradNorm,
-        elapsed_s: elapsed,
-        tokens_per_s: rate,
-        ...(setup.mfu && { mfu: mfuOf(setup, rate) }),
-        ...(mc && { mc_items: mc.items, mc_acc: mc.acc, mc_acc_norm: mc.acc_norm }),
-        ...(bySource && { val_loss_by_source: bySource }),
-      });
-      await afterEval(setup, t, fig, ckpt, valLoss);
-    },
+    ) => logEval({ setup, t, fig, progress, ckpt }, s, { trainLoss, valLoss, bySource }),
     onEpochEnd: async (s: TrainState, sample: string) => {
       progress.clear();
       print(sample);
@@ -234,6 +191,70 @@ function loopCallbacks(
       });
     },
   };
+}
+
+/** What {@link logEval} works with: the loop's setup, trainee, figures, progress line and checkpoint writer. */
+interface EvalContext {
+  setup: LoopSetup;
+  t: Trainee;
+  fig: LoopFigures;
+  progress: Progress;
+  ckpt: ReturnType<typeof checkpointWriter>;
+}
+
+/**
+ * An evaluation's prints and eval line: the book's losses; each source's val loss (data.sources) and the
+ * multiple-choice scores (training.multiple_choice) where set; then the best checkpoint and the early stop.
+ */
+async function logEval(
+  { setup, t, fig, progress, ckpt }: EvalContext,
+  s: TrainState,
+  { trainLoss, valLoss, bySource }: {
+    trainLoss: number;
+    valLoss: number;
+    bySource?: Record<string, number>;
+  },
+) {
+  const { log, print } = setup;
+  for (const [what, v] of [["train", trainLoss], ["val", valLoss]] as const) {
+    if (!Number.isFinite(v)) {
+      throw new NonFiniteLossError(`${what} loss became ${v} at step ${s.step} (evaluation)`);
+    }
+  }
+  fig.lastTrain = trainLoss, fig.lastVal = valLoss;
+  progress.clear();
+  print(
+    `Ep ${s.epoch + 1} (Step ${String(s.step).padStart(6, "0")}): ` +
+      `Train loss ${trainLoss.toFixed(3)}, Val loss ${valLoss.toFixed(3)}`,
+  );
+  const elapsed = fig.elapsed(), rate = fig.tokensPerS(s);
+  const mc = setup.choices ? await scoreChoices(t.model, setup.choices) : null;
+  if (bySource) {
+    const each = Object.entries(bySource).map(([k, v]) => `${k} ${v.toFixed(3)}`);
+    print(`  val loss by source: ${each.join(", ")}`);
+  }
+  if (mc) {
+    print(
+      `  multiple choice: acc ${mc.acc.toFixed(3)}, acc_norm ${mc.acc_norm.toFixed(3)} ` +
+        `(${countOf(mc.items, "item")})`,
+    );
+  }
+  log.write({
+    type: "eval",
+    epoch: s.epoch + 1,
+    step: s.step,
+    tokens_seen: s.tokensSeen,
+    train_loss: trainLoss,
+    val_loss: valLoss,
+    lr: t.optimizer.lr,
+    grad_norm: fig.lastGradNorm,
+    elapsed_s: elapsed,
+    tokens_per_s: rate,
+    ...(setup.mfu && { mfu: mfuOf(setup, rate) }),
+    ...(mc && { mc_items: mc.items, mc_acc: mc.acc, mc_acc_norm: mc.acc_norm }),
+    ...(bySource && { val_loss_by_source: bySource }),
+  });
+  await afterEval(setup, t, fig, ckpt, valLoss);
 }
 
 /** The MFU of `tokensPerS` (undefined without a measured basis). */
