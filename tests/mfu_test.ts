@@ -35,12 +35,15 @@ async function config(name: string, extra: string[] = []) {
 const dir = await Deno.makeTempDir();
 const opts = { print: () => {}, progress: false, checkpointsDir: dir };
 
-Deno.test("FLOPs a token: 6 × the initialised model's parameters but the position embedding, + 12·L·C·T", async () => {
+Deno.test("FLOPs a token: 6 × the initialised model's parameters but its two embeddings, + 12·L·C·T", async () => {
   const cfg = await config("count");
   const params = initGPTParams(cfg.model, new TorchGenerator(1));
-  const n = params.filter((p) => p.name !== "pos_emb.weight")
-    .reduce((s, p) => s + p.data.length, 0);
-  ok(params.some((p) => p.name === "pos_emb.weight"));
+  const looked = ["pos_emb.weight", "tok_emb.weight"]; // read by lookups; the untied out_head is a product
+  const n = params.filter((p) => !looked.includes(p.name)).reduce((s, p) => s + p.data.length, 0);
+  ok(
+    looked.every((k) => params.some((p) => p.name === k)) &&
+      params.some((p) => p.name === "out_head.weight"),
+  );
   const { n_layers: L, emb_dim: C } = cfg.model;
   assertEquals(flopsPerToken(cfg.model, 32), 6 * n + 12 * L * C * 32);
   assertEquals(flopsPerToken(cfg.model, 16), 6 * n + 12 * L * C * 16);

@@ -2,11 +2,12 @@
  * Model FLOPs utilisation (MFU): the FLOP/s a run's tokens/s stand for, as nanoGPT's `estimate_mfu` and PaLM's
  * appendix B count them, over the measured peak of the products (lib/backends/peak.ts).
  *
- * A trained token costs 6·N FLOPs in the weights' products (2·N forward, 4·N backward; N counts every parameter
- * but the position embedding, which no product reads) plus 12·L·C·T in attention's two products per layer
- * (forward and backward, T the window length, C = heads × head size). For GPT-124M as the book trains it (untied
- * head, T 256): N = 162,419,712 − 256·768 = 162,223,104, so 6·N = 973,338,624 and 12·12·768·256 = 28,311,552:
- * 1,001,650,176 FLOPs a token.
+ * A trained token costs 6·N FLOPs in the weights' products (2·N forward, 4·N backward; N counts the weights that
+ * products read: every parameter but the two embeddings, which are looked up, plus the output head, which is the
+ * token embedding where it is tied, as nanoGPT's is: there "all but the position embedding" is the same N) plus
+ * 12·L·C·T in attention's two products per layer (forward and backward, T the window length, C = heads × head
+ * size). For GPT-124M as the book trains it (untied head, T 256): N = 162,419,712 − 256·768 − 50,257·768 =
+ * 123,625,728, so 6·N = 741,754,368 and 12·12·768·256 = 28,311,552: 770,065,920 FLOPs a token.
  */
 import { type ModelConfig, paramCount } from "../config.ts";
 
@@ -19,7 +20,8 @@ export interface MfuBasis {
 
 /** Training FLOPs of one token at window length `T` (6·N + 12·L·C·T). */
 export function flopsPerToken(m: ModelConfig, T = m.context_length): number {
-  const N = paramCount(m) - m.context_length * m.emb_dim;
+  // paramCount counts the head apart from the token embedding (the book's untied model): one of them is a product
+  const N = paramCount(m) - m.context_length * m.emb_dim - m.vocab_size * m.emb_dim;
   return 6 * N + 12 * m.n_layers * m.emb_dim * T;
 }
 

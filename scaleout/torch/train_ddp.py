@@ -227,8 +227,11 @@ def peak_flops(device, precision):
 
 
 def flops_per_token(model, c, T):
-    """Training FLOPs of a token: 6·N (N without the position embedding) + 12·L·C·T, as lib/train/mfu.ts counts."""
+    """Training FLOPs of a token: 6·N + 12·L·C·T, N the weights products read (all but the embeddings, the output
+    head included: the token embedding where it is tied), as lib/train/mfu.ts counts."""
     n = sum(p.numel() for p in model.parameters()) - model.pos_emb.weight.numel()
+    if model.out_head.weight is not model.tok_emb.weight:
+        n -= model.tok_emb.weight.numel()
     return 6 * n + 12 * c["n_layers"] * c["emb_dim"] * T
 
 
