@@ -78,7 +78,8 @@ export function machineKey(libs: BlasLib[]): string {
   return [cpuModel(), `flags ${flags}`, coretype, ...libs.map((l) => l.describe())].join(" | ");
 }
 
-function readCache(path: string | null): Record<string, MachineSpeeds> {
+/** A cache file's entries by key; {} where it is absent, unreadable or damaged (then measured again). */
+export function readCache<T>(path: string | null): Record<string, T> {
   if (!path) return {};
   try {
     const parsed = JSON.parse(Deno.readTextFileSync(path));
@@ -88,8 +89,8 @@ function readCache(path: string | null): Record<string, MachineSpeeds> {
   }
 }
 
-/** Writes the cache atomically (a temporary file renamed over it); a cache that cannot be written is skipped. */
-function writeCache(path: string | null, all: Record<string, MachineSpeeds>): void {
+/** Writes a cache atomically (a temporary file renamed over it); a cache that cannot be written is skipped. */
+export function writeCache<T>(path: string | null, all: Record<string, T>): void {
   if (!path) return;
   try {
     Deno.mkdirSync(path.replace(/[/\\][^/\\]*$/, ""), { recursive: true });
@@ -162,7 +163,7 @@ export function librarySpeeds(
   libs: Map<LibraryKind, BlasLib>,
 ): MachineSpeeds & { cached: boolean } {
   const path = cachePath(), key = machineKey([...libs.values()]);
-  const hit = readCache(path)[key];
+  const hit = readCache<MachineSpeeds>(path)[key];
   const complete = hit && [...libs.keys()].every((k) => hit.speeds?.[k]);
   if (complete && (hit.samples ?? SAMPLES) >= SAMPLES) return { ...hit, cached: true };
   const fresh = measure(libs);

@@ -8,7 +8,7 @@
  */
 import * as tf from "@tensorflow/tfjs-core";
 import { cpuInfo, env } from "./blas_lib.ts";
-import { cachePath } from "./matrix_choice.ts";
+import { cachePath, readCache, writeCache } from "./matrix_choice.ts";
 import { matrixLibrary } from "./blas.ts";
 
 /** The measured peak of the active backend. */
@@ -85,16 +85,7 @@ function peakCachePath(): string | null {
 /** Runs that measure again, keeping the best figure (other work on the machine only ever slows a measurement). */
 const SAMPLES = 3;
 
-type PeakCache = Record<string, { flops: number; samples: number }>;
-
-function readPeaks(path: string | null): PeakCache {
-  try {
-    const c = path ? JSON.parse(Deno.readTextFileSync(path)) : {};
-    return c && typeof c === "object" && !Array.isArray(c) ? c : {};
-  } catch {
-    return {}; // absent or damaged: measured again
-  }
-}
+type PeakEntry = { flops: number; samples: number };
 
 /**
  * The FLOP/s of the active backend's products in `precision` (the backend and precision set up for the run): the
@@ -102,23 +93,13 @@ function readPeaks(path: string | null): PeakCache {
  */
 export async function measuredPeak(backendName: string, precision: string): Promise<Peak> {
   const device = deviceOf(backendName), key = `${device} | ${precision} | ${METHOD}`;
-  const path = peakCachePath(), hit = readPeaks(path)[key];
+  const path = peakCachePath(), hit = readCache<PeakEntry>(path)[key];
   const known = hit && hit.flops > 0 && hit.samples > 0;
   if (known && hit.samples >= SAMPLES) return { flops: hit.flops, device, cached: true };
   const entry = {
     flops: Math.max(await measure(), known ? hit.flops : 0),
     samples: known ? hit.samples + 1 : 1,
   };
-  if (path) {
-    try {
-      Deno.mkdirSync(path.replace(/[/\\][^/\\]*$/, ""), { recursive: true });
-      const tmp = `${path}.${Deno.pid}.tmp`;
-      Deno.writeTextFileSync(
-        tmp,
-        JSON.stringify({ ...readPeaks(path), [key]: entry }, null, 1) + "\n",
-      );
-      Deno.renameSync(tmp, path);
-    } catch { /* a read-only cache: measured again next time */ }
-  }
+  writeCache(path, { ...readCache<PeakEntry>(path), [key]: entry });
   return { flops: entry.flops, device, cached: false };
 }
