@@ -33,6 +33,8 @@ const TINY = [
   "training.epochs=2",
   "training.eval_freq=3",
   "training.eval_iter=1",
+  // multiple-choice scores at every evaluation, for their chart
+  `training.multiple_choice=${new URL("./fixtures/multiple-choice.jsonl", import.meta.url).pathname}`,
 ];
 const quiet = { print: () => {}, progress: false };
 
@@ -134,6 +136,11 @@ Deno.test({
       );
       assertEquals(await browser.eval("dash.charts.loss.series.length"), 1 + meta.length);
       ok(await browser.eval("dash.charts.lr.meta.length === 2"), "lr is charted once per run");
+      assertEquals(
+        await browser.eval<string[]>("dash.charts.mc.meta.map((m) => `${m.run} ${m.split}`).sort()"),
+        [`${A} mc_acc`, `${A} mc_acc_norm`, `${B} mc_acc`, `${B} mc_acc_norm`].sort(),
+        "the multiple-choice scores are charted, acc and acc_norm per run",
+      );
 
       // a new eval line reaches the open page's chart and A's row without a reload (A runs again: its last line
       // is an eval, not a summary, and this process holds its run lock as a trainer would); a half-written line

@@ -12,7 +12,7 @@ import { readChoiceItems, scoreChoices, scoreItem } from "../lib/train/multiple_
 import { loadHFGPT2 } from "../lib/weights/gpt2.ts";
 import { ensureVerdict, fixturesDir } from "./_helpers.ts";
 import { loadExperiment } from "../lib/config.ts";
-import { formatTable, summarizeRun } from "../lib/runs/compare.ts";
+import { compareSVG, formatTable, summarizeRun } from "../lib/runs/compare.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { loadModel } from "../lib/train/load.ts";
@@ -120,6 +120,10 @@ Deno.test("training.multiple_choice scores every evaluation into the log; compar
   const row = summarizeRun(log);
   assertEquals([row.mc_acc, row.mc_acc_norm], [want.acc, want.acc_norm]);
   ok(formatTable([row]).split("\n")[0].includes("acc_norm"));
+  // compare --out draws them below the losses: two charts stacked in one SVG
+  const svg = compareSVG([log], [row]);
+  assertEquals(svg.match(/<svg /g)?.length, 3);
+  ok(svg.includes("Multiple choice: acc and acc_norm") && svg.indexOf("loss") < svg.indexOf("Multiple choice"));
 
   const bad = `${dir}/bad.jsonl`;
   await Deno.writeTextFile(bad, '{"ctx": "a", "endings": ["b", "c"], "label": 5}\n');

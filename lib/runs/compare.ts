@@ -403,7 +403,7 @@ function epochTicks(logs: RunLogData[]): [number, string][] | null {
 
 /**
  * One chart of every run's train (solid) and val (dashed) loss against tokens seen, one colour per run, epochs on
- * top when the runs agree on them.
+ * top when the runs agree on them; below it, where runs logged multiple-choice scores, a chart of those.
  */
 export function compareSVG(logs: RunLogData[], rows: RunRow[]): string {
   const series: Series[] = [];
@@ -416,7 +416,7 @@ export function compareSVG(logs: RunLogData[], rows: RunRow[]): string {
     series.push({ label: "val", group, points: pts("val_loss"), color, dash: true });
   });
   const ticks = epochTicks(logs);
-  return lineChartSVG({
+  const loss = lineChartSVG({
     title: rows.length === 1
       ? `${rows[0].name}: training and validation loss`
       : "Training and validation loss",
@@ -426,6 +426,33 @@ export function compareSVG(logs: RunLogData[], rows: RunRow[]): string {
     width: 900,
     height: 480,
     secondaryX: ticks ? { label: "Epochs", ticks } : undefined,
+  });
+  const scores = choiceChart(logs, rows);
+  if (!scores) return loss;
+  // the two charts stacked in one file: nested <svg> elements, each placed by its y
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="900" height="840" viewBox="0 0 900 840">` +
+    loss.replace("<svg ", `<svg y="0" `) + scores.replace("<svg ", `<svg y="480" `) + "</svg>\n";
+}
+
+/** Every run's multiple-choice acc (solid) and acc_norm (dashed) against tokens seen; null where no run has them. */
+function choiceChart(logs: RunLogData[], rows: RunRow[]): string | null {
+  if (!rows.some((r) => r.mc_acc !== null)) return null;
+  const series: Series[] = [];
+  logs.forEach((log, i) => {
+    const color = PALETTE[i % PALETTE.length];
+    const pts = (k: string) =>
+      log.evals.filter((e) => e[k] !== undefined)
+        .map((e) => [num(e.tokens_seen) ?? NaN, num(e[k]) ?? NaN] as [number, number]);
+    series.push({ label: "acc", group: rows[i].name, points: pts("mc_acc"), color });
+    series.push({ label: "acc_norm", group: rows[i].name, points: pts("mc_acc_norm"), color, dash: true });
+  });
+  return lineChartSVG({
+    title: "Multiple choice: acc and acc_norm",
+    xLabel: "Tokens seen",
+    yLabel: "Fraction right",
+    series,
+    width: 900,
+    height: 360,
   });
 }
 

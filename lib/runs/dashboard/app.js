@@ -166,7 +166,9 @@ function applyLines(name, lines, reset) {
       s.train.push(l.train_loss),
         s.val.push(l.val_loss),
         s.lr.push(l.lr ?? null),
-        s.grad_norm.push(l.grad_norm ?? null);
+        s.grad_norm.push(l.grad_norm ?? null),
+        s.mc_acc.push(l.mc_acc ?? null),
+        s.mc_acc_norm.push(l.mc_acc_norm ?? null);
       d.wall_seg = Math.max(d.wall_seg, l.elapsed_s ?? 0);
     } else if (l.type === "sample") d.samples.push({ step: l.step, epoch: l.epoch, text: l.text });
   }
@@ -262,6 +264,7 @@ function drawAll() {
   drawChart("loss", "train and val loss (val dashed)", ["train", "val"], dash.state.log, true);
   drawChart("lr", "learning rate", ["lr"], false, false);
   drawChart("grad_norm", "gradient norm", ["grad_norm"], false, false);
+  drawChart("mc", "multiple choice: acc, acc_norm (dashed)", ["mc_acc", "mc_acc_norm"], false, false);
   document.body.dataset.drawn = String(++dash.draws || (dash.draws = 1));
 }
 

@@ -155,7 +155,7 @@ export function thin<T>(xs: T[], max = MAX_POINTS): T[] {
 
 /**
  * One run's curves as columns (step, tokens seen, wall seconds summed over segments, train/val loss, lr,
- * grad_norm), thinned to {@link MAX_POINTS}, its samples, config, how many headers it has, and the bytes read
+ * grad_norm, the multiple-choice scores), thinned to {@link MAX_POINTS}, its samples, config, how many headers it has, and the bytes read
  * (complete lines only: where the live stream starts). `name`: the run's name, which its warnings carry.
  */
 export function runSeries(path: string, name = path.split("/").at(-2) ?? path) {
@@ -185,6 +185,8 @@ export function runSeries(path: string, name = path.split("/").at(-2) ?? path) {
       val: col("val_loss"),
       lr: col("lr"),
       grad_norm: col("grad_norm"),
+      mc_acc: col("mc_acc"),
+      mc_acc_norm: col("mc_acc_norm"),
     },
     samples: log.samples.map((s) => ({ step: s.step, epoch: s.epoch, text: s.text })),
     config: runConfig(log),
