@@ -34,7 +34,9 @@ const TINY = [
   "training.eval_freq=3",
   "training.eval_iter=1",
   // multiple-choice scores at every evaluation, for their chart
-  `training.multiple_choice=${new URL("./fixtures/multiple-choice.jsonl", import.meta.url).pathname}`,
+  `training.multiple_choice=${
+    new URL("./fixtures/multiple-choice.jsonl", import.meta.url).pathname
+  }`,
 ];
 const quiet = { print: () => {}, progress: false };
 
@@ -137,7 +139,9 @@ Deno.test({
       assertEquals(await browser.eval("dash.charts.loss.series.length"), 1 + meta.length);
       ok(await browser.eval("dash.charts.lr.meta.length === 2"), "lr is charted once per run");
       assertEquals(
-        await browser.eval<string[]>("dash.charts.mc.meta.map((m) => `${m.run} ${m.split}`).sort()"),
+        await browser.eval<string[]>(
+          "dash.charts.mc.meta.map((m) => `${m.run} ${m.split}`).sort()",
+        ),
         [`${A} mc_acc`, `${A} mc_acc_norm`, `${B} mc_acc`, `${B} mc_acc_norm`].sort(),
         "the multiple-choice scores are charted, acc and acc_norm per run",
       );

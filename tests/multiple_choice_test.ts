@@ -123,7 +123,10 @@ Deno.test("training.multiple_choice scores every evaluation into the log; compar
   // compare --out draws them below the losses: two charts stacked in one SVG
   const svg = compareSVG([log], [row]);
   assertEquals(svg.match(/<svg /g)?.length, 3);
-  ok(svg.includes("Multiple choice: acc and acc_norm") && svg.indexOf("loss") < svg.indexOf("Multiple choice"));
+  ok(
+    svg.includes("Multiple choice: acc and acc_norm") &&
+      svg.indexOf("loss") < svg.indexOf("Multiple choice"),
+  );
 
   const bad = `${dir}/bad.jsonl`;
   await Deno.writeTextFile(bad, '{"ctx": "a", "endings": ["b", "c"], "label": 5}\n');

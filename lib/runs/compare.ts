@@ -444,7 +444,13 @@ function choiceChart(logs: RunLogData[], rows: RunRow[]): string | null {
       log.evals.filter((e) => e[k] !== undefined)
         .map((e) => [num(e.tokens_seen) ?? NaN, num(e[k]) ?? NaN] as [number, number]);
     series.push({ label: "acc", group: rows[i].name, points: pts("mc_acc"), color });
-    series.push({ label: "acc_norm", group: rows[i].name, points: pts("mc_acc_norm"), color, dash: true });
+    series.push({
+      label: "acc_norm",
+      group: rows[i].name,
+      points: pts("mc_acc_norm"),
+      color,
+      dash: true,
+    });
   });
   return lineChartSVG({
     title: "Multiple choice: acc and acc_norm",

@@ -264,7 +264,13 @@ function drawAll() {
   drawChart("loss", "train and val loss (val dashed)", ["train", "val"], dash.state.log, true);
   drawChart("lr", "learning rate", ["lr"], false, false);
   drawChart("grad_norm", "gradient norm", ["grad_norm"], false, false);
-  drawChart("mc", "multiple choice: acc, acc_norm (dashed)", ["mc_acc", "mc_acc_norm"], false, false);
+  drawChart(
+    "mc",
+    "multiple choice: acc, acc_norm (dashed)",
+    ["mc_acc", "mc_acc_norm"],
+    false,
+    false,
+  );
   document.body.dataset.drawn = String(++dash.draws || (dash.draws = 1));
 }
 
