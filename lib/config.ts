@@ -598,13 +598,15 @@ export function configHash(cfg: Config): string {
   const data: Record<string, unknown> = { ...cfg.data };
   if (data.sources === null) delete data.sources; // added later: counts only where set
   // Keys added after the hash was first written count only where set, so that a run's hash stays what it was.
-  for (const k of LATER_TRAINING_KEYS) {
-    if (JSON.stringify(training[k]) === JSON.stringify(DEFAULTS.training[k])) delete training[k];
-  }
+  const set = laterKeysSet(cfg);
+  for (const k of LATER_TRAINING_KEYS) if (!set.includes(k)) delete training[k];
   return shortHash({ model: cfg.model, data, training, init: cfg.init });
 }
 
-/** The training keys of the checkpoints kept and the spike guard: their defaults leave a run as it was before. */
+/**
+ * The training keys of the checkpoints kept, the spike guard and the multiple-choice score: their defaults leave a
+ * run as it was before them (and the PyTorch hand-off applies none of them).
+ */
 const LATER_TRAINING_KEYS = [
   "keep_best",
   "keep_last",
@@ -612,6 +614,13 @@ const LATER_TRAINING_KEYS = [
   "skip_spikes",
   "multiple_choice",
 ] as const;
+
+/** Which of {@link LATER_TRAINING_KEYS} `cfg` sets to something other than its default. */
+export function laterKeysSet(cfg: Config): (typeof LATER_TRAINING_KEYS)[number][] {
+  return LATER_TRAINING_KEYS.filter((k) =>
+    JSON.stringify(cfg.training[k]) !== JSON.stringify(DEFAULTS.training[k])
+  );
+}
 
 /**
  * Training keys that may change when a run resumes: which checkpoints are kept and when to stop early change

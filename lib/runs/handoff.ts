@@ -5,7 +5,7 @@
  * config, position, schedule, launch lines) and the token batches our own loop would consume next, as uint16.
  */
 import type { Config } from "../config.ts";
-import { configHash, DEFAULTS } from "../config.ts";
+import { configHash, laterKeysSet } from "../config.ts";
 import { UserError } from "../errors.ts";
 import { claimOutput, outputMark, type OutputState, replaceDir } from "../outputs.ts";
 import type { Batch, BatchLoader } from "../data/data.ts";
@@ -192,13 +192,13 @@ export async function handoffRun(
 
 /** One line where the run sets training keys that the PyTorch side does not apply. */
 function noteUnapplied(cfg: Config, print: (s: string) => void): void {
-  const unapplied = (["keep_best", "keep_last", "early_stop_patience", "skip_spikes"] as const)
-    .filter((k) => JSON.stringify(cfg.training[k]) !== JSON.stringify(DEFAULTS.training[k]));
+  const unapplied = laterKeysSet(cfg);
   if (unapplied.length === 0) return;
   print(
     `note: scaleout/torch/train_ddp.py does not apply ${
       unapplied.map((k) => `training.${k}`).join(", ")
-    }: it keeps the latest checkpoint and updates every step; they apply again when the run comes back here`,
+    }: it keeps the latest checkpoint, updates every step and scores no multiple-choice items; they apply ` +
+      `again when the run comes back here`,
   );
 }
 
