@@ -1,4 +1,5 @@
 /** Shared test helpers. */
+import { type Config, loadExperiment } from "../lib/config.ts";
 
 /** Copies The Verdict from ../shared/data into data/ when missing; returns its path. */
 export async function ensureVerdict(): Promise<string> {
@@ -144,6 +145,12 @@ export const TINY_RUN = [
   "model.n_layers=1",
   "data.batch_size=16",
 ];
+
+/** verdict-small.yaml under `name` with `overrides` (`--set` values), The Verdict in place first. */
+export async function verdictSmall(name: string, overrides: string[]): Promise<Config> {
+  await ensureVerdict();
+  return await loadExperiment("experiments/verdict-small.yaml", [...overrides, `name=${name}`]);
+}
 
 /**
  * The folder of the shared PyTorch fixtures: `GPT_FIXTURES_DIR` when set (bench/gpu-run.sh carries them to a

@@ -6,13 +6,13 @@
  */
 import { deepStrictEqual as assertEquals, ok, rejects } from "node:assert/strict";
 import { loadCheckpoint } from "../lib/train/checkpoint.ts";
-import { configHash, loadExperiment } from "../lib/config.ts";
+import { configHash } from "../lib/config.ts";
 import { UserError } from "../lib/errors.ts";
 import { prepareData, runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { loadModel } from "../lib/train/load.ts";
 import { calcLossLoader } from "../lib/train/loss.ts";
-import { ensureVerdict } from "./_helpers.ts";
+import { verdictSmall } from "./_helpers.ts";
 
 const SHORT = [
   "model.context_length=32",
@@ -25,14 +25,7 @@ const SHORT = [
 ];
 const PER_EPOCH = 13;
 
-async function config(name: string, extra: string[]) {
-  await ensureVerdict();
-  return await loadExperiment("experiments/verdict-small.yaml", [
-    ...SHORT,
-    ...extra,
-    `name=${name}`,
-  ]);
-}
+const config = (name: string, extra: string[] = []) => verdictSmall(name, [...SHORT, ...extra]);
 
 const dir = await Deno.makeTempDir();
 const opts = { print: () => {}, progress: false, checkpointsDir: dir };

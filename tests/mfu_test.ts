@@ -3,14 +3,13 @@
  * active backend and cached per machine and library, MFU in the run header, the eval lines and `compare`.
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { loadExperiment } from "../lib/config.ts";
 import { initGPTParams } from "../lib/model/init.ts";
 import { TorchGenerator } from "../lib/model/rng.ts";
 import { formatTable, summarizeRun } from "../lib/runs/compare.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { flopsPerToken } from "../lib/train/mfu.ts";
-import { ensureVerdict } from "./_helpers.ts";
+import { verdictSmall } from "./_helpers.ts";
 
 const SHORT = [
   "model.context_length=32",
@@ -23,14 +22,7 @@ const SHORT = [
   "backend=blas",
 ];
 
-async function config(name: string, extra: string[] = []) {
-  await ensureVerdict();
-  return await loadExperiment("experiments/verdict-small.yaml", [
-    ...SHORT,
-    ...extra,
-    `name=${name}`,
-  ]);
-}
+const config = (name: string, extra: string[] = []) => verdictSmall(name, [...SHORT, ...extra]);
 
 const dir = await Deno.makeTempDir();
 const opts = { print: () => {}, progress: false, checkpointsDir: dir };

@@ -5,12 +5,12 @@
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { loadCheckpoint } from "../lib/train/checkpoint.ts";
-import { loadExperiment, SPIKE_WINDOW } from "../lib/config.ts";
+import { SPIKE_WINDOW } from "../lib/config.ts";
 import { UserError } from "../lib/errors.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { SpikeGuard, zScore } from "../lib/train/spikes.ts";
-import { ensureVerdict } from "./_helpers.ts";
+import { verdictSmall } from "./_helpers.ts";
 
 const SHORT = [
   "model.context_length=32",
@@ -25,14 +25,7 @@ const SHORT = [
 // A loss half a standard deviation above the last 4 steps' mean is a "spike": several steps of this run are.
 const GUARD = "training.skip_spikes={loss_z: 0.5, grad_z: 0.5, window: 4}";
 
-async function config(name: string, extra: string[] = []) {
-  await ensureVerdict();
-  return await loadExperiment("experiments/verdict-small.yaml", [
-    ...SHORT,
-    ...extra,
-    `name=${name}`,
-  ]);
-}
+const config = (name: string, extra: string[] = []) => verdictSmall(name, [...SHORT, ...extra]);
 
 const dir = await Deno.makeTempDir();
 const opts = { print: () => {}, progress: false, checkpointsDir: dir };
