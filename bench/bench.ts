@@ -29,8 +29,8 @@ import {
   usePrecision,
 } from "../lib/backends/backend.ts";
 import { flopsPerToken } from "../lib/train/mfu.ts";
-import { matrixLibrary } from "../lib/backends/blas.ts";
-import { LIBRARIES } from "../lib/backends/blas_lib.ts";
+import { matrixLibrary } from "../lib/backends/cpu/cpu_backend.ts";
+import { LIBRARIES } from "../lib/backends/cpu/matrix/libraries.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { generateCached } from "../lib/model/kvcache.ts";
 import { initGPTParams } from "../lib/model/init.ts";
@@ -662,7 +662,7 @@ async function bestOf(
 /** For each precision: the library `auto` takes here and the fastest train step measured above. */
 async function autoChoice(): Promise<Record<string, unknown>[]> {
   const code = `import { loadBlas } from "${new URL(
-    "../lib/backends/matrix_choice.ts",
+    "../lib/backends/cpu/matrix/choice.ts",
     import.meta.url,
   )}";
     for (const p of ["fp32", "bf16-mixed"]) { const r = loadBlas(p); console.log(r.ok ? r.name : "none"); }`;

@@ -14,8 +14,8 @@
  * fails or cannot run.
  */
 import { parseArgs } from "node:util";
-import { probeWebGPU } from "../lib/backends/webgpu.ts";
-import { loadTensorflow } from "../lib/backends/tensorflow.ts";
+import { probeWebGPU } from "../lib/backends/webgpu/adapter.ts";
+import { loadTensorflow } from "../lib/backends/tensorflow/load.ts";
 import { loadExperiment } from "../lib/config.ts";
 
 const { values } = parseArgs({

@@ -21,9 +21,9 @@ import {
   registerBlasBackend,
   setPrecision,
   useMatrixLibrary,
-} from "../lib/backends/blas.ts";
-import { gemmBuild } from "../lib/backends/gemm.ts";
-import { holdHelpers, readyHelpers, setParallelism } from "../lib/backends/pool.ts";
+} from "../lib/backends/cpu/cpu_backend.ts";
+import { gemmBuild } from "../lib/backends/cpu/matrix/wasm_gemm.ts";
+import { holdHelpers, readyHelpers, setParallelism } from "../lib/backends/cpu/pool.ts";
 import { loadExperiment } from "../lib/config.ts";
 
 const flag = (name: string) =>

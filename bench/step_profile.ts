@@ -17,8 +17,8 @@ import {
   type Precision,
   registerBlasBackend,
   useMatrixLibrary,
-} from "../lib/backends/blas.ts";
-import type { LibraryKind } from "../lib/backends/blas_lib.ts";
+} from "../lib/backends/cpu/cpu_backend.ts";
+import type { LibraryKind } from "../lib/backends/cpu/matrix/libraries.ts";
 import { usePrecision } from "../lib/backends/backend.ts";
 import { AdamW } from "../lib/train/adamw.ts";
 import { DEFAULTS, type ModelConfig } from "../lib/config.ts";

@@ -94,7 +94,7 @@ export type BackendName = typeof BACKENDS[number];
 /**
  * How a run's matrix products compute (LitGPT's names): `fp32`, or `bf16-mixed` (each product's inputs rounded to
  * bf16, fp32 accumulation and output; weights, gradients, AdamW moments and checkpoints stay fp32). The kernels'
- * own list is lib/backends/blas.ts's `Precision`; tests/precision_test.ts checks the two are the same.
+ * own list is lib/backends/cpu/matrix/libraries.ts's `Precision`; tests/precision_test.ts checks the two are the same.
  */
 export const PRECISIONS = ["fp32", "bf16-mixed"] as const;
 export type PrecisionName = typeof PRECISIONS[number];

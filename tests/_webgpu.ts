@@ -2,7 +2,7 @@
  * WebGPU for tests: whether an adapter exists here (software ones included, e.g. Mesa lavapipe in CI), so that
  * webgpu tests run where they can and are ignored, not failed, elsewhere.
  */
-import { ALLOW_FALLBACK_ENV, probeWebGPU } from "../lib/backends/webgpu.ts";
+import { ALLOW_FALLBACK_ENV, probeWebGPU } from "../lib/backends/webgpu/adapter.ts";
 
 /** What {@link webgpuForTests} found. */
 export interface WebGPUForTests {

@@ -4,7 +4,7 @@
  */
 import { ok, rejects } from "node:assert/strict";
 import { initBackend } from "../lib/backends/backend.ts";
-import { ALLOW_FALLBACK_ENV, probeWebGPU } from "../lib/backends/webgpu.ts";
+import { ALLOW_FALLBACK_ENV, probeWebGPU } from "../lib/backends/webgpu/adapter.ts";
 import { UserError } from "../lib/errors.ts";
 import { ignoredBecause } from "./_helpers.ts";
 

@@ -5,7 +5,7 @@
  * alone never take longer than the step.
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { loadNativeBlas } from "../lib/backends/blas.ts";
+import { loadNativeBlas } from "../lib/backends/cpu/cpu_backend.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const SMALL = "experiments/verdict-small.yaml"; // 2 layers, 64 wide, context 64

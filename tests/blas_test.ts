@@ -1,6 +1,6 @@
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
-import { fusedGelu, fusedLayerNorm } from "../lib/backends/fused_cpu.ts";
+import { fusedGelu, fusedLayerNorm } from "../lib/backends/backend.ts";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import {
   BLAS_BACKEND,
@@ -9,8 +9,8 @@ import {
   matrixLibrary,
   registerBlasBackend,
   useMatrixLibrary,
-} from "../lib/backends/blas.ts";
-import { isShared, setParallelism } from "../lib/backends/pool.ts";
+} from "../lib/backends/cpu/cpu_backend.ts";
+import { isShared, setParallelism } from "../lib/backends/cpu/pool.ts";
 
 const blas = registerBlasBackend();
 if (!blas.ok) console.warn(`blas_test: skipped: ${blas.reason}`);

@@ -1,16 +1,16 @@
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { BLAS_BACKEND, registerBlasBackend } from "../lib/backends/blas.ts";
+import { BLAS_BACKEND, registerBlasBackend } from "../lib/backends/cpu/cpu_backend.ts";
+import { fastExp } from "../lib/backends/cpu/fused_kernels.ts";
 import {
-  fastExp,
   fusedAttention,
   fusedCausalSoftmax,
   fusedCrossEntropy,
   fusedGelu,
   fusedLayerNorm,
-} from "../lib/backends/fused_cpu.ts";
-import { readyHelpers, splitCalls } from "../lib/backends/pool.ts";
+} from "../lib/backends/backend.ts";
+import { readyHelpers, splitCalls } from "../lib/backends/cpu/pool.ts";
 
 const blas = registerBlasBackend();
 if (!blas.ok) console.warn(`fused_cpu_test: kernel tests skipped: ${blas.reason}`);

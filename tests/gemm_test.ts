@@ -1,23 +1,28 @@
 /**
- * The portable WebAssembly GEMM (lib/backends/gemm.ts): both builds against a double-precision reference and
+ * The portable WebAssembly GEMM (lib/backends/cpu/matrix/wasm_gemm.ts): both builds against a double-precision reference and
  * against OpenBLAS on awkward shapes, bit-identical results on 1 and 2 threads, a training step equal to the
  * OpenBLAS path's, and the run header naming the library.
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { GEMM_BUILT_FROM, type GemmArgs, gemmBlock, useGemmBuild } from "../lib/backends/gemm.ts";
+import {
+  GEMM_BUILT_FROM,
+  type GemmArgs,
+  gemmBlock,
+  useGemmBuild,
+} from "../lib/backends/cpu/matrix/wasm_gemm.ts";
 import {
   parallelWasmSgemm,
   parallelWasmSgemv,
   setWasmGemmThreads,
-} from "../lib/backends/gemm_split.ts";
+} from "../lib/backends/cpu/matrix/split_products.ts";
 import {
   holdHelpers,
   readyHelpers,
   setParallelism,
   sharedF32,
   splitCalls,
-} from "../lib/backends/pool.ts";
-import { loadNativeBlas, useMatrixLibrary } from "../lib/backends/blas.ts";
+} from "../lib/backends/cpu/pool.ts";
+import { loadNativeBlas, useMatrixLibrary } from "../lib/backends/cpu/cpu_backend.ts";
 import { initBackend } from "../lib/backends/backend.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { initGPTParams } from "../lib/model/init.ts";
@@ -368,7 +373,9 @@ Deno.test({
   },
 });
 
-Deno.test("gemm_wasm.ts was built from the current gemm.c (run `deno task build-wasm` after editing it)", async () => {
-  const text = await Deno.readTextFile(new URL("../lib/backends/simd/gemm.c", import.meta.url));
+Deno.test("wasm_gemm_binary.ts was built from the current gemm.c (run `deno task build-wasm` after editing it)", async () => {
+  const text = await Deno.readTextFile(
+    new URL("../lib/backends/cpu/wasm_src/gemm.c", import.meta.url),
+  );
   assertEquals(GEMM_BUILT_FROM, await sourceSha256(text));
 });

@@ -15,7 +15,7 @@ import { loadHFGPT2 } from "../lib/weights/gpt2.ts";
 import { GPTModel } from "../lib/model/model.ts";
 import { accumulateGradients, trainStep } from "../lib/train/train.ts";
 import { clipByGlobalNorm, globalNorm } from "../lib/train/schedule.ts";
-import { loadNativeBlas, useMatrixLibrary } from "../lib/backends/blas.ts";
+import { loadNativeBlas, useMatrixLibrary } from "../lib/backends/cpu/cpu_backend.ts";
 import { webgpuForTests } from "./_webgpu.ts";
 import { fixturesDir, ignoredBecause, NO_OPENBLAS } from "./_helpers.ts";
 

@@ -5,7 +5,7 @@ import {
   ok as assert,
   rejects as assertRejects,
 } from "node:assert/strict";
-import { BLAS_BACKEND, registerBlasBackend } from "../lib/backends/blas.ts";
+import { BLAS_BACKEND, registerBlasBackend } from "../lib/backends/cpu/cpu_backend.ts";
 import type { ModelConfig } from "../lib/config.ts";
 import { generate, generateTextSimple, lastLogits } from "../lib/model/generate.ts";
 import { initGPTParams } from "../lib/model/init.ts";

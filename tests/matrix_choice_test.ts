@@ -4,9 +4,13 @@
  * measures afresh where the cache has no entry for this machine. An OpenBLAS on a generic core gets its fix.
  */
 import { ok } from "node:assert/strict";
-import { loadedLibraries, machineKey } from "../lib/backends/matrix_choice.ts";
-import { cpuFlags, type LibraryKind } from "../lib/backends/blas_lib.ts";
-import { matrixLibrary, registerBlasBackend, useMatrixLibrary } from "../lib/backends/blas.ts";
+import { loadedLibraries, machineKey } from "../lib/backends/cpu/matrix/choice.ts";
+import { cpuFlags, type LibraryKind } from "../lib/backends/cpu/matrix/libraries.ts";
+import {
+  matrixLibrary,
+  registerBlasBackend,
+  useMatrixLibrary,
+} from "../lib/backends/cpu/cpu_backend.ts";
 import { ignoredBecause, tempDir } from "./_helpers.ts";
 
 const { libs } = loadedLibraries();
@@ -139,7 +143,7 @@ Deno.test({
   ignore: !openblas || !avx512,
   fn: async () => {
     const code = `import { loadNativeBlas } from "${new URL(
-      "../lib/backends/blas_lib.ts",
+      "../lib/backends/cpu/matrix/libraries.ts",
       import.meta.url,
     )}";
       const r = loadNativeBlas(); console.log(r.ok ? r.lib.describe() + " | " + r.lib.warning : r.reason);`;

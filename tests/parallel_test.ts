@@ -1,5 +1,5 @@
 /**
- * The JS kernels split across helper Workers (lib/backends/pool.ts, on by default with one thread per core)
+ * The JS kernels split across helper Workers (lib/backends/cpu/pool.ts, on by default with one thread per core)
  * give bit for bit the numbers of one thread: a GPT training step (loss, gradients through every fused kernel,
  * AdamW) from the same parameters ends at identical parameters either way.
  */
@@ -13,7 +13,7 @@ import { GPTModel } from "../lib/model/model.ts";
 import { DropoutRng } from "../lib/model/ops.ts";
 import { TorchGenerator } from "../lib/model/rng.ts";
 import { trainStep } from "../lib/train/train.ts";
-import { loadBlas } from "../lib/backends/blas.ts";
+import { loadBlas } from "../lib/backends/cpu/cpu_backend.ts";
 import {
   DEFAULT_MIN_WORK,
   parallelFor,
@@ -21,7 +21,7 @@ import {
   setParallelism,
   sharedF32,
   splitCalls,
-} from "../lib/backends/pool.ts";
+} from "../lib/backends/cpu/pool.ts";
 
 Deno.test({
   name: "a training step on 2 threads equals one on 1 thread, bit for bit (blas)",
@@ -103,7 +103,7 @@ Deno.test("dropout masks keep xoshiro128**'s outputs at or above p·2³² (a ref
 });
 
 Deno.test("the pool knows no kernel: it imports nothing and names an unregistered kernel in its error", () => {
-  const src = Deno.readTextFileSync(new URL("../lib/backends/pool.ts", import.meta.url));
+  const src = Deno.readTextFileSync(new URL("../lib/backends/cpu/pool.ts", import.meta.url));
   assertEquals(src.match(/^import .*$/gm), null);
   throws(() => parallelFor("noSuchKernel", [], [], 1), /no kernel named "noSuchKernel"/);
 });

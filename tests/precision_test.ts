@@ -4,7 +4,7 @@
  * preflight, and the refusals (a backend without bf16 products, an unknown precision) as one line, exit 2, nothing
  * written.
  */
-import { RECENT_BYTES } from "../lib/backends/bf16.ts";
+import { RECENT_BYTES } from "../lib/backends/cpu/bf16.ts";
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import type { Precision } from "../lib/backends/backend.ts";
 import { loadExperiment, type PrecisionName, PRECISIONS } from "../lib/config.ts";

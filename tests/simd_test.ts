@@ -1,11 +1,11 @@
 /**
- * The WebAssembly SIMD kernels (lib/backends/simd.ts) against the JS loops they replace: same kernels of
- * kernels.ts run once with the module and once without, on seeded data with the shapes of a GPT step and the
+ * The WebAssembly SIMD kernels (lib/backends/cpu/simd_kernels.ts) against the JS loops they replace: same kernels of
+ * row_kernels.ts run once with the module and once without, on seeded data with the shapes of a GPT step and the
  * awkward cases (rows not a multiple of 4, several chunks, extreme inputs).
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { KERNELS } from "../lib/backends/kernels.ts";
-import { BUILT_FROM, useSimd } from "../lib/backends/simd.ts";
+import { KERNELS } from "../lib/backends/cpu/row_kernels.ts";
+import { BUILT_FROM, useSimd } from "../lib/backends/cpu/simd_kernels.ts";
 import { sourceSha256 } from "../tasks/build_wasm.ts";
 
 const simd = useSimd();
@@ -55,7 +55,9 @@ function worst(fast: ArrayLike<number>[], ref: ArrayLike<number>[], which: numbe
 }
 
 Deno.test("the embedded wasm module is built from the current kernels.c (else: deno task build-wasm)", async () => {
-  const text = await Deno.readTextFile(new URL("../lib/backends/simd/kernels.c", import.meta.url));
+  const text = await Deno.readTextFile(
+    new URL("../lib/backends/cpu/wasm_src/row_kernels.c", import.meta.url),
+  );
   assertEquals(BUILT_FROM, await sourceSha256(text));
 });
 

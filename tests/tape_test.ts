@@ -10,7 +10,7 @@ import { GPTModel } from "../lib/model/model.ts";
 import { DropoutRng } from "../lib/model/ops.ts";
 import { TorchGenerator } from "../lib/model/rng.ts";
 import { setLeanGradients } from "../lib/model/tape.ts";
-import { loadBlas } from "../lib/backends/blas.ts";
+import { loadBlas } from "../lib/backends/cpu/cpu_backend.ts";
 
 /** Gradients of `f` under TF.js's backward pass and under the lean one, as plain arrays, and live tensor counts. */
 function both(f: () => tf.Scalar, xs: tf.Variable[]) {

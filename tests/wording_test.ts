@@ -5,7 +5,11 @@
  */
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { spawnTask, TINY_YAML, tinyProject, trainIn } from "./_cases.ts";
-import { loadDnnlBlas, loadNativeBlas, loadWasmBlas } from "../lib/backends/blas_lib.ts";
+import {
+  loadDnnlBlas,
+  loadNativeBlas,
+  loadWasmBlas,
+} from "../lib/backends/cpu/matrix/libraries.ts";
 
 Deno.test("eval's report of a 1-layer, 2-epoch run says '1 layer' and '2 epochs'", async () => {
   const dir = await tinyProject("tiny");

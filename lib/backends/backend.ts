@@ -1,182 +1,45 @@
 /**
- * The one place that names TF.js backends. `initBackend` turns the config's `backend` into a ready TF.js backend
- * and says which one and why; model and training code then use plain `tf.*` calls.
+ * The face of the backends layer: the one module that model/, train/, weights/ and the tasks call. It holds
+ *
+ * - the backend choice (`initBackend`, `usePrecision`: choice.ts) and the measured peak of the matrix products;
+ * - host views: a tensor's storage as a Float32Array where it lives on the host, and host arrays that the helper
+ *   threads can share;
+ * - the fused ops (attention, linear, causal softmax, layer norm, GELU, embedding, cross-entropy: fused_ops.ts),
+ *   the dropout masks and the AdamW update, each answering "not here" (null, or false for an update in place)
+ *   where the active backend lacks it, so that the caller composes plain TF.js ops instead;
+ * - holding the helper threads open across a training step.
+ *
+ * Behind it, one folder per implementation: cpu/ (the thread pool, row kernels, fused kernels and the matrix
+ * libraries of the `blas` backend), webgpu/, tensorflow/. No module outside this folder imports one of them
+ * (tests/layers_test.ts checks).
  */
 import * as tf from "@tensorflow/tfjs-core";
-import "@tensorflow/tfjs";
-import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
 import type { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
-import {
-  BLAS_BACKEND,
-  matrixLibrary,
-  type Precision,
-  registerBlasBackend,
-  setPrecision,
-  weightsUpdated,
-} from "./blas.ts";
-import { alloc } from "./fused_cpu.ts";
-import { DNNL_THREAD_NOTE } from "./dnnl.ts";
-import { holdHelpers } from "./pool.ts";
-import { loadTensorflow, nvidiaGpuVisible } from "./tensorflow.ts";
-import {
-  activateWebGPU,
-  ALLOW_FALLBACK_ENV,
-  fallbackAllowed,
-  hardwareGpuPossible,
-  probeWebGPU,
-} from "./webgpu.ts";
-import type { BackendName, ModelConfig } from "../config.ts";
-import { firstLine, UserError } from "../errors.ts";
+import { alloc } from "./cpu/fused_kernels.ts";
+import { holdHelpers, parallelFor, shared, sharedF32 } from "./cpu/pool.ts";
+import "./cpu/row_kernels.ts"; // registers the "dropoutMask" and "adamw" row kernels
+import { sharedHostView, weightCopyTarget } from "./cpu/cpu_backend.ts";
 
-tf.env().set("IS_NODE", false); // silences tfjs's "install tfjs-node" banner: we pick backends ourselves
-tf.env().set("WASM_HAS_MULTITHREAD_SUPPORT", false); // Deno lacks the worker setup tfjs-wasm threads need
-
-/** The backend a run uses and the reason it was chosen. */
-export interface BackendChoice {
-  name: string;
-  reason: string;
-}
-
-/** The wasm backend's heap cannot grow past 4 GiB (wasm32). */
-const WASM_HEAP_BYTES = 4 * 1024 ** 3;
+export { type BackendChoice, estimateTrainingBytes, initBackend, usePrecision } from "./choice.ts";
+export { type Precision, weightsUpdated } from "./cpu/cpu_backend.ts";
+export { measuredPeak, type Peak } from "./cpu/matrix/peak.ts";
+export { RECENT_BYTES } from "./cpu/bf16.ts";
+export {
+  fusedAttention,
+  fusedCausalSoftmax,
+  fusedCrossEntropy,
+  fusedEmbedding,
+  fusedGelu,
+  fusedLayerNorm,
+  fusedLinear,
+} from "./fused_ops.ts";
 
 /**
- * Rough peak memory of training: parameters, gradients and AdamW's two moments (4 × params × 4 bytes) plus the
- * activations autodiff keeps (≈ 40 floats per token per layer per emb unit, attention maps, and the logits a few
- * times over).
+ * A zeroed Float32Array of `n` elements on shared memory, so that the helper threads can read and write it
+ * (parameters, optimizer moments, weights loaded from a file). Any backend takes it as a tensor's data.
  */
-export function estimateTrainingBytes(cfg: ModelConfig, batchSize: number, params: number): number {
-  const T = cfg.context_length, N = batchSize * T;
-  const perLayer = N * cfg.emb_dim * 40 + batchSize * cfg.n_heads * T * T * 4;
-  const activations = cfg.n_layers * perLayer + N * cfg.vocab_size * 4;
-  return 16 * params + 4 * activations;
-}
-
-async function tryWasm(): Promise<string | null> {
-  try {
-    const entry = import.meta.resolve("@tensorflow/tfjs-backend-wasm");
-    const dir = new URL(".", entry).pathname;
-    setWasmPaths(dir.endsWith("/") ? dir : dir + "/");
-    return (await tf.setBackend("wasm")) ? null : "tf.setBackend('wasm') returned false";
-  } catch (err) {
-    return firstLine(err);
-  }
-}
-
-/**
- * Activates the requested backend. `auto` prefers libtensorflow on a visible NVIDIA GPU (tfjs-node-gpu, when
- * installed), then a hardware WebGPU adapter (never a software fallback one), then the fastest CPU backend on which
- * the model fits.
- * Unknown or unavailable explicit choices are a UserError (exit 2).
- */
-export async function initBackend(
-  requested: BackendName,
-  memory?: { cfg: ModelConfig; batchSize: number; params: number },
-): Promise<BackendChoice> {
-  const need = memory ? estimateTrainingBytes(memory.cfg, memory.batchSize, memory.params) : 0;
-  return requested === "auto" ? await autoBackend(need) : await explicitBackend(requested, need);
-}
-
-function gib(bytes: number): string {
-  return (bytes / 1024 ** 3).toFixed(1);
-}
-
-/** A backend named in the config, or a UserError saying why it is not available. */
-async function explicitBackend(
-  requested: Exclude<BackendName, "auto">,
-  need: number,
-): Promise<BackendChoice> {
-  switch (requested) {
-    case "blas": {
-      const res = registerBlasBackend();
-      if (!res.ok) throw new UserError(`backend blas: not available: ${res.reason}`);
-      await tf.setBackend(BLAS_BACKEND);
-      return { name: "blas", reason: `requested; ${res.reason}` };
-    }
-    case "cpu":
-      await tf.setBackend("cpu");
-      return { name: "cpu", reason: "requested" };
-    case "wasm": {
-      const err = await tryWasm();
-      if (err) throw new UserError(`backend wasm: not available: ${err}`);
-      if (need > WASM_HEAP_BYTES) {
-        console.warn(
-          `warning: training needs about ${gib(need)} GiB; the wasm heap is capped at 4 GiB`,
-        );
-      }
-      return { name: "wasm", reason: "requested" };
-    }
-    case "webgpu": {
-      const found = await probeWebGPU();
-      if (typeof found === "string") throw new UserError(`backend webgpu: not available: ${found}`);
-      if (found.fallback && !fallbackAllowed()) {
-        throw new UserError(
-          `backend webgpu: only a software adapter was found (${found.description}); set ${ALLOW_FALLBACK_ENV}=1 to use it anyway`,
-        );
-      }
-      const err = await activateWebGPU(found);
-      if (err) throw new UserError(`backend webgpu: adapter ${found.description} failed: ${err}`);
-      return { name: "webgpu", reason: `requested; adapter ${found.description}` };
-    }
-    case "tensorflow": {
-      const res = await loadTensorflow();
-      if (!res.ok) throw new UserError(`backend tensorflow: not available: ${res.reason}`);
-      return { name: "tensorflow", reason: `requested; ${res.detail}` };
-    }
-  }
-}
-
-/** `auto`'s choice for training that needs about `need` bytes (see {@link initBackend}). */
-async function autoBackend(need: number): Promise<BackendChoice> {
-  let tfNote = "tensorflow: no NVIDIA GPU visible";
-  if (nvidiaGpuVisible()) {
-    const res = await loadTensorflow(true);
-    if (res.ok) {
-      return { name: "tensorflow", reason: `auto: NVIDIA GPU visible; ${res.detail}` };
-    }
-    tfNote = `tensorflow: ${res.reason}`;
-  }
-  const gpu = hardwareGpuPossible()
-    ? await probeWebGPU()
-    : "no GPU device node (/dev/dri/renderD*, /dev/nvidia0)";
-  let gpuNote = typeof gpu === "string"
-    ? `webgpu: ${gpu}`
-    : `webgpu: only the software adapter ${gpu.description}`;
-  if (typeof gpu !== "string" && !gpu.fallback) {
-    const err = await activateWebGPU(gpu);
-    if (!err) {
-      return { name: "webgpu", reason: `auto: hardware WebGPU adapter ${gpu.description}` };
-    }
-    gpuNote = `webgpu: adapter ${gpu.description} failed: ${err}`;
-  }
-  const noGpu = `no GPU: ${tfNote}; ${gpuNote}`;
-  const blas = registerBlasBackend();
-  if (blas.ok && await tf.setBackend(BLAS_BACKEND)) {
-    return { name: "blas", reason: `auto: ${noGpu}; fastest CPU path (${blas.reason})` };
-  }
-  if (need <= WASM_HEAP_BYTES * 0.85) {
-    const err = await tryWasm();
-    if (!err) {
-      return {
-        name: "wasm",
-        reason: `auto: ${noGpu}; no BLAS (${blas.reason}); wasm fits: training needs ~${
-          gib(need)
-        } GiB of its 4 GiB heap`,
-      };
-    }
-    await tf.setBackend("cpu");
-    return {
-      name: "cpu",
-      reason: `auto: ${noGpu}; no BLAS (${blas.reason}); wasm failed to load (${err})`,
-    };
-  }
-  await tf.setBackend("cpu");
-  return {
-    name: "cpu",
-    reason: `auto: ${noGpu}; no BLAS (${blas.reason}); training needs ~${
-      gib(need)
-    } GiB, more than wasm's 4 GiB heap`,
-  };
+export function hostArray(n: number): Float32Array {
+  return sharedF32(n);
 }
 
 /**
@@ -210,26 +73,62 @@ export function withHelpersHeld<T>(f: () => Promise<T>): Promise<T> {
   return holdHelpers(f);
 }
 
-export { type Precision, weightsUpdated };
-export { measuredPeak, type Peak } from "./peak.ts";
+/**
+ * Draws `n` elements of an inverted-dropout keep-mask into `out` (0 with probability `p`, else 1/(1−p)) from the
+ * xoshiro128** stream whose four-integer state is `state`, and advances `state` past them. Long masks in shared
+ * memory are drawn on every helper thread (each part jumps ahead in the one stream: the same mask).
+ */
+export function drawDropoutMask(state: Uint32Array, n: number, p: number, out: Float32Array): void {
+  const end = shared(new Int32Array(4));
+  const [s0, s1, s2, s3] = state;
+  parallelFor(
+    "dropoutMask",
+    [out, end],
+    [s0, s1, s2, s3, Math.floor(p * 4294967296), 1 / (1 - p), n],
+    n,
+    4,
+  );
+  for (let i = 0; i < 4; i++) state[i] = end[i] >>> 0;
+}
+
+/** The constants of one AdamW step (lib/train/adamw.ts), √(1−β2ᵗ) folded into `stepSize` and `eps`. */
+export interface AdamWStep {
+  beta1: number;
+  beta2: number;
+  decay: number; // 1 − lr·wd
+  stepSize: number; // lr / (1−β1ᵗ) · √(1−β2ᵗ)
+  eps: number; // eps · √(1−β2ᵗ)
+}
+
+/** A writable host view of a parameter or moment, in shared memory where the backend allows it. */
+function updateView(t: tf.Tensor): Float32Array | null {
+  return sharedHostView(t) ?? hostView(t);
+}
 
 /**
- * Sets the precision of the run's matrix products on the active backend `backend` (the name `initBackend`
- * returned); `weights` are the model's parameters, whose bf16 copies are made once per optimizer step
- * ({@link weightsUpdated}). `bf16-mixed` runs on the `blas` backend only: elsewhere a UserError (exit 2). Returns
- * a phrase for the run header, e.g. "bf16-mixed (emulated: WebAssembly GEMM has no bf16 product, not faster)".
+ * AdamW's update of parameter `p` and its moments `m`, `v` from gradient `g`, in place in one pass over host
+ * memory (split across the helper threads where the arrays are shared; float32 like PyTorch): true when done,
+ * false ("not here") where a tensor's storage is not on the host, for the caller to compose TF.js ops. In
+ * `bf16-mixed`, the weight's bf16 copy is written in the same pass.
  */
-export function usePrecision(precision: Precision, backend: string, weights: tf.Tensor[]): string {
-  if (precision !== "fp32" && backend !== "blas") {
-    throw new UserError(
-      `precision ${precision}: not available on backend ${backend} (not measured there yet); use backend blas or precision fp32`,
-    );
-  }
-  setPrecision(precision, weights);
-  if (precision === "fp32") return "fp32";
-  const lib = matrixLibrary();
-  const note = lib?.kind === "dnnl" ? `; ${DNNL_THREAD_NOTE}` : "";
-  return lib?.gemmBf16
-    ? `${precision} (bf16 products on ${lib.describe()}${note})`
-    : `${precision} (emulated: bf16 rounding around fp32 products, not faster on this library)`;
+export function fusedAdamWUpdate(
+  p: tf.Tensor,
+  g: tf.Tensor,
+  m: tf.Tensor,
+  v: tf.Tensor,
+  k: AdamWStep,
+): boolean {
+  const P = updateView(p), G = hostView(g), M = updateView(m), V = updateView(v);
+  if (!P || !G || !M || !V) return false;
+  const t = weightCopyTarget(p);
+  const arrays = t ? [P, G, M, V, t.copy] : [P, G, M, V];
+  const { beta1: b1, beta2: b2 } = k;
+  parallelFor(
+    "adamw",
+    arrays,
+    [b1, 1 - b1, b2, 1 - b2, k.decay, k.stepSize, k.eps, t?.form ?? 0],
+    P.length,
+    4,
+  );
+  return true;
 }

@@ -6,14 +6,14 @@
 import type { ModelConfig } from "../config.ts";
 import type { NamedParam } from "./params.ts";
 import type { TorchGenerator } from "./rng.ts";
-import { sharedF32 } from "../backends/pool.ts";
+import { hostArray } from "../backends/backend.ts";
 
 /** `nn.Embedding(rows, cols)`: weight ~ N(0, 1). */
 function embedding(name: string, rows: number, cols: number, rng: TorchGenerator): NamedParam {
   return {
     name: `${name}.weight`,
     shape: [rows, cols],
-    data: rng.fillNormal(sharedF32(rows * cols)),
+    data: rng.fillNormal(hostArray(rows * cols)),
   };
 }
 
@@ -31,14 +31,14 @@ function linear(
   const a = Math.sqrt(5);
   const gain = Math.sqrt(2 / (1 + a * a)); // calculate_gain("leaky_relu", a)
   const bound = Math.sqrt(3) * (gain / Math.sqrt(inF)); // = 1/sqrt(inF) up to rounding
-  const weight = rng.fillUniform(sharedF32(outF * inF), -bound, bound);
+  const weight = rng.fillUniform(hostArray(outF * inF), -bound, bound);
   const params = [{ name: `${name}.weight`, shape: [outF, inF], data: weight }];
   if (bias) {
     const b = 1 / Math.sqrt(inF);
     params.push({
       name: `${name}.bias`,
       shape: [outF],
-      data: rng.fillUniform(sharedF32(outF), -b, b),
+      data: rng.fillUniform(hostArray(outF), -b, b),
     });
   }
   return params;
@@ -47,8 +47,8 @@ function linear(
 /** The book's `LayerNorm(emb)`: scale = 1, shift = 0 (no random draws). */
 function layerNorm(name: string, emb: number): NamedParam[] {
   return [
-    { name: `${name}.scale`, shape: [emb], data: sharedF32(emb).fill(1) },
-    { name: `${name}.shift`, shape: [emb], data: sharedF32(emb) },
+    { name: `${name}.scale`, shape: [emb], data: hostArray(emb).fill(1) },
+    { name: `${name}.shift`, shape: [emb], data: hostArray(emb) },
   ];
 }
 

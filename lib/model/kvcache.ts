@@ -12,7 +12,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { GPTModel } from "./model.ts";
 import { type GenerateOptions, pickNext } from "./generate.ts";
-import { fusedCausalSoftmax } from "../backends/fused_cpu.ts";
+import { fusedCausalSoftmax } from "../backends/backend.ts";
 import { gelu, layerNorm } from "./ops.ts";
 
 /**

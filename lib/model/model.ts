@@ -7,7 +7,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import type { ModelConfig } from "../config.ts";
 import type { NamedParam } from "./params.ts";
-import { fusedAttention, fusedCausalSoftmax, fusedLinear } from "../backends/fused_cpu.ts";
+import { fusedAttention, fusedCausalSoftmax, fusedLinear } from "../backends/backend.ts";
 import {
   crossEntropy,
   dropout,

@@ -4,15 +4,15 @@
  * Nothing here names a backend: where a backend lacks a kernel, the op asks TF.js whether the kernel exists.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { hostView, tensorStorage } from "../backends/backend.ts";
-import { parallelFor, shared } from "../backends/pool.ts";
-import "../backends/kernels.ts"; // registers "dropoutMask"
 import {
+  drawDropoutMask,
   fusedCrossEntropy,
   fusedEmbedding,
   fusedGelu,
   fusedLayerNorm,
-} from "../backends/fused_cpu.ts";
+  hostView,
+  tensorStorage,
+} from "../backends/backend.ts";
 
 /** LayerNorm of section 4.2: biased variance over the last axis, eps 1e-5, learned scale and shift. */
 export function layerNorm(x: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor, eps = 1e-5): tf.Tensor {
@@ -137,16 +137,7 @@ export class DropoutRng {
    * masks in shared memory are drawn on every thread (each part jumps ahead in the one stream: the same mask).
    */
   mask(n: number, p: number, out: Float32Array = new Float32Array(n)): Float32Array {
-    const end = shared(new Int32Array(4));
-    const [s0, s1, s2, s3] = this.s;
-    parallelFor(
-      "dropoutMask",
-      [out, end],
-      [s0, s1, s2, s3, Math.floor(p * 4294967296), 1 / (1 - p), n],
-      n,
-      4,
-    );
-    for (let i = 0; i < 4; i++) this.s[i] = end[i] >>> 0;
+    drawDropoutMask(this.s, n, p, out);
     return out;
   }
 }

@@ -5,10 +5,7 @@
  *   p ← p − (lr / (1−β1ᵗ)) · m / (√v / √(1−β2ᵗ) + eps)
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { hostView, weightsUpdated } from "../backends/backend.ts";
-import { sharedHostView, weightCopyTarget } from "../backends/blas.ts";
-import { parallelFor, sharedF32 } from "../backends/pool.ts";
-import "../backends/kernels.ts"; // registers "adamw"
+import { fusedAdamWUpdate, hostArray, weightsUpdated } from "../backends/backend.ts";
 import type { NamedParam } from "../model/params.ts";
 
 /** Hyper-parameters of {@link AdamW}; defaults are PyTorch's except the book's lr and weight decay. */
@@ -20,17 +17,12 @@ export interface AdamWOptions {
   eps?: number;
 }
 
-/** A zero variable; on CPU-side backends its storage is shared memory (see pool.ts). */
+/** A zero variable; on CPU-side backends its storage is shared memory (see the backends' `hostArray`). */
 function zeros(shape: number[]): tf.Variable {
-  const t = tf.tensor(sharedF32(shape.reduce((a, b) => a * b, 1)), shape, "float32");
+  const t = tf.tensor(hostArray(shape.reduce((a, b) => a * b, 1)), shape, "float32");
   const v = tf.variable(t, false);
   t.dispose();
   return v;
-}
-
-/** A writable host view of a parameter or moment, in shared memory where the backend allows it. */
-function view(t: tf.Tensor): Float32Array | null {
-  return sharedHostView(t) ?? hostView(t);
 }
 
 /** PyTorch's AdamW (see the module comment); moments live beside the parameters on the active backend. */
@@ -73,22 +65,10 @@ export class AdamW {
       const g = grads.get(name);
       if (!g) continue;
       const m = this.m.get(name)!, v = this.v.get(name)!;
-      const P = view(p), G = hostView(g), M = view(m), V = view(v);
-      if (P && G && M && V) {
-        // One pass over host memory, split across threads where the arrays are shared; float32 like PyTorch
-        // (WebAssembly SIMD; in double where that is off). √(1−β2ᵗ) is folded into the constants:
-        // m / (√v/c + eps) = c·m / (√v + c·eps).
-        const s = stepSize * bc2Sqrt, e = eps * bc2Sqrt;
-        const t = weightCopyTarget(p); // bf16-mixed: the weight's bf16 copy, written in the same pass
-        const arrays = t ? [P, G, M, V, t.copy] : [P, G, M, V];
-        parallelFor(
-          "adamw",
-          arrays,
-          [b1, 1 - b1, b2, 1 - b2, decay, s, e, t?.form ?? 0],
-          P.length,
-          4,
-        );
-      } else {
+      // One pass over host memory where the backend has it (WebAssembly SIMD; in double where that is off).
+      // √(1−β2ᵗ) is folded into the constants: m / (√v/c + eps) = c·m / (√v + c·eps).
+      const k = { beta1: b1, beta2: b2, decay, stepSize: stepSize * bc2Sqrt, eps: eps * bc2Sqrt };
+      if (!fusedAdamWUpdate(p, g, m, v, k)) {
         tf.tidy(() => {
           const mNew = tf.add(tf.mul(m, b1), tf.mul(g, 1 - b1));
           const vNew = tf.add(tf.mul(v, b2), tf.mul(tf.square(g), 1 - b2));

@@ -1,6 +1,6 @@
 /**
  * Model FLOPs utilisation (MFU): the FLOP/s a run's tokens/s stand for, as nanoGPT's `estimate_mfu` and PaLM's
- * appendix B count them, over the measured peak of the products (lib/backends/peak.ts).
+ * appendix B count them, over the measured peak of the products (lib/backends/cpu/matrix/peak.ts).
  *
  * A trained token costs 6·N FLOPs in the weights' products (2·N forward, 4·N backward; N counts the weights that
  * products read: every parameter but the two embeddings, which are looked up, plus the output head, which is the

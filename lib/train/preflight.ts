@@ -4,7 +4,7 @@
  * (`GatherV2: the index value 284 is not in [0, 99]`) once the data meets the model.
  */
 import { countOf } from "../progress.ts";
-import { RECENT_BYTES } from "../backends/bf16.ts";
+import { RECENT_BYTES } from "../backends/backend.ts";
 import type { Config } from "../config.ts";
 import { dataSourceKind } from "../data/corpus.ts";
 import { GPT2_VOCAB_SIZE } from "../data/shards.ts";
@@ -135,7 +135,7 @@ const LAYERS_LIVE_EVAL = 4;
 const LOGIT_COPIES_EVAL = 3;
 
 /**
- * bf16-mixed's copies of the products' inputs (lib/backends/bf16.ts): a bf16 copy of every weight, made once per
+ * bf16-mixed's copies of the products' inputs (lib/backends/cpu/bf16.ts): a bf16 copy of every weight, made once per
  * optimizer step and kept, at 4 bytes a parameter (the emulated path keeps a bf16-rounded fp32 copy; oneDNN's keeps
  * 2 bytes, so 4 is the upper bound); and the copies of recent activations, at 4 bytes an element too: the last two
  * (counted as two of the largest activation operand of a product) and RECENT_BYTES (256 MiB) more. The largest operand is the

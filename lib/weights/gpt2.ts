@@ -6,7 +6,7 @@
  * tied to the token embedding.
  */
 import type { ModelConfig } from "../config.ts";
-import { sharedF32 } from "../backends/pool.ts";
+import { hostArray } from "../backends/backend.ts";
 import { UserError } from "../errors.ts";
 import type { NamedParam } from "../model/params.ts";
 import {
@@ -42,7 +42,7 @@ const TILE = 64; // a tiled transpose is 2.5× faster than a plain one on a [160
 
 /** Columns c0 … c0 + n of x [rows, cols], transposed: a new [n, rows] (all of x by default). */
 function transpose(x: Float32Array, rows: number, cols: number, c0 = 0, n = cols): Float32Array {
-  const out = sharedF32(n * rows);
+  const out = hostArray(n * rows);
   for (let r0 = 0; r0 < rows; r0 += TILE) {
     const r1 = Math.min(r0 + TILE, rows);
     for (let j0 = 0; j0 < n; j0 += TILE) {

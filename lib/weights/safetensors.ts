@@ -9,7 +9,7 @@
  * (or F16/BF16 encoded on the fly, or I32/U32), tensor by tensor, to a temporary file that is synced and renamed.
  * Typed arrays are little-endian on every platform Deno runs on, as the format is.
  */
-import { sharedF32 } from "../backends/pool.ts";
+import { hostArray } from "../backends/backend.ts";
 import { cannotWrite, UserError } from "../errors.ts";
 
 /** Bytes per element of every dtype the format defines (needed to validate a header, even when not decoded). */
@@ -278,7 +278,7 @@ async function readTensor(
   const truncated = () =>
     new UserError(`${path}: truncated: tensor ${name} could not be read in full`);
   await file.seek(t.begin, Deno.SeekMode.Start);
-  const data = sharedF32(n); // shared memory when helper threads will update it (pool.ts)
+  const data = hostArray(n); // shared memory when helper threads will update it (the backends' hostArray)
   if (t.dtype === "F32") {
     if (await readFully(file, new Uint8Array(data.buffer)) < 4 * n) throw truncated();
     return { dtype: t.dtype, shape: t.shape, data };

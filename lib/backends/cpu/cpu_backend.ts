@@ -1,10 +1,10 @@
 /**
  * The `blas` TF.js backend: the pure-JS cpu backend with its matrix products handed to a `cblas_sgemm`: a native
  * BLAS through Deno FFI (OpenBLAS, Accelerate) where one loads, else our WebAssembly SIMD GEMM on every thread
- * (blas_lib.ts). Every other kernel is the cpu backend's own, so tensors, memory and gradients behave exactly
+ * (matrix/libraries.ts). Every other kernel is the cpu backend's own, so tensors, memory and gradients behave exactly
  * as on `cpu`; only `BatchMatMul` and `_FusedMatMul` (the forward products and every product of their gradients)
  * run at BLAS speed. Operands are the backend's Float32Arrays, passed to C without a copy. The single-pass JS
- * kernels of `fused_cpu.ts` replace the cpu backend's slow element-wise ones and add fused GELU, LayerNorm,
+ * kernels of `fused_kernels.ts` replace the cpu backend's slow element-wise ones and add fused GELU, LayerNorm,
  * causal softmax and cross-entropy; large outputs come from a pool of recycled arrays (see {@link BlasBackend}).
  *
  * @example
@@ -17,10 +17,10 @@
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
-import { alloc, registerFusedCpuKernels } from "./fused_cpu.ts";
+import { alloc, registerFusedCpuKernels } from "./fused_kernels.ts";
 import { isShared, parallelFor, setParallelism, sharedF32 } from "./pool.ts";
-import type { Sgemm } from "./cblas.ts";
-import "./gemm_split.ts"; // registers "sgemmHeads"
+import type { Sgemm } from "./matrix/cblas.ts";
+import "./matrix/split_products.ts"; // registers "sgemmHeads"
 import {
   type BlasLib,
   forcedLibrary,
@@ -32,8 +32,8 @@ import {
   loadWasmBlas,
   type Precision,
   useForHeads,
-} from "./blas_lib.ts";
-import { loadBlas } from "./matrix_choice.ts";
+} from "./matrix/libraries.ts";
+import { loadBlas } from "./matrix/choice.ts";
 import { Bf16Copies } from "./bf16.ts";
 
 export {

@@ -7,9 +7,9 @@
  * bug nanoGPT's users keep finding, and on a CPU the datasheet's figure is out of reach of every library.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { cpuInfo, env } from "./blas_lib.ts";
-import { cachePath, readCache, writeCache } from "./matrix_choice.ts";
-import { matrixLibrary } from "./blas.ts";
+import { cpuInfo, env } from "./libraries.ts";
+import { cachePath, readCache, writeCache } from "./choice.ts";
+import { matrixLibrary } from "../cpu_backend.ts";
 
 /** The measured peak of the active backend. */
 export interface Peak {

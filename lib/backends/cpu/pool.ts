@@ -4,8 +4,8 @@
  * WebAssembly GEMM) spreads the matrix products over every core; between products the JS kernels (GELU, LayerNorm,
  * softmax, cross-entropy, AdamW, …) would otherwise run on one.
  *
- * The pool knows no kernel: modules that define kernels (kernels.ts, gemm_split.ts) register them by name with
- * {@link registerKernels}, and the Workers' entry (parallel_worker.ts) loads those modules. Values a kernel needs on
+ * The pool knows no kernel: modules that define kernels (row_kernels.ts, matrix/split_products.ts) register them by name with
+ * {@link registerKernels}, and the Workers' entry (pool_worker.ts) loads those modules. Values a kernel needs on
  * every thread that are not arrays or numbers (the BLAS library's path) travel as settings
  * ({@link setHelperSetting}). Arrays not backed by a SharedArrayBuffer, small amounts of work, or Workers that are
  * not up yet: the whole range runs on the calling thread, with the same result (each unit is computed by the same
@@ -142,7 +142,7 @@ function startHelper(): Helper | null {
   if (workersBroken) return null;
   try {
     const state = new Int32Array(new SharedArrayBuffer(12));
-    const worker = new Worker(new URL("./parallel_worker.ts", import.meta.url).href, {
+    const worker = new Worker(new URL("./pool_worker.ts", import.meta.url).href, {
       type: "module",
     });
     worker.onerror = (e) => {
@@ -251,7 +251,7 @@ export async function holdHelpers<T>(f: () => T | Promise<T>): Promise<T> {
 }
 
 /**
- * The Worker side (parallel_worker.ts calls this): marks itself idle, runs posted ranges, signals completion and
+ * The Worker side (pool_worker.ts calls this): marks itself idle, runs posted ranges, signals completion and
  * closes itself after {@link IDLE_MS} without work — unless the caller claimed it in the meantime.
  */
 export function serveWorker(scope: {

@@ -1,4 +1,4 @@
-// Element-wise and row-wise float32 kernels in WebAssembly SIMD (4 lanes), for lib/backends/simd.ts. The JS side
+// Element-wise and row-wise float32 kernels in WebAssembly SIMD (4 lanes), for lib/backends/cpu/simd_kernels.ts. The JS side
 // copies a chunk of its arrays into the BUF scratch arrays, calls a kernel on offsets into them, and copies the
 // results back, so every kernel works on this module's own memory only.
 //
@@ -6,7 +6,7 @@
 // exp and tanh from Cephes' expf/tanhf (a few ulp). Each lane computes exactly what a lone element would, so a
 // result never depends on where a range was cut between threads.
 //
-// Build: deno task build-wasm (clang --target=wasm32 -msimd128), which rewrites simd_wasm.ts.
+// Build: deno task build-wasm (clang --target=wasm32 -msimd128), which rewrites ../simd_kernels_wasm.ts.
 
 #include <wasm_simd128.h>
 
@@ -284,7 +284,7 @@ void layer_norm_grad_x(const float *g, const float *x, const float *w, const flo
 
 /**
  * One AdamW step over n (a multiple of 4) parameters in place, in float32: m ← β1·m + (1−β1)·g;
- * v ← β2·v + (1−β2)·g²; p ← p·decay − s·m / (√v + e) (s and e carry the bias corrections; see parallel.ts).
+ * v ← β2·v + (1−β2)·g²; p ← p·decay − s·m / (√v + e) (s and e carry the bias corrections; see ../row_kernels.ts).
  */
 __attribute__((export_name("adamw")))
 void adamw(float *p, const float *g, float *m, float *v, int n, float b1, float c1, float b2, float c2, float decay,

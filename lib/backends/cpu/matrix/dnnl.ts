@@ -7,8 +7,8 @@
  * OpenMP's (libgomp), set per calling thread with `omp_set_num_threads`.
  */
 import type { Sgemm } from "./cblas.ts";
-import type { GemmBf16 } from "./blas_lib.ts";
-import { firstLine } from "../errors.ts";
+import type { GemmBf16 } from "./libraries.ts";
+import { firstLine } from "../../../errors.ts";
 
 const GEMM_PARAMS = [
   "u8",

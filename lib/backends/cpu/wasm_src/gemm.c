@@ -1,5 +1,5 @@
 // Single-precision GEMM in WebAssembly SIMD, BLIS style, for the `blas` backend where no native BLAS loads
-// (gemm.ts drives it). The caller copies blocks of its operands into this module's staging arrays; the module
+// (../matrix/wasm_gemm.ts drives it). The caller copies blocks of its operands into this module's staging arrays; the module
 // packs them into MR-tall A panels and NR-wide B panels and runs a register-blocked MR x NR micro-kernel that
 // accumulates straight into a block of C (the slab) held here.
 //

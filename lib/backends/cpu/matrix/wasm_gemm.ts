@@ -1,5 +1,5 @@
 /**
- * The portable matrix product: a single-precision GEMM in WebAssembly SIMD (simd/gemm.c), for machines where no
+ * The portable matrix product: a single-precision GEMM in WebAssembly SIMD (../wasm_src/gemm.c), for machines where no
  * native BLAS loads. Each thread (the main one, each helper Worker) instantiates its own module, whose memory holds
  * only bounded scratch (≈ 3 MB): blocks of the operands are copied in, packed, multiplied into a slab of C and
  * copied back, so tensors of any size stay in JS memory.
@@ -7,7 +7,7 @@
  * The relaxed-SIMD build (one FMA per multiply-add) is used where the runtime validates it, else the SIMD128
  * build; `GPT_GEMM_SIMD=plain` forces the latter. Results do not depend on how C is split between threads.
  */
-import { GEMM_PLAIN_BASE64, GEMM_RELAXED_BASE64, SOURCE_SHA256 } from "./gemm_wasm.ts";
+import { GEMM_PLAIN_BASE64, GEMM_RELAXED_BASE64, SOURCE_SHA256 } from "./wasm_gemm_binary.ts";
 import type { Sgemm, Sgemv } from "./cblas.ts";
 
 /** SHA-256 of the gemm.c the generated module was built from (tests compare it with the source). */

@@ -4,8 +4,8 @@
  * of kernels the main thread posts.
  */
 import { serveWorker } from "./pool.ts";
-import "./kernels.ts";
-import "./gemm_split.ts";
+import "./row_kernels.ts";
+import "./matrix/split_products.ts";
 import "./bf16.ts";
 
 serveWorker(self);

@@ -1,14 +1,14 @@
 /**
- * WebAssembly SIMD versions of the hot row and element kernels of kernels.ts (GELU, LayerNorm, causal softmax,
+ * WebAssembly SIMD versions of the hot row and element kernels of row_kernels.ts (GELU, LayerNorm, causal softmax,
  * the cross-entropy's softmax and their gradients): V8 runs the JS loops one double at a time, 6–20 ns per
- * element here, the SIMD ones (simd/kernels.c) four floats at a time at a few ns per element, copies included.
+ * element here, the SIMD ones (wasm_src/row_kernels.c) four floats at a time at a few ns per element, copies included.
  *
  * Each thread (the main one, each helper Worker) instantiates its own module. A call copies chunks of its range
  * into the module's scratch arrays, runs the kernel there and copies the results back. Each function returns false
  * when the module is not in use (no WebAssembly SIMD, `GPT_WASM_SIMD=0`, or a shape it does not take), and the
  * caller then runs its JS loop. Results agree with the JS loops to float32 rounding (tests/simd_test.ts).
  */
-import { SOURCE_SHA256, WASM_BASE64 } from "./simd_wasm.ts";
+import { SOURCE_SHA256, WASM_BASE64 } from "./simd_kernels_wasm.ts";
 
 type Arr = Float32Array | Float64Array | Int32Array;
 
@@ -334,7 +334,7 @@ export function simdLayerNormGradX(
 /** Floats per AdamW chunk: its four arrays stay in the L2 cache between the copies and the kernel. */
 const ADAM_CHUNK = 16384;
 
-/** One AdamW step over parameters [lo, hi) in place. c: [β1, 1−β1, β2, 1−β2, decay, s, e] as in kernels.ts. */
+/** One AdamW step over parameters [lo, hi) in place. c: [β1, 1−β1, β2, 1−β2, decay, s, e] as in row_kernels.ts. */
 export function simdAdamW(
   P: Arr,
   G: Arr,

@@ -1,9 +1,9 @@
 /**
  * The matrix libraries the `blas` backend can use: a native CBLAS through Deno FFI (OpenBLAS on Linux and Windows,
- * Accelerate on macOS), oneDNN through FFI (dnnl.ts), and the WebAssembly SIMD GEMM of gemm.ts on every thread,
- * which needs nothing installed. Which one runs is matrix_choice.ts's business.
+ * Accelerate on macOS), oneDNN through FFI (dnnl.ts), and the WebAssembly SIMD GEMM of wasm_gemm.ts on every thread,
+ * which needs nothing installed. Which one runs is choice.ts's business.
  */
-import { gemmBuild, wasmSgemm } from "./gemm.ts";
+import { gemmBuild, wasmSgemm } from "./wasm_gemm.ts";
 import { type Sgemm, SGEMM_SYMBOLS, type Sgemv, SGEMV_SYMBOLS } from "./cblas.ts";
 import {
   DNNL_GEMM,
@@ -12,10 +12,10 @@ import {
   setSgemm,
   setWasmGemmThreads,
   WASM_GEMM,
-} from "./gemm_split.ts";
+} from "./split_products.ts";
 import { openDnnl } from "./dnnl.ts";
-import { setParallelism } from "./pool.ts";
-import { firstLine, UserError } from "../errors.ts";
+import { setParallelism } from "../pool.ts";
+import { firstLine, UserError } from "../../../errors.ts";
 
 const OPENBLAS_SYMBOLS = {
   openblas_set_num_threads: { parameters: ["i32"], result: "void" },

@@ -1,5 +1,5 @@
 /**
- * Jump-ahead for the xoshiro128** stream that draws dropout masks (kernels.ts), so that threads can each draw a
+ * Jump-ahead for the xoshiro128** stream that draws dropout masks (row_kernels.ts), so that threads can each draw a
  * part of one mask: the state transition is linear over GF(2), so the state k draws ahead is a 128×128 bit matrix
  * (a product of precomputed M^(2^b)) times the state.
  */

@@ -16,9 +16,9 @@ import {
   type LoadBlasResult,
   NATIVE_HINT,
   type Precision,
-} from "./blas_lib.ts";
-import { sharedF32 } from "./pool.ts";
-import { bf16Array, toBf16 } from "./bf16.ts";
+} from "./libraries.ts";
+import { sharedF32 } from "../pool.ts";
+import { bf16Array, toBf16 } from "../bf16.ts";
 
 /** Measured GFLOP/s of one library, per precision (bf16: emulated libraries time their fp32 product). */
 export interface LibrarySpeed {

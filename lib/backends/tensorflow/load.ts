@@ -5,7 +5,7 @@
  * only after `deno add npm:<package>` put them in deno.json; nothing is downloaded at run time.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { firstLine } from "../errors.ts";
+import { firstLine } from "../../errors.ts";
 
 /** The packages tried, GPU build first. */
 export const TENSORFLOW_PACKAGES = ["@tensorflow/tfjs-node-gpu", "@tensorflow/tfjs-node"] as const;

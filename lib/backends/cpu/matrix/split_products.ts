@@ -1,14 +1,14 @@
 /**
- * Matrix products on every thread of the pool (pool.ts). Batches of products (attention heads) go to
+ * Matrix products on every thread of the pool (../pool.ts). Batches of products (attention heads) go to
  * `sgemmHeads`: OpenBLAS spends as long on one head's small product with two threads as with one, so each thread
  * takes a share of the heads with OpenBLAS on one thread. The WebAssembly GEMM, which has no threads of its own,
  * splits one product's C into tiles that the threads claim as they go (`parallelWasmSgemm`), and a one-row
  * product's output into ranges of rows of B (`parallelWasmSgemv`).
  */
-import { gemmBlock, gemvBlock, gemvFits, wasmSgemm, wasmSgemv } from "./gemm.ts";
+import { gemmBlock, gemvBlock, gemvFits, wasmSgemm, wasmSgemv } from "./wasm_gemm.ts";
 import { type Sgemm, SGEMM_SYMBOLS, type Sgemv } from "./cblas.ts";
 import { type Dnnl, openDnnl } from "./dnnl.ts";
-import type { GemmBf16 } from "./blas_lib.ts";
+import type { GemmBf16 } from "./libraries.ts";
 import {
   type Arr,
   helperSetting,
@@ -18,7 +18,7 @@ import {
   setHelperSetting,
   setParallelism,
   shared,
-} from "./pool.ts";
+} from "../pool.ts";
 
 /** The helper setting that names the library the blas backend loaded; helpers open it themselves for `sgemmHeads`. */
 const BLAS_SETTING = "blas";
@@ -32,7 +32,7 @@ export function setSgemm(path: string, fn: Sgemm): void {
   opened = path, sgemm = fn;
 }
 
-/** The library name {@link setSgemm} takes for the WebAssembly GEMM (gemm.ts), which every thread has built in. */
+/** The library name {@link setSgemm} takes for the WebAssembly GEMM (wasm_gemm.ts), which every thread has built in. */
 export const WASM_GEMM = "wasm";
 
 /** The library name {@link setSgemm} takes for oneDNN (dnnl.ts), which helpers open on one OpenMP thread each. */

@@ -1,6 +1,6 @@
 /**
  * The CBLAS single-precision matrix product's and matrix-vector product's signatures, shared by the native library opened through FFI
- * (blas_lib.ts, and helper threads in gemm_split.ts) and the WebAssembly GEMM that stands in for it (gemm.ts).
+ * (libraries.ts, and helper threads in split_products.ts) and the WebAssembly GEMM that stands in for it (wasm_gemm.ts).
  */
 
 /** `cblas_sgemm` for Deno.dlopen: order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc. */

@@ -2,7 +2,7 @@
  * The JS element and row kernels of a GPT step (GELU, LayerNorm, causal softmax, cross-entropy, AdamW, dropout
  * masks, sums, transposes, broadcasting arithmetic): plain functions of (arrays, scalars, lo, hi) over a range of
  * work units (elements or rows), registered with the helper-thread pool (pool.ts) so `parallelFor` can split them.
- * Their WebAssembly SIMD versions are in simd.ts; each kernel falls back to its JS loop where that is off. This
+ * Their WebAssembly SIMD versions are in simd_kernels.ts; each kernel falls back to its JS loop where that is off. This
  * module imports only those, the pool and the dropout stream's jump-ahead, so the Workers load it quickly.
  */
 import {
@@ -14,7 +14,7 @@ import {
   simdLayerNorm,
   simdLayerNormGradX,
   simdSoftmaxCrossEntropy,
-} from "./simd.ts";
+} from "./simd_kernels.ts";
 import { type Arr, type RangeKernel, registerKernels } from "./pool.ts";
 import { bf16Range } from "./bf16.ts";
 import { xoshiroJump } from "./xoshiro.ts";
@@ -331,7 +331,7 @@ export const KERNELS: Record<string, RangeKernel> = {
   /**
    * [p, g, m, v]: one AdamW step in place, elements: m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²;
    * p ← p·decay − s·m / (√v + e), with s = lr/(1−β1ᵗ)·√(1−β2ᵗ) and e = eps·√(1−β2ᵗ) (PyTorch's formula with
-   * √(1−β2ᵗ) folded into the constants). Float32 like PyTorch (simd.ts; this JS loop, without it, in double).
+   * √(1−β2ᵗ) folded into the constants). Float32 like PyTorch (simd_kernels.ts; this JS loop, without it, in double).
    * s: [β1, 1−β1, β2, 1−β2, decay, s, e, copy]: where copy is 1 (bf16 bits, in an Int32Array over them) or 2
    * (rounded fp32), a fifth array receives the updated p's bf16 copy (bf16-mixed; see bf16.ts).
    */

@@ -7,7 +7,7 @@
  * adapters that have the feature.
  */
 import * as tf from "@tensorflow/tfjs-core";
-import { firstLine } from "../errors.ts";
+import { firstLine } from "../../errors.ts";
 
 /** Env variable that lets an explicit `backend: webgpu` run on a software (fallback) adapter; `auto` never does. */
 export const ALLOW_FALLBACK_ENV = "GPT_WEBGPU_ALLOW_FALLBACK";

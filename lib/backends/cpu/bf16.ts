@@ -8,7 +8,7 @@
  * output head's gradient of dx and dW). Conversions run on every thread.
  */
 import { type Arr, parallelFor, registerKernels, setParallelism } from "./pool.ts";
-import { simdBf16 } from "./simd.ts";
+import { simdBf16 } from "./simd_kernels.ts";
 
 /**
  * The bf16 of fp32 bits `x` (as an int32), round to nearest even, still in the high half: a NaN stays a quiet
