@@ -5,7 +5,7 @@
  * - `golden`: tests/golden_test.ts on webgpu (fixtures from ../shared/fixtures or `GPT_FIXTURES_DIR`);
  * - `tensorflow`: whether tfjs-node-gpu loads (it is no dependency: usually the reason it does not);
  * - `webgpu bN`, `cpu bN`, `pytorch bN` (N = 2, 8): the chapter-5 training step of experiments/verdict.yaml (124M,
- *   context 256) on webgpu, on the blas backend with every core, and in PyTorch eager fp32 on CUDA — median
+ *   context 256) on webgpu, on the cpu backend with every core, and in PyTorch eager fp32 on CUDA — median
  *   seconds, tokens/s and, for ours, the loss of every step (same seed, inputs and dropout masks on both backends);
  * - `summary`: tokens/s side by side and the webgpu − cpu loss differences.
  * Each part runs in its own process under its own timeout, all inside `--budget-s` (default 450): a part that
@@ -192,7 +192,7 @@ report(
   await sub(deno, ["run", "--cached-only", "-A", here("./gpu.ts"), "--part", "tensorflow"], 60),
 );
 
-// 4. The training step: webgpu, the blas backend on every core, PyTorch on CUDA; batch 2 first for each.
+// 4. The training step: webgpu, the cpu backend on every core, PyTorch on CUDA; batch 2 first for each.
 const cores = String(navigator.hardwareConcurrency);
 const cfgPath = await Deno.makeTempFile({ suffix: ".json" });
 await Deno.writeTextFile(cfgPath, JSON.stringify(await loadExperiment(values.experiment!)));
@@ -216,7 +216,7 @@ for (const batch of BATCHES) {
   }
   results[`cpu b${batch}`] = report(
     `cpu b${batch}`,
-    await benchStep("blas", batch, batch === 2 ? 90 : 150, {
+    await benchStep("cpu", batch, batch === 2 ? 90 : 150, {
       OPENBLAS_NUM_THREADS: cores,
       GPT_JS_THREADS: cores,
     }),

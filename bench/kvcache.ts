@@ -1,5 +1,5 @@
 /**
- * Wall time of greedy decoding on GPT-124M (random seeded init, qkv_bias false) on the `blas` backend: the book's
+ * Wall time of greedy decoding on GPT-124M (random seeded init, qkv_bias false) on the `cpu` backend: the book's
  * `generate`, which recomputes the whole context per token, against `generateCached` (lib/model/kvcache.ts), for 25 and
  * 200 new tokens from "Every effort moves you". Each case runs twice per path and keeps the faster run (other
  * processes only add time). Prints one JSON line per case.
@@ -28,7 +28,7 @@ const RUNS = 2;
 const cfg: ModelConfig = { ...DEFAULTS.model, context_length: Number(flag("ctx", "256")) };
 const counts = flag("tokens", "25,200").split(",").map(Number);
 
-await initBackend("blas");
+await initBackend("cpu");
 const model = new GPTModel(cfg, initGPTParams(cfg, new TorchGenerator(123)));
 const prompt = textToTokenIds("Every effort moves you");
 
@@ -50,7 +50,7 @@ for (const n of counts) {
   const cached = await time(generateCached, n);
   console.log(JSON.stringify({
     bench: "kvcache",
-    backend: "blas",
+    backend: "cpu",
     context_length: cfg.context_length,
     prompt_tokens: prompt.length,
     new_tokens: n,

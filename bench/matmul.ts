@@ -1,5 +1,5 @@
 /**
- * GFLOP/s of the `blas` backend on the matrix products of one chapter-5 training step (the model of --experiment,
+ * GFLOP/s of the `cpu` backend on the matrix products of one chapter-5 training step (the model of --experiment,
  * default experiments/verdict.yaml's GPT-124M, at --batch × its context, default batch 2), forward and backward, at 1 and 2 threads of each matrix library: the native BLAS
  * (OpenBLAS) where one loads, oneDNN where it loads, then the WebAssembly GEMM (relaxed FMA where the runtime has
  * it; `GPT_GEMM_SIMD=plain` for the SIMD128 build); and the cpu backend on one small shape for scale. With
@@ -15,10 +15,10 @@
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import {
-  BLAS_BACKEND,
   type BlasLib,
+  CPU_BACKEND,
   type Precision,
-  registerBlasBackend,
+  registerCpuBackend,
   setPrecision,
   useMatrixLibrary,
 } from "../lib/backends/cpu/cpu_backend.ts";
@@ -114,12 +114,12 @@ function time(c: Case, reps: number): number {
   return Math.min(...ts);
 }
 
-const reg = registerBlasBackend();
+const reg = registerCpuBackend();
 if (!reg.ok) {
   console.log(JSON.stringify({ error: reg.reason }));
   Deno.exit(1);
 }
-await tf.setBackend(BLAS_BACKEND);
+await tf.setBackend(CPU_BACKEND);
 setPrecision(precision);
 await readyHelpers(); // the WebAssembly GEMM's second thread is a helper Worker
 const perStep: Record<string, Record<number, number>> = {};
@@ -204,7 +204,7 @@ async function cpuScale() {
   };
   const s = time(small, 2);
   log({
-    backend: "cpu",
+    backend: "tfjs-cpu",
     case: small.name,
     ms: +(s * 1000).toFixed(1),
     gflops: +(flops(small) / s / 1e9).toFixed(2),

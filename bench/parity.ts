@@ -5,7 +5,7 @@
  *
  *   deno run -A bench/parity.ts [experiment.yaml] [--steps 30] [--python /usr/bin/python3]
  *
- * Measured on verdict.yaml (seed 123, 30 steps, blas backend vs PyTorch 1.13): equal to 4 decimals at every step,
+ * Measured on verdict.yaml (seed 123, 30 steps, cpu backend vs PyTorch 1.13): equal to 4 decimals at every step,
  * including the loss spike of this batch order at step 24 (15.4815 in both). A line's `step` is the step whose
  * training batch the loss is of, taken before that step's update: the spike is the model after 23 updates, which an
  * evaluation after every step (dropout off) shows at step 23. `deno task train` keeps dropout on, and there the bad

@@ -5,17 +5,17 @@
  * the optimizer, the dropout masks (drawn outside any kernel) and everything else (engine bookkeeping, tape, JS
  * between kernels).
  *
- *   deno run -A bench/step_profile.ts [--backend blas] [--steps 2] [--layers 12] [--vocab 50257] [--by-shape]
+ *   deno run -A bench/step_profile.ts [--backend cpu|tfjs-cpu] [--steps 2] [--layers 12] [--vocab 50257] [--by-shape]
  *     [--model bench/variant.ts] [--pool-gib 1] [--batch 2] [--precision fp32|bf16-mixed] [--lib native|dnnl|wasm]
  */
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import {
-  BLAS_BACKEND,
-  BlasBackend,
+  CPU_BACKEND,
+  CpuBackend,
   matrixLibrary,
   type Precision,
-  registerBlasBackend,
+  registerCpuBackend,
   useMatrixLibrary,
 } from "../lib/backends/cpu/cpu_backend.ts";
 import type { LibraryKind } from "../lib/backends/cpu/matrix/libraries.ts";
@@ -31,7 +31,12 @@ function flag(name: string, def: string): string {
   const i = Deno.args.indexOf(`--${name}`);
   return i >= 0 ? Deno.args[i + 1] : def;
 }
-const backendName = flag("backend", BLAS_BACKEND);
+const backendName = flag("backend", "cpu"); // cpu (ours) or tfjs-cpu (TF.js's own)
+const tfName = backendName === "cpu"
+  ? CPU_BACKEND
+  : backendName === "tfjs-cpu"
+  ? "cpu"
+  : backendName;
 const steps = Number(flag("steps", "2"));
 const byShape = Deno.args.includes("--by-shape"); // one row per kernel and input shapes
 // --model FILE: a variant of lib/model/model.ts exporting the same GPTModel (e.g. one that calls the fused ops).
@@ -46,14 +51,14 @@ const cfg: ModelConfig = {
 };
 const B = Number(flag("batch", String(DEFAULTS.data.batch_size))), T = cfg.context_length;
 
-if (backendName === BLAS_BACKEND) {
-  const reg = registerBlasBackend();
+if (tfName === CPU_BACKEND) {
+  const reg = registerCpuBackend();
   if (!reg.ok) throw new Error(reg.reason);
 }
-await tf.setBackend(backendName);
-const poolGiB = flag("pool-gib", ""); // the blas backend's array pool limit (default: defaultPoolLimit())
-if (poolGiB && tf.backend() instanceof BlasBackend) {
-  (tf.backend() as BlasBackend).poolLimitBytes = Number(poolGiB) * 1024 ** 3;
+await tf.setBackend(tfName);
+const poolGiB = flag("pool-gib", ""); // the cpu backend's array pool limit (default: defaultPoolLimit())
+if (poolGiB && tf.backend() instanceof CpuBackend) {
+  (tf.backend() as CpuBackend).poolLimitBytes = Number(poolGiB) * 1024 ** 3;
 }
 
 /** Seeded N(0, 0.02²) weights, ones/zeros for LayerNorm, zeros for biases: GPT-2's init, enough for timing. */
@@ -100,9 +105,9 @@ function initParams(cfg: ModelConfig): NamedParam[] {
 // are not registry calls, so each registry call is counted once.
 const stats = new Map<string, { ms: number; calls: number }>();
 let inKernel = 0;
-for (const k of tf.getKernelsForBackend(backendName)) {
+for (const k of tf.getKernelsForBackend(tfName)) {
   const inner = k.kernelFunc;
-  tf.unregisterKernel(k.kernelName, backendName);
+  tf.unregisterKernel(k.kernelName, tfName);
   tf.registerKernel({
     ...k,
     kernelFunc: (args) => {
@@ -126,7 +131,7 @@ for (const k of tf.getKernelsForBackend(backendName)) {
 
 const model = new GPTModel(cfg, initParams(cfg));
 const lib = flag("lib", "");
-if (lib && backendName === BLAS_BACKEND) {
+if (lib && tfName === CPU_BACKEND) {
   const r = useMatrixLibrary(lib as LibraryKind);
   if (!r.ok) throw new Error(r.reason);
 }

@@ -87,9 +87,20 @@ export interface InitConfig {
   weights: string | null; // Hugging Face GPT-2 model.safetensors (F32/F16/BF16) when from is gpt2
 }
 
-/** Backend names a user may ask for. */
-export const BACKENDS = ["auto", "blas", "cpu", "wasm", "webgpu", "tensorflow"] as const;
+/**
+ * Backend names a user may ask for: `cpu` is our CPU path (TF.js's cpu backend with fast kernels and a matrix
+ * library), `tfjs-cpu` and `wasm` are TF.js's own pure-JS and WebAssembly backends.
+ */
+export const BACKENDS = ["auto", "cpu", "tfjs-cpu", "wasm", "webgpu", "tensorflow"] as const;
 export type BackendName = typeof BACKENDS[number];
+
+/** Former backend names, read as their new ones (in a YAML, a checkpoint's config, a run log's header). */
+export const RENAMED_BACKENDS: Readonly<Record<string, BackendName>> = { blas: "cpu" };
+
+/** `name` under its current name: a former one ({@link RENAMED_BACKENDS}) becomes the new, others stay. */
+export function currentBackendName(name: string): string {
+  return Object.hasOwn(RENAMED_BACKENDS, name) ? RENAMED_BACKENDS[name] : name;
+}
 
 /**
  * How a run's matrix products compute (LitGPT's names): `fp32`, or `bf16-mixed` (each product's inputs rounded to
@@ -107,7 +118,7 @@ export interface Config {
   training: TrainingConfig;
   sampling: SamplingConfig;
   backend: BackendName;
-  precision: PrecisionName; // fp32, or bf16-mixed products (blas backend only, for now)
+  precision: PrecisionName; // fp32, or bf16-mixed products (cpu backend only, for now)
   init: InitConfig;
 }
 
@@ -437,6 +448,15 @@ function validate(path: string, cfg: Record<string, Json>, source: Map<string, s
     keys.map((k) => source.get(k)).findLast((s) => s !== undefined) ?? path;
   const fail = (keys: string[], cause: string) =>
     new UserError(`${where(...keys)}: ${keys[0]}: ${cause}`);
+  const renamed = typeof cfg.backend === "string" ? currentBackendName(cfg.backend) : cfg.backend;
+  if (renamed !== cfg.backend) {
+    console.error(
+      `note: ${
+        where("backend")
+      }: backend: ${cfg.backend} is now called ${renamed}; read as ${renamed}`,
+    );
+    cfg.backend = renamed;
+  }
   for (const [k, schema] of Object.entries(SCHEMA)) {
     if (typeof schema === "function") {
       const why = schema(cfg[k]);
@@ -488,16 +508,16 @@ function validate(path: string, cfg: Record<string, Json>, source: Map<string, s
 }
 
 /**
- * Why `precision` cannot run on the configured `backend`, or null when it can. `bf16-mixed` runs on `blas`; `auto`
+ * Why `precision` cannot run on the configured `backend`, or null when it can. `bf16-mixed` runs on `cpu`; `auto`
  * passes here and is refused at run time when it picks another backend (lib/backends/backend.ts's `usePrecision`).
  * The GPU backends refuse it until it is measured on a GPU; TF.js's own cpu and wasm kernels have no bf16 products.
  */
 export function precisionRefused(backend: BackendName, precision: PrecisionName): string | null {
-  if (precision === "fp32" || backend === "blas" || backend === "auto") return null;
+  if (precision === "fp32" || backend === "cpu" || backend === "auto") return null;
   const why = backend === "webgpu" || backend === "tensorflow"
     ? "refuses it until it is measured on a GPU"
     : "has no bf16 products";
-  return `${precision}: backend ${backend} ${why}; use backend blas or auto, or precision fp32`;
+  return `${precision}: backend ${backend} ${why}; use backend cpu or auto, or precision fp32`;
 }
 
 /** Configs of {@link loadExperiment} whose `precision` no override set (it is their file's, or the default). */

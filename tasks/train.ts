@@ -44,7 +44,7 @@ Trains the experiment's model and writes checkpoints/<name>/{log.jsonl,checkpoin
 
 options:
   --set key=value    override any config key, e.g. --set training.lr=1e-3 (repeatable)
-  --backend name     auto | blas | cpu | wasm | webgpu | tensorflow (same as --set backend=name)
+  --backend name     auto | cpu | tfjs-cpu | wasm | webgpu | tensorflow (same as --set backend=name)
   --precision name   fp32 | bf16-mixed (same as --set precision=name); --resume keeps the run's unless given
   --resume           continue from the run's last checkpoint
   --fresh            start over; an earlier run of the same name is moved aside, not deleted

@@ -23,7 +23,7 @@ export function writeRunLog(
     engine: "gpt-ts",
     run: name,
     experiment: name,
-    backend: "blas",
+    backend: "cpu",
     config: { name, training: { lr, seed: 123 } },
     resumed_from_step: null,
   })];

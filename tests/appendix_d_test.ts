@@ -31,7 +31,7 @@ const SETTINGS = [
   "training.grad_accum_steps=2",
   "training.eval_freq=1",
   "training.eval_iter=2",
-  "backend=blas", // pinned, not auto: OpenBLAS, or the WebAssembly GEMM where it is missing
+  "backend=cpu", // pinned, not auto: OpenBLAS, or the WebAssembly GEMM where it is missing
   "name=appd",
 ];
 

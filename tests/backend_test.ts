@@ -67,7 +67,7 @@ Deno.test({
     } finally {
       if (before === undefined) Deno.env.delete(ALLOW_FALLBACK_ENV);
       else Deno.env.set(ALLOW_FALLBACK_ENV, before);
-      await initBackend("cpu");
+      await initBackend("tfjs-cpu");
     }
   },
 });

@@ -105,7 +105,7 @@ const CASES: Case[] = [
     "unknown backend",
     { "x.yaml": "backend: tpu\n" },
     ["x.yaml"],
-    'error: x.yaml: backend: "tpu" is not one of auto, blas',
+    'error: x.yaml: backend: "tpu" is not one of auto, cpu',
   ],
   [
     "context larger than the data",

@@ -133,9 +133,9 @@ for (const kind of KINDS) {
     ignore: missing(kind) !== null,
     ...opts,
     fn: async () => {
-      await initBackend("blas");
+      await initBackend("cpu");
       ok(useMatrixLibrary(kind).ok);
-      usePrecision("bf16-mixed", "blas", []);
+      usePrecision("bf16-mixed", "cpu", []);
       try {
         for (
           const [M, N, K, tA, tB] of [[64, 96, 200, false, true], [
@@ -181,7 +181,7 @@ for (const kind of KINDS) {
           `${kind} ${H} heads: ${worst(got, want)} from the rounded product`,
         );
       } finally {
-        usePrecision("fp32", "blas", []);
+        usePrecision("fp32", "cpu", []);
       }
     },
   });
@@ -189,7 +189,7 @@ for (const kind of KINDS) {
 
 /** Five AdamW steps (lr 4e-4, wd 0.1) on the golden batch in bf16-mixed: each step's loss and gradient norm. */
 async function fiveSteps(kind: LibraryKind): Promise<{ losses: number[]; norms: number[] }> {
-  await initBackend("blas");
+  await initBackend("cpu");
   ok(useMatrixLibrary(kind).ok);
   const model = new GPTModel(
     fx.config,
@@ -199,7 +199,7 @@ async function fiveSteps(kind: LibraryKind): Promise<{ losses: number[]; norms: 
       { tieHead: "copy" },
     ),
   );
-  usePrecision("bf16-mixed", "blas", [...model.params.values()]);
+  usePrecision("bf16-mixed", "cpu", [...model.params.values()]);
   const optimizer = new AdamW(model.params, { lr: 4e-4, weightDecay: 0.1 });
   const batch = {
     inputs: Int32Array.from(fx.input_ids.flat()),
@@ -217,7 +217,7 @@ async function fiveSteps(kind: LibraryKind): Promise<{ losses: number[]; norms: 
       tf.dispose([...grads.values()]);
     }
   } finally {
-    usePrecision("fp32", "blas", []);
+    usePrecision("fp32", "cpu", []);
     optimizer.dispose();
     model.dispose();
   }

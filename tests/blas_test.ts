@@ -3,16 +3,16 @@ import "@tensorflow/tfjs";
 import { fusedGelu, fusedLayerNorm } from "../lib/backends/backend.ts";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import {
-  BLAS_BACKEND,
-  type BlasBackend,
+  CPU_BACKEND,
+  type CpuBackend,
   loadBlas,
   matrixLibrary,
-  registerBlasBackend,
+  registerCpuBackend,
   useMatrixLibrary,
 } from "../lib/backends/cpu/cpu_backend.ts";
 import { isShared, setParallelism } from "../lib/backends/cpu/pool.ts";
 
-const blas = registerBlasBackend();
+const blas = registerCpuBackend();
 if (!blas.ok) console.warn(`blas_test: skipped: ${blas.reason}`);
 // Without OpenBLAS these tests pass on the WebAssembly GEMM: say which matrix library they ran on.
 else console.warn(`blas_test: the blas backend runs on ${matrixLibrary()!.describe()}`);
@@ -59,7 +59,7 @@ async function sameAsCpu(
   fn: (...xs: tf.Tensor[]) => tf.Tensor | tf.Tensor[],
 ): Promise<void> {
   const want = await on("cpu", inputs, fn);
-  const got = await on(BLAS_BACKEND, inputs, fn);
+  const got = await on(CPU_BACKEND, inputs, fn);
   assertEquals(got.length, want.length);
   for (let i = 0; i < got.length; i++) {
     assertEquals(got[i].shape, want[i].shape);
@@ -75,7 +75,7 @@ Deno.test({
   fn: () => {
     const res = loadBlas();
     assert(res.ok);
-    assert(registerBlasBackend().ok);
+    assert(registerCpuBackend().ok);
   },
 });
 
@@ -122,7 +122,7 @@ Deno.test({
   name: "blas matMul is exact on a small hand-checked product",
   ...opts,
   fn: async () => {
-    await tf.setBackend(BLAS_BACKEND);
+    await tf.setBackend(CPU_BACKEND);
     const c = tf.matMul(tf.tensor2d([[1, 2], [3, 4]]), tf.tensor2d([[5, 6], [7, 8]]));
     assertEquals(Array.from(c.dataSync()), [19, 22, 43, 50]);
     const ct = tf.matMul(tf.tensor2d([[1, 2], [3, 4]]), tf.tensor2d([[5, 6], [7, 8]]), true, true);
@@ -162,7 +162,7 @@ Deno.test({
   name: "blas broadcasts [2,1] × [1,3] and [2,1] × [2,3] batch dims like NumPy",
   ...opts,
   fn: async () => {
-    await tf.setBackend(BLAS_BACKEND);
+    await tf.setBackend(CPU_BACKEND);
     for (
       const [sa, sb, ta, tb] of [
         [[2, 1, 4, 5], [1, 3, 5, 6], [1, 3, 1, 1], [2, 1, 1, 1]],
@@ -239,7 +239,7 @@ Deno.test({
   name: "the blas backend keeps no stray tensors after a matMul gradient",
   ...opts,
   fn: async () => {
-    await tf.setBackend(BLAS_BACKEND);
+    await tf.setBackend(CPU_BACKEND);
     const a = tf.tensor(randn([6, 5], 15), [6, 5]), b = tf.tensor(randn([4, 5], 16), [4, 5]);
     const before = tf.memory().numTensors;
     const g = tf.grads((p: tf.Tensor, q: tf.Tensor) =>
@@ -267,8 +267,8 @@ Deno.test({
   name: "pooled arrays: kernels overwrite stale (NaN) contents, and reuse happens",
   ...opts,
   fn: async () => {
-    await tf.setBackend(BLAS_BACKEND);
-    const backend = tf.backend() as BlasBackend;
+    await tf.setBackend(CPU_BACKEND);
+    const backend = tf.backend() as CpuBackend;
     const x = tf.tensor(randn([128, 256], 17), [128, 256]);
     const w = tf.tensor(randn([256, 256], 18), [256, 256]);
     const ops: [string, () => tf.Tensor][] = [
@@ -309,7 +309,7 @@ Deno.test({
   name: "pooled arrays: data read out with dataSync and slices keep their values after dispose",
   ...opts,
   fn: async () => {
-    await tf.setBackend(BLAS_BACKEND);
+    await tf.setBackend(CPU_BACKEND);
     const x = tf.tensor(randn([128, 256], 21), [128, 256]);
     const w = tf.tensor(randn([256, 256], 22), [256, 256]);
     const nx = tf.neg(x);
@@ -340,7 +340,7 @@ Deno.test({
   fn: async () => {
     const threadsBefore = setParallelism();
     try {
-      await tf.setBackend(BLAS_BACKEND);
+      await tf.setBackend(CPU_BACKEND);
       // An output size no other test pools (97 × 331), so that the first product allocates it fresh.
       const x = tf.tensor(randn([97, 64], 25), [97, 64]);
       const w = tf.tensor(randn([64, 331], 26), [64, 331]);
@@ -369,7 +369,7 @@ Deno.test({
     const threadsBefore = setParallelism();
     setParallelism(2);
     try {
-      await tf.setBackend(BLAS_BACKEND);
+      await tf.setBackend(CPU_BACKEND);
       const x = tf.tensor(randn([64, 96], 23), [64, 96]); // created outside the pool: plain memory
       const w = tf.tensor(randn([80, 96], 24), [80, 96]);
       const before = [storage(x).slice(), storage(w).slice()];

@@ -34,7 +34,7 @@ function writeLog(
       run: name,
       experiment: name,
       config,
-      backend: "blas",
+      backend: "cpu",
       resumed_from_step: null,
     },
   ];

@@ -216,7 +216,7 @@ const BAD: Bad[] = [
     "unknown backend",
     "backend: tpu\n",
     [],
-    `${F}: backend: "tpu" is not one of auto, blas, cpu, wasm, webgpu, tensorflow`,
+    `${F}: backend: "tpu" is not one of auto, cpu, tfjs-cpu, wasm, webgpu, tensorflow`,
   ],
   [
     "run name with a space",
@@ -272,7 +272,7 @@ const BAD: Bad[] = [
     "--set of an unknown backend",
     "",
     ["backend=tpu"],
-    '--set backend=tpu: backend: "tpu" is not one of auto, blas, cpu, wasm, webgpu, tensorflow',
+    '--set backend=tpu: backend: "tpu" is not one of auto, cpu, tfjs-cpu, wasm, webgpu, tensorflow',
   ],
 ];
 

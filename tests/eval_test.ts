@@ -20,7 +20,7 @@ import { loadHFGPT2 } from "../lib/weights/gpt2.ts";
 
 const TINY = ["model.context_length=32", "model.emb_dim=32", "model.n_heads=2", "model.n_layers=1"];
 const TINY_YAML = "model: {context_length: 32, emb_dim: 32, n_heads: 2, n_layers: 1}\n" +
-  "sampling: {max_new_tokens: 6}\nbackend: cpu\n";
+  "sampling: {max_new_tokens: 6}\nbackend: tfjs-cpu\n";
 
 /** Checks that `xml` is well-formed enough: every tag closed in order, attributes quoted, no bare `&` or `<`. */
 function assertWellFormed(xml: string): void {
@@ -49,7 +49,7 @@ const torchFx = JSON.parse(
 );
 
 Deno.test("whole-loader losses of gpt2-tiny equal PyTorch's calc_loss_loader to 1e-5 (batch 3: a short last val batch)", async () => {
-  await initBackend("blas"); // pinned: OpenBLAS, or the WebAssembly GEMM where it is missing
+  await initBackend("cpu"); // pinned: OpenBLAS, or the WebAssembly GEMM where it is missing
   const cfg = torchFx.config;
   const model = new GPTModel(
     cfg,
@@ -203,7 +203,7 @@ Deno.test("deno task sample/eval: no checkpoint is one line; --init evaluates, s
 
   // sample --init: the streamed text is the decoded output of the book's generate for that seed.
   const cfg = await loadExperiment(`${dir}/x.yaml`);
-  await initBackend("cpu");
+  await initBackend("tfjs-cpu");
   const model = new GPTModel(cfg.model, initGPTParams(cfg.model, new TorchGenerator(123)));
   const prompt = textToTokenIds("Every effort moves you");
   const o = { maxNewTokens: 6, temperature: 1.4, topK: 25 };
@@ -261,7 +261,7 @@ Deno.test("issue 28.1: eval, sample and export without training leave checkpoint
   const cfg = await loadExperiment(`${dir}/x.yaml`, [
     "data.batch_size=16",
     "training.epochs=1",
-    "backend=auto", // the YAML's cpu backend is slow to train
+    "backend=auto", // the YAML's tfjs-cpu backend is slow to train
   ]);
   const lines: string[] = [];
   const r = await runTraining(cfg, {
@@ -370,7 +370,7 @@ Deno.test("deno task eval --init on the book's seed-123 GPT-124M: the book's 10.
     "--json",
     "--no-report",
     "--set",
-    "backend=blas",
+    "backend=cpu",
   );
   assertEquals(ev.code, 0, ev.err.join("\n"));
   const fig = JSON.parse(ev.stdout);

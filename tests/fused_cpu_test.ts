@@ -1,7 +1,7 @@
 import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { BLAS_BACKEND, registerBlasBackend } from "../lib/backends/cpu/cpu_backend.ts";
+import { CPU_BACKEND, registerCpuBackend } from "../lib/backends/cpu/cpu_backend.ts";
 import { fastExp } from "../lib/backends/cpu/fused_kernels.ts";
 import {
   fusedAttention,
@@ -12,7 +12,7 @@ import {
 } from "../lib/backends/backend.ts";
 import { readyHelpers, splitCalls } from "../lib/backends/cpu/pool.ts";
 
-const blas = registerBlasBackend();
+const blas = registerCpuBackend();
 if (!blas.ok) console.warn(`fused_cpu_test: kernel tests skipped: ${blas.reason}`);
 const opts = { ignore: !blas.ok, sanitizeResources: false, sanitizeOps: false };
 
@@ -69,7 +69,7 @@ function assertClose(got: Float32Array, want: Float32Array, tol: number, what: s
   assert(worst <= tol, `${what}: max relative difference ${worst} > ${tol}`);
 }
 
-/** Runs `fast` on blas and `ref` on cpu (the same function unless given) and compares every output. */
+/** Runs `fast` on our cpu backend and `ref` on TF.js's cpu (the same function unless given) and compares every output. */
 async function compare(
   what: string,
   inputs: Input[],
@@ -78,7 +78,7 @@ async function compare(
   tol = 1e-6,
 ): Promise<void> {
   const want = await on("cpu", inputs, ref);
-  const got = await on(BLAS_BACKEND, inputs, fast);
+  const got = await on(CPU_BACKEND, inputs, fast);
   assertEquals(got.length, want.length, what);
   for (let i = 0; i < got.length; i++) {
     assertEquals(got[i].shape, want[i].shape, what);
@@ -231,7 +231,7 @@ Deno.test({
       [{ shape: [3, 10], seed: 12 }, ids],
       (x, i) => tf.gather(x, i, 1),
     );
-    await tf.setBackend(BLAS_BACKEND);
+    await tf.setBackend(CPU_BACKEND);
     const errorOf = (backend: string) => {
       tf.setBackend(backend);
       try {
@@ -243,7 +243,7 @@ Deno.test({
     };
     const want = errorOf("cpu");
     assert(want !== "no error");
-    assertEquals(errorOf(BLAS_BACKEND), want);
+    assertEquals(errorOf(CPU_BACKEND), want);
   },
 });
 

@@ -315,7 +315,7 @@ Deno.test({
   ...noNative,
   fn: async () => {
     const cfg = await loadExperiment("experiments/verdict-small.yaml", TINY_GPT);
-    await initBackend("blas");
+    await initBackend("cpu");
     const rng = new TorchGenerator(7);
     const ids = () => Int32Array.from(rng.rand(4 * 16), (u) => Math.floor(u * 50257));
     const batch = { inputs: ids(), targets: ids(), batchSize: 4, maxLength: 16 };
@@ -352,7 +352,7 @@ Deno.test({
     const dir = await Deno.makeTempDir();
     const cfg = await loadExperiment("experiments/verdict-small.yaml", [
       ...TINY_RUN,
-      "backend=blas",
+      "backend=cpu",
       "training.epochs=1",
       "name=portable",
     ]);

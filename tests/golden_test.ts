@@ -34,20 +34,20 @@ function close(actual: number, expected: number, tol: number, what: string) {
   ok(Math.abs(actual - expected) <= tol, `${what}: ${actual} vs ${expected} (tolerance ${tol})`);
 }
 
-// "blas (wasm GEMM)": the blas backend on the portable WebAssembly GEMM, as on a machine without OpenBLAS.
-const PORTABLE = "blas (wasm GEMM)";
-const backends: string[] = ["blas", PORTABLE, "cpu", "wasm"];
+// "cpu (wasm GEMM)": the cpu backend on the portable WebAssembly GEMM, as on a machine without OpenBLAS.
+const PORTABLE = "cpu (wasm GEMM)";
+const backends: string[] = ["cpu", PORTABLE, "tfjs-cpu", "wasm"];
 const native = loadNativeBlas();
 /** Why `backend` cannot run here (OpenBLAS or a WebGPU adapter missing), or null. */
 function missing(backend: string): string | null {
-  if (backend === "blas" && !native.ok) return `${NO_OPENBLAS}; "${PORTABLE}" runs instead`;
+  if (backend === "cpu" && !native.ok) return `${NO_OPENBLAS}; "${PORTABLE}" runs instead`;
   return backend === "webgpu" && !webgpu.ok ? webgpu.detail : null;
 }
 
-/** Activates `backend` (one of `backends`), with the blas backend's matrix library it names. */
+/** Activates `backend` (one of `backends`), with the cpu backend's matrix library it names. */
 async function activate(backend: string): Promise<void> {
-  if (backend.startsWith("blas")) {
-    await initBackend("blas");
+  if (backend.startsWith("cpu")) {
+    await initBackend("cpu");
     const lib = useMatrixLibrary(backend === PORTABLE ? "wasm" : "native");
     ok(lib.ok, `${backend}: ${lib.ok ? "" : lib.reason}`);
   } else await initBackend(backend as BackendName);

@@ -21,7 +21,7 @@ const SHORT = [
   "model.n_layers=1",
   "data.batch_size=4",
   "data.train_ratio=0.35", // 13 steps an epoch
-  "backend=blas",
+  "backend=cpu",
 ];
 const PER_EPOCH = 13;
 

@@ -5,7 +5,7 @@ import {
   ok as assert,
   rejects as assertRejects,
 } from "node:assert/strict";
-import { BLAS_BACKEND, registerBlasBackend } from "../lib/backends/cpu/cpu_backend.ts";
+import { CPU_BACKEND, registerCpuBackend } from "../lib/backends/cpu/cpu_backend.ts";
 import type { ModelConfig } from "../lib/config.ts";
 import { generate, generateTextSimple, lastLogits } from "../lib/model/generate.ts";
 import { initGPTParams } from "../lib/model/init.ts";
@@ -16,9 +16,9 @@ import { textToTokenIds } from "../lib/data/tokenizer.ts";
 
 tf.env().set("IS_NODE", false);
 
-const blas = registerBlasBackend();
+const blas = registerCpuBackend();
 if (!blas.ok) console.warn(`kvcache_test: blas backend skipped: ${blas.reason}`);
-const BACKENDS = blas.ok ? ["cpu", BLAS_BACKEND] : ["cpu"];
+const BACKENDS = blas.ok ? ["cpu", CPU_BACKEND] : ["cpu"];
 
 const CTX = 32;
 const PROMPT = textToTokenIds("Every effort moves you"); // 4 tokens

@@ -8,7 +8,7 @@ import { loadedLibraries, machineKey } from "../lib/backends/cpu/matrix/choice.t
 import { cpuFlags, type LibraryKind } from "../lib/backends/cpu/matrix/libraries.ts";
 import {
   matrixLibrary,
-  registerBlasBackend,
+  registerCpuBackend,
   useMatrixLibrary,
 } from "../lib/backends/cpu/cpu_backend.ts";
 import { ignoredBecause, tempDir } from "./_helpers.ts";
@@ -50,7 +50,7 @@ Deno.test({
   ignore: libs.size < 2,
   fn: () =>
     withCacheEnv(() => {
-      registerBlasBackend();
+      registerCpuBackend();
       const kinds = [...libs.keys()];
       // The slowest-by-preference library is made fastest in fp32, the first one fastest in bf16-mixed.
       const fast32 = kinds[kinds.length - 1], fast16 = kinds[0];

@@ -19,7 +19,7 @@ const SHORT = [
   "data.batch_size=4",
   "data.train_ratio=0.35",
   "training.epochs=1",
-  "backend=blas",
+  "backend=cpu",
 ];
 
 const config = (name: string, extra: string[] = []) => verdictSmall(name, [...SHORT, ...extra]);

@@ -35,7 +35,7 @@ async function config(name: string, extra: string[] = []) {
     "data.batch_size=4",
     `data.sources=[{path: data/the-verdict.txt, weight: 0.7}, {path: ${zebra}, weight: 0.3}]`,
     "training.epochs=1",
-    "backend=blas",
+    "backend=cpu",
     ...extra,
     `name=${name}`,
   ]);

@@ -27,7 +27,7 @@ const SHORT = [
   "data.train_ratio=0.35",
   "training.epochs=1",
   "training.eval_freq=13",
-  "backend=blas",
+  "backend=cpu",
 ];
 
 const FIXTURES = fixturesDir();
@@ -40,7 +40,7 @@ const torchFx = JSON.parse(
 );
 
 Deno.test("multiple choice on gpt2-tiny: PyTorch's per-ending losses to 1e-5, its picks, acc and acc_norm", async () => {
-  await initBackend("blas");
+  await initBackend("cpu");
   const model = new GPTModel(cfg, await loadHFGPT2(weights, cfg, { tieHead: "omit" }));
   try {
     const items = await readChoiceItems(ITEMS);

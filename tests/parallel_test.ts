@@ -24,11 +24,11 @@ import {
 } from "../lib/backends/cpu/pool.ts";
 
 Deno.test({
-  name: "a training step on 2 threads equals one on 1 thread, bit for bit (blas)",
+  name: "a training step on 2 threads equals one on 1 thread, bit for bit (cpu)",
   ignore: !loadBlas().ok,
   fn: async () => {
     const cfg = await loadExperiment("experiments/verdict-small.yaml", TINY_GPT);
-    await initBackend("blas");
+    await initBackend("cpu");
     const rng = new TorchGenerator(5);
     const ids = () => Int32Array.from(rng.rand(4 * 16), (u) => Math.floor(u * 50257));
     const batch = { inputs: ids(), targets: ids(), batchSize: 4, maxLength: 16 };

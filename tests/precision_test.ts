@@ -26,7 +26,7 @@ const TINY = [
   "training.lr=0.004",
   "training.eval_freq=2",
   "training.eval_iter=1",
-  "backend=blas",
+  "backend=cpu",
 ];
 
 async function tiny(name: string, ...sets: string[]) {
@@ -122,19 +122,19 @@ const REFUSED: [string, string[], string][] = [
     "bf16-mixed on webgpu",
     ["tiny.yaml", "--set", "backend=webgpu", "--set", "precision=bf16-mixed"],
     "error: --set precision=bf16-mixed: precision: bf16-mixed: backend webgpu refuses it until " +
-    "it is measured on a GPU; use backend blas or auto, or precision fp32",
+    "it is measured on a GPU; use backend cpu or auto, or precision fp32",
   ],
   [
     "bf16-mixed on tensorflow",
     ["tiny.yaml", "--set", "precision=bf16-mixed", "--set", "backend=tensorflow"],
     "error: --set precision=bf16-mixed: precision: bf16-mixed: backend tensorflow refuses it until " +
-    "it is measured on a GPU; use backend blas or auto, or precision fp32",
+    "it is measured on a GPU; use backend cpu or auto, or precision fp32",
   ],
   [
-    "--precision bf16-mixed --backend cpu",
-    ["tiny.yaml", "--precision", "bf16-mixed", "--backend", "cpu"],
-    "error: --precision bf16-mixed: precision: bf16-mixed: backend cpu has no bf16 products; " +
-    "use backend blas or auto, or precision fp32",
+    "--precision bf16-mixed --backend tfjs-cpu",
+    ["tiny.yaml", "--precision", "bf16-mixed", "--backend", "tfjs-cpu"],
+    "error: --precision bf16-mixed: precision: bf16-mixed: backend tfjs-cpu has no bf16 products; " +
+    "use backend cpu or auto, or precision fp32",
   ],
   [
     "an unknown precision",
@@ -150,14 +150,14 @@ const REFUSED: [string, string[], string][] = [
     "a bf16-mixed run resumed on webgpu",
     ["again.yaml", "--resume", "--backend", "webgpu"],
     "error: checkpoints/bf/checkpoint.safetensors: precision: the run's bf16-mixed: backend webgpu " +
-    "refuses it until it is measured on a GPU; use backend blas or auto, or precision fp32 " +
+    "refuses it until it is measured on a GPU; use backend cpu or auto, or precision fp32 " +
     "(--set precision=fp32 switches the run)",
   ],
 ];
 
 Deno.test(`${REFUSED.length} precisions refused: one line, exit 2, nothing written`, async () => {
   const dir = await tinyProject("tiny");
-  await Deno.writeTextFile(`${dir}/bf.yaml`, TINY_YAML + "precision: bf16-mixed\nbackend: blas\n");
+  await Deno.writeTextFile(`${dir}/bf.yaml`, TINY_YAML + "precision: bf16-mixed\nbackend: cpu\n");
   await trainIn(dir, "bf.yaml");
   await Deno.writeTextFile(`${dir}/again.yaml`, TINY_YAML + "name: bf\n");
   await Deno.writeTextFile(`${dir}/fp16.yaml`, TINY_YAML + "precision: fp16\n");

@@ -14,7 +14,7 @@ const torchFx = JSON.parse(await Deno.readTextFile(new URL("torch-seed123.json",
 const cfg: ModelConfig = fx.config;
 
 async function tinyModel(): Promise<GPTModel> {
-  await initBackend("cpu");
+  await initBackend("tfjs-cpu");
   return new GPTModel(
     cfg,
     await loadHFGPT2(new URL("gpt2-tiny.safetensors", FIXTURES).pathname, cfg),

@@ -35,7 +35,7 @@ Deno.test("cosine decay: peak at the end of warmup, midpoint halfway, min_lr at 
 });
 
 Deno.test("clipping by global norm: the norm after is at most max_norm; small gradients are untouched", async () => {
-  await initBackend("cpu");
+  await initBackend("tfjs-cpu");
   const grads = new Map<string, tf.Tensor>([["a", tf.tensor([3, 4])], ["b", tf.tensor([[12]])]]); // norm 13
   const { grads: clipped, norm } = await clipByGlobalNorm(grads, 1);
   close(norm, 13, 1e-6);
@@ -53,7 +53,7 @@ Deno.test("gradient accumulation of k micro-batches equals one batch k times lar
   const { initGPTParams } = await import("../lib/model/init.ts");
   const { TorchGenerator } = await import("../lib/model/rng.ts");
   const { accumulateGradients } = await import("../lib/train/train.ts");
-  await initBackend("cpu");
+  await initBackend("tfjs-cpu");
   const cfg = {
     vocab_size: 300,
     context_length: 8,

@@ -20,7 +20,7 @@ const SHORT = [
   "data.batch_size=4",
   "data.train_ratio=0.35", // 13 steps an epoch
   "training.epochs=2",
-  "backend=blas",
+  "backend=cpu",
 ];
 // A loss half a standard deviation above the last 4 steps' mean is a "spike": several steps of this run are.
 const GUARD = "training.skip_spikes={loss_z: 0.5, grad_z: 0.5, window: 4}";

@@ -27,10 +27,10 @@ function both(f: () => tf.Scalar, xs: tf.Variable[]) {
   return { tfjs: a.out, lean: b.out, leaked: b.leaked };
 }
 
-for (const backend of ["cpu", "blas"] as const) {
+for (const backend of ["tfjs-cpu", "cpu"] as const) {
   Deno.test({
     name: `GPT loss gradients are bit-identical to TF.js's backward pass, dropout on (${backend})`,
-    ignore: backend === "blas" && !loadBlas().ok,
+    ignore: backend === "cpu" && !loadBlas().ok,
     fn: async () => {
       const cfg = await loadExperiment("experiments/verdict-small.yaml", TINY_GPT);
       await initBackend(backend);
@@ -65,7 +65,7 @@ for (const backend of ["cpu", "blas"] as const) {
 }
 
 Deno.test("pass-through gradients, one tensor reaching y along several paths, a caller's dy", async () => {
-  await initBackend("cpu");
+  await initBackend("tfjs-cpu");
   const x = tf.variable(tf.tensor1d([0.5, -1, 2, 3]), true, "x");
   const w = tf.variable(tf.tensor1d([1, 2, 3, 4]), true, "w");
   // x reaches y four times; Add passes dy through unchanged; Identity and Reshape too.

@@ -19,7 +19,7 @@ const SHORT = [
   "data.batch_size=4",
   "data.train_ratio=0.35", // 13 steps an epoch
   "training.epochs=2",
-  "backend=blas", // bit-for-bit resumes: pinned, never whatever `auto` finds on the machine
+  "backend=cpu", // bit-for-bit resumes: pinned, never whatever `auto` finds on the machine
 ];
 
 async function config(name: string, extra: string[] = []) {

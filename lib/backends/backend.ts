@@ -10,7 +10,7 @@
  * - holding the helper threads open across a training step.
  *
  * Behind it, one folder per implementation: cpu/ (the thread pool, row kernels, fused kernels and the matrix
- * libraries of the `blas` backend), webgpu/, tensorflow/. No module outside this folder imports one of them
+ * libraries of the `cpu` backend), webgpu/, tensorflow/. No module outside this folder imports one of them
  * (tests/layers_test.ts checks).
  */
 import * as tf from "@tensorflow/tfjs-core";
@@ -44,7 +44,7 @@ export function hostArray(n: number): Float32Array {
 
 /**
  * A Float32Array of `n` elements to build a float32 tensor from, with arbitrary contents (write every element):
- * recycled from the active backend's pool where it keeps one (blas), else fresh. Per-step host data such as
+ * recycled from the active backend's pool where it keeps one (cpu), else fresh. Per-step host data such as
  * dropout masks then costs no fresh pages.
  */
 export function tensorStorage(n: number): Float32Array {
@@ -52,7 +52,7 @@ export function tensorStorage(n: number): Float32Array {
 }
 
 /**
- * A writable view of a float32 tensor's storage on CPU-side backends (cpu, blas: the JS array; wasm: the heap),
+ * A writable view of a float32 tensor's storage on CPU-side backends (cpu, tfjs-cpu: the JS array; wasm: the heap),
  * or null on backends whose memory lives elsewhere (webgpu). Lets the optimizer update parameters in place in one
  * pass instead of through a dozen temporary tensors of the parameter's size.
  */

@@ -7,10 +7,10 @@ import * as tf from "@tensorflow/tfjs-core";
 import "@tensorflow/tfjs";
 import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
 import {
-  BLAS_BACKEND,
+  CPU_BACKEND,
   matrixLibrary,
   type Precision,
-  registerBlasBackend,
+  registerCpuBackend,
   setPrecision,
 } from "./cpu/cpu_backend.ts";
 import { DNNL_THREAD_NOTE } from "./cpu/matrix/dnnl.ts";
@@ -84,15 +84,15 @@ async function explicitBackend(
   need: number,
 ): Promise<BackendChoice> {
   switch (requested) {
-    case "blas": {
-      const res = registerBlasBackend();
-      if (!res.ok) throw new UserError(`backend blas: not available: ${res.reason}`);
-      await tf.setBackend(BLAS_BACKEND);
-      return { name: "blas", reason: `requested; ${res.reason}` };
+    case "cpu": {
+      const res = registerCpuBackend();
+      if (!res.ok) throw new UserError(`backend cpu: not available: ${res.reason}`);
+      await tf.setBackend(CPU_BACKEND);
+      return { name: "cpu", reason: `${res.reason}; requested` };
     }
-    case "cpu":
+    case "tfjs-cpu":
       await tf.setBackend("cpu");
-      return { name: "cpu", reason: "requested" };
+      return { name: "tfjs-cpu", reason: "requested" };
     case "wasm": {
       const err = await tryWasm();
       if (err) throw new UserError(`backend wasm: not available: ${err}`);
@@ -147,30 +147,30 @@ async function autoBackend(need: number): Promise<BackendChoice> {
     gpuNote = `webgpu: adapter ${gpu.description} failed: ${err}`;
   }
   const noGpu = `no GPU: ${tfNote}; ${gpuNote}`;
-  const blas = registerBlasBackend();
-  if (blas.ok && await tf.setBackend(BLAS_BACKEND)) {
-    return { name: "blas", reason: `auto: ${noGpu}; fastest CPU path (${blas.reason})` };
+  const cpu = registerCpuBackend();
+  if (cpu.ok && await tf.setBackend(CPU_BACKEND)) {
+    return { name: "cpu", reason: `${cpu.reason}; auto: ${noGpu}; the fastest CPU path` };
   }
   if (need <= WASM_HEAP_BYTES * 0.85) {
     const err = await tryWasm();
     if (!err) {
       return {
         name: "wasm",
-        reason: `auto: ${noGpu}; no BLAS (${blas.reason}); wasm fits: training needs ~${
+        reason: `auto: ${noGpu}; no matrix library (${cpu.reason}); wasm fits: training needs ~${
           gib(need)
         } GiB of its 4 GiB heap`,
       };
     }
     await tf.setBackend("cpu");
     return {
-      name: "cpu",
-      reason: `auto: ${noGpu}; no BLAS (${blas.reason}); wasm failed to load (${err})`,
+      name: "tfjs-cpu",
+      reason: `auto: ${noGpu}; no matrix library (${cpu.reason}); wasm failed to load (${err})`,
     };
   }
   await tf.setBackend("cpu");
   return {
-    name: "cpu",
-    reason: `auto: ${noGpu}; no BLAS (${blas.reason}); training needs ~${
+    name: "tfjs-cpu",
+    reason: `auto: ${noGpu}; no matrix library (${cpu.reason}); training needs ~${
       gib(need)
     } GiB, more than wasm's 4 GiB heap`,
   };
@@ -179,13 +179,13 @@ async function autoBackend(need: number): Promise<BackendChoice> {
 /**
  * Sets the precision of the run's matrix products on the active backend `backend` (the name `initBackend`
  * returned); `weights` are the model's parameters, whose bf16 copies are made once per optimizer step
- * ({@link weightsUpdated}). `bf16-mixed` runs on the `blas` backend only: elsewhere a UserError (exit 2). Returns
+ * ({@link weightsUpdated}). `bf16-mixed` runs on the `cpu` backend only: elsewhere a UserError (exit 2). Returns
  * a phrase for the run header, e.g. "bf16-mixed (emulated: WebAssembly GEMM has no bf16 product, not faster)".
  */
 export function usePrecision(precision: Precision, backend: string, weights: tf.Tensor[]): string {
-  if (precision !== "fp32" && backend !== "blas") {
+  if (precision !== "fp32" && backend !== "cpu") {
     throw new UserError(
-      `precision ${precision}: not available on backend ${backend} (not measured there yet); use backend blas or precision fp32`,
+      `precision ${precision}: not available on backend ${backend} (not measured there yet); use backend cpu or precision fp32`,
     );
   }
   setPrecision(precision, weights);

@@ -194,7 +194,7 @@ async function chooseBackend(cfg: Config, print: (line: string) => void): Promis
 }
 
 /**
- * The config's precision on the chosen backend for the trainee's weights (usePrecision: bf16-mixed on blas only),
+ * The config's precision on the chosen backend for the trainee's weights (usePrecision: bf16-mixed on cpu only),
  * printed as `precision: …` after the backend and model lines; the trainee is disposed when it is refused.
  */
 function choosePrecision(

@@ -12,6 +12,7 @@
  * own clock).
  */
 import { cannotWrite, UserError } from "../errors.ts";
+import { currentBackendName } from "../config.ts";
 
 /** The version of the line types below, written in every header as `schema_version`. */
 export const RUN_LOG_SCHEMA = 1;
@@ -241,6 +242,18 @@ export function readRunLog(path: string, now = Date.now()): RunLogData {
 }
 
 /**
+ * A header written before a backend was renamed (`blas`, now `cpu`) under the new name, in its `backend` and its
+ * config's, so that old and new runs of one backend compare as one.
+ */
+function renameBackend(header: LogLine): void {
+  if (typeof header.backend === "string") header.backend = currentBackendName(header.backend);
+  const config = header.config as Record<string, unknown> | undefined;
+  if (config && typeof config.backend === "string") {
+    config.backend = currentBackendName(config.backend);
+  }
+}
+
+/**
  * {@link readRunLog} on text already read (`mtime`: the file's modification time in milliseconds), for a reader
  * that must know which bytes it parsed, such as the dashboard's live stream.
  */
@@ -276,6 +289,7 @@ export function parseRunLog(
   let evals: LogLine[] = [];
   for (const l of lines) {
     if (l.type === "header") {
+      renameBackend(l);
       if (headers.length) {
         const from = typeof l.resumed_from_step === "number" ? l.resumed_from_step : 0;
         evals = evals.filter((e) => !(Number(e.step) > from));

@@ -81,7 +81,7 @@ export interface StepResult {
 /**
  * Whether to use lib/model/tape.ts's backward pass, which frees activations as it goes (default; `GPT_LEAN_BACKWARD=0`
  * turns it off): GPT-124M's peak RSS 3.82 GB instead of 4.42 GB at batch 2 and 7.26 GB instead of 9.65 GB at
- * batch 8, at the same speed now that the blas pool holds a step's arrays (the freed activations come back as the
+ * batch 8, at the same speed now that the cpu backend's pool holds a step's arrays (the freed activations come back as the
  * gradients' storage).
  */
 function leanBackward(): boolean {

@@ -1,5 +1,5 @@
 /**
- * bf16 operands of the `blas` backend's products in `bf16-mixed` (PyTorch's CPU autocast): each fp32 input is
+ * bf16 operands of the `cpu` backend's products in `bf16-mixed` (PyTorch's CPU autocast): each fp32 input is
  * rounded to bf16, round to nearest even, either to its 16 bits (for a library that multiplies bf16: oneDNN) or
  * back into an fp32 whose low 16 bits are zero (for one that does not: the product of two such values is exact in
  * fp32, so the fp32 product then accumulates the same terms). The model's weights are converted once per optimizer

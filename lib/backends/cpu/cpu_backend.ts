@@ -1,17 +1,17 @@
 /**
- * The `blas` TF.js backend: the pure-JS cpu backend with its matrix products handed to a `cblas_sgemm`: a native
- * BLAS through Deno FFI (OpenBLAS, Accelerate) where one loads, else our WebAssembly SIMD GEMM on every thread
- * (matrix/libraries.ts). Every other kernel is the cpu backend's own, so tensors, memory and gradients behave exactly
- * as on `cpu`; only `BatchMatMul` and `_FusedMatMul` (the forward products and every product of their gradients)
+ * The `cpu` backend (formerly `blas`): TF.js's pure-JS cpu backend with its matrix products handed to a
+ * `cblas_sgemm`: a native BLAS through Deno FFI (OpenBLAS, Accelerate) or oneDNN where one loads, else our
+ * WebAssembly SIMD GEMM on every thread (matrix/libraries.ts). Every other kernel is the cpu backend's own, so
+ * tensors, memory and gradients behave exactly as on TF.js's `cpu` (a config's `tfjs-cpu`); only `BatchMatMul` and `_FusedMatMul` (the forward products and every product of their gradients)
  * run at BLAS speed. Operands are the backend's Float32Arrays, passed to C without a copy. The single-pass JS
  * kernels of `fused_kernels.ts` replace the cpu backend's slow element-wise ones and add fused GELU, LayerNorm,
- * causal softmax and cross-entropy; large outputs come from a pool of recycled arrays (see {@link BlasBackend}).
+ * causal softmax and cross-entropy; large outputs come from a pool of recycled arrays (see {@link CpuBackend}).
  *
  * @example
  * ```ts
- * const r = registerBlasBackend();
- * if (r.ok) await tf.setBackend(BLAS_BACKEND);
- * else console.warn(`blas backend unavailable: ${r.reason}`);
+ * const r = registerCpuBackend();
+ * if (r.ok) await tf.setBackend(CPU_BACKEND);
+ * else console.warn(`cpu backend unavailable: ${r.reason}`);
  * ```
  */
 import * as tf from "@tensorflow/tfjs-core";
@@ -48,20 +48,23 @@ export {
 
 tf.env().set("IS_NODE", false); // silences tfjs's "install tfjs-node" banner
 
-/** The backend name `registerBlasBackend` registers. */
-export const BLAS_BACKEND = "blas";
+/**
+ * The name `registerCpuBackend` registers with TF.js, whose own pure-JS backend is already `cpu` (a config's
+ * `tfjs-cpu`); users and run logs call this one `cpu`.
+ */
+export const CPU_BACKEND = "gpt-cpu";
 
 const ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112;
 
 let active: BlasLib | null = null;
 
-/** The matrix library the `blas` backend's kernels call now, or null before registration. */
+/** The matrix library the `cpu` backend's kernels call now, or null before registration. */
 export function matrixLibrary(): BlasLib | null {
   return active;
 }
 
 function lib(): BlasLib {
-  if (!active) throw new Error("blas backend: no matrix library selected");
+  if (!active) throw new Error("cpu backend: no matrix library selected");
   return active;
 }
 
@@ -69,7 +72,7 @@ function lib(): BlasLib {
 let chosenBy: "auto" | LibraryKind = "auto";
 
 /**
- * Switches the `blas` backend's matrix library: "auto" as at registration (`GPT_BLAS`'s, else the fastest
+ * Switches the `cpu` backend's matrix library: "auto" as at registration (`GPT_BLAS`'s, else the fastest
  * measured for `precision`), or "native", "dnnl", "wasm" (tests and benchmarks run several in one process).
  * Returns the library, or why it is not available (the current one is then kept).
  */
@@ -150,7 +153,7 @@ export function defaultPoolLimit(): number {
  * `readSync`/`read` (`dataSync()` returns the storage itself), nor when a view of it became another tensor
  * (`slice`). Pooled arrays are not zeroed: kernels that take one must write every element.
  */
-export class BlasBackend extends MathBackendCPU {
+export class CpuBackend extends MathBackendCPU {
   /**
    * Bytes the pool may hold; beyond that the oldest pooled arrays are dropped to the garbage collector. Default
    * {@link defaultPoolLimit}. A training step frees and asks for the same arrays every step, so in steady state the
@@ -247,12 +250,12 @@ export class BlasBackend extends MathBackendCPU {
 
 /**
  * The storage of float32 tensor `t` as a Float32Array in shared memory, so that helper Workers can update it in
- * place (see pool.ts): on a {@link BlasBackend} the storage moves there once (one copy; the tensor keeps its
+ * place (see pool.ts): on a {@link CpuBackend} the storage moves there once (one copy; the tensor keeps its
  * values), elsewhere (other backends, other dtypes) null.
  */
 export function sharedHostView(t: tf.Tensor): Float32Array | null {
   const backend = tf.backend();
-  if (!(backend instanceof BlasBackend) || t.dtype !== "float32" || t.isDisposed) return null;
+  if (!(backend instanceof CpuBackend) || t.dtype !== "float32" || t.isDisposed) return null;
   const entry = backend.data.get(t.dataId);
   const v = entry?.values;
   if (!(v instanceof Float32Array)) return null;
@@ -337,7 +340,7 @@ function gemm(
   return { shape, values: c };
 }
 
-/** `blas` with `sgemm` multiplying bf16 operands (Uint16Arrays passed where the signature says Float32Array). */
+/** The library `blas` with `sgemm` multiplying bf16 operands (Uint16Arrays passed where the signature says Float32Array). */
 function bitsLib(blas: BlasLib): BlasLib {
   const g = blas.gemmBf16!;
   const sgemm: Sgemm = (_o, ...args) => g(...(args as unknown as Parameters<typeof g>));
@@ -366,7 +369,7 @@ function headsShape(blas: BlasLib, d: Dims): boolean {
     !!blas.setNumThreads && !!blas.getNumThreads;
 }
 
-/** The products of {@link gemm} on `blas`, into `c`. */
+/** The products of {@link gemm} on the library `blas`, into `c`. */
 function products(blas: BlasLib, A: Float32Array, B: Float32Array, c: Float32Array, d: Dims): void {
   const { M, N, K, transA, transB, batch, outer, outerA, outerB, beta } = d;
   const batchA = tf.util.sizeFromShape(outerA), batchB = tf.util.sizeFromShape(outerB);
@@ -499,7 +502,7 @@ type KernelFn = (
 
 function cpuKernel(name: string): KernelFn {
   const k = tf.getKernel(name, "cpu");
-  if (!k) throw new Error(`blas backend: the cpu backend has no ${name} kernel`);
+  if (!k) throw new Error(`cpu backend: TF.js's cpu backend has no ${name} kernel`);
   return k.kernelFunc as unknown as KernelFn;
 }
 
@@ -639,25 +642,25 @@ function fusedMatMulKernel(): KernelFn {
   };
 }
 
-/** The kernels `blas` replaces; all others are the cpu backend's. */
+/** The kernels the `cpu` backend replaces; all others are TF.js's cpu backend's. */
 const REPLACED = ["BatchMatMul", "_FusedMatMul"];
 
 /**
- * Registers the `blas` backend (idempotent): a fresh cpu backend whose matrix products call `cblas_sgemm`.
- * Activate it with `await tf.setBackend("blas")`. Returns `ok: false` with a one-line reason when no BLAS loads.
+ * Registers the `cpu` backend (idempotent): a fresh cpu backend whose matrix products call `cblas_sgemm`.
+ * Activate it with `await tf.setBackend(CPU_BACKEND)`. Returns `ok: false` with a one-line reason when no BLAS loads.
  * `priority` is TF.js's backend priority (cpu has 1); the default 0 leaves the choice to the caller.
  */
-export function registerBlasBackend(priority = 0): { ok: boolean; reason: string } {
+export function registerCpuBackend(priority = 0): { ok: boolean; reason: string } {
   if (!active) {
     const res = useMatrixLibrary("auto");
     if (!res.ok) return { ok: false, reason: res.reason };
   }
-  if (tf.findBackendFactory(BLAS_BACKEND)) {
+  if (tf.findBackendFactory(CPU_BACKEND)) {
     return { ok: true, reason: `already registered (${lib().describe()})` };
   }
-  tf.registerBackend(BLAS_BACKEND, () => new BlasBackend(), priority);
+  tf.registerBackend(CPU_BACKEND, () => new CpuBackend(), priority);
   for (const k of tf.getKernelsForBackend("cpu")) {
-    if (!REPLACED.includes(k.kernelName)) tf.registerKernel({ ...k, backendName: BLAS_BACKEND });
+    if (!REPLACED.includes(k.kernelName)) tf.registerKernel({ ...k, backendName: CPU_BACKEND });
   }
   const kernels: Record<string, KernelFn> = {
     BatchMatMul: batchMatMulKernel(),
@@ -667,10 +670,10 @@ export function registerBlasBackend(priority = 0): { ok: boolean; reason: string
   for (const [kernelName, fn] of Object.entries(kernels)) {
     tf.registerKernel({
       kernelName,
-      backendName: BLAS_BACKEND,
+      backendName: CPU_BACKEND,
       kernelFunc: fn as unknown as tf.KernelFunc,
     });
   }
-  registerFusedCpuKernels(BLAS_BACKEND);
+  registerFusedCpuKernels(CPU_BACKEND);
   return { ok: true, reason: lib().describe() };
 }

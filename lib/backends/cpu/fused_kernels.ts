@@ -1,5 +1,6 @@
 /**
- * Faster JS kernels for TF.js backends built on the cpu backend's storage (`blas`; also usable on `cpu`).
+ * Faster JS kernels for TF.js backends built on the cpu backend's storage (our `cpu` backend; also usable on
+ * TF.js's own `cpu`, the config's `tfjs-cpu`).
  *
  * Two kinds:
  * - Drop-ins for cpu kernels that are slow on a GPT step's shapes: broadcasting Add/Sub/Multiply/RealDiv (the cpu
@@ -8,8 +9,8 @@
  *   cpu: 50,257 for GPT-2's vocabulary).
  *   Same inputs, attributes and results as the cpu kernel of the same name; other dtypes or layouts fall back to it.
  * - Fused kernels under new names (`GeluTanh`, `LayerNorm`, `CausalSoftmax`, `SoftmaxCrossEntropy` and their
- *   gradients), reached through {@link fusedGelu}, {@link fusedLayerNorm}, {@link fusedCausalSoftmax} and
- *   {@link fusedCrossEntropy}: each returns null when the active backend lacks the kernel, so model code can fall
+ *   gradients), reached through the fused ops of ../fused_ops.ts (fusedGelu, fusedLayerNorm, fusedCausalSoftmax,
+ *   fusedCrossEntropy): each returns null when the active backend lacks the kernel, so model code can fall
  *   back to composed ops.
  */
 import * as tf from "@tensorflow/tfjs-core";
@@ -36,7 +37,7 @@ function f32(backend: MathBackendCPU, t: Info): Float32Array {
 }
 
 /**
- * A Float32Array for a kernel's output: from the backend's pool where it has one (`BlasBackend.allocF32`; its
+ * A Float32Array for a kernel's output: from the backend's pool where it has one (`CpuBackend.allocF32`; its
  * contents are arbitrary, so every kernel here writes every element), else a fresh one.
  */
 export function alloc(backend: MathBackendCPU, n: number): Float32Array {
@@ -556,7 +557,7 @@ export function fusedCpuKernels(): Record<string, KernelFn> {
 }
 
 /**
- * Registers {@link fusedCpuKernels} for `backendName` (a backend built on MathBackendCPU, e.g. `blas` or `cpu`),
+ * Registers {@link fusedCpuKernels} for `backendName` (a backend built on MathBackendCPU, e.g. ours or TF.js's `cpu`),
  * replacing its kernels of those names.
  */
 export function registerFusedCpuKernels(backendName: string): void {

@@ -1,5 +1,5 @@
 /**
- * Which matrix library the `blas` backend runs, chosen by measurement: on the first run on a machine, every
+ * Which matrix library the `cpu` backend runs, chosen by measurement: on the first run on a machine, every
  * library that loads (OpenBLAS or Accelerate, oneDNN, the WebAssembly GEMM) times three of a training step's
  * products (about 2.7 GFLOP, well under a second in all), and the GFLOP/s are cached per machine (CPU model and
  * flags, each library's version, kernel and threads) in the user's cache directory. `auto` then takes the fastest

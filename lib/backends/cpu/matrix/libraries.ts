@@ -38,7 +38,7 @@ const GENERIC_CORES = [
   "Atom",
 ];
 
-/** How the `blas` backend's matrix products compute: "fp32", or "bf16-mixed" (operands rounded to bf16, fp32 out). */
+/** How the `cpu` backend's matrix products compute: "fp32", or "bf16-mixed" (operands rounded to bf16, fp32 out). */
 export type Precision = "fp32" | "bf16-mixed";
 
 /** A loaded matrix library: `cblas_sgemm` (row-major), its thread control, and what it is. */

@@ -14,7 +14,7 @@ import { matrixLibrary } from "../cpu_backend.ts";
 /** The measured peak of the active backend. */
 export interface Peak {
   flops: number; // FLOP/s
-  device: string; // what was measured, e.g. "oneDNN 2.6.3, 2 threads (blas) on Intel(R) Xeon(R) Processor"
+  device: string; // what was measured, e.g. "oneDNN 2.6.3, 2 threads (cpu) on Intel(R) Xeon(R) Processor"
   cached: boolean;
 }
 
@@ -35,17 +35,17 @@ function cpuModel(): string {
   return l?.split(":")[1].trim() ?? Deno.build.arch;
 }
 
-/** The device whose products a run on `backendName` runs: the matrix library on blas, else the backend. */
+/** The device whose products a run on `backendName` runs: the matrix library on cpu, else the backend. */
 function deviceOf(backendName: string): string {
-  const lib = backendName === "blas" ? matrixLibrary()?.describe().split(";")[0] : null;
-  return `${lib ? `${lib} (blas)` : backendName} on ${cpuModel()}`;
+  const lib = backendName === "cpu" ? matrixLibrary()?.describe().split(";")[0] : null;
+  return `${lib ? `${lib} (cpu)` : backendName} on ${cpuModel()}`;
 }
 
 /** Seconds of one product of `shape` on the active backend: a warm-up, then the best of two (one if slow). */
 async function timeShape(
   [M, N, K, tA, tB]: [number, number, number, boolean, boolean],
 ): Promise<number> {
-  // Operands made by the backend's own kernels, in its own storage (shared with the helper threads on blas), as a
+  // Operands made by the backend's own kernels, in its own storage (shared with the helper threads on cpu), as a
   // step's activations and weights are: a plain random tensor there would be copied over at every product.
   const operand = (shape: number[], seed: number) =>
     tf.tidy(() => tf.add(tf.randomUniform(shape, -1, 1, "float32", seed), 0));

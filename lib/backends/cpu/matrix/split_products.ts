@@ -20,13 +20,13 @@ import {
   shared,
 } from "../pool.ts";
 
-/** The helper setting that names the library the blas backend loaded; helpers open it themselves for `sgemmHeads`. */
+/** The helper setting that names the library the cpu backend loaded; helpers open it themselves for `sgemmHeads`. */
 const BLAS_SETTING = "blas";
 let sgemm: Sgemm | null = null;
 /** The library `sgemm` belongs to on this thread. */
 let opened: string | null = null;
 
-/** Called by the blas backend once it has loaded `path`: `sgemmHeads` calls `fn` here, and the library in helpers. */
+/** Called by the cpu backend once it has loaded `path`: `sgemmHeads` calls `fn` here, and the library in helpers. */
 export function setSgemm(path: string, fn: Sgemm): void {
   setHelperSetting(BLAS_SETTING, path);
   opened = path, sgemm = fn;
