@@ -10,7 +10,7 @@
  */
 import { loadExperiment } from "../lib/config.ts";
 import { runTraining } from "../lib/runs/run.ts";
-import { startDashboard } from "../lib/runs/dashboard/server.ts";
+import { startDashboard } from "../lib/views/dashboard/server.ts";
 import { Browser, findChromium } from "../tests/_chromium.ts";
 import { holdGet, rssKb, spawnDashboard, writeRunLog } from "../tests/_dashboard.ts";
 

@@ -11,7 +11,7 @@ import {
   resolveRunLogs,
   resolveSortKey,
   sortRows,
-} from "../lib/runs/compare.ts";
+} from "../lib/views/compare.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { claimOutput, outputMark, writeOutputFile } from "../lib/outputs.ts";
@@ -25,7 +25,7 @@ options:
   --sort key    a column of the table, best first: run, steps, tokens, train, val, "best train",
                 "best val" (or best_val), "val ppl", tok/s, wall, status; a field of --json such as
                 best_val_loss; or a differing config key such as training.lr (default "best val")
-  --json        print the rows as one JSON array (schema: RunRow in lib/runs/compare.ts)
+  --json        print the rows as one JSON array (schema: RunRow in lib/views/compare.ts)
   --out file    write every run's train (solid) and val (dashed) loss against tokens seen to an SVG file
                 (a new file, or one compare wrote before)
   -h, --help    show this help`;

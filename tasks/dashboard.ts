@@ -1,13 +1,13 @@
 /**
  * `deno task dashboard [--port 8080] [--host 127.0.0.1] [checkpoints dir]`: a live, read-only web view of the runs
- * under the checkpoints directory (lib/runs/dashboard/). Serves on loopback unless `--host` says otherwise; off
+ * under the checkpoints directory (lib/views/dashboard/). Serves on loopback unless `--host` says otherwise; off
  * loopback every request needs a token (generated, or `--token`), printed once in the URL.
  *
  * Exit codes: 0 stopped with Ctrl-C; 2 bad arguments, a directory that is not there, or a port already in use.
  */
 import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
-import { isLoopback, startDashboard } from "../lib/runs/dashboard/server.ts";
+import { isLoopback, startDashboard } from "../lib/views/dashboard/server.ts";
 
 const USAGE = `usage: deno task dashboard [options] [checkpoints dir]
 

@@ -11,7 +11,7 @@ import { countOf } from "../lib/progress.ts";
 import { runTask, UserError } from "../lib/errors.ts";
 import { loadModel } from "../lib/train/load.ts";
 import { checkMemoryFits, checkTokenizerFits } from "../lib/train/preflight.ts";
-import { choiceLine, evaluateLoaders, sampleTexts, writeReport } from "../lib/runs/report.ts";
+import { choiceLine, evaluateLoaders, sampleTexts, writeReport } from "../lib/views/report.ts";
 import { readChoiceItems, scoreChoices } from "../lib/train/multiple_choice.ts";
 import { prepareData } from "../lib/runs/run.ts";
 

@@ -3,7 +3,7 @@
  * A YAML with a `sweep:` section runs every point of its grid (or prints one command per point).
  * Exit codes: 0 finished, 2 bad input, 130 interrupted (checkpoint written).
  */
-import { compareRuns, formatTable } from "../lib/runs/compare.ts";
+import { compareRuns, formatTable } from "../lib/views/compare.ts";
 import { flagOverride, loadExperiment } from "../lib/config.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";

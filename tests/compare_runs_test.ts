@@ -6,7 +6,7 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { spawnTask, tinyProject } from "./_cases.ts";
 import { taskArgs, TINY_RUN } from "./_helpers.ts";
-import { listRuns } from "../lib/runs/dashboard/server.ts";
+import { listRuns } from "../lib/views/dashboard/server.ts";
 
 /** The table's header cells and each row's cells (two or more spaces apart). */
 function table(stdout: string): { head: string[]; rows: string[][] } {

@@ -8,7 +8,7 @@ import {
   type RunRow,
   sortRows,
   summarizeRun,
-} from "../lib/runs/compare.ts";
+} from "../lib/views/compare.ts";
 import { UserError } from "../lib/errors.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { pointAction, pointCommand, readSweep } from "../lib/runs/sweep.ts";

@@ -6,8 +6,8 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { loadExperiment } from "../lib/config.ts";
 import { runTraining } from "../lib/runs/run.ts";
-import { listRuns, runDir, runLog, startDashboard } from "../lib/runs/dashboard/server.ts";
-import { compareRuns } from "../lib/runs/compare.ts";
+import { listRuns, runDir, runLog, startDashboard } from "../lib/views/dashboard/server.ts";
+import { compareRuns } from "../lib/views/compare.ts";
 import { acquireRunLock } from "../lib/runs/lock.ts";
 import { Browser, findChromium } from "./_chromium.ts";
 import {
@@ -19,8 +19,8 @@ import {
   writeRunLog,
 } from "./_dashboard.ts";
 import { ensureVerdict, ignoredBecause, tempDir, TINY_RUN } from "./_helpers.ts";
-import { LIMITS } from "../lib/runs/dashboard/server.ts";
-import { MAX_READ } from "../lib/runs/dashboard/live.ts";
+import { LIMITS } from "../lib/views/dashboard/server.ts";
+import { MAX_READ } from "../lib/views/dashboard/live.ts";
 
 const CHROMIUM = findChromium();
 /** The reason on each browser test's own "ignored" line where Chromium is missing. */

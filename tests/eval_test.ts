@@ -8,7 +8,7 @@ import { initGPTParams } from "../lib/model/init.ts";
 import { loadModel } from "../lib/train/load.ts";
 import { perplexity } from "../lib/train/loss.ts";
 import { GPTModel } from "../lib/model/model.ts";
-import { epochTicks, evaluateLoaders, sampleTexts, writeReport } from "../lib/runs/report.ts";
+import { epochTicks, evaluateLoaders, sampleTexts, writeReport } from "../lib/views/report.ts";
 import { TorchGenerator } from "../lib/model/rng.ts";
 import { prepareData, runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";

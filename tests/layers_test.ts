@@ -1,6 +1,6 @@
 /**
  * The folders of `lib/` are layers: a module imports only from its own folder or from a layer below it, so
- * the tree reads bottom to top (records → backends → data → model → weights → train → runs). This test reads
+ * the tree reads bottom to top (records → backends → data → model → weights → train → runs → views). This test reads
  * every import of every module under `lib/` and fails on one that runs upward.
  *
  * The backends layer has one face (lib/backends/backend.ts) and one folder per implementation behind it
@@ -10,7 +10,7 @@
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 
 /** Bottom to top; "" is `lib/` itself (config, errors, CLI parsing, progress: shared by every layer). */
-export const LAYERS = ["", "backends", "data", "model", "weights", "train", "runs"];
+export const LAYERS = ["", "backends", "data", "model", "weights", "train", "runs", "views"];
 
 const LIB = new URL("../lib/", import.meta.url);
 

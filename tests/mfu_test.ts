@@ -5,7 +5,7 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { initGPTParams } from "../lib/model/init.ts";
 import { TorchGenerator } from "../lib/model/rng.ts";
-import { formatTable, summarizeRun } from "../lib/runs/compare.ts";
+import { formatTable, summarizeRun } from "../lib/views/compare.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { flopsPerToken } from "../lib/train/mfu.ts";

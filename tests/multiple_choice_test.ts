@@ -12,7 +12,7 @@ import { readChoiceItems, scoreChoices, scoreItem } from "../lib/train/multiple_
 import { loadHFGPT2 } from "../lib/weights/gpt2.ts";
 import { ensureVerdict, fixturesDir } from "./_helpers.ts";
 import { loadExperiment } from "../lib/config.ts";
-import { compareSVG, formatTable, summarizeRun } from "../lib/runs/compare.ts";
+import { compareSVG, formatTable, summarizeRun } from "../lib/views/compare.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { loadModel } from "../lib/train/load.ts";

@@ -12,7 +12,7 @@ import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import { parseAllDocuments } from "yaml";
 import { spawnTask, TINY_YAML, tinyProject, trainIn } from "./_cases.ts";
 import { Browser, findChromium } from "./_chromium.ts";
-import { startDashboard } from "../lib/runs/dashboard/server.ts";
+import { startDashboard } from "../lib/views/dashboard/server.ts";
 
 const CHECKER = new URL("./_check_formats.py", import.meta.url).pathname;
 

@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
-import { formatTick, lineChartSVG, niceTicks, PALETTE, type Series } from "../lib/runs/plot.ts";
+import { formatTick, lineChartSVG, niceTicks, PALETTE, type Series } from "../lib/views/plot.ts";
 
 /**
  * A small XML well-formedness check: every tag closes in order, attributes are quoted and unique, text holds no

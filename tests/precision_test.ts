@@ -8,7 +8,7 @@ import { RECENT_BYTES } from "../lib/backends/cpu/bf16.ts";
 import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
 import type { Precision } from "../lib/backends/backend.ts";
 import { loadExperiment, type PrecisionName, PRECISIONS } from "../lib/config.ts";
-import { compareRuns, formatTable } from "../lib/runs/compare.ts";
+import { compareRuns, formatTable } from "../lib/views/compare.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { memoryEstimate, paramCount } from "../lib/train/preflight.ts";

@@ -12,9 +12,9 @@ import {
   readRunLog,
   type RunLogData,
   type RunStatus,
-} from "./runlog.ts";
-import { runLockHeld } from "./lock.ts";
-import { readSweep } from "./sweep.ts";
+} from "../runs/runlog.ts";
+import { runLockHeld } from "../runs/lock.ts";
+import { readSweep } from "../runs/sweep.ts";
 
 /**
  * One run's figures. `deno task compare --json` prints an array of these, sorted like the table:

@@ -11,7 +11,7 @@ import { calcLossLoader, perplexity } from "../train/loss.ts";
 import type { GPTModel } from "../model/model.ts";
 import { lineChartSVG } from "./plot.ts";
 import { TorchGenerator } from "../model/rng.ts";
-import { readRunLog, type RunLogData } from "./runlog.ts";
+import { readRunLog, type RunLogData } from "../runs/runlog.ts";
 import { diffConfigs, runConfig } from "./compare.ts";
 import { countOf } from "../progress.ts";
 import type { ChoiceScores } from "../train/multiple_choice.ts";

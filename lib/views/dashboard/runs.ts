@@ -4,8 +4,8 @@
  * Only complete lines are read: a line still being written waits until its newline is there.
  */
 import { diffConfigs, liveStatus, runConfig, type RunRow, summarizeRun } from "../compare.ts";
-import { runLockHeld } from "../lock.ts";
-import { type LogLine, parseRunLog, RUNNING_WINDOW_S } from "../runlog.ts";
+import { runLockHeld } from "../../runs/lock.ts";
+import { type LogLine, parseRunLog, RUNNING_WINDOW_S } from "../../runs/runlog.ts";
 
 /** The most points one curve is served with; longer logs are thinned evenly (the last point always kept). */
 export const MAX_POINTS = 2000;

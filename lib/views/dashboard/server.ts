@@ -1,6 +1,6 @@
 /**
  * `deno task dashboard`'s server: a read-only web view of the runs under a checkpoints directory. It serves one
- * page, its script, uPlot from the project's npm dependencies (no CDN), and JSON built with lib/runs/compare.ts,
+ * page, its script, uPlot from the project's npm dependencies (no CDN), and JSON built with lib/views/compare.ts,
  * so that the page and `deno task compare` show the same figures. Live lines reach the page over one
  * Server-Sent Events stream per page whose event ids are the byte offsets read so far, so a reconnect resumes.
  * Every request passes guard.ts first (Host, token, same origin, rate); runs are named relative to the directory
