@@ -39,7 +39,8 @@ import { DropoutRng } from "../lib/model/ops.ts";
 import { TorchGenerator } from "../lib/model/rng.ts";
 import { textToTokenIds } from "../lib/data/tokenizer.ts";
 import { trainStep } from "../lib/train/train.ts";
-import { DEFAULT_SHARD_TOKENS, prepareCorpus } from "../lib/data/corpus.ts";
+import { prepareCorpus } from "../lib/data/corpus.ts";
+import { DEFAULT_SHARD_TOKENS } from "../lib/data/shard_writer.ts";
 import { splitmix32 } from "../lib/data/data.ts";
 import {
   GPT2_VOCAB_SIZE,

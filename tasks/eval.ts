@@ -4,7 +4,7 @@
  * and, for a checkpoint, checkpoints/<name>/report.md + report.json + loss.svg.
  */
 import { initBackend, usePrecision } from "../lib/backends/backend.ts";
-import { dataSourceKind } from "../lib/data/corpus.ts";
+import { resolveSources } from "../lib/data/source.ts";
 import { flagOverride, loadExperiment } from "../lib/config.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { countOf } from "../lib/progress.ts";
@@ -71,7 +71,8 @@ await runTask(async () => {
   if (values.backend) overrides.push(flagOverride("backend", "backend", values.backend));
   if (values.precision) overrides.push(flagOverride("precision", "precision", values.precision));
   const cfg = await loadExperiment(positionals[0], overrides);
-  checkTokenizerFits(cfg); // prompts and data are GPT-2 token ids
+  const sources = resolveSources(cfg);
+  checkTokenizerFits(cfg, sources); // prompts and data are GPT-2 token ids
   checkMemoryFits(cfg, "eval");
   const backend = await initBackend(cfg.backend);
   const { model, source } = await loadModel(cfg, {
@@ -79,8 +80,8 @@ await runTask(async () => {
     checkpoint: values.checkpoint,
   });
   const precision = usePrecision(cfg.precision, backend.name, [...model.params.values()]);
-  const data = await prepareData(cfg);
-  if (numBatches === undefined && dataSourceKind(cfg.data.path) !== "text") {
+  const data = await prepareData(cfg, {}, sources);
+  if (numBatches === undefined && !cfg.data.sources && sources[0].kind !== "text") {
     numBatches = CORPUS_EVAL_BATCHES;
   }
   const mcPath = values["multiple-choice"] ?? cfg.training.multiple_choice;

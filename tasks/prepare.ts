@@ -4,7 +4,8 @@
  * train.bin and val.bin) once into uint16 shards plus index.json under data.shards
  * (default <corpus dir>.shards). Re-running skips unchanged files. Exit codes: 0 done, 2 bad input.
  */
-import { dataSourceKind, prepareCorpus } from "../lib/data/corpus.ts";
+import { prepareCorpus } from "../lib/data/corpus.ts";
+import { resolveDataSource } from "../lib/data/source.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { parseTaskArgs } from "../lib/cli.ts";
 import { runTask, UserError } from "../lib/errors.ts";
@@ -43,7 +44,7 @@ await runTask(async () => {
     }
   }
   const cfg = await loadExperiment(positionals[0], values.set ?? []);
-  const kind = dataSourceKind(cfg.data.path);
+  const source = resolveDataSource(cfg.data.path), kind = source.kind;
   let missing = false;
   try {
     await Deno.stat(cfg.data.path);
@@ -67,8 +68,8 @@ await runTask(async () => {
     );
   }
   if (kind === "shards") return console.log(`${cfg.data.path}: already a prepared shard directory`);
-  const dir = shardDirOf(cfg);
-  const r = await prepareCorpus(cfg.data.path, {
+  const dir = shardDirOf(cfg, source);
+  const r = await prepareCorpus(source, {
     shardDir: dir,
     seed: cfg.training.seed,
     trainRatio: cfg.data.train_ratio,

@@ -6,15 +6,11 @@
 import { deepStrictEqual as assertEquals, ok, rejects, throws } from "node:assert/strict";
 import { loadCheckpoint } from "../lib/train/checkpoint.ts";
 import { loadExperiment } from "../lib/config.ts";
-import {
-  dataSourceKind,
-  encodePiece,
-  globToRegExp,
-  listSources,
-  prepareCorpus,
-  safeCut,
-  splitDocuments,
-} from "../lib/data/corpus.ts";
+import { prepareCorpus } from "../lib/data/corpus.ts";
+import { dataSourceKind } from "../lib/data/source.ts";
+import { globToRegExp, listSources } from "../lib/data/corpus_files.ts";
+import { encodePiece, safeCut } from "../lib/data/tokenize.ts";
+import { splitDocuments } from "../lib/data/documents.ts";
 import { UserError } from "../lib/errors.ts";
 import { prepareData, runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";

@@ -7,13 +7,9 @@
 import { deepStrictEqual as assertEquals, ok, rejects } from "node:assert/strict";
 import { DuckDBInstance } from "@duckdb/node-api";
 import { loadExperiment } from "../lib/config.ts";
-import {
-  dataSourceKind,
-  defaultShardDir,
-  documentDraw,
-  prepareCorpus,
-  type PrepareOptions,
-} from "../lib/data/corpus.ts";
+import { prepareCorpus, type PrepareOptions } from "../lib/data/corpus.ts";
+import { dataSourceKind, defaultShardDir } from "../lib/data/source.ts";
+import { documentDraw } from "../lib/data/documents.ts";
 import { UserError } from "../lib/errors.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";

@@ -1,8 +1,11 @@
 /**
  * Documents inside a text stream: `<|endoftext|>` as a boundary (`data.split_on_eot`, TinyStories' one big file) and
  * Project Gutenberg's licence header and footer cut off by their `*** START OF … ***` / `*** END OF … ***` lines
- * (`data.strip_gutenberg`). Both work on a stream of text blocks with flat memory.
+ * (`data.strip_gutenberg`). Both work on a stream of text blocks with flat memory. And which split each document
+ * goes to: a seeded draw from its name.
  */
+import { splitmix32 } from "./data.ts";
+import type { SplitName } from "./shards.ts";
 
 /** Marks the end of a document in a stream of text blocks. */
 export const DOC_END: unique symbol = Symbol("end of document");
@@ -74,4 +77,37 @@ export async function* stripGutenberg(
     carry = end ? head.slice(0, end.index) : head;
   }
   if (carry) yield carry;
+}
+
+/** FNV-1a of a string: a stable 32-bit hash of a document's name. */
+function fnv1a(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+  return h >>> 0;
+}
+
+/** A document's uniform draw in [0, 1) from the seed and its name: below the train ratio, it trains. */
+export function documentDraw(name: string, seed: number): number {
+  return splitmix32((Math.imul(seed, 0x9e3779b1) ^ fnv1a(name)) >>> 0)();
+}
+
+/**
+ * Splits documents by name: a document trains when its draw u(seed, name) is below `trainRatio`. The draw depends
+ * only on the seed and the document's path relative to the corpus, so adding a file moves no other one. With two
+ * documents or more, each split gets at least one (the highest draw validates, the lowest trains).
+ */
+export function splitDocuments(
+  names: readonly string[],
+  seed: number,
+  trainRatio: number,
+): SplitName[] {
+  const u = names.map((n) => documentDraw(n, seed));
+  const split = u.map((x): SplitName => x < trainRatio ? "train" : "val");
+  if (names.length >= 2) {
+    const argBy = (better: (a: number, b: number) => boolean) =>
+      u.reduce((best, x, i) => better(x, u[best]) ? i : best, 0);
+    if (!split.includes("val")) split[argBy((a, b) => a > b)] = "val";
+    if (!split.includes("train")) split[argBy((a, b) => a < b)] = "train";
+  }
+  return split;
 }

@@ -236,3 +236,14 @@ export function checkIds(path: string, ids: Uint16Array, offset: number, vocabSi
     }
   }
 }
+
+/** Whole little-endian uint16 ids of a nanoGPT .bin, block by block (a block's odd last byte carried over). */
+export async function* binIds(path: string, read: ReadCount): AsyncGenerator<Uint16Array> {
+  let carry = new Uint8Array(0);
+  for await (const b of byteBlocks(path, read)) {
+    const all = carry.length ? new Uint8Array([...carry, ...b]) : b;
+    const even = all.length & ~1;
+    yield new Uint16Array(all.slice(0, even).buffer);
+    carry = all.slice(even);
+  }
+}

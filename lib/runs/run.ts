@@ -30,6 +30,7 @@ import {
 import { checkRunDir, openRunDir } from "./run_dir.ts";
 import { countOf } from "../progress.ts";
 import { prepareData } from "./run_data.ts";
+import { resolveSources } from "../data/source.ts";
 import type { TrainState } from "../train/train.ts";
 
 export { loadText, prepareData, shardDirOf } from "./run_data.ts";
@@ -99,11 +100,12 @@ async function trainUnlocked(cfg: Config, opts: RunOptions, lockPath: string): P
   const print = opts.print ?? ((s: string) => console.log(s));
   const dir = await checkRunDir(cfg, opts, print);
   if (opts.resume) cfg = await resumedPrecision(dir.ckptPath, cfg, print);
-  await preflight(cfg);
+  const sources = resolveSources(cfg); // the data sources, resolved once for the preflight and the data
+  await preflight(cfg, sources);
   const choices = cfg.training.multiple_choice
     ? await readChoiceItems(cfg.training.multiple_choice)
     : undefined;
-  const data = await prepareData(cfg, { progress: opts.progress, print });
+  const data = await prepareData(cfg, { progress: opts.progress, print }, sources);
   checkMemoryFits(cfg, "train"); // after the data's own checks (more to the point), before the model exists
   const stepsPerEpoch = stepsPerEpochOf(cfg, data);
   let ckpt: Checkpoint | null = opts.resume

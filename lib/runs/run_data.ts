@@ -3,7 +3,13 @@
  * train and validation loaders.
  */
 import type { Config, DataSource } from "../config.ts";
-import { dataSourceKind, defaultShardDir, prepareCorpus } from "../data/corpus.ts";
+import { prepareCorpus } from "../data/corpus.ts";
+import {
+  defaultShardDir,
+  resolveDataSource,
+  type ResolvedSource,
+  resolveSources,
+} from "../data/source.ts";
 import { createLoaders, type VerdictData } from "../data/data.ts";
 import { createShardLoaders, readIndex } from "../data/shards.ts";
 import { UserError } from "../errors.ts";
@@ -59,8 +65,11 @@ async function download(url: string, path: string): Promise<Uint8Array> {
 }
 
 /** Where a config's shards are: data.path itself when it is a shard directory, else data.shards or its default. */
-export function shardDirOf(cfg: Config): string {
-  return dataSourceKind(cfg.data.path) === "shards"
+export function shardDirOf(
+  cfg: Config,
+  source: ResolvedSource = resolveDataSource(cfg.data.path),
+): string {
+  return source.kind === "shards"
     ? cfg.data.path
     : cfg.data.shards ?? defaultShardDir(cfg.data.path);
 }
@@ -68,13 +77,15 @@ export function shardDirOf(cfg: Config): string {
 /**
  * Builds loaders for the experiment's data and reports its figures. One text file: the book's character split and
  * in-memory loaders. A directory or glob of .txt files: prepared into shards first (a no-op when unchanged), then
- * streamed. A shard directory: streamed.
+ * streamed. A shard directory: streamed. `sources` are the config's data sources resolved (lib/data/source.ts),
+ * passed by a caller that resolved them already (the preflight took them too).
  */
 export async function prepareData(
   cfg: Config,
   opts: { progress?: boolean; print?: (line: string) => void } = {},
+  sources: ResolvedSource[] = resolveSources(cfg),
 ): Promise<VerdictData> {
-  if (cfg.data.sources) return await mixedData(cfg, opts);
+  if (cfg.data.sources) return await mixedData(cfg, opts, sources);
   const split = {
     trainRatio: cfg.data.train_ratio,
     batchSize: cfg.data.batch_size,
@@ -83,11 +94,11 @@ export async function prepareData(
     seed: cfg.training.seed,
     source: cfg.data.path,
   };
-  const kind = dataSourceKind(cfg.data.path);
+  const source = sources[0], kind = source.kind;
   if (kind === "text") return createLoaders(await loadText(cfg), split);
-  const dir = shardDirOf(cfg);
+  const dir = shardDirOf(cfg, source);
   if (kind === "corpus") {
-    const r = await prepareCorpus(cfg.data.path, {
+    const r = await prepareCorpus(source, {
       shardDir: dir,
       seed: cfg.training.seed,
       trainRatio: cfg.data.train_ratio,
@@ -120,9 +131,10 @@ export async function prepareData(
 async function mixedData(
   cfg: Config,
   opts: { progress?: boolean; print?: (line: string) => void },
+  sources: ResolvedSource[],
 ): Promise<VerdictData> {
   const parts: (DataSource & { whole: VerdictData; one: VerdictData })[] = [];
-  for (const s of cfg.data.sources!) {
+  for (const [i, s] of cfg.data.sources!.entries()) {
     const alone = (batch: number): Config => ({
       ...cfg,
       data: {
@@ -137,8 +149,8 @@ async function mixedData(
     // at the run's batch size (the source's own validation loss), and one window at a time (the mixture's)
     parts.push({
       ...s,
-      whole: await prepareData(alone(cfg.data.batch_size), opts),
-      one: await prepareData(alone(1), opts),
+      whole: await prepareData(alone(cfg.data.batch_size), opts, [sources[i]]),
+      one: await prepareData(alone(1), opts, [sources[i]]),
     });
   }
   const mixed = (split: "trainLoader" | "valLoader"): MixedSource[] =>

@@ -6,18 +6,21 @@
 import { countOf } from "../progress.ts";
 import { RECENT_BYTES } from "../backends/backend.ts";
 import type { Config } from "../config.ts";
-import { dataSourceKind } from "../data/corpus.ts";
+import { type ResolvedSource, resolveSources } from "../data/source.ts";
 import { GPT2_VOCAB_SIZE } from "../data/shards.ts";
 import { UserError } from "../errors.ts";
 import { readSafetensorsHeader, type TensorInfo } from "../weights/safetensors.ts";
 
 /**
  * Token ids of a text file come from the GPT-2 tokenizer: every one must have a row in the token embedding.
- * (Shard directories carry their own `vocab_size`, checked against the model by `readIndex`.)
+ * (Shard directories carry their own `vocab_size`, checked against the model by `readIndex`.) `sources`: the
+ * config's data sources, resolved.
  */
-export function checkTokenizerFits(cfg: Config): void {
-  const paths = cfg.data.sources?.map((s) => s.path) ?? [cfg.data.path];
-  const text = paths.find((p) => dataSourceKind(p) === "text");
+export function checkTokenizerFits(
+  cfg: Config,
+  sources: ResolvedSource[] = resolveSources(cfg),
+): void {
+  const text = sources.find((s) => s.kind === "text")?.path;
   if (text === undefined) return;
   if (cfg.model.vocab_size < GPT2_VOCAB_SIZE) {
     throw new UserError(
@@ -99,8 +102,8 @@ export function checkSampling(
 }
 
 /** Every check of this module that applies to a training run. */
-export async function preflight(cfg: Config): Promise<void> {
-  checkTokenizerFits(cfg);
+export async function preflight(cfg: Config, sources = resolveSources(cfg)): Promise<void> {
+  checkTokenizerFits(cfg, sources);
   await checkInitWeights(cfg);
 }
 

@@ -1,9 +1,9 @@
 /// <reference lib="deno.worker" />
 /**
- * Entry of the tokenizing Workers of lib/data/corpus.ts: encodes each piece of text the main thread posts to GPT-2 ids,
+ * Entry of the tokenizing Workers of lib/data/tokenize.ts: encodes each piece of text the main thread posts to GPT-2 ids,
  * posted back as a transferred Uint16Array with the piece's word-cache counts.
  */
-import { encodePiece } from "./corpus.ts";
+import { encodePiece } from "./tokenize.ts";
 
 self.onmessage = (e: MessageEvent<string>) => {
   const r = encodePiece(e.data);
