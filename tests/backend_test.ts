@@ -2,11 +2,11 @@
  * Backend choice: `tensorflow` says in one line which package is missing and why, `webgpu` refuses a software
  * adapter unless allowed, and `auto` never picks one.
  */
-import { ok, rejects } from "node:assert/strict";
+import { deepStrictEqual as assertEquals, ok, rejects } from "node:assert/strict";
 import { initBackend } from "../lib/backends/backend.ts";
 import { ALLOW_FALLBACK_ENV, probeWebGPU } from "../lib/backends/webgpu/adapter.ts";
 import { UserError } from "../lib/errors.ts";
-import { ignoredBecause } from "./_helpers.ts";
+import { ensureVerdict, ignoredBecause, taskArgs, tempDir } from "./_helpers.ts";
 
 const tfNodeMapped = ["@tensorflow/tfjs-node-gpu", "@tensorflow/tfjs-node"].some((p) => {
   try {
@@ -69,5 +69,35 @@ Deno.test({
       else Deno.env.set(ALLOW_FALLBACK_ENV, before);
       await initBackend("tfjs-cpu");
     }
+  },
+});
+
+Deno.test({
+  name:
+    "training GPT-124M on TF.js's wasm backend is refused before anything is allocated: one line, exit 2",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const dir = tempDir();
+    const verdict = Deno.realPathSync(await ensureVerdict());
+    Deno.writeTextFileSync(
+      `${dir}/big.yaml`,
+      `name: big\nbackend: wasm\ndata: {path: ${verdict}}\n`,
+    );
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: taskArgs("train", ["big.yaml"]),
+      cwd: dir,
+      env: { NO_COLOR: "1" },
+    }).output();
+    const err = new TextDecoder().decode(out.stderr).trim().split("\n");
+    assertEquals([out.code, err.length], [2, 1], err.join("\n"));
+    ok(
+      /^error: backend wasm: training needs about [\d.]+ GiB, more than TF\.js's wasm backend fits in its 4 GiB heap; use backend cpu/
+        .test(err[0]),
+      err[0],
+    );
+    ok(!new TextDecoder().decode(out.stdout).includes("model:"), "the model was built");
+    assertEquals([...Deno.readDirSync(dir)].map((e) => e.name).sort(), ["big.yaml", "checkpoints"]);
+    assertEquals([...Deno.readDirSync(`${dir}/checkpoints`)], [], "the run left files");
   },
 });

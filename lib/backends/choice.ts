@@ -38,6 +38,12 @@ export interface BackendChoice {
 const WASM_HEAP_BYTES = 4 * 1024 ** 3;
 
 /**
+ * The most training may need for the wasm backend to take it: 85 % of its heap, the rest for TF.js's own buffers
+ * and the fragmentation of a heap that cannot be compacted (GPT-124M at batch 2, estimated at 3.8 GiB, aborts).
+ */
+const WASM_FITS_BYTES = WASM_HEAP_BYTES * 0.85;
+
+/**
  * Rough peak memory of training: parameters, gradients and AdamW's two moments (4 × params × 4 bytes) plus the
  * activations autodiff keeps (≈ 40 floats per token per layer per emb unit, attention maps, and the logits a few
  * times over).
@@ -94,13 +100,16 @@ async function explicitBackend(
       await tf.setBackend("cpu");
       return { name: "tfjs-cpu", reason: "requested" };
     case "wasm": {
-      const err = await tryWasm();
-      if (err) throw new UserError(`backend wasm: not available: ${err}`);
-      if (need > WASM_HEAP_BYTES) {
-        console.warn(
-          `warning: training needs about ${gib(need)} GiB; the wasm heap is capped at 4 GiB`,
+      if (need > WASM_FITS_BYTES) {
+        throw new UserError(
+          `backend wasm: training needs about ${
+            gib(need)
+          } GiB, more than TF.js's wasm backend fits in its ` +
+            `4 GiB heap; use backend cpu (or auto)`,
         );
       }
+      const err = await tryWasm();
+      if (err) throw new UserError(`backend wasm: not available: ${err}`);
       return { name: "wasm", reason: "requested" };
     }
     case "webgpu": {
@@ -151,7 +160,7 @@ async function autoBackend(need: number): Promise<BackendChoice> {
   if (cpu.ok && await tf.setBackend(CPU_BACKEND)) {
     return { name: "cpu", reason: `${cpu.reason}; auto: ${noGpu}; the fastest CPU path` };
   }
-  if (need <= WASM_HEAP_BYTES * 0.85) {
+  if (need <= WASM_FITS_BYTES) {
     const err = await tryWasm();
     if (!err) {
       return {
