@@ -288,6 +288,26 @@ Deno.test("a write failing mid-run: exit 1, one line, the log says why, the last
   ok(Deno.statSync(`${dir}/checkpoints/f/checkpoint.safetensors`).isFile);
 });
 
+Deno.test("a disk with not a byte left from the start: the run log's first line fails naming log.jsonl, exit 1, no lock left", async () => {
+  const dir = await tinyProject("f");
+  await Deno.writeTextFile(`${dir}/f.yaml`, TINY);
+  const full = await train(dir, ["f.yaml"], { FAILING_DISK: "full" });
+  assertEquals(full.code, 1, full.err.join("\n"));
+  const errors = full.err.filter((l) => l.startsWith("error:"));
+  assertEquals(errors, [full.err.at(-1)], full.err.join("\n"));
+  ok(
+    /^error: checkpoints\/f\/log.jsonl: cannot write the run log \(No space left on device/.test(
+      errors[0],
+    ),
+    errors[0],
+  );
+  assertEquals(
+    [...Deno.readDirSync(`${dir}/checkpoints`)].map((e) => e.name),
+    ["f"],
+    "a lock left",
+  );
+});
+
 /** Why a real full disk cannot be made here (root and `unshare -m` are needed for a private tmpfs), or null. */
 function noPrivateTmpfs(): string | null {
   if (Deno.build.os !== "linux") return "a private tmpfs needs Linux";
@@ -303,8 +323,8 @@ const NO_TMPFS = noPrivateTmpfs();
 
 Deno.test({
   name:
-    "a really full disk (checkpoints/ a tmpfs of 1 MB, then of 4 KB): the checkpoint write, or even the run " +
-    `log's, fails: exit 1, one line naming the file, no temporary file left${
+    "a really full disk (checkpoints/ a tmpfs of 1 MB, of 4 KB, of 4 KB already full): the checkpoint write, or " +
+    `even the run log's, fails: exit 1, one line naming the file, no temporary file or lock left${
       ignoredBecause(NO_TMPFS)
     }`,
   ignore: NO_TMPFS !== null,
@@ -319,13 +339,21 @@ Deno.test({
           "4k",
           /^error: checkpoints\/f\/log.jsonl: cannot write the run log \(No space left on device/,
         ],
+        [
+          "4k-full", // not a byte left: not even the lock's pid can be written
+          /^error: checkpoints\/f\/log.jsonl: cannot write the run log \(No space left on device/,
+        ],
       ] as const
     ) {
       const dir = await tinyProject("f");
       await Deno.mkdir(`${dir}/checkpoints`);
       // In a private mount namespace: the tmpfs vanishes with it, so the listing is taken inside.
       const script =
-        `mount -t tmpfs -o size=${size} tmpfs checkpoints || exit 99; "$@" >/dev/null; code=$?; ` +
+        `mount -t tmpfs -o size=${size.replace("-full", "")} tmpfs checkpoints || exit 99; ` +
+        (size.endsWith("-full")
+          ? "head -c 1048576 /dev/zero > checkpoints/filler 2>/dev/null; "
+          : "") +
+        `"$@" >/dev/null; code=$?; ` +
         "ls -a checkpoints checkpoints/f; exit $code";
       const out = await new Deno.Command("unshare", {
         args: ["-m", "sh", "-c", script, "sh", Deno.execPath(), ...taskArgs("train", ["f.yaml"])],

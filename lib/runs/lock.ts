@@ -55,12 +55,24 @@ export function acquireRunLock(
     if (old !== "") note(`note: ${path}: taking over a stale lock of process ${old}`);
     file.truncateSync(0);
     file.seekSync(0, Deno.SeekMode.Start);
-    file.writeSync(new TextEncoder().encode(`${Deno.pid}\n`));
+    let named = true;
+    try {
+      file.writeSync(new TextEncoder().encode(`${Deno.pid}\n`));
+    } catch {
+      // A disk too full for these few bytes: the OS lock is what guards the run, the pid only names its holder
+      // to a second process. The run's first real write, its log's first line, then fails naming log.jsonl.
+      named = false;
+    }
     let released = false;
     return () => {
       if (released) return;
       released = true;
-      releaseRunLock(path);
+      if (named) releaseRunLock(path);
+      else {
+        try {
+          Deno.removeSync(path); // ours (locked, the same file), though it holds no pid
+        } catch { /* already gone */ }
+      }
       file.close(); // drops the OS lock
     };
   }
