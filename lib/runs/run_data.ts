@@ -4,7 +4,7 @@
  */
 import type { Config, DataSource } from "../config.ts";
 import { dataSourceKind, defaultShardDir, prepareCorpus } from "../data/corpus.ts";
-import { createLoaders, type VerdictData } from "../data/data.ts";
+import { createLoaders, type SplitOptions, type VerdictData } from "../data/data.ts";
 import { createShardLoaders, readIndex } from "../data/shards.ts";
 import { UserError } from "../errors.ts";
 import { MixedLoader, type MixedSource } from "../data/mixture.ts";
@@ -65,6 +65,18 @@ export function shardDirOf(cfg: Config): string {
     : cfg.data.shards ?? defaultShardDir(cfg.data.path);
 }
 
+/** The loaders' settings of a config: batch, window, stride, split and seed. */
+export function splitOptions(cfg: Config): SplitOptions {
+  return {
+    trainRatio: cfg.data.train_ratio,
+    batchSize: cfg.data.batch_size,
+    contextLength: cfg.data.max_length ?? cfg.model.context_length,
+    stride: cfg.data.stride ?? cfg.data.max_length ?? cfg.model.context_length,
+    seed: cfg.training.seed,
+    source: cfg.data.path,
+  };
+}
+
 /**
  * Builds loaders for the experiment's data and reports its figures. One text file: the book's character split and
  * in-memory loaders. A directory or glob of .txt files: prepared into shards first (a no-op when unchanged), then
@@ -75,14 +87,7 @@ export async function prepareData(
   opts: { progress?: boolean; print?: (line: string) => void } = {},
 ): Promise<VerdictData> {
   if (cfg.data.sources) return await mixedData(cfg, opts);
-  const split = {
-    trainRatio: cfg.data.train_ratio,
-    batchSize: cfg.data.batch_size,
-    contextLength: cfg.data.max_length ?? cfg.model.context_length,
-    stride: cfg.data.stride ?? cfg.data.max_length ?? cfg.model.context_length,
-    seed: cfg.training.seed,
-    source: cfg.data.path,
-  };
+  const split = splitOptions(cfg);
   const kind = dataSourceKind(cfg.data.path);
   if (kind === "text") return createLoaders(await loadText(cfg), split);
   const dir = shardDirOf(cfg);
