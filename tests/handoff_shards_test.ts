@@ -6,7 +6,7 @@
  * here. Then `--bring-shards`, and train_ddp.py's refusals of shards that are not the hand-off's (another index, a
  * missing shard, a truncated one): one line, exit 2, nothing trained, nothing deleted.
  */
-import { deepStrictEqual as assertEquals, ok } from "node:assert/strict";
+import { deepStrictEqual as assertEquals, ok, rejects } from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { DuckDBInstance } from "@duckdb/node-api";
 import { type Config, loadExperiment } from "../lib/config.ts";
@@ -15,7 +15,16 @@ import { handoffRun } from "../lib/runs/handoff.ts";
 import { prepareData, runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { loadCheckpoint } from "../lib/train/checkpoint.ts";
-import { buildCorpus, generatedText, ignoredBecause, NO_TORCH, tempDir } from "./_helpers.ts";
+import {
+  buildCorpus,
+  ensureVerdict,
+  generatedText,
+  ignoredBecause,
+  NO_TORCH,
+  taskArgs,
+  tempDir,
+} from "./_helpers.ts";
+import { UserError } from "../lib/errors.ts";
 
 const PY = "/usr/bin/python3";
 const HAS_TORCH = (() => {
@@ -281,4 +290,32 @@ Deno.test({
     const log = readRunLog(`${out}/log.jsonl`);
     assertEquals(log.headers.at(-1)!.engine, "torch-ddp");
   },
+});
+
+Deno.test("handoff of a data.sources mixture: one line naming the key, exit 2, nothing written", async () => {
+  const root = tempDir();
+  await Deno.writeTextFile(`${root}/z.txt`, "zebra quagga ".repeat(400));
+  await ensureVerdict();
+  const cfg = await loadExperiment("experiments/verdict-small.yaml", [
+    `data.sources=[{path: data/the-verdict.txt, weight: 0.7}, {path: ${root}/z.txt, weight: 0.3}]`,
+    "name=mix",
+  ]);
+  const o = new Deno.Command(Deno.execPath(), {
+    args: taskArgs("handoff", [
+      "experiments/verdict-small.yaml",
+      "--set",
+      `data.sources=[{path: data/the-verdict.txt, weight: 0.7}, {path: ${root}/z.txt, weight: 0.3}]`,
+      "--set",
+      "name=mix",
+      "--out",
+      `${root}/out`,
+    ]),
+    stdout: "piped",
+    stderr: "piped",
+  }).outputSync();
+  const err = new TextDecoder().decode(o.stderr).trim();
+  assertEquals([o.code, err.split("\n").length], [2, 1], err);
+  ok(/data\.sources: a weighted mixture cannot be handed off/.test(err), err);
+  ok(!(await Deno.stat(`${root}/out`).then(() => true, () => false)), "nothing written");
+  await rejects(handoffRun(cfg, `${root}/out2`, quiet), UserError);
 });

@@ -11,7 +11,12 @@ import { UserError } from "../errors.ts";
 import { claimOutput, outputMark, type OutputState, replaceDir } from "../outputs.ts";
 import { checkpointPath, configDifferences, loadCheckpoint } from "../train/checkpoint.ts";
 import { checkResumable, lrSchedule } from "./restore.ts";
-import { type HandoffData, handoffLoaders, writeHandoffData } from "./handoff_data.ts";
+import {
+  type HandoffData,
+  handoffLoaders,
+  refuseMixture,
+  writeHandoffData,
+} from "./handoff_data.ts";
 
 /** Format tag of handoff.json (2: the data by reference; 1 carried the batches). */
 export const HANDOFF_FORMAT = "gpt-ts-handoff/2";
@@ -69,6 +74,7 @@ export async function handoffRun(
 ): Promise<HandoffManifest> {
   const print = opts.print ?? console.log;
   const runDir = `${opts.checkpointsDir ?? "checkpoints"}/${cfg.name}`;
+  refuseMixture(cfg);
   const outState = await claimHandoffDir(out, cfg);
   const src = checkpointPath(runDir);
   const ckpt = await loadCheckpoint(src).catch((err) => {

@@ -38,6 +38,15 @@ export interface HandoffData {
   val_batches: number;
 }
 
+/** A weighted `data.sources` mixture is refused: the PyTorch side replays one corpus's loader. */
+export function refuseMixture(cfg: Config): void {
+  if (!cfg.data.sources) return;
+  throw new UserError(
+    `data.sources: a weighted mixture cannot be handed off (train_ddp.py replays one corpus); ` +
+      `hand off a run of one data.path, or keep this run here`,
+  );
+}
+
 /**
  * The run's loaders for a hand-off, without preparing anything again (a corpus is read through its index alone, so
  * this costs the same at any size): refuses a mixture, a corpus with no shards, and shards other than the ones the
@@ -49,12 +58,7 @@ export async function handoffLoaders(
   src: string,
   print: (s: string) => void,
 ): Promise<VerdictData> {
-  if (cfg.data.sources) {
-    throw new UserError(
-      `data.sources: a weighted mixture cannot be handed off (train_ddp.py replays one corpus); ` +
-        `hand off a run of one data.path, or keep this run here`,
-    );
-  }
+  refuseMixture(cfg);
   if (dataSourceKind(cfg.data.path) === "text") return await prepareData(cfg, { print });
   const dir = shardDirOf(cfg);
   if (!isShardDir(dir)) {
