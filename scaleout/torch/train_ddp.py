@@ -1,13 +1,14 @@
 """Continues a gpt-ts run under PyTorch DistributedDataParallel (torchrun, srun, or ranks started by hand).
 
     torchrun --standalone --nproc_per_node=N scaleout/torch/train_ddp.py <handoff dir> [--max-steps n]
-        [--shards dir] [--window-log file]
+        [--shards dir] [--precision fp32|bf16-mixed] [--window-log file]
 
 <handoff dir> comes from `deno task handoff`: checkpoint.safetensors (our checkpoint: model.<name>, optim.m/v.<name>,
 metadata), handoff.json (config, position, schedule, and the data: prepared shards by path and index hash, or a
 text file's token ids). gpt_loader.py, beside this script, memory-maps the shards and replays gpt-ts's loader:
 the same windows in the same order from the same position; each rank reads only its rows of a micro-batch.
 --shards dir: the shards are at dir on this node (a copy; its index.json must hash as the hand-off's).
+--precision: the products' precision here, whatever the run trained in (default: the config's).
 --window-log file: each rank appends a line per micro-batch (epoch, batch, SHA-256 of its inputs and targets)
 to file.<rank> (rank 0 also one per evaluation batch), to check the order against gpt-ts's loaders.
 The run continues to training.epochs; log.jsonl gets a header (engine "torch-ddp") and eval lines in gpt-ts's
