@@ -8,11 +8,20 @@
 #                              (tracked + untracked files git does not ignore + the carry) under 64 MiB, the
 #                              command under 2,000 characters; prints the command and the carry list. Exit 1 if not.
 #   bench/gpu-run.sh run       there (cwd = repo root, $OUT = output folder): unpacks, sets up the loader, runs
-#                              bench/gpu.ts under a time budget; JSON lines in $OUT/gpu.jsonl, the log in
-#                              $OUT/gpu-run.log. Ends within GPU_RUN_BUDGET_S (default 450) + 60 s.
+#                              the hand-off part (below), then bench/gpu.ts in what is left of a time budget; JSON
+#                              lines in $OUT/gpu.jsonl, the log in $OUT/gpu-run.log. Ends within GPU_RUN_BUDGET_S
+#                              (default 450) + 60 s.
+#   bench/gpu-run.sh handoff   the hand-off part alone, here (deno on PATH; $OUT or a temporary folder): the verdict
+#                              run, one epoch here, handed off and continued for one more by
+#                              scaleout/torch/train_ddp.py on the GPU (one rank, nccl), in fp32 and in bf16
+#                              autocast, against our own engine's same epoch: tokens/s, peak memory, eval losses.
+#                              Without CUDA it reports "no CUDA device" and skips (GPU_RUN_HANDOFF_CPU=1 runs it on
+#                              the CPU with gloo, as a dry run of the part).
 #
 # Env: GPU_CARRY (default .gpu-carry), GPU_RUN_BUDGET_S, GPU_RUN_STEPS (timed steps per part, default 3),
-# GPU_RUN_EXPERIMENT (default experiments/verdict.yaml), GPT_WEBGPU_ALLOW_FALLBACK=1 for a dry run on lavapipe.
+# GPU_RUN_EXPERIMENT (default experiments/verdict.yaml), GPT_WEBGPU_ALLOW_FALLBACK=1 for a dry run on lavapipe,
+# GPU_RUN_HANDOFF_S (the hand-off part's limit, default 150), GPU_RUN_HANDOFF_SET (extra --set values, spaced),
+# GPU_RUN_PYTHON (default: the first of python3, /usr/bin/python3 that imports torch).
 set -uo pipefail
 
 CARRY=${GPU_CARRY:-.gpu-carry}
@@ -149,9 +158,64 @@ unpack() {
   mkdir -p data && { [ -f data/the-verdict.txt ] || cp "$CARRY/the-verdict.txt" data/the-verdict.txt; }
 }
 
+# The hand-off part: our engine trains the experiment's epoch 1 (in a scratch folder), hands it off, and continues
+# epoch 2 itself; train_ddp.py continues the same hand-off on one rank in fp32 and in bf16 autocast. One JSON line
+# per engine: tokens/s, peak memory and eval losses of epoch 2, and the largest val-loss gap to ours.
+handoff_part() {
+  local root=$PWD exp=${GPU_RUN_EXPERIMENT:-experiments/verdict.yaml} py dev="no torch"
+  for py in ${GPU_RUN_PYTHON:-python3 /usr/bin/python3}; do # the first Python with torch
+    dev=$($py -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")' 2>/dev/null) && break
+    dev="no torch"
+  done
+  if [ "$dev" != cuda ] && [ "${GPU_RUN_HANDOFF_CPU:-}" != 1 ]; then
+    emit "\"part\":\"torch-handoff\",\"skipped\":$(jstr "${dev/cpu/no CUDA device}")"
+    return 0
+  fi
+  local ho sets=() s
+  ho=$(mktemp -d /tmp/gpu-handoff.XXXXXX)
+  for s in name=gh ${GPU_RUN_HANDOFF_SET:-}; do sets+=(--set "$s"); done
+  ours() { (cd "$ho" && deno run --cached-only --unstable-webgpu -A --config "$root/deno.json" "$root/tasks/$1.ts" \
+    "$root/$exp" "${sets[@]}" "${@:2}") >>"$OUT/gpu-run.log" 2>&1; }
+  ln -s "$root/data" "$ho/data"
+  ours train --set training.epochs=1 && ours handoff --set training.epochs=2 --out "$ho/gh.fp32" &&
+    cp -r "$ho/gh.fp32" "$ho/gh.bf16" && ours train --resume --set training.epochs=2 || {
+    emit "\"part\":\"torch-handoff\",\"error\":$(jstr "our side failed: $(tail -1 "$OUT/gpu-run.log")")"
+    rm -rf "$ho"
+    return 1
+  }
+  local p rc
+  for p in fp32 bf16-mixed; do
+    MASTER_ADDR=127.0.0.1 MASTER_PORT=$((29500 + RANDOM % 1000)) RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 \
+      $py "$root/scaleout/torch/train_ddp.py" "$ho/gh.${p%-mixed}" --precision $p >>"$OUT/gpu-run.log" 2>&1
+    rc=$?
+    [ $rc -eq 0 ] || emit "\"part\":\"torch-handoff\",\"precision\":\"$p\",\"error\":\"train_ddp.py exit $rc\""
+  done
+  $py - "$ho" <<'PY' | while read -r line; do emit "${line:1:${#line}-2}"; done
+import json, sys
+def epoch2(path):  # the evaluations after the log's last header, and that header
+    lines = [json.loads(l) for l in open(path) if l.strip()]
+    at = max(i for i, r in enumerate(lines) if r.get("type") == "header")
+    return lines[at], [r for r in lines[at:] if r.get("type") == "eval"]
+ho = sys.argv[1]
+_, ours = epoch2(f"{ho}/checkpoints/gh/log.jsonl")
+for name, d in (("gpt-ts", f"{ho}/checkpoints/gh"), ("torch-ddp fp32", f"{ho}/gh.fp32"), ("torch-ddp bf16", f"{ho}/gh.bf16")):
+    try:
+        head, ev = epoch2(f"{d}/log.jsonl")
+    except (OSError, ValueError):
+        continue
+    gap = max((abs(a["val_loss"] - b["val_loss"]) for a, b in zip(ev, ours) if a["step"] == b["step"]), default=None)
+    print(json.dumps({"part": "torch-handoff", "engine": name, "precision": head.get("precision"),
+                      "device": (head.get("devices") or [head.get("backend")])[0], "steps": [e["step"] for e in ev],
+                      "tokens_per_s": ev[-1]["tokens_per_s"] if ev else None,
+                      "peak_mem_bytes": ev[-1].get("peak_mem_bytes") if ev else None,
+                      "val_losses": [round(e["val_loss"], 4) for e in ev], "max_val_loss_gap_vs_ours": gap}))
+PY
+  rm -rf "$ho"
+}
+
 run() {
   local t0=$SECONDS budget=${GPU_RUN_BUDGET_S:-450}
-  OUT=${OUT:-$(mktemp -d)}
+  export OUT=${OUT:-$(mktemp -d)}
   mkdir -p "$OUT"
   trap 'rm -rf "${WORK:-}"' EXIT # the unpacked Deno and libraries (150 MB); node_modules stays
   : >"$OUT/gpu.jsonl"
@@ -164,6 +228,12 @@ run() {
   command -v nvidia-smi >/dev/null || gpu="nvidia-smi not found"
   icds=$(ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>/dev/null | grep json | tr '\n' ' ')
   emit "\"part\":\"setup\",\"seconds\":$((SECONDS - t0)),\"host_cpus\":$(nproc),\"deno\":$(jstr "$(deno --version | head -1)"),\"nvidia_smi\":$(jstr "$gpu"),\"vulkan_icds\":$(jstr "${icds:-${VK_DRIVER_FILES:-none}}")"
+  # The hand-off part first, within its own limit, out of the budget; then bench/gpu.ts in what is left.
+  local t1=$SECONDS
+  timeout -k 5 "${GPU_RUN_HANDOFF_S:-150}" bash bench/gpu-run.sh handoff
+  local hrc=$?
+  [ "$hrc" -ne 124 ] && [ "$hrc" -ne 137 ] || emit "\"part\":\"torch-handoff\",\"error\":\"killed by its time limit\""
+  budget=$((budget - (SECONDS - t1)))
   # bench/gpu.ts keeps its own per-part timeouts inside the budget; this outer one is the guard if it hangs.
   timeout -k 10 $((budget + 30)) deno run --cached-only --unstable-webgpu -A bench/gpu.ts \
     --budget-s "$budget" --steps "${GPU_RUN_STEPS:-3}" \
@@ -178,5 +248,10 @@ case "${1:-}" in
 prepare) prepare ;;
 check) check ;;
 run) run ;;
-*) die "usage: bench/gpu-run.sh prepare|check|run" ;;
+handoff)
+  OUT=${OUT:-$(mktemp -d)}
+  mkdir -p "$OUT"
+  handoff_part
+  ;;
+*) die "usage: bench/gpu-run.sh prepare|check|run|handoff" ;;
 esac

@@ -2,21 +2,26 @@
  * Hand-off of a run to PyTorch DDP (`scaleout/torch/train_ddp.py` under torchrun): a directory that is at once a run
  * directory of ours (its `checkpoint.safetensors` and `log.jsonl`, so `compare`, `eval`, `sample` and
  * `train --resume` read it) and everything the PyTorch side needs to continue exactly: `handoff.json` (the resolved
- * config, position, schedule, launch lines) and the token batches our own loop would consume next, as uint16.
+ * config, position, schedule, launch lines) and a reference to the data (lib/runs/handoff_data.ts): the prepared
+ * shards by path and index hash, which train_ddp.py streams in our loader's order, or a text file's token ids.
  */
 import type { Config } from "../config.ts";
 import { configHash, laterKeysSet } from "../config.ts";
 import { UserError } from "../errors.ts";
 import { claimOutput, outputMark, type OutputState, replaceDir } from "../outputs.ts";
-import type { Batch, BatchLoader } from "../data/data.ts";
 import { checkpointPath, configDifferences, loadCheckpoint } from "../train/checkpoint.ts";
 import { checkResumable, lrSchedule } from "./restore.ts";
-import { prepareData } from "./run_data.ts";
+import {
+  type HandoffData,
+  handoffLoaders,
+  refuseMixture,
+  writeHandoffData,
+} from "./handoff_data.ts";
 
-/** Format tag of handoff.json. */
-export const HANDOFF_FORMAT = "gpt-ts-handoff/1";
+/** Format tag of handoff.json (2: the data by reference; 1 carried the batches). */
+export const HANDOFF_FORMAT = "gpt-ts-handoff/2";
 
-/** handoff.json: what the PyTorch script reads besides the checkpoint and the batch files. */
+/** handoff.json: what the PyTorch script reads besides the checkpoint and the data it names. */
 export interface HandoffManifest {
   format: string;
   run: string;
@@ -27,11 +32,8 @@ export interface HandoffManifest {
   steps_per_epoch: number;
   total_steps: number;
   schedule: ReturnType<typeof lrSchedule>;
-  /** train.bin: `count` micro-batches of (2, batch_size, context) uint16 (inputs, targets), in the order of use. */
-  train: { file: string; count: number; batch_size: number; context: number };
-  /** Evaluation batches (text order, as calcLossLoader reads them): rows per batch, (2, rows, context) each. */
-  eval_train: { file: string; rows: number[] };
-  eval_val: { file: string; rows: number[] };
+  /** The data: shards by reference (or a text file's token ids) and the loaders' settings. */
+  data: HandoffData;
   launch: Record<string, string>;
   /** {@link outputMark} of `handoff --out`: how a later hand-off recognizes this directory as its own. */
   written_by?: string;
@@ -59,58 +61,20 @@ export function launchLines(dir: string): Record<string, string> {
   };
 }
 
-/** Writes batches as uint16 (2, rows, T) each; an id that does not fit 16 bits is refused. */
-async function writeBatches(path: string, batches: Iterable<Batch>): Promise<number[]> {
-  const file = await Deno.open(path, { write: true, create: true, truncate: true });
-  const rows: number[] = [];
-  try {
-    for (const b of batches) {
-      const out = new Uint16Array(2 * b.inputs.length);
-      for (let i = 0; i < b.inputs.length; i++) {
-        if (b.inputs[i] > 0xffff || b.targets[i] > 0xffff) {
-          throw new UserError(`${path}: token id above 65535 cannot be stored as uint16`);
-        }
-        out[i] = b.inputs[i], out[b.inputs.length + i] = b.targets[i];
-      }
-      const bytes = new Uint8Array(out.buffer);
-      for (let n = 0; n < bytes.length;) n += await file.write(bytes.subarray(n));
-      rows.push(b.batchSize);
-    }
-  } finally {
-    file.close();
-  }
-  return rows;
-}
-
-/** The micro-batches the rest of the run consumes, epoch by epoch from the checkpoint's position (drop_last groups). */
-function* remainingBatches(
-  loader: BatchLoader,
-  state: { epoch: number; batch: number },
-  epochs: number,
-  k: number,
-): Generator<Batch> {
-  const used = Math.floor(loader.length / k) * k;
-  for (let e = state.epoch; e < epochs; e++) {
-    let i = e === state.epoch ? state.batch : 0;
-    for (const b of loader.batches(e, i)) {
-      if (i++ >= used) break;
-      yield b;
-    }
-  }
-}
-
 /**
  * Packs run `cfg.name` (its latest checkpoint under `checkpointsDir`) into `out`. `out` must be absent, empty, or an
  * earlier hand-off of the same config that nothing has trained on since (it is then replaced); anything else is
  * refused before any work, so nothing there is overwritten. A run with nothing left to train is refused too.
+ * `bringShards` copies a corpus's shards into `out/shards` (for nodes without a shared filesystem).
  */
 export async function handoffRun(
   cfg: Config,
   out: string,
-  opts: { checkpointsDir?: string; print?: (s: string) => void } = {},
+  opts: { checkpointsDir?: string; print?: (s: string) => void; bringShards?: boolean } = {},
 ): Promise<HandoffManifest> {
   const print = opts.print ?? console.log;
   const runDir = `${opts.checkpointsDir ?? "checkpoints"}/${cfg.name}`;
+  refuseMixture(cfg);
   const outState = await claimHandoffDir(out, cfg);
   const src = checkpointPath(runDir);
   const ckpt = await loadCheckpoint(src).catch((err) => {
@@ -119,7 +83,7 @@ export async function handoffRun(
     }
     throw err;
   });
-  const data = await prepareData(cfg, { print });
+  const data = await handoffLoaders(cfg, ckpt, src, print);
   const k = cfg.training.grad_accum_steps;
   const stepsPerEpoch = Math.floor(data.trainLoader.length / k);
   const totalSteps = cfg.training.epochs * stepsPerEpoch;
@@ -133,61 +97,62 @@ export async function handoffRun(
         }) to train more`,
     );
   }
-  const T = cfg.data.max_length ?? cfg.model.context_length;
   const tmp = `${out}.tmp-${Deno.pid}`;
   await Deno.mkdir(tmp, { recursive: true });
-  const trainRows = await writeBatches(
-    `${tmp}/train.bin`,
-    remainingBatches(data.trainLoader, state, cfg.training.epochs, k),
-  );
-  const manifest: HandoffManifest = {
-    format: HANDOFF_FORMAT,
-    written_by: OWN.mark, // first: claimOutput looks for it in the file's first KiB
-    run: cfg.name,
-    config: cfg,
-    config_hash: configHash(cfg),
-    state,
-    steps_per_epoch: stepsPerEpoch,
-    total_steps: totalSteps,
-    schedule: lrSchedule(cfg, totalSteps),
-    train: {
-      file: "train.bin",
-      count: trainRows.length,
-      batch_size: cfg.data.batch_size,
-      context: T,
+  const manifest = await fillHandoffDir(
+    tmp,
+    {
+      format: HANDOFF_FORMAT,
+      written_by: OWN.mark, // first: claimOutput looks for it in the file's first KiB
+      run: cfg.name,
+      config: cfg,
+      config_hash: configHash(cfg),
+      state,
+      steps_per_epoch: stepsPerEpoch,
+      total_steps: totalSteps,
+      schedule: lrSchedule(cfg, totalSteps),
+      launch: launchLines(out),
     },
-    eval_train: {
-      file: "eval_train.bin",
-      rows: await writeBatches(
-        `${tmp}/eval_train.bin`,
-        data.trainLoader.ordered(cfg.training.eval_iter),
-      ),
-    },
-    eval_val: {
-      file: "eval_val.bin",
-      rows: await writeBatches(
-        `${tmp}/eval_val.bin`,
-        data.valLoader.ordered(cfg.training.eval_iter),
-      ),
-    },
-    launch: launchLines(out),
-  };
-  await Deno.copyFile(src, `${tmp}/checkpoint.safetensors`);
-  await Deno.copyFile(`${runDir}/log.jsonl`, `${tmp}/log.jsonl`).catch(() => {});
-  manifest.log_bytes = await fileSize(`${tmp}/log.jsonl`);
-  await Deno.writeTextFile(`${tmp}/handoff.json`, JSON.stringify(manifest, null, 1) + "\n");
-  await Deno.writeTextFile(
-    `${tmp}/launch.sh`,
-    "# Continue this run under PyTorch DDP; pick one line (see README: When one machine is not enough)\n" +
-      Object.entries(manifest.launch).map(([k, v]) => `# ${k}:\n${v}\n`).join(""),
+    () => writeHandoffData(cfg, data, tmp, opts.bringShards ?? false),
+    runDir,
   );
   await replaceDir(tmp, out, outState);
   noteUnapplied(cfg, print);
   print(
     `handed off ${cfg.name} at step ${state.step} (epoch ${state.epoch + 1}) to ${out}: ` +
-      `${trainRows.length} train batches to go; ${manifest.launch.torchrun}`,
+      `${totalSteps - state.step} steps to go over ${
+        where(manifest.data)
+      }; ${manifest.launch.torchrun}`,
   );
   return manifest;
+}
+
+/**
+ * Writes the hand-off into `tmp`: the data part, the checkpoint, the log, handoff.json and launch.sh; on failure
+ * (a disk that fills while shards are copied) `tmp` is removed and `out` stays as it was.
+ */
+async function fillHandoffDir(
+  tmp: string,
+  manifest: Omit<HandoffManifest, "data">,
+  data: () => Promise<HandoffData>,
+  runDir: string,
+): Promise<HandoffManifest> {
+  try {
+    const full: HandoffManifest = { ...manifest, data: await data() };
+    await Deno.copyFile(checkpointPath(runDir), `${tmp}/checkpoint.safetensors`);
+    await Deno.copyFile(`${runDir}/log.jsonl`, `${tmp}/log.jsonl`).catch(() => {});
+    full.log_bytes = await fileSize(`${tmp}/log.jsonl`);
+    await Deno.writeTextFile(`${tmp}/handoff.json`, JSON.stringify(full, null, 1) + "\n");
+    await Deno.writeTextFile(
+      `${tmp}/launch.sh`,
+      "# Continue this run under PyTorch DDP; pick one line (see README: When one machine is not enough)\n" +
+        Object.entries(full.launch).map(([k, v]) => `# ${k}:\n${v}\n`).join(""),
+    );
+    return full;
+  } catch (err) {
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    throw err;
+  }
 }
 
 /** One line where the run sets training keys that the PyTorch side does not apply. */
@@ -200,6 +165,12 @@ function noteUnapplied(cfg: Config, print: (s: string) => void): void {
     }: it keeps the latest checkpoint, updates every step and scores no multiple-choice items; they apply ` +
       `again when the run comes back here`,
   );
+}
+
+/** Where the PyTorch side reads the data, for the closing line. */
+function where(d: HandoffData): string {
+  if (d.kind === "tokens") return "the text's token ids (tokens_*.bin)";
+  return d.dir === "shards" ? "the shards brought along (shards/)" : `the shards at ${d.dir}`;
 }
 
 const fileSize = (path: string) => Deno.stat(path).then((s) => s.size, () => 0);

@@ -10,7 +10,7 @@ import {
   type ResolvedSource,
   resolveSources,
 } from "../data/source.ts";
-import { createLoaders, type VerdictData } from "../data/data.ts";
+import { createLoaders, type SplitOptions, type VerdictData } from "../data/data.ts";
 import { createShardLoaders, readIndex } from "../data/shards.ts";
 import { UserError } from "../errors.ts";
 import { MixedLoader, type MixedSource } from "../data/mixture.ts";
@@ -74,6 +74,18 @@ export function shardDirOf(
     : cfg.data.shards ?? defaultShardDir(cfg.data.path);
 }
 
+/** The loaders' settings of a config: batch, window, stride, split and seed. */
+export function splitOptions(cfg: Config): SplitOptions {
+  return {
+    trainRatio: cfg.data.train_ratio,
+    batchSize: cfg.data.batch_size,
+    contextLength: cfg.data.max_length ?? cfg.model.context_length,
+    stride: cfg.data.stride ?? cfg.data.max_length ?? cfg.model.context_length,
+    seed: cfg.training.seed,
+    source: cfg.data.path,
+  };
+}
+
 /**
  * Builds loaders for the experiment's data and reports its figures. One text file: the book's character split and
  * in-memory loaders. A directory or glob of .txt files: prepared into shards first (a no-op when unchanged), then
@@ -86,14 +98,7 @@ export async function prepareData(
   sources: ResolvedSource[] = resolveSources(cfg),
 ): Promise<VerdictData> {
   if (cfg.data.sources) return await mixedData(cfg, opts, sources);
-  const split = {
-    trainRatio: cfg.data.train_ratio,
-    batchSize: cfg.data.batch_size,
-    contextLength: cfg.data.max_length ?? cfg.model.context_length,
-    stride: cfg.data.stride ?? cfg.data.max_length ?? cfg.model.context_length,
-    seed: cfg.training.seed,
-    source: cfg.data.path,
-  };
+  const split = splitOptions(cfg);
   const source = sources[0], kind = source.kind;
   if (kind === "text") return createLoaders(await loadText(cfg), split);
   const dir = shardDirOf(cfg, source);

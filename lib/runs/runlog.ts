@@ -60,6 +60,8 @@ export interface EvalRecord {
   mc_acc?: number;
   mc_acc_norm?: number;
   val_loss_by_source?: Record<string, number>; // data.sources: each source's own val loss (val_loss: the mixture's)
+  rank_tokens_per_s?: number[]; // train_ddp.py: each rank's own tokens/s (tokens_per_s: all ranks')
+  peak_mem_bytes?: number[]; // train_ddp.py: each rank's peak memory (CUDA's most allocated, else peak RSS)
 }
 
 /** The text sampled at an epoch's end. */

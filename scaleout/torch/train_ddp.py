@@ -1,22 +1,31 @@
 """Continues a gpt-ts run under PyTorch DistributedDataParallel (torchrun, srun, or ranks started by hand).
 
     torchrun --standalone --nproc_per_node=N scaleout/torch/train_ddp.py <handoff dir> [--max-steps n]
+        [--shards dir] [--precision fp32|bf16-mixed] [--window-log file]
 
 <handoff dir> comes from `deno task handoff`: checkpoint.safetensors (our checkpoint: model.<name>, optim.m/v.<name>,
-metadata), handoff.json (config, position, schedule), train.bin and eval_*.bin (uint16 batches in the order our
-own loop would use them). The run continues to training.epochs; log.jsonl gets a header (engine "torch-ddp") and
-eval lines in gpt-ts's schema, checkpoint.safetensors is replaced (atomically) after each epoch and at the end, so
+metadata), handoff.json (config, position, schedule, and the data: prepared shards by path and index hash, or a
+text file's token ids). gpt_loader.py, beside this script, memory-maps the shards and replays gpt-ts's loader:
+the same windows in the same order from the same position; each rank reads only its rows of a micro-batch.
+--shards dir: the shards are at dir on this node (a copy; its index.json must hash as the hand-off's).
+--precision: the products' precision here, whatever the run trained in (default: the config's).
+--window-log file: each rank appends a line per micro-batch (epoch, batch, SHA-256 of its inputs and targets)
+to file.<rank> (rank 0 also one per evaluation batch), to check the order against gpt-ts's loaders.
+The run continues to training.epochs; log.jsonl gets a header (engine "torch-ddp") and eval lines in gpt-ts's
+schema (tokens_per_s for the job; per rank rank_tokens_per_s and peak_mem_bytes: CUDA's max allocated, or the
+process's peak RSS on CPU), checkpoint.safetensors is replaced (atomically) after each epoch and at the end, so
 `deno task compare|eval|sample|train --resume` read the directory as one of their own runs.
 The config's `precision` (absent: fp32): bf16-mixed runs every forward pass and its loss, training and evaluation,
 under torch.autocast(device type, dtype=torch.bfloat16) (matrix products in bf16, weights, gradients and AdamW
 state in fp32), on CPU and CUDA; the header records it.
 Python >= 3.10, torch >= 1.13, nothing else. Bad input: one line on stderr, exit 2.
 """
-import datetime, json, math, os, socket, struct, sys, time
+import datetime, json, math, os, resource, socket, struct, sys, time
 import torch, torch.nn as nn, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
+from gpt_loader import DataError, checksum, open_data, remaining
 
-HANDOFF_FORMAT, CHECKPOINT_FORMAT, RUN_LOG_SCHEMA = "gpt-ts-handoff/1", "gpt-ts-checkpoint/1", 1
+HANDOFF_FORMAT, CHECKPOINT_FORMAT, RUN_LOG_SCHEMA = "gpt-ts-handoff/2", "gpt-ts-checkpoint/1", 1
 PRECISIONS = ("fp32", "bf16-mixed")  # lib/config.ts's precision
 
 
@@ -93,7 +102,7 @@ class GPTModel(nn.Module):
         return self.out_head(self.final_norm(self.trf_blocks(x)))
 
 
-# ---- files: safetensors (8-byte header length, JSON header, raw little-endian bytes) and uint16 batches ----
+# ---- files: safetensors (8-byte header length, JSON header, raw little-endian bytes) ----
 def read_safetensors(path):
     try:
         with open(path, "rb") as f:
@@ -136,24 +145,6 @@ def write_safetensors(path, tensors, meta):
     os.replace(tmp, path)
 
 
-def read_batches(path, rows, context):
-    """uint16 batches of (2, rows, T) each -> list of (inputs, targets) int64 tensors."""
-    want = 2 * 2 * sum(rows) * context
-    try:
-        raw = open(path, "rb").read()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})")
-    if len(raw) != want:
-        raise UserError(f"{path}: {len(raw)} bytes, expected {want} (truncated or from another hand-off)")
-    ids = torch.frombuffer(bytearray(raw), dtype=torch.int16).to(torch.int64) & 0xFFFF
-    out, at = [], 0
-    for r in rows:
-        pair = ids[at : at + 2 * r * context].view(2, r, context)
-        out.append((pair[0], pair[1]))
-        at += 2 * r * context
-    return out
-
-
 def learning_rate(step, s, lr):
     """lib/train/schedule.ts's learningRate (appendix D); constant lr without a schedule."""
     if s is None:
@@ -167,7 +158,7 @@ def learning_rate(step, s, lr):
 
 
 # ---- the run ----
-def load_handoff(d, world):
+def load_handoff(d, world, precision=None):
     try:
         m = json.load(open(f"{d}/handoff.json"))
     except (OSError, ValueError) as e:
@@ -181,10 +172,12 @@ def load_handoff(d, world):
     for key in ("model", "data"):
         if ck["config"][key] != m["config"][key]:
             raise UserError(f"{d}/checkpoint.safetensors: from another config ({key} differs from handoff.json)")
+    if precision:  # --precision: this run's products, whatever the run trained in
+        m["config"]["precision"] = precision
     p = m["config"].get("precision", "fp32")
     if p not in PRECISIONS:
         raise UserError(f"{d}/handoff.json: precision {p!r} is not one of {', '.join(PRECISIONS)}")
-    b = m["train"]["batch_size"]
+    b = m["data"]["batch_size"]
     if b % world:
         raise UserError(f"{d}: WORLD_SIZE {world} does not divide data.batch_size {b}; use a divisor of {b}")
     return m, ck, tensors
@@ -272,16 +265,39 @@ def evaluate(model, batches, device, precision):
     return sum(losses) / len(losses)
 
 
+def peak_memory(device):
+    """This rank's peak memory in bytes: CUDA's most allocated on a GPU, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def gather_speed(world, tokens_per_s, device):
+    """Every rank's own tokens/s and peak memory, gathered (each rank calls it at the same step)."""
+    rates, mems = [None] * world, [None] * world
+    dist.all_gather_object(rates, tokens_per_s)
+    dist.all_gather_object(mems, peak_memory(device))
+    return rates, mems
+
+
 def main():
     args = sys.argv[1:]
     if not args or args[0] in ("-h", "--help"):
         print(__doc__)
         return
     d = args[0].rstrip("/")
-    max_steps = int(args[args.index("--max-steps") + 1]) if "--max-steps" in args else None
+    opt_arg = lambda name: args[args.index(name) + 1] if name in args and args.index(name) + 1 < len(args) else None
+    max_steps = int(opt_arg("--max-steps")) if opt_arg("--max-steps") else None
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
-    m, ck, tensors = load_handoff(d, world)
+    if opt_arg("--precision") not in (None,) + PRECISIONS:
+        raise UserError(f"--precision {opt_arg('--precision')}: expected one of {', '.join(PRECISIONS)}")
+    m, ck, tensors = load_handoff(d, world, opt_arg("--precision"))
+    try:  # every data check (index hash, shard files and sizes) before any rank trains
+        train_data, val_data = open_data(d, m["data"], opt_arg("--shards"))
+    except DataError as e:
+        raise UserError(str(e))
+    window_log = open(f"{opt_arg('--window-log')}.{rank}", "a") if opt_arg("--window-log") else None
     cuda = torch.cuda.is_available()
     device = torch.device(f"cuda:{local}" if cuda else "cpu")
     precision = m["config"].get("precision", "fp32")
@@ -293,10 +309,13 @@ def main():
         torch.set_num_threads(int(os.environ.get("TORCH_THREADS", 1)))
     dist.init_process_group("nccl" if cuda else "gloo")
     cfg, t = m["config"], m["config"]["training"]
-    T, k = m["train"]["context"], t["grad_accum_steps"]
-    train = read_batches(f"{d}/{m['train']['file']}", [m["train"]["batch_size"]] * m["train"]["count"], T)
-    ev_train = read_batches(f"{d}/{m['eval_train']['file']}", m["eval_train"]["rows"], T)
-    ev_val = read_batches(f"{d}/{m['eval_val']['file']}", m["eval_val"]["rows"], T)
+    T, k, B = m["data"]["context"], t["grad_accum_steps"], m["data"]["batch_size"]
+    ev_train, ev_val = ([split.tensors(rows) for rows in split.ordered(t["eval_iter"])] if rank == 0 else []
+                        for split in (train_data, val_data))
+    train = remaining(train_data, m["state"]["epoch"], m["state"]["batch"], t["epochs"], k)
+    for name, batches in (("train", ev_train), ("val", ev_val)) if window_log else ():
+        for i, (x, y) in enumerate(batches):
+            window_log.write(json.dumps({"eval": name, "index": i, "sha256": checksum(x, y)}) + "\n")
     torch.manual_seed(t["seed"] + 1000 * rank + m["state"]["step"])  # dropout masks: PyTorch's generator, per rank
     model, opt = build(m, tensors, device)
     ddp = DDP(model, device_ids=[local] if cuda else None)
@@ -320,8 +339,8 @@ def main():
            "python": sys.version.split()[0]}, "git_commit": None, "start_time": datetime.datetime.now(
            datetime.timezone.utc).isoformat(), "resumed_from_step": s["step"], "world_size": world, "devices": devices,
            "flops_per_token": fpt, "peak_flops": sum(peaks), "peak_device": f"{world} × {peak_device}"})
-    per_rank = m["train"]["batch_size"] // world
-    lr, grad_norm, at, stopped = t["lr"], None, 0, False
+    per_rank = B // world
+    lr, grad_norm, stopped = t["lr"], None, False
     sched = m["schedule"]
 
     def save():
@@ -348,8 +367,10 @@ def main():
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
             for i in range(k):
-                x, y = train[at + i]
-                x, y = x[rank * per_rank : (rank + 1) * per_rank].to(device), y[rank * per_rank : (rank + 1) * per_rank].to(device)
+                x, y = train_data.tensors(next(train)[rank * per_rank : (rank + 1) * per_rank])  # this rank's rows only
+                if window_log:
+                    window_log.write(json.dumps({"epoch": s["epoch"], "batch": s["batch"] + i, "sha256": checksum(x, y)}) + "\n")
+                x, y = x.to(device), y.to(device)
                 with autocast(device, precision):
                     loss = nn.functional.cross_entropy(ddp(x).flatten(0, 1), y.flatten()) / k
                 if i < k - 1:
@@ -360,11 +381,11 @@ def main():
             if t["max_grad_norm"] is not None and s["step"] >= (sched["warmupSteps"] if sched else 0):
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t["max_grad_norm"]).item()
             opt.step()
-            at += k
             s["batch"] += k
             s["step"] += 1
-            s["tokensSeen"] += k * m["train"]["batch_size"] * T
+            s["tokensSeen"] += k * B * T
             if s["step"] % t["eval_freq"] == 0:
+                rank_rates, peak_mem = gather_speed(world, (s["step"] - start_step) * k * per_rank * T / elapsed(), device)
                 if rank == 0:
                     tl, vl = evaluate(model, ev_train, device, precision), evaluate(model, ev_val, device, precision)
                     print(f"Ep {s['epoch'] + 1} (Step {s['step']:06d}): Train loss {tl:.3f}, Val loss {vl:.3f}", flush=True)
@@ -372,7 +393,8 @@ def main():
                     rate = (s["tokensSeen"] - start_tokens) / now
                     write({"type": "eval", "epoch": s["epoch"] + 1, "step": s["step"], "tokens_seen": s["tokensSeen"],
                            "train_loss": tl, "val_loss": vl, "lr": lr, "grad_norm": grad_norm, "elapsed_s": now,
-                           "tokens_per_s": rate, "mfu": mfu(rate)})
+                           "tokens_per_s": rate, "mfu": mfu(rate), "rank_tokens_per_s": rank_rates,
+                           "peak_mem_bytes": peak_mem})
                 dist.barrier()
         if not stopped:
             s["epoch"], s["batch"] = s["epoch"] + 1, 0
@@ -387,6 +409,8 @@ def main():
         write({"type": "summary", "status": "finished", "steps": s["step"], "tokens_seen": s["tokensSeen"],
                "final_train_loss": tl, "final_val_loss": vl, "best_val_loss": vl, "elapsed_s": elapsed(),
                "tokens_per_s": (s["tokensSeen"] - start_tokens) / elapsed()})
+    if window_log:
+        window_log.close()
     if rank == 0:
         print(json.dumps({"steps": steps, "world_size": world, "s_per_step": elapsed() / max(1, steps)}), flush=True)
     dist.barrier()
