@@ -45,9 +45,10 @@ carry_list() { echo "[\"$CARRY\"]"; }
 # Files of node_modules that Deno reads for bench/gpu.ts, bench/bench.ts and tests/golden_test.ts: the folder
 # layout (links, package.json, install markers) everywhere; of TF.js only the Node bundles (dist/*.node.js, the
 # wasm binaries); of js-tiktoken only the GPT-2 ranks; the other packages without maps, typings and sources.
-# Packages imported by nothing the check runs keep only their package.json.
+# Packages imported by nothing the check runs keep only their package.json (DuckDB, 140 MB of native libraries,
+# writes bench.ts's Parquet corpus only).
 npm_files() {
-  local skip='typescript@|tiktoken@|uplot@|core-js@|@types\+|@webgpu\+types@'
+  local skip='typescript@|tiktoken@|uplot@|core-js@|@types\+|@webgpu\+types@|@duckdb\+'
   find node_modules -type l
   find node_modules -type f \( -name package.json -o -name .initialized -o -name .setup-cache.bin \)
   find node_modules/.deno -mindepth 1 -maxdepth 1 -type d | grep -Ev "/($skip)" | while read -r pkg; do
