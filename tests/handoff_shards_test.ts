@@ -24,18 +24,10 @@ import {
   taskArgs,
   tempDir,
 } from "./_helpers.ts";
+import { ddp, HAS_TORCH_DDP } from "./_ddp.ts";
 import { UserError } from "../lib/errors.ts";
 
-const PY = "/usr/bin/python3";
-const HAS_TORCH = (() => {
-  try {
-    return new Deno.Command(PY, { args: ["-c", "import torch.distributed"], stderr: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-})();
-const WHY = ignoredBecause(HAS_TORCH ? null : NO_TORCH);
+const WHY = ignoredBecause(HAS_TORCH_DDP ? null : NO_TORCH);
 const quiet = { print: () => {}, progress: false };
 const WORLD = 2, B = 16, K = 2;
 
@@ -92,30 +84,6 @@ function checksum(b: Batch, from: number, to: number): string {
   return h.digest("hex");
 }
 
-/** train_ddp.py on `world` ranks started by hand; `args` after the hand-off directory. */
-async function ddp(dir: string, world: number, args: string[] = []) {
-  const port = String(20000 + Math.floor(Math.random() * 20000));
-  const ranks = [...Array(world).keys()].map((r) =>
-    new Deno.Command(PY, {
-      args: ["scaleout/torch/train_ddp.py", dir, ...args],
-      env: {
-        MASTER_ADDR: "127.0.0.1",
-        MASTER_PORT: port,
-        RANK: String(r),
-        WORLD_SIZE: String(world),
-        LOCAL_RANK: String(r),
-      },
-      stdout: "piped",
-      stderr: "piped",
-    }).output()
-  );
-  const text = new TextDecoder();
-  return (await Promise.all(ranks)).map((o) => ({
-    code: o.code,
-    stderr: text.decode(o.stderr),
-  }));
-}
-
 type WindowLine = { epoch?: number; batch?: number; eval?: string; index?: number; sha256: string };
 const readLog = (path: string): WindowLine[] =>
   Deno.readTextFileSync(path).trim().split("\n").map((l) => JSON.parse(l));
@@ -158,7 +126,7 @@ Deno.test({
   name:
     `handoff of a corpus (text, JSON Lines, Parquet) by reference: 2 gloo ranks train exactly our loader's windows ` +
     `from the checkpoint's position, evaluate on our evaluation batches, and the run resumes here${WHY}`,
-  ignore: !HAS_TORCH,
+  ignore: !HAS_TORCH_DDP,
   async fn() {
     const root = tempDir(), dir = `${root}/checkpoints`;
     await mixedFormats(`${root}/corpus`);
@@ -232,7 +200,7 @@ Deno.test({
     `handoff --bring-shards copies the shards into the hand-off (a later hand-off replaces it); train_ddp.py ` +
     `trains from the copy alone, and refuses another index, a missing shard or a truncated one: one line, exit 2, ` +
     `nothing trained, nothing deleted${WHY}`,
-  ignore: !HAS_TORCH,
+  ignore: !HAS_TORCH_DDP,
   async fn() {
     const root = tempDir(), dir = `${root}/checkpoints`, out = `${root}/moved`;
     await mixedFormats(`${root}/corpus`);

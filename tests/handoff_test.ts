@@ -12,19 +12,11 @@ import { handoffRun } from "../lib/runs/handoff.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { ensureVerdict, ignoredBecause, NO_TORCH, taskArgs, tempDir } from "./_helpers.ts";
+import { ddp, HAS_TORCH_DDP, PY } from "./_ddp.ts";
 
-const PY = "/usr/bin/python3";
-const HAS_TORCH = (() => {
-  try {
-    return new Deno.Command(PY, { args: ["-c", "import torch.distributed"], stderr: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-})();
-const IGNORE = !HAS_TORCH;
+const IGNORE = !HAS_TORCH_DDP;
 /** The name suffix of every test here: why it is ignored, if it is. */
-const WHY = ignoredBecause(HAS_TORCH ? null : NO_TORCH);
+const WHY = ignoredBecause(HAS_TORCH_DDP ? null : NO_TORCH);
 
 const TINY = [
   "model.context_length=32",
@@ -130,31 +122,6 @@ async function handOffEpoch2(root: string, extra: string[] = []) {
     JSON.stringify({ evals: got.length, max_val_loss_diff: lossDiff, max_param_diff: worst }),
   );
   return { dir, out, got, want };
-}
-
-/** Runs train_ddp.py on `world` ranks started by hand (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK). */
-async function ddp(dir: string, world: number) {
-  const port = String(20000 + Math.floor(Math.random() * 20000));
-  const ranks = [...Array(world).keys()].map((r) =>
-    new Deno.Command(PY, {
-      args: ["scaleout/torch/train_ddp.py", dir],
-      env: {
-        MASTER_ADDR: "127.0.0.1",
-        MASTER_PORT: port,
-        RANK: String(r),
-        WORLD_SIZE: String(world),
-        LOCAL_RANK: String(r),
-      },
-      stdout: "piped",
-      stderr: "piped",
-    }).output()
-  );
-  const text = new TextDecoder();
-  return (await Promise.all(ranks)).map((o) => ({
-    code: o.code,
-    stdout: text.decode(o.stdout),
-    stderr: text.decode(o.stderr),
-  }));
 }
 
 Deno.test({
