@@ -87,13 +87,17 @@ const SAMPLES = 3;
 
 type PeakEntry = { flops: number; samples: number };
 
+/** The key under which a cache written before the cpu backend's rename (it was `blas`) holds the same peak. */
+const formerKey = (key: string) => key.replace(" (cpu) on ", " (blas) on ");
+
 /**
  * The FLOP/s of the active backend's products in `precision` (the backend and precision set up for the run): the
  * best of the first {@link SAMPLES} runs' measurements (a fraction of a second on the CPU libraries), then cached.
  */
 export async function measuredPeak(backendName: string, precision: string): Promise<Peak> {
   const device = deviceOf(backendName), key = `${device} | ${precision} | ${METHOD}`;
-  const path = peakCachePath(), hit = readCache<PeakEntry>(path)[key];
+  const path = peakCachePath(), cache = readCache<PeakEntry>(path);
+  const hit = cache[key] ?? cache[formerKey(key)];
   const known = hit && hit.flops > 0 && hit.samples > 0;
   if (known && hit.samples >= SAMPLES) return { flops: hit.flops, device, cached: true };
   const entry = {
