@@ -9,7 +9,7 @@
  */
 import { createHash } from "node:crypto";
 import type { Config } from "../config.ts";
-import { dataSourceKind } from "../data/source.ts";
+import { resolveDataSource } from "../data/source.ts";
 import { type DataLoader, type VerdictData } from "../data/data.ts";
 import { createShardLoaders, INDEX_FILE, isShardDir, readIndex } from "../data/shards.ts";
 import type { ShardLoader } from "../data/shards.ts";
@@ -59,8 +59,9 @@ export async function handoffLoaders(
   print: (s: string) => void,
 ): Promise<VerdictData> {
   refuseMixture(cfg);
-  if (dataSourceKind(cfg.data.path) === "text") return await prepareData(cfg, { print });
-  const dir = shardDirOf(cfg);
+  const source = resolveDataSource(cfg.data.path);
+  if (source.kind === "text") return await prepareData(cfg, { print }, [source]);
+  const dir = shardDirOf(cfg, source);
   if (!isShardDir(dir)) {
     throw new UserError(
       `${dir}: no prepared shards (${INDEX_FILE}) for data.path ${cfg.data.path}; run deno task prepare first`,
