@@ -24,7 +24,7 @@ import {
   taskArgs,
   tempDir,
 } from "./_helpers.ts";
-import { ddp, HAS_TORCH_DDP } from "./_ddp.ts";
+import { assertRanksOk, ddp, HAS_TORCH_DDP } from "./_ddp.ts";
 import { UserError } from "../lib/errors.ts";
 
 const WHY = ignoredBecause(HAS_TORCH_DDP ? null : NO_TORCH);
@@ -148,7 +148,7 @@ Deno.test({
     assertEquals(files, ["checkpoint.safetensors", "handoff.json", "launch.sh", "log.jsonl"]);
 
     const ranks = await ddp(out, WORLD, ["--window-log", `${root}/windows`]);
-    for (const r of ranks) assertEquals(r.code, 0, r.stderr);
+    assertRanksOk(ranks);
     const data = await prepareData(await config(root, "c", 2), quiet);
     const evals = {
       train: [...data.trainLoader.ordered(2)],

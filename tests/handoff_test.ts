@@ -12,7 +12,7 @@ import { handoffRun } from "../lib/runs/handoff.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { ensureVerdict, ignoredBecause, NO_TORCH, taskArgs, tempDir } from "./_helpers.ts";
-import { ddp, HAS_TORCH_DDP, PY } from "./_ddp.ts";
+import { assertRanksOk, ddp, HAS_TORCH_DDP, PY } from "./_ddp.ts";
 
 const IGNORE = !HAS_TORCH_DDP;
 /** The name suffix of every test here: why it is ignored, if it is. */
@@ -65,7 +65,7 @@ async function handOffEpoch2(root: string, extra: string[] = []) {
   const out = `${dir}/part.ddp`;
   await handoffRun(await config("part", 2, extra), out, { ...quiet, checkpointsDir: dir });
   const ranks = await ddp(out, 2);
-  for (const r of ranks) assertEquals(r.code, 0, r.stderr);
+  assertRanksOk(ranks);
 
   const local = readRunLog(`${dir}/local/log.jsonl`), moved = readRunLog(`${out}/log.jsonl`);
   assertEquals(moved.headers.at(-1)!.engine, "torch-ddp");
@@ -254,7 +254,7 @@ Deno.test({
     manifest.config.precision = "bf16-mixed";
     await Deno.writeTextFile(`${bf16}/handoff.json`, JSON.stringify(manifest));
     const runs = await Promise.all([ddp(fp32, 1), ddp(bf16, 1)]); // one rank each, side by side
-    for (const [r] of runs) assertEquals(r.code, 0, r.stderr);
+    assertRanksOk(runs.flat());
 
     const field = (o: object, k: string) => (o as Record<string, unknown>)[k];
     const [a, b] = [readRunLog(`${fp32}/log.jsonl`), readRunLog(`${bf16}/log.jsonl`)];
@@ -289,6 +289,28 @@ Deno.test({
         ),
       ),
     }));
+  },
+});
+
+Deno.test({
+  name:
+    `the hand-off tests' launcher: a rank that fails (its rendezvous port taken) takes the other rank down, ` +
+    `so the test reports rank 0's error instead of waiting PyTorch's 30 minutes${WHY}`,
+  ignore: IGNORE,
+  async fn() {
+    const dir = `${tempDir()}/checkpoints`;
+    await runTraining(await config("p", 1), { ...quiet, checkpointsDir: dir });
+    const out = `${dir}/p.ddp`;
+    await handoffRun(await config("p", 2), out, { ...quiet, checkpointsDir: dir });
+    using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const [r0, r1] = await ddp(out, 2, [], (taken.addr as Deno.NetAddr).port);
+    assertEquals(r0.code, 1, r0.stderr);
+    ok(/Address already in use/.test(r0.stderr), r0.stderr);
+    assertEquals(r1.code, 137, "rank 1 was killed, not left waiting for rank 0"); // 128 + SIGKILL
+    ok(
+      readRunLog(`${out}/log.jsonl`).headers.every((h) => h.engine !== "torch-ddp"),
+      "nothing trained",
+    );
   },
 });
 
