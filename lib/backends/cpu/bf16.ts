@@ -63,10 +63,26 @@ export function bf16Array(n: number, asBits: boolean): Bf16Operand {
     : new Float32Array(buffer(n * 4));
 }
 
-/** Converts `src` into `dst` (as {@link bf16Array} made it) on every thread; returns `dst`. */
-export function toBf16(src: Float32Array, dst: Bf16Operand): Bf16Operand {
+/**
+ * fp32 → bf16 bits by the matrix library itself (oneDNN's reorder, matrix/dnnl_reorder.ts), where it has one:
+ * {@link bf16Range}'s values, except where that library's products differ from them in no result.
+ */
+export type Bf16Converter = (src: Float32Array, dst: Uint16Array) => void;
+
+/**
+ * How an operand is wanted: bf16 bits (`true`, or the library's own {@link Bf16Converter} that makes them), or
+ * rounded fp32 (`false`).
+ */
+export type Bf16Form = boolean | Bf16Converter;
+
+/**
+ * Converts `src` into `dst` (as {@link bf16Array} made it) on every thread, or by `convert` where given for bits;
+ * returns `dst`.
+ */
+export function toBf16(src: Float32Array, dst: Bf16Operand, convert?: Bf16Converter): Bf16Operand {
   const n = src.length;
-  if (dst instanceof Float32Array) {
+  if (convert && dst instanceof Uint16Array && n > 0) convert(src, dst);
+  else if (dst instanceof Float32Array) {
     parallelFor("bf16Round", [src, dst], [n], Math.ceil(n / CHUNK), CHUNK);
   } else {
     const words = new Int32Array(dst.buffer, dst.byteOffset, Math.ceil(n / 2));
@@ -114,11 +130,12 @@ export class Bf16Copies {
   }
 
   /**
-   * The bf16 copy of `values`, the storage of tensor `id`: its 16 bits where `bits`, else rounded fp32. Valid until
-   * the second next call (the two operands of one product are never evicted by each other).
+   * The bf16 copy of `values`, the storage of tensor `id`: its 16 bits where `form` asks for bits, else rounded
+   * fp32. Valid until the second next call (the two operands of one product are never evicted by each other).
    */
-  of(id: object, values: Float32Array, bits: boolean): Bf16Operand {
-    if (this.weightIds.has(id)) return this.weight(id, values, bits);
+  of(id: object, values: Float32Array, form: Bf16Form): Bf16Operand {
+    const bits = form !== false, convert = typeof form === "function" ? form : undefined;
+    if (this.weightIds.has(id)) return this.weight(id, values, bits, convert);
     const hit = this.recent.get(id);
     if (hit && hit.values === values && isKind(hit.data, values.length, bits)) {
       this.recent.delete(id), this.recent.set(id, hit); // most recent again
@@ -126,7 +143,11 @@ export class Bf16Copies {
     }
     if (hit) this.evict(id, hit.data);
     const key = `${bits ? "b" : "f"}${values.length}`;
-    const data = toBf16(values, this.free.get(key)?.pop() ?? bf16Array(values.length, bits));
+    const data = toBf16(
+      values,
+      this.free.get(key)?.pop() ?? bf16Array(values.length, bits),
+      convert,
+    );
     this.recent.set(id, { values, data });
     this.recentBytes += data.byteLength;
     for (const [old, e] of this.recent) {
@@ -147,12 +168,17 @@ export class Bf16Copies {
     return w.data;
   }
 
-  private weight(id: object, values: Float32Array, bits: boolean): Bf16Operand {
+  private weight(
+    id: object,
+    values: Float32Array,
+    bits: boolean,
+    convert?: Bf16Converter,
+  ): Bf16Operand {
     let w = this.weights.get(id);
     if (!w || !isKind(w.data, values.length, bits)) {
       this.weights.set(id, w = { version: -1, data: bf16Array(values.length, bits) });
     }
-    if (w.version !== this.version) toBf16(values, w.data), w.version = this.version;
+    if (w.version !== this.version) toBf16(values, w.data, convert), w.version = this.version;
     return w.data;
   }
 

@@ -333,7 +333,7 @@ function gemm(
   if (precision === "fp32") products(blas, A, B, c, d);
   else {
     // bf16-mixed: oneDNN multiplies bf16 bits; every other library multiplies the rounded values in fp32.
-    const bits = !!blas.gemmBf16;
+    const bits = blas.gemmBf16 ? (blas.bf16Bits ?? true) : false;
     const A16 = copies.of(a.dataId, A, bits), B16 = copies.of(b.dataId, B, bits);
     products(bits ? bitsLib(blas) : blas, A16 as Float32Array, B16 as Float32Array, c, d);
   }
@@ -586,7 +586,7 @@ function headsMatMulKernel(): KernelFn {
       ...t.sb,
       ...t.sc,
     ];
-    const bits = precision !== "fp32" && !!lib().gemmBf16;
+    const bits = precision !== "fp32" && !!lib().gemmBf16 && (lib().bf16Bits ?? true);
     const [A, B] = [a, b].map((x) => {
       const v = f32(backend, x);
       return precision === "fp32" ? v : copies.of(x.dataId, v, bits) as Float32Array;

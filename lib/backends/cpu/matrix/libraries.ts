@@ -14,6 +14,7 @@ import {
   WASM_GEMM,
 } from "./split_products.ts";
 import { openDnnl } from "./dnnl.ts";
+import type { Bf16Converter } from "../bf16.ts";
 import { setParallelism } from "../pool.ts";
 import { firstLine, UserError } from "../../../errors.ts";
 
@@ -51,6 +52,8 @@ export interface BlasLib {
    * Uint16Array), where the library computes in bf16 (oneDNN); absent elsewhere (products are then emulated).
    */
   gemmBf16?: GemmBf16;
+  /** fp32 → bf16 bits for {@link gemmBf16}'s operands by the library itself (oneDNN's reorder); absent elsewhere. */
+  bf16Bits?: Bf16Converter;
   /** "native": a CBLAS through FFI; "dnnl": oneDNN through FFI; "wasm": the WebAssembly GEMM. */
   kind: "native" | "dnnl" | "wasm";
   /** OpenBLAS's kernel set (`openblas_get_corename`, e.g. "SkylakeX"), where the library is OpenBLAS. */
@@ -290,6 +293,7 @@ export function loadDnnlBlas(): LoadBlasResult {
     sgemm: d.sgemm,
     sgemv: null,
     gemmBf16: d.gemmBf16,
+    bf16Bits: d.reorderBf16 ?? undefined,
     kind: "dnnl",
     name: DNNL_GEMM,
     describe: () => `${d.version}, ${threads(d.getNumThreads())}`,
