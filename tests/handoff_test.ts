@@ -53,6 +53,15 @@ const config = async (name: string, epochs: number, extra: string[] = []) => {
   ]);
 };
 
+/** `p` trained for 1 epoch here and handed off for its epoch 2: the checkpoints and hand-off directories. */
+async function handedOff() {
+  const dir = `${tempDir()}/checkpoints`;
+  await runTraining(await config("p", 1), { ...quiet, checkpointsDir: dir });
+  const out = `${dir}/p.ddp`;
+  await handoffRun(await config("p", 2), out, { ...quiet, checkpointsDir: dir });
+  return { dir, out };
+}
+
 /**
  * Trains `local` for 2 epochs here, and `part` for 1 epoch here then 1 on 2 DDP ranks; checks that epoch 2's
  * evaluations (steps, tokens, losses, lr, grad_norm) and the final checkpoints agree. Returns both logs' epoch-2
@@ -183,10 +192,7 @@ Deno.test({
     `handoff: another config, a missing or truncated state, a world size not dividing the batch, an unknown precision: exit 2${WHY}`,
   ignore: IGNORE,
   async fn() {
-    const dir = `${tempDir()}/checkpoints`;
-    await runTraining(await config("p", 1), { ...quiet, checkpointsDir: dir });
-    const out = `${dir}/p.ddp`;
-    await handoffRun(await config("p", 2), out, { ...quiet, checkpointsDir: dir });
+    const { dir, out } = await handedOff();
     const other = await config("p", 2);
     other.training.lr = 0.001;
     await rejects(
@@ -298,10 +304,7 @@ Deno.test({
     `so the test reports rank 0's error instead of waiting PyTorch's 30 minutes${WHY}`,
   ignore: IGNORE,
   async fn() {
-    const dir = `${tempDir()}/checkpoints`;
-    await runTraining(await config("p", 1), { ...quiet, checkpointsDir: dir });
-    const out = `${dir}/p.ddp`;
-    await handoffRun(await config("p", 2), out, { ...quiet, checkpointsDir: dir });
+    const { out } = await handedOff();
     using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     const [r0, r1] = await ddp(out, 2, [], (taken.addr as Deno.NetAddr).port);
     assertEquals(r0.code, 1, r0.stderr);
