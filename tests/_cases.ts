@@ -4,7 +4,7 @@
  */
 import { loadExperiment } from "../lib/config.ts";
 import { type RunResult, runTraining } from "../lib/runs/run.ts";
-import { ensureVerdict, taskArgs } from "./_helpers.ts";
+import { ensureVerdict, taskArgs, tempDir } from "./_helpers.ts";
 
 /** An experiment file for a 1-layer, 32-wide GPT over 32 tokens, one epoch on The Verdict. */
 export const TINY_YAML =
@@ -12,7 +12,7 @@ export const TINY_YAML =
 
 /** A fresh temporary project directory: data/the-verdict.txt and `<name>.yaml` holding {@link TINY_YAML}. */
 export async function tinyProject(name: string): Promise<string> {
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   await Deno.mkdir(`${dir}/data`);
   await Deno.copyFile(await ensureVerdict(), `${dir}/data/the-verdict.txt`);
   await Deno.writeTextFile(`${dir}/${name}.yaml`, TINY_YAML);

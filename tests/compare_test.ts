@@ -13,7 +13,7 @@ import { UserError } from "../lib/errors.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { pointAction, pointCommand, readSweep } from "../lib/runs/sweep.ts";
 import { DEFAULTS } from "../lib/config.ts";
-import { taskArgs } from "./_helpers.ts";
+import { taskArgs, tempDir } from "./_helpers.ts";
 
 /**
  * Writes a run log like lib/runs/run.ts does: a header, an eval every 5 steps (512 tokens a step) with the given losses,
@@ -106,8 +106,8 @@ Deno.test("diffConfigs lists the dotted keys that differ, in config order, never
   assertEquals(diffConfigs([{ x: [1, 2] }, { x: [1, 3] }]), ["x"]); // lists are values
 });
 
-Deno.test("summarizeRun: final and best losses, perplexity, and a resumed run's time summed", async () => {
-  const dir = await Deno.makeTempDir();
+Deno.test("summarizeRun: final and best losses, perplexity, and a resumed run's time summed", () => {
+  const dir = tempDir();
   const path = writeLog(dir, "r", 1e-3, [[9, 9.5], [7, 8], [6, 8.2]], false);
   const resumed = [
     { type: "interrupted", step: 15, reason: "signal" },
@@ -190,7 +190,7 @@ Deno.test("sortRows puts the best first: low losses, high tokens/s; missing valu
 });
 
 Deno.test("compare a glob of runs: the differing lr, the table, and one SVG path per curve", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   writeLog(dir, "s.lr=0.001", 0.001, [[9, 9.5], [7, 8], [6, 8.2]], true);
   writeLog(dir, "s.lr=0.01", 0.01, [[8, 9], [5, 7.5]], false);
   writeLog(dir, "other", 0.01, [[8, 9]], true);
@@ -222,7 +222,7 @@ Deno.test("compare a glob of runs: the differing lr, the table, and one SVG path
 });
 
 Deno.test("run arguments: directories, names, experiment YAML (every sweep point with a log); unknown runs", async () => {
-  const dir = await Deno.makeTempDir(), ckpt = `${dir}/checkpoints`;
+  const dir = tempDir(), ckpt = `${dir}/checkpoints`;
   const a = writeLog(ckpt, "sw.lr=0.001", 0.001, [[9, 9]], true);
   const b = writeLog(ckpt, "sw.lr=0.01", 0.01, [[9, 9]], true);
   Deno.writeTextFileSync(
@@ -250,7 +250,7 @@ Deno.test("run arguments: directories, names, experiment YAML (every sweep point
 });
 
 Deno.test("compare --json prints the documented schema; --out writes the SVG", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   writeLog(dir, "a", 0.001, [[9, 9.5]], true);
   writeLog(dir, "b", 0.002, [[8, 9]], true);
   const out = compareTask(
@@ -306,8 +306,8 @@ Deno.test("compare --json prints the documented schema; --out writes the SVG", a
   assertEquals((svg.match(/<path /g) ?? []).length, 4);
 });
 
-Deno.test("deno task compare <sweep.yaml> from a project directory: its points, best val first", async () => {
-  const dir = await Deno.makeTempDir();
+Deno.test("deno task compare <sweep.yaml> from a project directory: its points, best val first", () => {
+  const dir = tempDir();
   writeLog(`${dir}/checkpoints`, "sw.lr=0.001", 0.001, [[9, 9.5], [8, 9.1]], true);
   writeLog(`${dir}/checkpoints`, "sw.lr=0.01", 0.01, [[8, 8.5]], false);
   Deno.mkdirSync(`${dir}/experiments`);
@@ -324,8 +324,8 @@ Deno.test("deno task compare <sweep.yaml> from a project directory: its points, 
   ok(lines[2].endsWith("running"), lines[2]); // no summary yet, written just now
 });
 
-Deno.test("compare: an unknown run or column is one error line and exit 2", async () => {
-  const dir = await Deno.makeTempDir();
+Deno.test("compare: an unknown run or column is one error line and exit 2", () => {
+  const dir = tempDir();
   writeLog(dir, "a", 0.001, [[9, 9.5]], true);
   for (
     const [args, start] of <[string[], string][]> [
@@ -344,7 +344,7 @@ Deno.test("compare: an unknown run or column is one error line and exit 2", asyn
 });
 
 Deno.test("sweep: grid expansion, run names from the varied values, commands, skip/resume decisions", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   const yaml = `${dir}/sw.yaml`;
   Deno.writeTextFileSync(
     yaml,
@@ -380,8 +380,8 @@ Deno.test("sweep: grid expansion, run names from the varied values, commands, sk
   assertEquals(pointAction(`${dir}/runs/p`), "skip");
 });
 
-Deno.test("compare --sort takes the table's column headings, and a near miss gets a did-you-mean", async () => {
-  const dir = await Deno.makeTempDir();
+Deno.test("compare --sort takes the table's column headings, and a near miss gets a did-you-mean", () => {
+  const dir = tempDir();
   writeLog(dir, "a", 0.001, [[9, 9.5], [7, 8.0]], true); // best val 8.0, final val 8.0
   writeLog(dir, "b", 0.002, [[8, 7.5], [6, 9.0]], true); // best val 7.5, final val 9.0
   const order = (...sort: string[]) => {

@@ -21,8 +21,9 @@ import { UserError } from "../lib/errors.ts";
 import { initGPTParams } from "../lib/model/init.ts";
 import { sizeOf } from "../lib/model/params.ts";
 import { TorchGenerator } from "../lib/model/rng.ts";
+import { tempDir } from "./_helpers.ts";
 
-const DIR = await Deno.makeTempDir({ prefix: "config_test_" });
+const DIR = tempDir();
 const F = `${DIR}/x.yaml`;
 
 /** Writes `text` to x.yaml (or nothing when null) and returns the error line of loading it with `overrides`. */

@@ -16,14 +16,21 @@ import { prepareData, runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { createShardLoaders, readIndex, readStream, ShardLoader } from "../lib/data/shards.ts";
 import { textToTokenIds, tokenIdsToText } from "../lib/data/tokenizer.ts";
-import { buildCorpus, ensureVerdict, generatedText, readFromFifo, taskArgs } from "./_helpers.ts";
+import {
+  buildCorpus,
+  ensureVerdict,
+  generatedText,
+  readFromFifo,
+  taskArgs,
+  tempDir,
+} from "./_helpers.ts";
 
 const quiet = { print: () => {}, progress: false };
 const split = { trainRatio: 0.8, batchSize: 2, contextLength: 32, stride: 32, seed: 123 };
 
 /** A fresh copy of the test corpus in a temp dir, prepared into `<tmp>/shards`. */
 async function prepared(shardTokens = 700) {
-  const tmp = await Deno.makeTempDir();
+  const tmp = tempDir();
   const files = await buildCorpus(`${tmp}/corpus`);
   const r = await prepareCorpus(`${tmp}/corpus`, {
     shardDir: `${tmp}/shards`,
@@ -167,7 +174,7 @@ Deno.test("streaming loader: batch k of an epoch is the same whether read from 0
 });
 
 Deno.test("corpus run: stop mid-epoch + --resume continues at the same window (same losses as straight)", async () => {
-  const tmp = await Deno.makeTempDir();
+  const tmp = tempDir();
   await buildCorpus(`${tmp}/corpus`);
   const cfgOf = (name: string) =>
     loadExperiment("experiments/corpus-small.yaml", [
@@ -232,7 +239,7 @@ Deno.test("data.path kinds: one file, a directory, a glob, a shard directory", a
 });
 
 Deno.test("linked files and directories (a Hugging Face cache snapshot) are read; a link loop is not followed", async () => {
-  const tmp = await Deno.makeTempDir();
+  const tmp = tempDir();
   const files = await buildCorpus(`${tmp}/blobs`);
   // The same tree twice: real files in copy/, links in snap/ (files to blobs/, gen/ to a real directory, a loop).
   for (const root of ["copy", "snap"]) Deno.mkdirSync(`${tmp}/${root}/gen`, { recursive: true });
@@ -261,7 +268,7 @@ Deno.test("linked files and directories (a Hugging Face cache snapshot) are read
 });
 
 Deno.test("bad corpus files: empty and non-UTF-8 are skipped with a warning; none usable is an error", async () => {
-  const tmp = await Deno.makeTempDir();
+  const tmp = tempDir();
   await buildCorpus(`${tmp}/c`);
   await Deno.writeTextFile(`${tmp}/c/empty.txt`, "");
   await Deno.writeFile(`${tmp}/c/latin1.txt`, new Uint8Array([0x63, 0x61, 0x66, 0xe9, 0x0a]));
@@ -326,7 +333,7 @@ Deno.test("config: data.shard_tokens is checked in one line naming the key", asy
 });
 
 Deno.test("an interrupted prepare (killed mid-way) leaves no index and no shard a later run would read", async () => {
-  const tmp = await Deno.makeTempDir();
+  const tmp = tempDir();
   await Deno.mkdir(`${tmp}/c`);
   for (let i = 0; i < 4; i++) {
     await Deno.writeTextFile(`${tmp}/c/big-${i}.txt`, generatedText(i, 60_000));
@@ -408,7 +415,7 @@ Deno.test("an interrupted prepare (killed mid-way) leaves no index and no shard 
 });
 
 Deno.test("deno task prepare: bad input is one line and exit 2; a good corpus prepares", async () => {
-  const tmp = await Deno.makeTempDir();
+  const tmp = tempDir();
   await buildCorpus(`${tmp}/c`);
   const run = async (...args: string[]) => {
     const out = await new Deno.Command(Deno.execPath(), {

@@ -5,7 +5,7 @@
  */
 import { deepStrictEqual as assertEquals, ok, rejects } from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { taskArgs } from "./_helpers.ts";
+import { taskArgs, tempDir } from "./_helpers.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const FIXTURE = `${ROOT}../shared/fixtures/gpt2-tiny.safetensors`;
@@ -28,7 +28,7 @@ Deno.test("download-gpt2: resumes a cut download, checks the SHA-256, refuses a 
   const sha = createHash("sha256").update(bytes).digest("hex");
   let etag = sha, cutAt: number | null = Math.floor(bytes.length * 0.4);
   const ranges: (string | null)[] = [];
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   const out = `${dir}/models/gpt2-355m/model.safetensors`;
   /** Resolves when the client's .part file holds `n` bytes (polled; after 5 minutes it is a hang). */
   const untilPartHas = async (n: number) => {

@@ -13,7 +13,7 @@ import { TorchGenerator } from "../lib/model/rng.ts";
 import { prepareData, runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { textToTokenIds, tokenIdsToText } from "../lib/data/tokenizer.ts";
-import { ensureVerdict, taskArgs } from "./_helpers.ts";
+import { ensureVerdict, taskArgs, tempDir } from "./_helpers.ts";
 import { calcLossLoader } from "../lib/train/loss.ts";
 import { createLoaders } from "../lib/data/data.ts";
 import { loadHFGPT2 } from "../lib/weights/gpt2.ts";
@@ -82,7 +82,7 @@ Deno.test("whole-loader losses of gpt2-tiny equal PyTorch's calc_loss_loader to 
 
 Deno.test("eval of a trained run: whole-loader losses, a report with both curves, a truncated log, another config", async () => {
   await ensureVerdict();
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   const cfg = await loadExperiment("experiments/verdict-small.yaml", [
     ...TINY,
     "data.batch_size=16",
@@ -156,7 +156,7 @@ async function task(name: string, cwd: string, ...args: string[]) {
 }
 
 Deno.test("deno task sample/eval: no checkpoint is one line; --init evaluates, streams, crops, seeds", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   await Deno.mkdir(`${dir}/data`);
   await Deno.copyFile(await ensureVerdict(), `${dir}/data/the-verdict.txt`);
   await Deno.writeTextFile(`${dir}/x.yaml`, TINY_YAML);
@@ -243,7 +243,7 @@ Deno.test("deno task sample/eval: no checkpoint is one line; --init evaluates, s
 });
 
 Deno.test("issue 28.1: eval, sample and export without training leave checkpoints/<name>/ that train starts in", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   await Deno.mkdir(`${dir}/data`);
   await Deno.copyFile(await ensureVerdict(), `${dir}/data/the-verdict.txt`);
   await Deno.writeTextFile(`${dir}/x.yaml`, TINY_YAML);
@@ -282,7 +282,7 @@ Deno.test("issue 28.1: eval, sample and export without training leave checkpoint
 
 Deno.test("issue 28.3: the report shows the run's own settings from its log header and names what eval overrode", async () => {
   await ensureVerdict();
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   const trained = await loadExperiment("experiments/verdict-small.yaml", [
     ...TINY,
     "data.batch_size=16",
@@ -312,7 +312,7 @@ Deno.test("issue 28.3: the report shows the run's own settings from its log head
 });
 
 Deno.test('issue 28.2 and 28.6: sample --prompt "" and a missing --checkpoint are one line each, exit 2', async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   await Deno.mkdir(`${dir}/data`);
   await Deno.copyFile(await ensureVerdict(), `${dir}/data/the-verdict.txt`);
   await Deno.writeTextFile(`${dir}/x.yaml`, TINY_YAML);
@@ -343,7 +343,7 @@ Deno.test("issue 28.5: eval --help's --num-batches line says which batches each 
 });
 
 Deno.test("issue 28.6's sibling: prepare on a data.path that does not exist names it as missing", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   await Deno.writeTextFile(`${dir}/c.yaml`, "data: {path: data/corpus-small}\n");
   const r = await task("prepare", dir, "c.yaml");
   assertEquals(r.code, 2);
@@ -357,7 +357,7 @@ Deno.test("deno task eval --init on the book's seed-123 GPT-124M: the book's 10.
   const book = JSON.parse(
     await Deno.readTextFile(new URL("torch-seed123.json", FIXTURES)),
   ).book_losses.book_prints;
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   await Deno.mkdir(`${dir}/data`);
   await Deno.copyFile(await ensureVerdict(), `${dir}/data/the-verdict.txt`);
   await Deno.copyFile("experiments/verdict.yaml", `${dir}/verdict.yaml`);

@@ -34,7 +34,14 @@ import { trainStep } from "../lib/train/train.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { sourceSha256 } from "../tasks/build_wasm.ts";
-import { ensureVerdict, ignoredBecause, NO_OPENBLAS, TINY_GPT, TINY_RUN } from "./_helpers.ts";
+import {
+  ensureVerdict,
+  ignoredBecause,
+  NO_OPENBLAS,
+  tempDir,
+  TINY_GPT,
+  TINY_RUN,
+} from "./_helpers.ts";
 
 const native = loadNativeBlas();
 const noNative = { ignore: !native.ok, sanitizeResources: false, sanitizeOps: false };
@@ -349,7 +356,7 @@ Deno.test({
   sanitizeOps: false,
   fn: async () => {
     await ensureVerdict();
-    const dir = await Deno.makeTempDir();
+    const dir = tempDir();
     const cfg = await loadExperiment("experiments/verdict-small.yaml", [
       ...TINY_RUN,
       "backend=cpu",

@@ -12,7 +12,7 @@ import { prepareData, runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { loadModel } from "../lib/train/load.ts";
 import { calcLossLoader } from "../lib/train/loss.ts";
-import { verdictSmall } from "./_helpers.ts";
+import { tempDir, verdictSmall } from "./_helpers.ts";
 
 const SHORT = [
   "model.context_length=32",
@@ -27,7 +27,7 @@ const PER_EPOCH = 13;
 
 const config = (name: string, extra: string[] = []) => verdictSmall(name, [...SHORT, ...extra]);
 
-const dir = await Deno.makeTempDir();
+const dir = tempDir();
 const opts = { print: () => {}, progress: false, checkpointsDir: dir };
 const exists = (p: string) => Deno.stat(p).then(() => true, () => false);
 

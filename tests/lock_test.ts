@@ -4,10 +4,10 @@ import { loadExperiment } from "../lib/config.ts";
 import { UserError } from "../lib/errors.ts";
 import { acquireRunLock } from "../lib/runs/lock.ts";
 import { runTraining } from "../lib/runs/run.ts";
-import { ensureVerdict } from "./_helpers.ts";
+import { ensureVerdict, tempDir } from "./_helpers.ts";
 
 Deno.test("a held lock refuses a second taker; release frees it; a dead holder's lock is taken over", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   const release = acquireRunLock(`${dir}/r.lock`, "r");
   assertEquals(Deno.readTextFileSync(`${dir}/r.lock`).trim(), String(Deno.pid));
   try {
@@ -34,7 +34,7 @@ Deno.test("a held lock refuses a second taker; release frees it; a dead holder's
 
 Deno.test("two runs of the same experiment at once: the second refuses, naming the lock", async () => {
   await ensureVerdict();
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   const over = [
     "model.context_length=32",
     "model.emb_dim=32",

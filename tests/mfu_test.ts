@@ -9,7 +9,7 @@ import { formatTable, summarizeRun } from "../lib/views/compare.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { flopsPerToken } from "../lib/train/mfu.ts";
-import { verdictSmall } from "./_helpers.ts";
+import { tempDir, verdictSmall } from "./_helpers.ts";
 
 const SHORT = [
   "model.context_length=32",
@@ -24,7 +24,7 @@ const SHORT = [
 
 const config = (name: string, extra: string[] = []) => verdictSmall(name, [...SHORT, ...extra]);
 
-const dir = await Deno.makeTempDir();
+const dir = tempDir();
 const opts = { print: () => {}, progress: false, checkpointsDir: dir };
 
 Deno.test("FLOPs a token: 6 × the initialised model's parameters but its two embeddings, + 12·L·C·T", async () => {

@@ -11,9 +11,9 @@ import { textToTokenIds } from "../lib/data/tokenizer.ts";
 import type { Batch } from "../lib/data/data.ts";
 import { prepareData, runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
-import { ensureVerdict } from "./_helpers.ts";
+import { ensureVerdict, tempDir } from "./_helpers.ts";
 
-const dir = await Deno.makeTempDir();
+const dir = tempDir();
 const zebra = `${dir}/zebra.txt`;
 {
   let s = 7;

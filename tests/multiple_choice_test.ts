@@ -10,7 +10,7 @@ import { UserError } from "../lib/errors.ts";
 import { GPTModel } from "../lib/model/model.ts";
 import { readChoiceItems, scoreChoices, scoreItem } from "../lib/train/multiple_choice.ts";
 import { loadHFGPT2 } from "../lib/weights/gpt2.ts";
-import { ensureVerdict, fixturesDir } from "./_helpers.ts";
+import { ensureVerdict, fixturesDir, tempDir } from "./_helpers.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { compareSVG, formatTable, summarizeRun } from "../lib/views/compare.ts";
 import { runTraining } from "../lib/runs/run.ts";
@@ -73,7 +73,7 @@ Deno.test("multiple choice on gpt2-tiny: PyTorch's per-ending losses to 1e-5, it
 });
 
 Deno.test("a bad multiple-choice file is one line naming the file, the line and the cause", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   const cases: [string, RegExp][] = [
     ['{"ctx": "a", "endings": ["b", "c"], "label": 0}\nnot json\n', /:2: not a JSON object/],
     ['{"endings": ["b", "c"], "label": 0}\n', /:1: ctx: expected a string/],
@@ -100,7 +100,7 @@ Deno.test("a bad multiple-choice file is one line naming the file, the line and 
 
 Deno.test("training.multiple_choice scores every evaluation into the log; compare and eval show the scores", async () => {
   await ensureVerdict();
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   const cfg = await loadExperiment("experiments/verdict-small.yaml", [
     ...SHORT,
     `training.multiple_choice=${ITEMS}`,

@@ -22,7 +22,7 @@ import { acquireRunLock } from "../lib/runs/lock.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { REPEAT_MS } from "../lib/runs/signals.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
-import { ensureVerdict, readFromFifo } from "./_helpers.ts";
+import { ensureVerdict, readFromFifo, tempDir } from "./_helpers.ts";
 
 const TRAIN = new URL("../tasks/train.ts", import.meta.url).pathname;
 // deno.json's train task: the worker that watches signals, the lock and the cleanup must live with these.
@@ -43,7 +43,7 @@ const HANG_MS = 600_000;
 
 /** A temp project: r.yaml and data/the-verdict.txt. */
 async function project(yaml: string): Promise<string> {
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   await Deno.mkdir(`${dir}/data`);
   await Deno.copyFile(await ensureVerdict(), `${dir}/data/the-verdict.txt`);
   await Deno.writeTextFile(`${dir}/r.yaml`, MODEL + yaml);
@@ -401,7 +401,7 @@ Deno.test("a non-finite loss: one error line, exit 2, no checkpoint written afte
 });
 
 Deno.test("the run lock: a live holder refuses, in this process or another; a file left by a dead one is taken over, whatever pid it names", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   const path = `${dir}/r.lock`;
   const refuses = (pid: number) => {
     try {

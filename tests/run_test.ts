@@ -7,7 +7,7 @@ import { loadCheckpoint } from "../lib/train/checkpoint.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
-import { ensureVerdict, TINY_RUN } from "./_helpers.ts";
+import { ensureVerdict, tempDir, TINY_RUN } from "./_helpers.ts";
 
 const TINY = [
   ...TINY_RUN,
@@ -25,7 +25,7 @@ async function tinyConfig(name: string) {
 const quiet = { print: () => {}, progress: false };
 
 Deno.test("a run writes header, evals with falling train loss, samples, summary and a loadable checkpoint", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   const cfg = await tinyConfig("tiny");
   const result = await runTraining(cfg, { ...quiet, checkpointsDir: dir });
   assertEquals(result.status, "finished");
@@ -43,7 +43,7 @@ Deno.test("a run writes header, evals with falling train loss, samples, summary 
 });
 
 Deno.test("stop mid-run + --resume gives the same log losses as one uninterrupted run (bit-exact)", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   const straight = await runTraining(await tinyConfig("a"), { ...quiet, checkpointsDir: dir });
   const cfg = await tinyConfig("b");
   const stopped = await runTraining(cfg, { ...quiet, checkpointsDir: dir, stopAfterSteps: 7 });
@@ -57,7 +57,7 @@ Deno.test("stop mid-run + --resume gives the same log losses as one uninterrupte
 });
 
 Deno.test("a second run of the same name is refused without --resume or --fresh; --fresh keeps the old run", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = tempDir();
   const cfg = await loadExperiment("experiments/verdict-small.yaml", [
     ...TINY,
     "training.epochs=1",

@@ -7,6 +7,7 @@ import {
   RunLog,
   RUNNING_WINDOW_S,
 } from "../lib/runs/runlog.ts";
+import { tempDir } from "./_helpers.ts";
 
 const header = (resumed: number | null = null): HeaderRecord => ({
   type: "header",
@@ -42,7 +43,7 @@ function writeLines(path: string, lines: unknown[], tail = ""): void {
 }
 
 Deno.test("RunLog creates its directory, appends one line per write and never rewrites", () => {
-  const dir = Deno.makeTempDirSync();
+  const dir = tempDir();
   const path = `${dir}/deep/run/log.jsonl`;
   const a = RunLog.open(path);
   a.write(header());
@@ -62,7 +63,7 @@ Deno.test("RunLog creates its directory, appends one line per write and never re
 });
 
 Deno.test("a truncated last line is skipped with one warning", () => {
-  const path = `${Deno.makeTempDirSync()}/log.jsonl`;
+  const path = `${tempDir()}/log.jsonl`;
   writeLines(
     path,
     [header(), evalLine(5, 9), evalLine(10, 8)],
@@ -74,7 +75,7 @@ Deno.test("a truncated last line is skipped with one warning", () => {
 });
 
 Deno.test("foreign lines (not JSON, JSON without a known type) are skipped with ONE warning", () => {
-  const path = `${Deno.makeTempDirSync()}/log.jsonl`;
+  const path = `${tempDir()}/log.jsonl`;
   const foreign = [
     "not json",
     '{"foo":1}',
@@ -101,7 +102,7 @@ Deno.test("foreign lines (not JSON, JSON without a known type) are skipped with 
 });
 
 Deno.test("content never throws; a missing or unreadable file is a UserError naming it", () => {
-  const dir = Deno.makeTempDirSync();
+  const dir = tempDir();
   Deno.writeTextFileSync(`${dir}/empty.jsonl`, "");
   const empty = readRunLog(`${dir}/empty.jsonl`);
   assertEquals([empty.lines, empty.header, empty.evals, empty.warnings], [[], null, [], []]);
@@ -113,7 +114,7 @@ Deno.test("content never throws; a missing or unreadable file is a UserError nam
 });
 
 Deno.test("status: finished, interrupted, crashed (error line or stale), running", () => {
-  const path = `${Deno.makeTempDirSync()}/log.jsonl`;
+  const path = `${tempDir()}/log.jsonl`;
   const statusOf = (lines: unknown[], now = Date.now()) => {
     writeLines(path, lines);
     return readRunLog(path, now).status;
@@ -137,7 +138,7 @@ Deno.test("status: finished, interrupted, crashed (error line or stale), running
 });
 
 Deno.test("a run resumed from step s drops the earlier segment's evals past s (redone after a crash)", () => {
-  const path = `${Deno.makeTempDirSync()}/log.jsonl`;
+  const path = `${tempDir()}/log.jsonl`;
   writeLines(path, [
     header(),
     evalLine(5, 9),

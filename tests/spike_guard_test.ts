@@ -10,7 +10,7 @@ import { UserError } from "../lib/errors.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
 import { SpikeGuard, zScore } from "../lib/train/spikes.ts";
-import { verdictSmall } from "./_helpers.ts";
+import { tempDir, verdictSmall } from "./_helpers.ts";
 
 const SHORT = [
   "model.context_length=32",
@@ -27,7 +27,7 @@ const GUARD = "training.skip_spikes={loss_z: 0.5, grad_z: 0.5, window: 4}";
 
 const config = (name: string, extra: string[] = []) => verdictSmall(name, [...SHORT, ...extra]);
 
-const dir = await Deno.makeTempDir();
+const dir = tempDir();
 const opts = { print: () => {}, progress: false, checkpointsDir: dir };
 const lines = (run: string, type: string) =>
   readRunLog(`${dir}/${run}/log.jsonl`).lines.filter((l) => l.type === type);

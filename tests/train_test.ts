@@ -9,7 +9,7 @@ import { loadExperiment } from "../lib/config.ts";
 import { UserError } from "../lib/errors.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
-import { ensureVerdict } from "./_helpers.ts";
+import { ensureVerdict, tempDir } from "./_helpers.ts";
 
 const SHORT = [
   "model.context_length=32",
@@ -32,7 +32,7 @@ async function config(name: string, extra: string[] = []) {
 }
 
 const quiet = { print: () => {}, progress: false };
-const dir = await Deno.makeTempDir();
+const dir = tempDir();
 const opts = { ...quiet, checkpointsDir: dir };
 const PER_EPOCH = 13;
 const evals = (run: string) =>

@@ -8,7 +8,7 @@ import { loadCheckpoint } from "../lib/train/checkpoint.ts";
 import { loadExperiment } from "../lib/config.ts";
 import { runTraining } from "../lib/runs/run.ts";
 import { readRunLog } from "../lib/runs/runlog.ts";
-import { ensureVerdict } from "./_helpers.ts";
+import { ensureVerdict, tempDir } from "./_helpers.ts";
 import { webgpuForTests } from "./_webgpu.ts";
 
 const webgpu = await webgpuForTests();
@@ -32,7 +32,7 @@ Deno.test({
       "sampling.max_new_tokens=5",
       "name=webgpu",
     ]);
-    const dir = await Deno.makeTempDir();
+    const dir = tempDir();
     const lines: string[] = [];
     const result = await runTraining(cfg, {
       print: (s: string) => lines.push(s),
