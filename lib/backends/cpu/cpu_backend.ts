@@ -34,7 +34,7 @@ import {
   useForHeads,
 } from "./matrix/libraries.ts";
 import { loadBlas } from "./matrix/choice.ts";
-import { Bf16Copies } from "./bf16.ts";
+import { Bf16Copies, type Bf16Form } from "./bf16.ts";
 
 export {
   type BlasLib,
@@ -333,11 +333,19 @@ function gemm(
   if (precision === "fp32") products(blas, A, B, c, d);
   else {
     // bf16-mixed: oneDNN multiplies bf16 bits; every other library multiplies the rounded values in fp32.
-    const bits = blas.gemmBf16 ? (blas.bf16Bits ?? true) : false;
+    const bits = operandForm(blas);
     const A16 = copies.of(a.dataId, A, bits), B16 = copies.of(b.dataId, B, bits);
     products(bits ? bitsLib(blas) : blas, A16 as Float32Array, B16 as Float32Array, c, d);
   }
   return { shape, values: c };
+}
+
+/**
+ * How `blas` takes bf16-mixed operands: bf16 bits where it multiplies bf16 (made by its own converter where it has
+ * one), else rounded fp32.
+ */
+function operandForm(blas: BlasLib): Bf16Form {
+  return blas.gemmBf16 ? (blas.bf16Bits ?? true) : false;
 }
 
 /** The library `blas` with `sgemm` multiplying bf16 operands (Uint16Arrays passed where the signature says Float32Array). */
@@ -586,7 +594,7 @@ function headsMatMulKernel(): KernelFn {
       ...t.sb,
       ...t.sc,
     ];
-    const bits = precision !== "fp32" && !!lib().gemmBf16 && (lib().bf16Bits ?? true);
+    const bits = precision !== "fp32" && operandForm(lib());
     const [A, B] = [a, b].map((x) => {
       const v = f32(backend, x);
       return precision === "fp32" ? v : copies.of(x.dataId, v, bits) as Float32Array;

@@ -9,8 +9,6 @@
 import type { Sgemm } from "./cblas.ts";
 import type { GemmBf16 } from "./libraries.ts";
 import { firstLine } from "../../../errors.ts";
-import type { Bf16Converter } from "../bf16.ts";
-import { openDnnlReorder } from "./dnnl_reorder.ts";
 
 const GEMM_PARAMS = [
   "u8",
@@ -54,8 +52,6 @@ export interface Dnnl {
   gemmBf16: GemmBf16;
   setNumThreads(n: number): void;
   getNumThreads(): number;
-  /** fp32 → bf16 by oneDNN's reorder (dnnl_reorder.ts), or null where it does not set up. */
-  reorderBf16: Bf16Converter | null;
   /** e.g. "oneDNN 2.6.3". */
   version: string;
   path: string;
@@ -145,13 +141,11 @@ export function openDnnl(threads?: number): Dnnl | string {
       const lib = Deno.dlopen(path, DNNL_SYMBOLS).symbols;
       const omp = Deno.dlopen("libgomp.so.1", OMP_SYMBOLS).symbols;
       if (threads !== undefined) omp.omp_set_num_threads(threads);
-      const version = versionOf(lib.dnnl_version());
       return {
         ...wrap(lib),
-        reorderBf16: openDnnlReorder(path, Number(version.split(" ")[1]?.split(".")[0])),
         setNumThreads: (n) => omp.omp_set_num_threads(n),
         getNumThreads: () => omp.omp_get_max_threads(),
-        version,
+        version: versionOf(lib.dnnl_version()),
         path,
       };
     } catch (err) {

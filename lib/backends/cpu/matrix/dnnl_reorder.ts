@@ -75,11 +75,12 @@ function makeReorder(lib: Lib, engine: Deno.PointerObject, n: number) {
 }
 
 /**
- * oneDNN's fp32 → bf16 reorder from the library at `path` (already loaded by dnnl.ts), or null where it is not
- * oneDNN 2.x or does not set up. `major` is the loaded library's major version.
+ * oneDNN's fp32 → bf16 reorder from the library at `path` (already opened by dnnl.ts, whose `version` it gives, e.g.
+ * "oneDNN 2.6.3"), or null where it is not oneDNN 2.x or does not set up. Made once per process, where the library
+ * is loaded as a matrix library (libraries.ts), not in the helper threads, which only multiply.
  */
-export function openDnnlReorder(path: string, major: number): Bf16Converter | null {
-  if (major !== 2) return null;
+export function openDnnlReorder(path: string, version: string): Bf16Converter | null {
+  if (!version.startsWith("oneDNN 2.")) return null;
   try {
     const lib = Deno.dlopen(path, SYMBOLS).symbols;
     const out = new BigUint64Array(1);

@@ -14,6 +14,7 @@ import {
   WASM_GEMM,
 } from "./split_products.ts";
 import { openDnnl } from "./dnnl.ts";
+import { openDnnlReorder } from "./dnnl_reorder.ts";
 import type { Bf16Converter } from "../bf16.ts";
 import { setParallelism } from "../pool.ts";
 import { firstLine, UserError } from "../../../errors.ts";
@@ -293,7 +294,7 @@ export function loadDnnlBlas(): LoadBlasResult {
     sgemm: d.sgemm,
     sgemv: null,
     gemmBf16: d.gemmBf16,
-    bf16Bits: d.reorderBf16 ?? undefined,
+    bf16Bits: openDnnlReorder(d.path, d.version) ?? undefined,
     kind: "dnnl",
     name: DNNL_GEMM,
     describe: () => `${d.version}, ${threads(d.getNumThreads())}`,
