@@ -5,7 +5,6 @@
  * line, exit 2, nothing written.
  */
 import { deepStrictEqual as assertEquals, ok, rejects } from "node:assert/strict";
-import { DuckDBInstance } from "@duckdb/node-api";
 import { loadExperiment } from "../lib/config.ts";
 import { prepareCorpus, type PrepareOptions } from "../lib/data/corpus.ts";
 import { dataSourceKind, defaultShardDir } from "../lib/data/source.ts";
@@ -16,6 +15,7 @@ import { readRunLog } from "../lib/runs/runlog.ts";
 import { readStream, type ShardIndex } from "../lib/data/shards.ts";
 import { textToTokenIds } from "../lib/data/tokenizer.ts";
 import { generatedText, ignoredBecause, taskArgs, tempDir, TINY_RUN } from "./_helpers.ts";
+import { duckParquet } from "./_duckdb.ts";
 
 const EOT = "<|endoftext|>";
 const quiet = { print: () => {}, progress: false };
@@ -62,22 +62,6 @@ async function writeSources(dir: string) {
     DOCS.map((d, i) => JSON.stringify({ id: i, text: d })).join("\n") + "\n",
   );
   await Deno.writeTextFile(`${dir}/docs.txt`, DOCS.map((d) => d + EOT).join(""));
-}
-
-/** Writes `docs` as Parquet with DuckDB (one thread, so rows keep their order). */
-async function duckParquet(jsonl: string, out: string, codec: "zstd" | "snappy", docs = 5000) {
-  const db = await DuckDBInstance.create(":memory:", { threads: "1" });
-  const c = await db.connect();
-  await c.run(
-    `COPY (SELECT id, text FROM read_json('${jsonl}', format = 'newline_delimited') ` +
-      `WHERE id < ${docs} ORDER BY id) TO '${out}' ` +
-      `(FORMAT parquet, COMPRESSION ${codec}, ROW_GROUP_SIZE 2048)`,
-  );
-  const groups = await c.runAndReadAll(
-    `SELECT count(DISTINCT row_group_id) FROM parquet_metadata('${out}')`,
-  );
-  c.closeSync();
-  return Number(groups.getRows()[0][0]);
 }
 
 /** What each split should hold: the documents drawn into it, each tokenized by js-tiktoken, with <|endoftext|>. */

@@ -8,7 +8,6 @@
  */
 import { deepStrictEqual as assertEquals, ok, rejects } from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { DuckDBInstance } from "@duckdb/node-api";
 import { type Config, loadExperiment } from "../lib/config.ts";
 import type { Batch, BatchLoader } from "../lib/data/data.ts";
 import { handoffRun } from "../lib/runs/handoff.ts";
@@ -25,6 +24,7 @@ import {
   tempDir,
 } from "./_helpers.ts";
 import { assertRanksOk, ddp, HAS_TORCH_DDP } from "./_ddp.ts";
+import { duckParquet } from "./_duckdb.ts";
 import { UserError } from "../lib/errors.ts";
 
 const WHY = ignoredBecause(HAS_TORCH_DDP ? null : NO_TORCH);
@@ -44,13 +44,7 @@ async function mixedFormats(dir: string): Promise<void> {
     src,
     docs.slice(20).map((text, id) => JSON.stringify({ id, text })).join("\n") + "\n",
   );
-  const db = await DuckDBInstance.create(":memory:", { threads: "1" });
-  const c = await db.connect();
-  await c.run(
-    `COPY (SELECT id, text FROM read_json('${src}', format = 'newline_delimited') ORDER BY id) ` +
-      `TO '${dir}/pages.parquet' (FORMAT parquet, COMPRESSION zstd)`,
-  );
-  c.closeSync();
+  await duckParquet(src, `${dir}/pages.parquet`, "zstd", 20);
   await Deno.remove(src);
 }
 
