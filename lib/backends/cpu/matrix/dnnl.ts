@@ -9,6 +9,7 @@
 import type { Sgemm } from "./cblas.ts";
 import type { GemmBf16 } from "./libraries.ts";
 import { firstLine } from "../../../errors.ts";
+import { withoutSignals } from "./signal_mask.ts";
 
 const GEMM_PARAMS = [
   "u8",
@@ -106,12 +107,13 @@ function dnnlArgs(
   ] as const;
 }
 
+/** The two products, each run with the thread's signals blocked (signal_mask.ts says why). */
 function wrap(
   s: Deno.DynamicLibrary<typeof DNNL_SYMBOLS>["symbols"],
 ): Pick<Dnnl, "sgemm" | "gemmBf16"> {
-  const sgemm: Sgemm = (_o, ...args) => check(s.dnnl_sgemm(...dnnlArgs(...args)), "sgemm");
-  const gemmBf16: GemmBf16 = (...args) =>
-    check(s.dnnl_gemm_bf16bf16f32(...dnnlArgs(...args)), "gemm_bf16bf16f32");
+  const [f32, bf16] = [withoutSignals(s.dnnl_sgemm), withoutSignals(s.dnnl_gemm_bf16bf16f32)];
+  const sgemm: Sgemm = (_o, ...args) => check(f32(...dnnlArgs(...args)), "sgemm");
+  const gemmBf16: GemmBf16 = (...args) => check(bf16(...dnnlArgs(...args)), "gemm_bf16bf16f32");
   return { sgemm, gemmBf16 };
 }
 

@@ -7,10 +7,12 @@
  * so the products are the same (tests/bf16_test.ts).
  *
  * The C API of oneDNN 2.x only (its memory descriptor is a struct the caller holds; 3.x made it opaque): with
- * another version, or where a call fails, {@link openDnnlReorder} returns null and bf16.ts converts.
+ * another version, or where a call fails, {@link openDnnlReorder} returns null and bf16.ts converts. Like the
+ * products, it runs with the thread's signals blocked (signal_mask.ts).
  */
 
 import type { Bf16Converter } from "../bf16.ts";
+import { withoutSignals } from "./signal_mask.ts";
 
 const P = "pointer" as const, B = "buffer" as const;
 const SYMBOLS = {
@@ -87,7 +89,7 @@ export function openDnnlReorder(path: string, version: string): Bf16Converter | 
     const engine = created(lib.dnnl_engine_create(out, CPU, 0n), out, "engine_create");
     const stream = created(lib.dnnl_stream_create(out, engine, IN_ORDER), out, "stream_create");
     const byCount = new Map<number, ReturnType<typeof makeReorder>>();
-    return (src, dst) => {
+    return withoutSignals((src: Float32Array, dst: Uint16Array) => {
       let r = byCount.get(src.length);
       if (!r) byCount.set(src.length, r = makeReorder(lib, engine, src.length));
       const set = (m: Deno.PointerObject, a: ArrayBufferView) =>
@@ -99,7 +101,7 @@ export function openDnnlReorder(path: string, version: string): Bf16Converter | 
       if (status !== 0 || lib.dnnl_stream_wait(stream) !== 0) {
         throw new Error(`oneDNN reorder: status ${status}`);
       }
-    };
+    });
   } catch {
     return null;
   }
