@@ -81,8 +81,9 @@ export function fusedCausalSoftmax(scores: tf.Tensor, scale: number): tf.Tensor 
  * The book's causal multi-head attention core on q, k, v (B·T, C) → context (B·T, C): per head, softmax of the
  * masked, scaled scores Q·Kᵀ (times the dropout `mask` (B, H, T, T) when given), times V. Each head's products
  * read and write its D = C/H columns of the (B·T, C) tensors in place (`HeadsMatMul`), so the heads need no
- * transposes either way, and the scores are freed as soon as the softmax has read them. Null where the backend
- * lacks the kernels (the caller composes the ops).
+ * transposes either way, and the scores are freed as soon as the softmax has read them. Each product says which
+ * part of it the causal mask leaves (`causal`): a backend may skip the rest, whose terms are exact zeros or whose
+ * outputs the softmax kernels never read. Null where the backend lacks the kernels (the caller composes the ops).
  */
 export function fusedAttention(
   q: tf.Tensor2D,
@@ -105,9 +106,10 @@ export function fusedAttention(
     sa: number[],
     sb: number[],
     sc: number[],
+    causal: "lowerC" | "lowerA" | "upperA",
   ): tf.Tensor => {
     const shape = sc === att ? [B, H, T, T] : [N, C];
-    const attrs = { batch: B, heads: H, transA, transB, M, N: Nn, K, sa, sb, sc, shape };
+    const attrs = { batch: B, heads: H, transA, transB, M, N: Nn, K, sa, sb, sc, shape, causal };
     return run(
       "HeadsMatMul",
       { a, b },
@@ -122,25 +124,25 @@ export function fusedAttention(
       save: tf.Tensor | tf.GradSaveFunc,
     ) => {
       const [Q, K, V] = [qq, kk, vv] as tf.Tensor[];
-      const scores = hm(Q, K, false, true, [T, T, D], act, act, att); // Q·Kᵀ per head
+      const scores = hm(Q, K, false, true, [T, T, D], act, act, att, "lowerC"); // Q·Kᵀ per head
       const [w, y] = mask
         ? run("CausalSoftmax", { x: scores, mask }, { scale })
         : [run("CausalSoftmax", { x: scores }, { scale }) as unknown as tf.Tensor];
       scores.dispose();
       (save as tf.GradSaveFunc)([Q, K, V, w, y ?? w, ...(mask ? [mask] : [])]);
       return {
-        value: hm(w, V, false, false, [T, D, T], att, act, act), // weights·V per head
+        value: hm(w, V, false, false, [T, D, T], att, act, act, "lowerA"), // weights·V per head
         gradFunc: (dctx: tf.Tensor, saved: tf.Tensor[]) => {
           const [Q, K, V, w, y, m] = saved;
-          const dw = hm(dctx, V, false, true, [T, T, D], act, act, att);
+          const dw = hm(dctx, V, false, true, [T, T, D], act, act, att, "lowerC");
           const ds = run("CausalSoftmaxGrad", m ? { dy: dw, y, mask: m } : { dy: dw, y }, {
             scale,
           }) as unknown as tf.Tensor;
           dw.dispose();
-          const dq = hm(ds, K, false, false, [T, D, T], att, act, act);
-          const dk = hm(ds, Q, true, false, [T, D, T], att, act, act);
+          const dq = hm(ds, K, false, false, [T, D, T], att, act, act, "lowerA");
+          const dk = hm(ds, Q, true, false, [T, D, T], att, act, act, "upperA");
           ds.dispose();
-          const dv = hm(w, dctx, true, false, [T, D, T], att, act, act);
+          const dv = hm(w, dctx, true, false, [T, D, T], att, act, act, "upperA");
           return [dq, dk, dv];
         },
       };

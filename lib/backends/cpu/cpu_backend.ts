@@ -20,7 +20,7 @@ import { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
 import { alloc, registerFusedCpuKernels } from "./fused_kernels.ts";
 import { isShared, parallelFor, setParallelism, sharedF32 } from "./pool.ts";
 import type { Sgemm } from "./matrix/cblas.ts";
-import "./matrix/split_products.ts"; // registers "sgemmHeads"
+import { CAUSAL } from "./matrix/split_products.ts"; // and registers "sgemmHeads"
 import {
   type BlasLib,
   forcedLibrary,
@@ -570,6 +570,8 @@ export interface HeadsMatMulAttrs {
   sc: number[];
   /** The output's shape; the batch·heads blocks of C must cover all of it. */
   shape: number[];
+  /** The part of each product a causal mask leaves (split_products.ts's `CAUSAL`); absent: all of it. */
+  causal?: keyof typeof CAUSAL;
 }
 
 /**
@@ -593,6 +595,7 @@ function headsMatMulKernel(): KernelFn {
       ...t.sa,
       ...t.sb,
       ...t.sc,
+      CAUSAL[t.causal ?? "none"],
     ];
     const bits = precision !== "fp32" && operandForm(lib());
     const [A, B] = [a, b].map((x) => {

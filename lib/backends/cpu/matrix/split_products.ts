@@ -188,36 +188,89 @@ export const parallelWasmSgemv: Sgemv = (o, tr, M, N, alpha, A, lda, X, incX, be
   if (y !== Y) Y.set(y);
 };
 
+/** What a causal mask leaves of a head's product (`HeadsMatMul`'s `causal`): where the rest is zero or unread. */
+export const CAUSAL = {
+  /** The whole product. */
+  none: 0,
+  /** Only C's lower triangle is read (scores Q·Kᵀ, their gradient dctx·Vᵀ): column j ≤ row i. */
+  lowerC: 1,
+  /** op(A) is lower-triangular (weights·V, ds·K): row i sums over k ≤ i. */
+  lowerA: 2,
+  /** op(A) is upper-triangular, a lower one transposed (dsᵀ·Q, wᵀ·dctx): row i sums over k ≥ i. */
+  upperA: 3,
+} as const;
+
+/** Rows per part of a causal product: 64 cuts a 256-square's work to 5/8 in four calls. */
+const CAUSAL_ROWS = 64;
+
+/**
+ * Calls `f(offA, offB, offC, m, n, k)` for the parts of one M × N × K product (s: `sgemmHeads`'s) that its causal
+ * kind needs, by blocks of {@link CAUSAL_ROWS} rows of C: offsets into A, B and C for rows [r0, r1), columns
+ * [c0, c1) and depth [k0, k1). The terms left out are products with exact zeros (or outputs nobody reads), and each
+ * part sums its k in the same order as the whole product, from the first non-zero term.
+ */
+function causalParts(
+  s: number[],
+  f: (offA: number, offB: number, offC: number, m: number, n: number, k: number) => void,
+  M: number,
+  N: number,
+  K: number,
+): void {
+  const [tA, tB, lda, ldb, ldc, kind] = [s[1], s[2], s[9], s[12], s[15], s[16] ?? CAUSAL.none];
+  const part = (r0: number, r1: number, c1: number, k0: number, k1: number) => {
+    const offA = tA === 111 ? r0 * lda + k0 : k0 * lda + r0, offB = tB === 111 ? k0 * ldb : k0;
+    f(offA, offB, r0 * ldc, r1 - r0, c1, k1 - k0);
+  };
+  if (kind === CAUSAL.none || M <= CAUSAL_ROWS) return part(0, M, N, 0, K);
+  for (let r0 = 0; r0 < M; r0 += CAUSAL_ROWS) {
+    const r1 = Math.min(M, r0 + CAUSAL_ROWS);
+    if (kind === CAUSAL.lowerC) part(r0, r1, Math.min(N, r1), 0, K);
+    else if (kind === CAUSAL.lowerA) part(r0, r1, N, 0, Math.min(K, r1));
+    else part(r0, r1, N, r0, K);
+  }
+}
+
 /** The kernels of the matrix products, by name (see {@link registerKernels}). */
 const GEMM_KERNELS: Record<string, RangeKernel> = {
   /**
    * [A, B, C]: C_i = op(A_i)·op(B_i) + beta·C_i for items i = (b, h) of a batch of (items / H)·H, where X_i starts
    * at b·sXb + h·sXh with leading dimension ldX: strided views, e.g. one attention head's (T, D) columns of a
    * (B·T, C) activation, or (H = 1) the blocks of a contiguous batch, items.
-   * s: [H, transA, transB, M, N, K, beta, sAb, sAh, lda, sBb, sBh, ldb, sCb, sCh, ldc] (trans as CBLAS codes).
+   * s: [H, transA, transB, M, N, K, beta, sAb, sAh, lda, sBb, sBh, ldb, sCb, sCh, ldc, causal?] (trans as CBLAS
+   * codes; causal as {@link causalParts} takes it, 0 or absent for the whole product).
    */
   sgemmHeads: ([A, B, C], s, lo, hi) => {
-    const f = helperSgemm();
+    const f = helperSgemm(),
+      a32 = A as Float32Array,
+      b32 = B as Float32Array,
+      c32 = C as Float32Array;
     const [H, tA, tB, M, N, K, beta, sAb, sAh, lda, sBb, sBh, ldb, sCb, sCh, ldc] = s;
     for (let i = lo; i < hi; i++) {
       const b = Math.floor(i / H), h = i - b * H;
-      const a = (A as Float32Array).subarray(b * sAb + h * sAh);
-      const bb = (B as Float32Array).subarray(b * sBb + h * sBh);
-      f(
-        101,
-        tA,
-        tB,
+      const oA = b * sAb + h * sAh, oB = b * sBb + h * sBh, oC = b * sCb + h * sCh;
+      causalParts(
+        s,
+        (pA, pB, pC, m, n, k) => {
+          f(
+            101,
+            tA,
+            tB,
+            m,
+            n,
+            k,
+            1,
+            a32.subarray(oA + pA),
+            lda,
+            b32.subarray(oB + pB),
+            ldb,
+            beta,
+            c32.subarray(oC + pC),
+            ldc,
+          );
+        },
         M,
         N,
         K,
-        1,
-        a,
-        lda,
-        bb,
-        ldb,
-        beta,
-        (C as Float32Array).subarray(b * sCb + h * sCh),
-        ldc,
       );
     }
   },
@@ -228,8 +281,30 @@ const GEMM_KERNELS: Record<string, RangeKernel> = {
     const [H, tA, tB, M, N, K, beta, sAb, sAh, lda, sBb, sBh, ldb, sCb, sCh, ldc] = s;
     for (let i = lo; i < hi; i++) {
       const b = Math.floor(i / H), h = i - b * H;
-      const a = a16.subarray(b * sAb + h * sAh), bb = b16.subarray(b * sBb + h * sBh);
-      f(tA, tB, M, N, K, 1, a, lda, bb, ldb, beta, c.subarray(b * sCb + h * sCh), ldc);
+      const oA = b * sAb + h * sAh, oB = b * sBb + h * sBh, oC = b * sCb + h * sCh;
+      causalParts(
+        s,
+        (pA, pB, pC, m, n, k) => {
+          f(
+            tA,
+            tB,
+            m,
+            n,
+            k,
+            1,
+            a16.subarray(oA + pA),
+            lda,
+            b16.subarray(oB + pB),
+            ldb,
+            beta,
+            c.subarray(oC + pC),
+            ldc,
+          );
+        },
+        M,
+        N,
+        K,
+      );
     }
   },
 
