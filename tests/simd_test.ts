@@ -93,6 +93,26 @@ Deno.test({
 
 Deno.test({
   name:
+    "SIMD add, subtract, multiply and divide give the JS loop's bits, zeros, NaN and infinities included",
+  ...opts,
+  fn: () => {
+    const n = 65536 + 4099; // two chunks, a ragged end
+    const a = seeded(n, 3, 1e3), b = seeded(n, 4, 1e-3);
+    a.set([0, -0, 1, NaN, Infinity, 3e38, 1e-45, -1]);
+    b.set([-0, -0, 0, 2, Infinity, 3e38, 3, 1e-45]);
+    for (const op of [0, 1, 2, 3]) { // row_kernels.ts's OP
+      const { fast, ref } = both("binary", () => [a, b, new Float32Array(n)], [op], n);
+      const first = (fast[2] as Float32Array).findIndex((x, i) => !Object.is(x, ref[2][i]));
+      ok(
+        first < 0,
+        `op ${op}: first difference at ${first}: ${fast[2][first]}, want ${ref[2][first]}`,
+      );
+    }
+  },
+});
+
+Deno.test({
+  name:
     "SIMD cross-entropy and its gradient match the JS loop (GPT-2's vocabulary, and short rows)",
   ...opts,
   fn: () => {

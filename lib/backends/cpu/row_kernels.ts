@@ -7,6 +7,7 @@
  */
 import {
   simdAdamW,
+  simdBinary,
   simdCausalSoftmax,
   simdCausalSoftmaxGrad,
   simdGelu,
@@ -130,7 +131,9 @@ export const KERNELS: Record<string, RangeKernel> = {
   },
 
   /** [a, b, out] same shape, elements. s: [op]. */
-  binary: ([a, b, out], [op], lo, hi) => binaryRun(op, out, lo, a, lo, b, lo, hi - lo),
+  binary: ([a, b, out], [op], lo, hi) => {
+    if (!simdBinary(op, a, b, out, lo, hi)) binaryRun(op, out, lo, a, lo, b, lo, hi - lo);
+  },
 
   /** [a (rows, n), b (n), out] — a row vector broadcast over rows (a bias), rows. s: [op, n]. */
   binaryRows: ([a, b, out], [op, n], lo, hi) => {

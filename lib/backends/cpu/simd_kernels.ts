@@ -14,6 +14,7 @@ type Arr = Float32Array | Float64Array | Int32Array;
 
 interface Exports {
   buf(i: number): number;
+  binary(a: number, b: number, out: number, n: number, op: number): void;
   bf16_round(x: number, bits: number, n: number): void;
   gelu_tanh(x: number, y: number, t: number, n: number): void;
   gelu_tanh_grad(g: number, x: number, t: number, dx: number, n: number): void;
@@ -175,6 +176,16 @@ export function simdBf16(
     else dst.set(w.buf[0].subarray(0, n), a);
   }
   return true;
+}
+
+/** out = a ∘ b over elements [lo, hi), op as row_kernels.ts's OP: the same bits as the JS loop (IEEE float32). */
+export function simdBinary(op: number, a: Arr, b: Arr, out: Arr, lo: number, hi: number): boolean {
+  const w = wasm();
+  if (!w) return false;
+  const [pa, pb, po] = w.ptr;
+  return chunked(w, lo, hi, w.chunk, 1, [[a, 0], [b, 1]], [[out, 2]], (_, n) => {
+    w.k.binary(pa, pb, po, up4(n), op);
+  });
 }
 
 /** y, t = GELU and its tanh over elements [lo, hi) of x. */

@@ -282,6 +282,19 @@ void layer_norm_grad_x(const float *g, const float *x, const float *w, const flo
   }
 }
 
+/** out = a ∘ b over n (a multiple of 4) elements; op: 0 add, 1 subtract, 2 multiply, 3 divide (row_kernels.ts's OP). */
+__attribute__((export_name("binary"))) void binary(const float *a, const float *b, float *out, int n, int op) {
+  if (op == 0) {
+    for (int i = 0; i < n; i += 4) wasm_v128_store(out + i, wasm_f32x4_add(wasm_v128_load(a + i), wasm_v128_load(b + i)));
+  } else if (op == 1) {
+    for (int i = 0; i < n; i += 4) wasm_v128_store(out + i, wasm_f32x4_sub(wasm_v128_load(a + i), wasm_v128_load(b + i)));
+  } else if (op == 2) {
+    for (int i = 0; i < n; i += 4) wasm_v128_store(out + i, wasm_f32x4_mul(wasm_v128_load(a + i), wasm_v128_load(b + i)));
+  } else {
+    for (int i = 0; i < n; i += 4) wasm_v128_store(out + i, wasm_f32x4_div(wasm_v128_load(a + i), wasm_v128_load(b + i)));
+  }
+}
+
 /**
  * One AdamW step over n (a multiple of 4) parameters in place, in float32: m ← β1·m + (1−β1)·g;
  * v ← β2·v + (1−β2)·g²; p ← p·decay − s·m / (√v + e) (s and e carry the bias corrections; see ../row_kernels.ts).
