@@ -203,30 +203,33 @@ export const CAUSAL = {
 /** Rows per part of a causal product: 64 cuts a 256-square's work to 5/8 in four calls. */
 const CAUSAL_ROWS = 64;
 
+/** Where one part of a head's product starts in A, B and C (elements), and its M × N × K. */
+type PartFn = (offA: number, offB: number, offC: number, m: number, n: number, k: number) => void;
+
 /**
- * Calls `f(offA, offB, offC, m, n, k)` for the parts of one M × N × K product (s: `sgemmHeads`'s) that its causal
- * kind needs, by blocks of {@link CAUSAL_ROWS} rows of C: offsets into A, B and C for rows [r0, r1), columns
- * [c0, c1) and depth [k0, k1). The terms left out are products with exact zeros (or outputs nobody reads), and each
- * part sums its k in the same order as the whole product, from the first non-zero term.
+ * Calls `f` for each part of the products of items [lo, hi) (s: `sgemmHeads`'s) that the causal kind needs, by
+ * blocks of {@link CAUSAL_ROWS} rows of C: rows [r0, r1), columns [0, c1) and depth [k0, k1) of item i = (b, h).
+ * The terms left out are products with exact zeros (or outputs nobody reads), and each part sums its k in the same
+ * order as the whole product, from the first non-zero term.
  */
-function causalParts(
-  s: number[],
-  f: (offA: number, offB: number, offC: number, m: number, n: number, k: number) => void,
-  M: number,
-  N: number,
-  K: number,
-): void {
-  const [tA, tB, lda, ldb, ldc, kind] = [s[1], s[2], s[9], s[12], s[15], s[16] ?? CAUSAL.none];
-  const part = (r0: number, r1: number, c1: number, k0: number, k1: number) => {
-    const offA = tA === 111 ? r0 * lda + k0 : k0 * lda + r0, offB = tB === 111 ? k0 * ldb : k0;
-    f(offA, offB, r0 * ldc, r1 - r0, c1, k1 - k0);
-  };
-  if (kind === CAUSAL.none || M <= CAUSAL_ROWS) return part(0, M, N, 0, K);
-  for (let r0 = 0; r0 < M; r0 += CAUSAL_ROWS) {
-    const r1 = Math.min(M, r0 + CAUSAL_ROWS);
-    if (kind === CAUSAL.lowerC) part(r0, r1, Math.min(N, r1), 0, K);
-    else if (kind === CAUSAL.lowerA) part(r0, r1, N, 0, Math.min(K, r1));
-    else part(r0, r1, N, r0, K);
+function eachHeadPart(s: number[], lo: number, hi: number, f: PartFn): void {
+  const [H, tA, tB, M, N, K] = s, [sAb, sAh, lda, sBb, sBh, ldb, sCb, sCh, ldc] = s.slice(7, 16);
+  const kind = s[16] ?? CAUSAL.none, rows = kind === CAUSAL.none ? M : CAUSAL_ROWS;
+  for (let i = lo; i < hi; i++) {
+    const b = Math.floor(i / H), h = i - b * H;
+    const oA = b * sAb + h * sAh, oB = b * sBb + h * sBh, oC = b * sCb + h * sCh;
+    for (let r0 = 0; r0 < M; r0 += rows) {
+      const r1 = Math.min(M, r0 + rows);
+      const [c1, k0, k1] = kind === CAUSAL.lowerC
+        ? [Math.min(N, r1), 0, K]
+        : kind === CAUSAL.lowerA
+        ? [N, 0, Math.min(K, r1)]
+        : kind === CAUSAL.upperA
+        ? [N, r0, K]
+        : [N, 0, K];
+      const pA = tA === 111 ? r0 * lda + k0 : k0 * lda + r0, pB = tB === 111 ? k0 * ldb : k0;
+      f(oA + pA, oB + pB, oC + r0 * ldc, r1 - r0, c1, k1 - k0);
+    }
   }
 }
 
@@ -237,75 +240,38 @@ const GEMM_KERNELS: Record<string, RangeKernel> = {
    * at b·sXb + h·sXh with leading dimension ldX: strided views, e.g. one attention head's (T, D) columns of a
    * (B·T, C) activation, or (H = 1) the blocks of a contiguous batch, items.
    * s: [H, transA, transB, M, N, K, beta, sAb, sAh, lda, sBb, sBh, ldb, sCb, sCh, ldc, causal?] (trans as CBLAS
-   * codes; causal as {@link causalParts} takes it, 0 or absent for the whole product).
+   * codes; causal as {@link eachHeadPart} takes it, 0 or absent for the whole product).
    */
   sgemmHeads: ([A, B, C], s, lo, hi) => {
-    const f = helperSgemm(),
-      a32 = A as Float32Array,
-      b32 = B as Float32Array,
-      c32 = C as Float32Array;
-    const [H, tA, tB, M, N, K, beta, sAb, sAh, lda, sBb, sBh, ldb, sCb, sCh, ldc] = s;
-    for (let i = lo; i < hi; i++) {
-      const b = Math.floor(i / H), h = i - b * H;
-      const oA = b * sAb + h * sAh, oB = b * sBb + h * sBh, oC = b * sCb + h * sCh;
-      causalParts(
-        s,
-        (pA, pB, pC, m, n, k) => {
-          f(
-            101,
-            tA,
-            tB,
-            m,
-            n,
-            k,
-            1,
-            a32.subarray(oA + pA),
-            lda,
-            b32.subarray(oB + pB),
-            ldb,
-            beta,
-            c32.subarray(oC + pC),
-            ldc,
-          );
-        },
-        M,
-        N,
-        K,
+    const f = helperSgemm(), a = A as Float32Array, b = B as Float32Array, c = C as Float32Array;
+    const [tA, tB, lda, ldb, beta, ldc] = [s[1], s[2], s[9], s[12], s[6], s[15]];
+    eachHeadPart(s, lo, hi, (oA, oB, oC, m, n, k) => {
+      f(
+        101,
+        tA,
+        tB,
+        m,
+        n,
+        k,
+        1,
+        a.subarray(oA),
+        lda,
+        b.subarray(oB),
+        ldb,
+        beta,
+        c.subarray(oC),
+        ldc,
       );
-    }
+    });
   },
 
   /** {@link GEMM_KERNELS.sgemmHeads} on bf16 operands (word views over their bits) in oneDNN, fp32 C. */
   sgemmHeadsBf16: ([A, B, C], s, lo, hi) => {
-    const f = helperGemmBf16(), a16 = bf16Of(A), b16 = bf16Of(B), c = C as Float32Array;
-    const [H, tA, tB, M, N, K, beta, sAb, sAh, lda, sBb, sBh, ldb, sCb, sCh, ldc] = s;
-    for (let i = lo; i < hi; i++) {
-      const b = Math.floor(i / H), h = i - b * H;
-      const oA = b * sAb + h * sAh, oB = b * sBb + h * sBh, oC = b * sCb + h * sCh;
-      causalParts(
-        s,
-        (pA, pB, pC, m, n, k) => {
-          f(
-            tA,
-            tB,
-            m,
-            n,
-            k,
-            1,
-            a16.subarray(oA + pA),
-            lda,
-            b16.subarray(oB + pB),
-            ldb,
-            beta,
-            c.subarray(oC + pC),
-            ldc,
-          );
-        },
-        M,
-        N,
-        K,
-      );
-    }
+    const f = helperGemmBf16(), a = bf16Of(A), b = bf16Of(B), c = C as Float32Array;
+    const [tA, tB, lda, ldb, beta, ldc] = [s[1], s[2], s[9], s[12], s[6], s[15]];
+    eachHeadPart(s, lo, hi, (oA, oB, oC, m, n, k) => {
+      f(tA, tB, m, n, k, 1, a.subarray(oA), lda, b.subarray(oB), ldb, beta, c.subarray(oC), ldc);
+    });
   },
 
   /**
