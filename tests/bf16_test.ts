@@ -13,6 +13,7 @@ import { useMatrixLibrary } from "../lib/backends/cpu/cpu_backend.ts";
 import { bf16Array, roundToBf16, toBf16 } from "../lib/backends/cpu/bf16.ts";
 import { type Dnnl, openDnnl } from "../lib/backends/cpu/matrix/dnnl.ts";
 import { openDnnlReorder } from "../lib/backends/cpu/matrix/dnnl_reorder.ts";
+import { MATMUL_CACHED, MATMUL_MIN_ROWS } from "../lib/backends/cpu/matrix/dnnl_matmul.ts";
 import { useSimd } from "../lib/backends/cpu/simd_kernels.ts";
 import { setParallelism } from "../lib/backends/cpu/pool.ts";
 import { loadHFGPT2 } from "../lib/weights/gpt2.ts";
@@ -126,6 +127,26 @@ function worst(got: Float32Array, want: Float64Array): number {
   return w;
 }
 
+/** A linear layer's product with its bias added (C starts as the bias: oneDNN's matmul adds it as a sum post-op). */
+function biasedProduct(kind: LibraryKind): void {
+  const [M, N, K] = [48, 40, 72];
+  const a = values(M * K, 9), b = values(N * K, 10), bias = values(N, 11);
+  const got = tf.tidy(() =>
+    tf.fused.matMul({
+      a: tf.tensor2d(a, [M, K]),
+      b: tf.tensor2d(b, [N, K]),
+      transposeB: true,
+      bias: tf.tensor1d(bias),
+    }).dataSync() as Float32Array
+  );
+  const want = reference(a.map(roundToBf16), b.map(roundToBf16), M, N, K, false, true)
+    .map((x, i) => x + bias[i % N]);
+  ok(
+    worst(got, want) < 1e-6,
+    `${kind} ${M}×${N}×${K} + bias: ${worst(got, want)} from the rounded product`,
+  );
+}
+
 for (const kind of KINDS) {
   Deno.test({
     name: `bf16-mixed products on ${kind} are fp32 products of bf16-rounded operands${
@@ -164,6 +185,7 @@ for (const kind of KINDS) {
           );
           ok(worst(got, reference(a, b, M, N, K, tA, tB)) > 1e-4, "the operands were not rounded");
         }
+        biasedProduct(kind);
         // A batch of small products (attention's heads) is shared out between the threads, one product each.
         const [H, M, N, K] = [24, 128, 96, 64];
         const a = values(H * M * K, 3), b = values(H * K * N, 4);
@@ -353,15 +375,45 @@ Deno.test({
 
 Deno.test({
   name:
-    `oneDNN's fp32 products and its bf16 products of many rows give the same bits on 1 and 2 threads${
+    `oneDNN's bf16 matmul primitives: more shapes than its cache keeps, each product right, freed ones made again${
+      ignoredBecause(missing("dnnl"))
+    }`,
+  ignore: missing("dnnl") !== null,
+  fn: () => {
+    const lib = LIBRARIES.dnnl();
+    ok(lib.ok && lib.lib.gemmBf16, "oneDNN loads as a library");
+    const gemm = lib.lib.gemmBf16, [N, K] = [24, 40];
+    const b = values(K * N, 5), b16 = toBf16(b, bf16Array(b.length, true)) as Uint16Array;
+    const rows = Array.from({ length: MATMUL_CACHED + 8 }, (_, i) => MATMUL_MIN_ROWS + i);
+    for (const M of [...rows, ...rows.slice(0, 4)]) { // the first shapes again, after the cache freed them
+      const a = values(M * K, M), a16 = toBf16(a, bf16Array(a.length, true)) as Uint16Array;
+      const c = new Float32Array(M * N).fill(NaN);
+      gemm(111, 111, M, N, K, 1, a16, K, b16, N, 0, c, N);
+      const want = reference(a.map(roundToBf16), b.map(roundToBf16), M, N, K, false, false);
+      ok(worst(c, want) < 1e-6, `${M}×${N}×${K}: ${worst(c, want)} from the rounded product`);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    `oneDNN's fp32 and BLAS-like bf16 products of many rows give the same bits on 1 and 2 threads, its bf16 matmul primitives the same bits run to run${
       ignoredBecause(missing("dnnl"))
     }`,
   ignore: missing("dnnl") !== null,
   fn: () => {
     const d = openDnnl() as Dnnl;
-    const before = d.getNumThreads();
+    const lib = LIBRARIES.dnnl(), before = d.getNumThreads();
+    ok(lib.ok && lib.lib.gemmBf16, "oneDNN loads as a library");
+    const matmul = lib.lib.gemmBf16; // matmul primitives from 16 rows (dnnl_matmul.ts)
     try {
-      for (const [M, N, K, tA] of [[512, 768, 768, false], [768, 3072, 512, true]] as const) {
+      for (
+        const [M, N, K, tA] of [
+          [512, 768, 768, false],
+          [768, 3072, 512, true],
+          [64, 96, 8192, false],
+        ] as const
+      ) {
         const a = values(M * K, 3), b = values(K * N, 4), lda = tA ? M : K;
         const a16 = toBf16(a, bf16Array(a.length, true)) as Uint16Array;
         const b16 = toBf16(b, bf16Array(b.length, true)) as Uint16Array;
@@ -370,7 +422,9 @@ Deno.test({
           const c32 = new Float32Array(M * N), c16 = new Float32Array(M * N);
           d.sgemm(101, tA ? 112 : 111, 111, M, N, K, 1, a, lda, b, N, 0, c32, N);
           d.gemmBf16(tA ? 112 : 111, 111, M, N, K, 1, a16, lda, b16, N, 0, c16, N);
-          return [c32, c16];
+          const cm = new Float32Array(M * N);
+          matmul(tA ? 112 : 111, 111, M, N, K, 1, a16, lda, b16, N, 0, cm, N);
+          return [c32, c16, cm];
         };
         const [one, two] = [run(1), run(2)];
         ok(
@@ -380,6 +434,11 @@ Deno.test({
         ok(
           one[1].every((x, i) => x === two[1][i]),
           `bf16 ${M}×${N}×${K} differs between 1 and 2 threads`,
+        );
+        const again = run(2)[2]; // the primitives may split K between threads: their bits are per thread count
+        ok(
+          again.every((x, i) => x === two[2][i]),
+          `bf16 matmul primitive ${M}×${N}×${K} differs between two runs on 2 threads`,
         );
       }
     } finally {

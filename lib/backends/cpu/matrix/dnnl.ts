@@ -2,9 +2,9 @@
  * oneDNN (Debian `libdnnl2`, Fedora `onednn`) as a matrix library through Deno FFI: its BLAS-like calls
  * `dnnl_sgemm` (fp32) and `dnnl_gemm_bf16bf16f32` (bf16 inputs, fp32 accumulation and output; exported by 2.x,
  * though its header does not declare it). Both are row-major and pick their kernel per call (AVX-512, AMX where
- * the CPU has it), so no primitive or descriptor is kept per shape: measured on the b2 step's products of
- * GPT-124M they run within 10 % of the matmul primitive's time (0.78 s against 0.72 s in bf16). Its threads are
- * OpenMP's (libgomp), set per calling thread with `omp_set_num_threads`.
+ * the CPU has it), so no primitive or descriptor is kept per shape for them; bf16 products of 16 rows or more go
+ * to matmul primitives instead, made once per shape (dnnl_matmul.ts), whose AMX kernels are faster. Its threads
+ * are OpenMP's (libgomp), set per calling thread with `omp_set_num_threads`.
  */
 import type { Sgemm } from "./cblas.ts";
 import type { GemmBf16 } from "./libraries.ts";
@@ -39,10 +39,11 @@ const OMP_SYMBOLS = {
 } as const;
 
 /**
- * Measured on oneDNN 2.6.3 (tests and the README say so): its fp32 products and its bf16 products of more than
- * one row give the same bits on 1 and 2 threads; its one-row bf16 products (sampling with the KV cache) do not.
+ * Measured on oneDNN 2.6.3 (tests and the README say so): its fp32 products give the same bits on 1 and 2 threads;
+ * its bf16 matmul primitives split a product's depth between the threads for some shapes, and its one-row bf16
+ * products differ too, so bf16 results are the same run to run on one thread count only.
  */
-export const DNNL_THREAD_NOTE = "its one-row bf16 products (sampling) depend on the thread count";
+export const DNNL_THREAD_NOTE = "its bf16 products depend on the thread count";
 
 /** Where the library is looked for, in order. */
 export const DNNL_CANDIDATES = ["libdnnl.so.3", "libdnnl.so.2", "libdnnl.so"];

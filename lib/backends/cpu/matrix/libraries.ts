@@ -14,6 +14,7 @@ import {
   WASM_GEMM,
 } from "./split_products.ts";
 import { openDnnl } from "./dnnl.ts";
+import { openDnnlMatmul } from "./dnnl_matmul.ts";
 import { openDnnlReorder } from "./dnnl_reorder.ts";
 import type { Bf16Converter } from "../bf16.ts";
 import { setParallelism } from "../pool.ts";
@@ -293,7 +294,7 @@ export function loadDnnlBlas(): LoadBlasResult {
   const lib: BlasLib = {
     sgemm: d.sgemm,
     sgemv: null,
-    gemmBf16: d.gemmBf16,
+    gemmBf16: openDnnlMatmul(d.path, d.version, d.gemmBf16, d.getNumThreads) ?? d.gemmBf16,
     bf16Bits: openDnnlReorder(d.path, d.version) ?? undefined,
     kind: "dnnl",
     name: DNNL_GEMM,
