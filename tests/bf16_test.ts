@@ -395,6 +395,83 @@ Deno.test({
   },
 });
 
+/** Head `i` = (b, h) of a strided batch (strides [per batch item, per head, ld]) as a dense row-major matrix. */
+function head(
+  x: Float32Array,
+  st: number[],
+  H: number,
+  i: number,
+  rows: number,
+  cols: number,
+): Float32Array {
+  const o = Math.floor(i / H) * st[0] + (i % H) * st[1];
+  return Float32Array.from(
+    { length: rows * cols },
+    (_, j) => x[o + Math.floor(j / cols) * st[2] + (j % cols)],
+  );
+}
+
+Deno.test({
+  name: `oneDNN multiplies all of attention's heads at once, in each of their six layouts${
+    ignoredBecause(missing("dnnl"))
+  }`,
+  ignore: missing("dnnl") !== null,
+  fn: () => {
+    const lib = LIBRARIES.dnnl();
+    ok(lib.ok && lib.lib.headsBf16, "oneDNN has a batched bf16 product");
+    const [Bn, H, T, D] = [2, 3, 20, 8], C = H * D;
+    const act = [T * C, D, C], sq = [H * T * T, T * T, T]; // (B·T, C) activations; (B, H, T, T) weights
+    // [M, N, K, transA, transB, A's, B's and C's strides]: Q·Kᵀ, w·V, dctx·Vᵀ, wᵀ·dctx, ds·K, dsᵀ·Q.
+    const kinds = [
+      [T, T, D, false, true, act, act, sq],
+      [T, D, T, false, false, sq, act, act],
+      [T, T, D, false, true, act, act, sq],
+      [T, D, T, true, false, sq, act, act],
+      [T, D, T, false, false, sq, act, act],
+      [T, D, T, true, false, sq, act, act],
+    ] as const;
+    for (const [M, N, K, transA, transB, sa, sb, sc] of kinds) {
+      const size = (st: readonly number[]) => Bn * st[0];
+      const a = values(size(sa), M + K), b = values(size(sb), N + 2 * K);
+      const [a16, b16] = [a, b].map((x) => toBf16(x, bf16Array(x.length, true)) as Uint16Array);
+      const c = new Float32Array(size(sc)).fill(NaN);
+      const h = {
+        batch: Bn,
+        heads: H,
+        transA,
+        transB,
+        M,
+        N,
+        K,
+        sa: [...sa],
+        sb: [...sb],
+        sc: [...sc],
+      };
+      ok(
+        lib.lib.headsBf16(h, a16, b16, c),
+        `${M}×${N}×${K} tA ${transA} tB ${transB}: not run at once`,
+      );
+      for (let i = 0; i < Bn * H; i++) {
+        const [ra, ca] = transA ? [K, M] : [M, K], [rb, cb] = transB ? [N, K] : [K, N];
+        const want = reference(
+          head(a, sa, H, i, ra, ca).map(roundToBf16),
+          head(b, sb, H, i, rb, cb).map(roundToBf16),
+          M,
+          N,
+          K,
+          transA,
+          transB,
+        );
+        const got = head(c, sc, H, i, M, N);
+        ok(
+          worst(got, want) < 1e-6,
+          `head ${i} of ${M}×${N}×${K} tA ${transA}: ${worst(got, want)}`,
+        );
+      }
+    }
+  },
+});
+
 Deno.test({
   name:
     `oneDNN's fp32 and BLAS-like bf16 products of many rows give the same bits on 1 and 2 threads, its bf16 matmul primitives the same bits run to run${

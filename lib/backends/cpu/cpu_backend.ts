@@ -24,6 +24,7 @@ import { CAUSAL } from "./matrix/split_products.ts"; // and registers "sgemmHead
 import {
   type BlasLib,
   forcedLibrary,
+  type HeadsShape,
   LIBRARIES,
   type LibraryKind,
   type LoadBlasResult,
@@ -556,18 +557,8 @@ function batchMatMulKernel(): KernelFn {
   };
 }
 
-/** Attributes of `HeadsMatMul`: strides are [per batch item, per head, leading dimension], in floats. */
-export interface HeadsMatMulAttrs {
-  batch: number;
-  heads: number;
-  transA: boolean;
-  transB: boolean;
-  M: number;
-  N: number;
-  K: number;
-  sa: number[];
-  sb: number[];
-  sc: number[];
+/** Attributes of `HeadsMatMul`: the products (strides are [per batch item, per head, leading dimension], in floats). */
+export interface HeadsMatMulAttrs extends HeadsShape {
   /** The output's shape; the batch·heads blocks of C must cover all of it. */
   shape: number[];
   /** The part of each product a causal mask leaves (split_products.ts's `CAUSAL`); absent: all of it. */
@@ -602,7 +593,10 @@ function headsMatMulKernel(): KernelFn {
       const v = f32(backend, x);
       return precision === "fp32" ? v : copies.of(x.dataId, v, bits) as Float32Array;
     });
-    sgemmOnEachThread(lib(), [A, B, c], s, t.batch * t.heads, t.M * t.N * t.K);
+    // oneDNN multiplies every head's bf16 bits at once where it can (dnnl_matmul.ts); else the heads are shared out.
+    const once = bits &&
+      lib().headsBf16?.(t, A as unknown as Uint16Array, B as unknown as Uint16Array, c);
+    if (!once) sgemmOnEachThread(lib(), [A, B, c], s, t.batch * t.heads, t.M * t.N * t.K);
     return backend.makeTensorInfo(t.shape, "float32", c);
   };
 }

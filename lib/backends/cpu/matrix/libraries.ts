@@ -54,6 +54,8 @@ export interface BlasLib {
    * Uint16Array), where the library computes in bf16 (oneDNN); absent elsewhere (products are then emulated).
    */
   gemmBf16?: GemmBf16;
+  /** All of attention's heads of one product in bf16 at once, where the library has that (oneDNN). */
+  headsBf16?: HeadsBf16;
   /** fp32 → bf16 bits for {@link gemmBf16}'s operands by the library itself (oneDNN's reorder); absent elsewhere. */
   bf16Bits?: Bf16Converter;
   /** "native": a CBLAS through FFI; "dnnl": oneDNN through FFI; "wasm": the WebAssembly GEMM. */
@@ -88,6 +90,27 @@ export type GemmBf16 = (
   C: Float32Array,
   ldc: number,
 ) => void;
+
+/** A batch of strided products, one per (batch item, head): `HeadsMatMul`'s attributes (cpu_backend.ts). */
+export interface HeadsShape {
+  batch: number;
+  heads: number;
+  transA: boolean;
+  transB: boolean;
+  M: number;
+  N: number;
+  K: number;
+  /** Strides in elements: [per batch item, per head, leading dimension]. */
+  sa: number[];
+  sb: number[];
+  sc: number[];
+}
+
+/**
+ * Every head's C = op(A)·op(B) with bf16 A and B (Uint16Array) and fp32 C in one call; false where the library
+ * leaves these to the caller (which then runs them head by head).
+ */
+export type HeadsBf16 = (h: HeadsShape, A: Uint16Array, B: Uint16Array, C: Float32Array) => boolean;
 
 /** Result of loading a library: the library, or a one-line reason. */
 export type LoadBlasResult = { ok: true; lib: BlasLib; name: string } | {
@@ -291,10 +314,12 @@ export function loadDnnlBlas(): LoadBlasResult {
   if (dnnl) return dnnl;
   const d = openDnnl();
   if (typeof d === "string") return (dnnl = { ok: false, reason: d });
+  const matmul = openDnnlMatmul(d.path, d.version, d.gemmBf16, d.getNumThreads);
   const lib: BlasLib = {
     sgemm: d.sgemm,
     sgemv: null,
-    gemmBf16: openDnnlMatmul(d.path, d.version, d.gemmBf16, d.getNumThreads) ?? d.gemmBf16,
+    gemmBf16: matmul?.gemmBf16 ?? d.gemmBf16,
+    headsBf16: matmul?.headsBf16,
     bf16Bits: openDnnlReorder(d.path, d.version) ?? undefined,
     kind: "dnnl",
     name: DNNL_GEMM,
