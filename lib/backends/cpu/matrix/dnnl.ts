@@ -10,6 +10,7 @@ import type { Sgemm } from "./cblas.ts";
 import type { GemmBf16 } from "./libraries.ts";
 import { firstLine } from "../../../errors.ts";
 import { withoutSignals } from "./signal_mask.ts";
+import { check } from "./dnnl_primitives.ts";
 
 const GEMM_PARAMS = [
   "u8",
@@ -62,11 +63,6 @@ export interface Dnnl {
 const NO_TRANS = 111;
 /** CBLAS's transpose code as the 'N'/'T' character oneDNN takes. */
 const trans = (t: number) => (t === NO_TRANS ? 78 : 84);
-
-/** Throws where oneDNN reports an error: a bad argument here is a bug of ours, not bad input. */
-function check(status: number, what: string): void {
-  if (status !== 0) throw new Error(`oneDNN ${what}: status ${status}`);
-}
 
 function versionOf(ptr: Deno.PointerValue): string {
   if (!ptr) return "oneDNN";

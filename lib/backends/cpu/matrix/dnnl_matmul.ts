@@ -1,8 +1,8 @@
 /**
  * oneDNN's matmul primitive for the bf16-mixed products of 16 rows or more. Its BLAS-like `dnnl_gemm_bf16bf16f32`
  * (dnnl.ts) runs AMX kernels too, but the primitive's (`brg:avx512_core_amx_bf16`) are faster on the training step's
- * shapes: measured on the Intel Xeon kind, 2 threads, the b2 step's bf16 `BatchMatMul`s took 447 ms a step against
- * 565 ms. For fewer rows (sampling) the BLAS-like call is faster and keeps them: the output head's one-row product
+ * shapes: measured on the Intel Xeon kind, 2 threads, the b2 step's bf16 `BatchMatMul`s took 440–469 ms a step
+ * against 531–595 ms. For fewer rows (sampling) the BLAS-like call is faster and keeps them: the output head's one-row product
  * takes 2.2 ms there against 4.1 ms.
  *
  * Attention's heads, a batch of small strided products, go to one batched primitive each: the 24 heads of a b2
@@ -92,6 +92,7 @@ function makeMatmul(s: DnnlSession, [a, b, c]: Layout[], beta: number): Primitiv
   }
 }
 
+/** {@link makeMatmul}'s primitive, or null where oneDNN makes none for these layouts. */
 function madeOrNull(s: DnnlSession, layouts: Layout[], beta: number): Primitive | null {
   try {
     return makeMatmul(s, layouts, beta);

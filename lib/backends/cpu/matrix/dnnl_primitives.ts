@@ -79,8 +79,9 @@ export function openSession(path: string): DnnlSession {
   const out = new BigUint64Array(1);
   const engine = created(lib.dnnl_engine_create(out, CPU, 0n), out, "engine_create");
   const stream = created(lib.dnnl_stream_create(out, engine, IN_ORDER), out, "stream_create");
-  sessions.set(path, { lib, engine, stream });
-  return { lib, engine, stream };
+  const s = { lib, engine, stream };
+  sessions.set(path, s);
+  return s;
 }
 
 const dims = (xs: number[]) => new BigInt64Array(xs.map(BigInt));
