@@ -95,6 +95,11 @@ function values(n: number, seed: number): Float32Array {
   return out;
 }
 
+/** `x`'s bf16 bits (round to nearest even), as oneDNN's bf16 products take them. */
+function bf16Bits(x: Float32Array): Uint16Array {
+  return toBf16(x, bf16Array(x.length, true)) as Uint16Array;
+}
+
 /** op(A)·op(B) in float64 from float32 operands (row-major, 2-D). */
 function reference(
   a: Float32Array,
@@ -354,7 +359,7 @@ Deno.test({
     );
     const u = new Uint32Array(src.buffer);
     u.set([0x7fa00001, 0xffc00000, 0x7f800001, 0x000ae398, 0x800ae398, 0x007fffff, 1], 20); // NaNs, subnormals
-    const ours = toBf16(src, bf16Array(src.length, true)) as Uint16Array;
+    const ours = bf16Bits(src);
     const theirs = new Uint16Array(src.length + 8).subarray(3, 3 + src.length);
     reorder(src.subarray(0), theirs);
     const subnormal = (i: number) => (u[i] & 0x7f800000) === 0 && (u[i] & 0x7fffff) !== 0;
@@ -383,10 +388,10 @@ Deno.test({
     const lib = LIBRARIES.dnnl();
     ok(lib.ok && lib.lib.gemmBf16, "oneDNN loads as a library");
     const gemm = lib.lib.gemmBf16, [N, K] = [24, 40];
-    const b = values(K * N, 5), b16 = toBf16(b, bf16Array(b.length, true)) as Uint16Array;
+    const b = values(K * N, 5), b16 = bf16Bits(b);
     const rows = Array.from({ length: MATMUL_CACHED + 8 }, (_, i) => MATMUL_MIN_ROWS + i);
     for (const M of [...rows, ...rows.slice(0, 4)]) { // the first shapes again, after the cache freed them
-      const a = values(M * K, M), a16 = toBf16(a, bf16Array(a.length, true)) as Uint16Array;
+      const a = values(M * K, M), a16 = bf16Bits(a);
       const c = new Float32Array(M * N).fill(NaN);
       gemm(111, 111, M, N, K, 1, a16, K, b16, N, 0, c, N);
       const want = reference(a.map(roundToBf16), b.map(roundToBf16), M, N, K, false, false);
@@ -433,7 +438,7 @@ Deno.test({
     for (const [M, N, K, transA, transB, sa, sb, sc] of kinds) {
       const size = (st: readonly number[]) => Bn * st[0];
       const a = values(size(sa), M + K), b = values(size(sb), N + 2 * K);
-      const [a16, b16] = [a, b].map((x) => toBf16(x, bf16Array(x.length, true)) as Uint16Array);
+      const [a16, b16] = [a, b].map(bf16Bits);
       const c = new Float32Array(size(sc)).fill(NaN);
       const h = {
         batch: Bn,
@@ -492,8 +497,8 @@ Deno.test({
         ] as const
       ) {
         const a = values(M * K, 3), b = values(K * N, 4), lda = tA ? M : K;
-        const a16 = toBf16(a, bf16Array(a.length, true)) as Uint16Array;
-        const b16 = toBf16(b, bf16Array(b.length, true)) as Uint16Array;
+        const a16 = bf16Bits(a);
+        const b16 = bf16Bits(b);
         const run = (threads: number) => {
           d.setNumThreads(threads);
           const c32 = new Float32Array(M * N), c16 = new Float32Array(M * N);
